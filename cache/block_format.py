@@ -1,0 +1,150 @@
+"""Self-checking byte format for KV blocks stored in DDR (Redis) and flash (LMDB).
+
+Layout (all integers little-endian)::
+
+    offset  size      field
+    0       4         magic b"TKVB"
+    4       2         format version (u16) = 1
+    6       1         dtype code (u8), see DTYPE_CODES
+    7       1         ndim (u8)
+    8       8         payload length in bytes (u64)
+    16      8         xxh3_64 checksum of the payload (u64)
+    24      4*ndim    shape (u32 each)
+    ...     0..4      zero padding, so the payload starts 8-byte aligned
+    ...     length    payload: the array's raw bytes in C order
+
+The padding keeps the decoded view aligned for every supported dtype (Python
+``bytes`` and LMDB pages are themselves at least 8-byte aligned), so copying a
+reloaded block into HBM takes numpy's fast aligned path.
+
+Functions here are pure and thread-safe.  ``decode_block`` never copies the payload:
+it returns a read-only view onto the caller's buffer, valid only as long as that
+buffer is (for LMDB, only inside the read transaction).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import xxhash
+
+MAGIC = b"TKVB"
+FORMAT_VERSION = 1
+
+_FIXED = struct.Struct("<4sHBBQQ")  # magic, version, dtype code, ndim, length, checksum
+_MAX_NDIM = 255
+_MAX_DIM = 0xFFFFFFFF
+
+DTYPE_CODES: dict[str, int] = {
+    "float16": 1,
+    "float32": 2,
+    # numpy has no bfloat16: bf16 KV is held as its raw bit pattern in uint16 arrays and
+    # stored under code 3.  A real bfloat16 dtype (ml_dtypes) also maps here by name.
+    "uint16": 3,
+    "bfloat16": 3,
+    "uint8": 4,
+    "int8": 5,
+    "float64": 6,
+    "int32": 7,
+    "uint32": 8,
+    "int64": 9,
+}
+"""Stable on-disk codes, keyed by numpy dtype name.  Never renumber an existing code."""
+
+
+class CorruptBlockError(ValueError):
+    """A stored block does not match its header, its checksum or the expected layout."""
+
+
+def _dtype_code(dtype: np.dtype) -> int:
+    code = DTYPE_CODES.get(dtype.name)
+    if code is None:
+        raise ValueError(f"unsupported block dtype {dtype}; supported: {sorted(DTYPE_CODES)}")
+    return code
+
+
+def header_size(ndim: int) -> int:
+    """Bytes of header (including padding) before the payload of an ``ndim``-d block."""
+    unpadded = _FIXED.size + 4 * ndim
+    return (unpadded + 7) // 8 * 8
+
+
+def encoded_size(shape: tuple[int, ...], dtype: np.dtype | type) -> int:
+    """Exact length of ``encode_block`` output for a block of this shape and dtype."""
+    dt = np.dtype(dtype)
+    return header_size(len(shape)) + math.prod(shape) * dt.itemsize
+
+
+def _pack_header(shape: tuple[int, ...], code: int, payload: memoryview) -> bytes:
+    if len(shape) > _MAX_NDIM or any(d > _MAX_DIM for d in shape):
+        raise ValueError(f"block shape {shape} does not fit the header")
+    fixed = _FIXED.pack(
+        MAGIC, FORMAT_VERSION, code, len(shape), payload.nbytes, xxhash.xxh3_64_intdigest(payload)
+    )
+    header = fixed + struct.pack(f"<{len(shape)}I", *shape)
+    return header + bytes(header_size(len(shape)) - len(header))
+
+
+def encode_block(block: np.ndarray) -> bytes:
+    """Serialise ``block`` (any shape, a supported dtype) into the format above.
+
+    Non-contiguous or big-endian arrays are converted first; otherwise the payload is
+    copied exactly once, into the returned bytes.  Raises ``ValueError`` for an
+    unsupported dtype or a shape that does not fit the header.
+    """
+    code = _dtype_code(block.dtype)
+    # Stored little-endian; on little-endian hosts this is a no-op for C-ordered input.
+    arr = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<"))
+    payload = memoryview(arr.reshape(-1).view(np.uint8))
+    return b"".join((_pack_header(arr.shape, code, payload), payload))
+
+
+def decode_block(
+    buf: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype | type
+) -> np.ndarray:
+    """Check ``buf`` against the expected ``shape``/``dtype`` and return a view of it.
+
+    The result is a read-only array sharing memory with ``buf`` (no copy): copy it out
+    (e.g. ``np.copyto(hbm_slot, view)``) before ``buf`` goes away.  Raises
+    :class:`CorruptBlockError` on a wrong magic, version, dtype, shape or length, a
+    truncated buffer, non-zero padding, or a checksum mismatch.
+    """
+    dt = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    mv = memoryview(buf)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    hsize = header_size(len(shape))
+    if mv.nbytes < _FIXED.size:
+        raise CorruptBlockError(f"block truncated: {mv.nbytes} bytes, header needs {hsize}")
+    magic, version, code, ndim, length, checksum = _FIXED.unpack_from(mv)
+    if magic != MAGIC:
+        raise CorruptBlockError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version != FORMAT_VERSION:
+        raise CorruptBlockError(f"unsupported format version {version}, expected {FORMAT_VERSION}")
+    if code != _dtype_code(dt):
+        raise CorruptBlockError(f"dtype code {code} does not match expected {dt}")
+    if ndim != len(shape):
+        raise CorruptBlockError(f"stored ndim {ndim} does not match expected shape {shape}")
+    if mv.nbytes < hsize:
+        raise CorruptBlockError(f"block truncated: {mv.nbytes} bytes, header needs {hsize}")
+    stored_shape = struct.unpack_from(f"<{ndim}I", mv, _FIXED.size)
+    if stored_shape != shape:
+        raise CorruptBlockError(f"stored shape {stored_shape} does not match expected {shape}")
+    if any(mv[_FIXED.size + 4 * ndim : hsize]):
+        raise CorruptBlockError("non-zero header padding")
+    expected_len = math.prod(shape) * dt.itemsize
+    if length != expected_len:
+        raise CorruptBlockError(f"payload length {length} does not match expected {expected_len}")
+    if mv.nbytes != hsize + length:
+        raise CorruptBlockError(
+            f"buffer holds {mv.nbytes - hsize} payload bytes, header says {length}"
+        )
+    payload = mv[hsize:]
+    if xxhash.xxh3_64_intdigest(payload) != checksum:
+        raise CorruptBlockError("payload checksum mismatch")
+    view = np.frombuffer(payload, dtype=dt.newbyteorder("<")).reshape(shape)
+    view.flags.writeable = False
+    return view
