@@ -1,0 +1,108 @@
+"""The one interface every lower storage tier (DDR = Redis, flash = LMDB) implements.
+
+Tiers store opaque bytes under :data:`~cache.block_hash.BlockHash` keys; they hold no
+policy (capacity, eviction, demotion are the cache manager's).  Values are normally
+``cache.block_format`` blocks, but a tier never looks inside them.
+
+Threading: a tier instance is used by one thread at a time (the transfer thread); it
+does no locking of its own.  Failure: any store failure (lost connection, LMDB error,
+map full) raises :class:`TierError`; a missing key is not a failure (``get`` returns
+``None``, ``remove`` is a no-op).  Exceptions raised by a ``consume`` callback
+propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeAlias
+
+from cache.block_hash import BlockHash
+
+Buffer: TypeAlias = bytes | memoryview
+"""A stored value handed to ``get_many`` consumers: bytes, or a zero-copy view."""
+
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+
+
+class TierError(RuntimeError):
+    """An I/O failure of the underlying store; the operation may or may not have applied."""
+
+
+def check_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it is 1-100 chars of ``[A-Za-z0-9_.-]``, else ``ValueError``.
+
+    Restricting the alphabet means no namespace is a prefix-with-separator of another
+    (no ``:``) and none needs escaping in Redis glob patterns or LMDB db names.
+    """
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise ValueError(f"namespace must match [A-Za-z0-9_.-]{{1,100}}, got {namespace!r}")
+    return namespace
+
+
+class StorageTier(ABC):
+    """A key/value store for KV blocks.  See the module docstring for the contract."""
+
+    name: str
+    """Short human name of the tier (``"ddr"``, ``"flash"``…), for logs and metrics."""
+
+    @abstractmethod
+    def contains(self, key: BlockHash) -> bool:
+        """Whether ``key`` is stored."""
+
+    @abstractmethod
+    def get(self, key: BlockHash) -> bytes | None:
+        """The stored value (an owned copy), or ``None`` if ``key`` is absent."""
+
+    @abstractmethod
+    def put(self, key: BlockHash, value: bytes) -> None:
+        """Store ``value`` under ``key``, replacing any previous value."""
+
+    @abstractmethod
+    def remove(self, key: BlockHash) -> None:
+        """Delete ``key``; a no-op if it is absent."""
+
+    @abstractmethod
+    def scan(self) -> Iterator[tuple[BlockHash, int]]:
+        """Yield ``(key, stored size in bytes)`` for every stored key, in no set order.
+
+        Used to rebuild the manager's index at start-up; keys written while a scan is
+        running may or may not be listed.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store's resources (flushing what must be flushed).  Idempotent."""
+
+    def contains_many(self, keys: Sequence[BlockHash]) -> list[bool]:
+        """``[contains(k) for k in keys]``, in one round trip where the store allows."""
+        return [self.contains(k) for k in keys]
+
+    def get_many(
+        self, keys: Sequence[BlockHash], consume: Callable[[int, Buffer | None], None]
+    ) -> None:
+        """Call ``consume(i, buf)`` for each ``keys[i]`` in order; ``buf`` is ``None`` if absent.
+
+        ``buf`` is valid only during that call: a tier may hand out a zero-copy view into
+        its own memory (LMDB) that dies when ``get_many`` returns, so ``consume`` must copy
+        what it keeps (e.g. decode and ``np.copyto`` into an HBM slot).
+        """
+        for i, key in enumerate(keys):
+            consume(i, self.get(key))
+
+    def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
+        """Store every ``(key, value)``; one round trip / transaction where the store allows."""
+        for key, value in items:
+            self.put(key, value)
+
+    def remove_many(self, keys: Sequence[BlockHash]) -> None:
+        """Delete every key (absent ones are skipped)."""
+        for key in keys:
+            self.remove(key)
+
+    def __enter__(self) -> StorageTier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

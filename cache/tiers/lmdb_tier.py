@@ -1,0 +1,199 @@
+"""Flash tier: KV blocks in an LMDB environment on disk, one sub-database per namespace.
+
+Reads hand out zero-copy ``memoryview``s into LMDB's memory map (``get_many``), so a
+reloaded block goes from the page cache to its HBM slot in one copy.  Each batched
+call is one transaction.  Contents persist across processes: a new tier on the same
+path and namespace sees the old keys (``scan``).
+
+LMDB allows an environment to be open only once per process, so tiers on the same
+path (different namespaces) share one environment through a small refcounted
+registry; it is the only process-wide state here and exists because LMDB imposes it.
+
+Threading and failures follow :mod:`cache.tiers.base`: one thread at a time per tier
+(tiers sharing an environment may run on different threads; LMDB serialises
+writers); ``lmdb.Error`` (including ``MapFullError``) becomes :class:`TierError`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from cache.block_hash import BlockHash
+from cache.tiers.base import Buffer, StorageTier, TierError, check_namespace
+
+MAX_NAMESPACES = 64
+"""Sub-databases (namespaces) one environment can hold; fixed when it is opened."""
+
+_SCAN_BATCH = 4096
+
+
+@contextmanager
+def _wrap_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise TierError(f"lmdb {what} failed: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _SharedEnv:
+    env: lmdb.Environment
+    map_size_bytes: int
+    num_users: int
+
+
+_registry_lock = threading.Lock()
+_open_envs: dict[Path, _SharedEnv] = {}
+
+
+def _acquire_env(path: Path, map_size_bytes: int) -> lmdb.Environment:
+    with _registry_lock:
+        shared = _open_envs.get(path)
+        if shared is None:
+            path.mkdir(parents=True, exist_ok=True)
+            with _wrap_errors(f"open {path}"):
+                env = lmdb.open(
+                    str(path),
+                    map_size=map_size_bytes,
+                    max_dbs=MAX_NAMESPACES,
+                    # No fsync per commit: a crash may lose or tear recent blocks, which
+                    # the block checksums catch (the block is dropped and recomputed);
+                    # flash is a cache, not the system of record.  close() syncs.
+                    sync=False,
+                    metasync=False,
+                    # Blocks are read at random; readahead would waste page cache.
+                    readahead=False,
+                    lock=True,
+                )
+            shared = _open_envs[path] = _SharedEnv(env, map_size_bytes, 0)
+        elif shared.map_size_bytes != map_size_bytes:
+            raise ValueError(
+                f"LMDB env {path} is already open in this process with map_size "
+                f"{shared.map_size_bytes}, not {map_size_bytes}"
+            )
+        shared.num_users += 1
+        return shared.env
+
+
+def _release_env(path: Path) -> None:
+    with _registry_lock:
+        shared = _open_envs[path]
+        shared.num_users -= 1
+        if shared.num_users == 0:
+            del _open_envs[path]
+            with _wrap_errors(f"close {path}"):
+                shared.env.close()
+
+
+def _open_db(env: lmdb.Environment, namespace: str) -> lmdb._Database:
+    # mdb_dbi_open must not race another open in the process: hold the registry lock.
+    with _registry_lock, _wrap_errors(f"open sub-database {namespace!r}"):
+        return env.open_db(namespace.encode())
+
+
+class LmdbTier(StorageTier):
+    """A :class:`StorageTier` over the ``namespace`` sub-database of the env at ``path``.
+
+    ``path`` is a directory (created if missing).  ``map_size_bytes`` caps the whole
+    environment (all namespaces); a put beyond it raises :class:`TierError` and changes
+    nothing, so the manager should keep its flash budget comfortably below it.  Every
+    tier open on one path in this process must pass the same ``map_size_bytes``
+    (``ValueError`` otherwise).  ``namespace`` must match ``[A-Za-z0-9_.-]{1,100}``.
+    """
+
+    name = "flash"
+
+    def __init__(self, path: Path, map_size_bytes: int, namespace: str) -> None:
+        self.namespace = check_namespace(namespace)
+        self.path = Path(path).resolve()
+        self._env = _acquire_env(self.path, map_size_bytes)
+        try:
+            self._db = _open_db(self._env, namespace)
+        except BaseException:
+            _release_env(self.path)
+            raise
+        self._closed = False
+
+    def contains(self, key: BlockHash) -> bool:
+        with _wrap_errors("get"), self._env.begin(db=self._db, buffers=True) as txn:
+            return txn.get(key) is not None
+
+    def get(self, key: BlockHash) -> bytes | None:
+        with _wrap_errors("get"), self._env.begin(db=self._db) as txn:
+            return txn.get(key)
+
+    def put(self, key: BlockHash, value: bytes) -> None:
+        self.put_many([(key, value)])
+
+    def remove(self, key: BlockHash) -> None:
+        self.remove_many([key])
+
+    def contains_many(self, keys: Sequence[BlockHash]) -> list[bool]:
+        with _wrap_errors("get"), self._env.begin(db=self._db, buffers=True) as txn:
+            return [txn.get(k) is not None for k in keys]
+
+    def get_many(
+        self, keys: Sequence[BlockHash], consume: Callable[[int, Buffer | None], None]
+    ) -> None:
+        """One read transaction; ``consume`` gets memoryviews into the map, valid only
+        during its call (the transaction ends when ``get_many`` returns)."""
+        with _wrap_errors("begin"):
+            txn = self._env.begin(db=self._db, buffers=True)
+        try:
+            for i, key in enumerate(keys):
+                with _wrap_errors("get"):
+                    value = txn.get(key)
+                consume(i, value)  # its exceptions propagate unwrapped
+        finally:
+            txn.abort()  # read-only: abort just releases the snapshot
+
+    def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
+        """One write transaction: either every item is stored or (on error) none is."""
+        if not items:
+            return
+        with _wrap_errors("put"), self._env.begin(db=self._db, write=True) as txn:
+            for key, value in items:
+                txn.put(key, value)
+
+    def remove_many(self, keys: Sequence[BlockHash]) -> None:
+        if not keys:
+            return
+        with _wrap_errors("delete"), self._env.begin(db=self._db, write=True) as txn:
+            for key in keys:
+                txn.delete(key)
+
+    def scan(self) -> Iterator[tuple[BlockHash, int]]:
+        """Yield ``(key, value size)`` in key order, in batches of short read transactions
+        (a long-lived reader would stop LMDB from reusing freed pages)."""
+        after: bytes | None = None
+        while True:
+            batch: list[tuple[BlockHash, int]] = []
+            with _wrap_errors("scan"), self._env.begin(db=self._db, buffers=True) as txn:
+                cursor = txn.cursor()
+                found = cursor.set_range(after) if after is not None else cursor.first()
+                while found and len(batch) < _SCAN_BATCH:
+                    key = bytes(cursor.key())
+                    if key != after:
+                        batch.append((BlockHash(key), len(cursor.value())))
+                    found = cursor.next()
+            if not batch:
+                return
+            yield from batch
+            after = batch[-1][0]
+
+    def close(self) -> None:
+        """Flush to disk (``sync`` was off for commits) and release the environment."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with _wrap_errors("sync"):
+                self._env.sync(True)
+        finally:
+            _release_env(self.path)
