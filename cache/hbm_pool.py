@@ -1,0 +1,158 @@
+"""The HBM tier: the device KV block pool and its allocator.
+
+A block is in exactly one of three states:
+
+* free: not cached, refcount 0, in `_free` (ready to hand out);
+* in use: refcount > 0 (held by running or loading requests);
+* cached-free: refcount 0 but its hash is registered, so a later request with the same
+  prefix can reuse it (prefix caching, as in vLLM). These blocks sit in the eviction
+  policy and are reclaimed only when no plain free block is left.
+
+Reclaiming a cached-free block returns its (hash, block id) to the caller so the cache
+manager can spill its bytes before anyone writes into the slot.
+
+Threading: owned by the engine thread. The transfer thread may write KV bytes into
+slots that are in use by a request that is loading (refcount > 0, hash not registered),
+which nobody else reads or writes until the load has finished.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cache.block_hash import BlockHash
+from cache.eviction import make_policy
+from cache.layout import KVLayout
+
+
+@dataclass(slots=True)
+class Allocation:
+    """Blocks handed out by `HbmBlockPool.allocate`, plus cached blocks evicted for them."""
+
+    block_ids: list[int]
+    evicted: list[tuple[BlockHash, int]]
+
+
+class HbmBlockPool:
+    """Preallocated KV pool `[num_blocks, *layout.block_shape]` with refcounts and prefix cache."""
+
+    def __init__(self, layout: KVLayout, num_blocks: int, eviction_policy: str = "lru") -> None:
+        if num_blocks < 1:
+            raise ValueError(f"HBM pool needs at least one block, got {num_blocks}")
+        self.layout = layout
+        self.num_blocks = num_blocks
+        self.kv = np.zeros((num_blocks, *layout.block_shape), dtype=layout.np_dtype)
+        self._refcount = [0] * num_blocks
+        self._hash: list[BlockHash | None] = [None] * num_blocks
+        self._cached: dict[BlockHash, int] = {}
+        self._free: deque[int] = deque(range(num_blocks))
+        self._evictable = make_policy(eviction_policy)
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks `allocate` can hand out now (plain free + cached-free)."""
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self._cached)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    def can_allocate(self, num_blocks: int) -> bool:
+        return num_blocks <= self.num_free_blocks
+
+    def cached_block(self, block_hash: BlockHash) -> int | None:
+        return self._cached.get(block_hash)
+
+    def count_cached_prefix(self, hashes: Sequence[BlockHash]) -> int:
+        """Number of leading `hashes` whose blocks are in HBM."""
+        n = 0
+        for h in hashes:
+            if h not in self._cached:
+                break
+            n += 1
+        return n
+
+    def block_hash(self, block_id: int) -> BlockHash | None:
+        return self._hash[block_id]
+
+    # -- allocation ----------------------------------------------------------------------
+
+    def allocate(self, num_blocks: int) -> Allocation | None:
+        """Hand out `num_blocks` blocks with refcount 1, or None (and change nothing)."""
+        if num_blocks > self.num_free_blocks:
+            return None
+        block_ids: list[int] = []
+        evicted: list[tuple[BlockHash, int]] = []
+        for _ in range(num_blocks):
+            if self._free:
+                block_id = self._free.popleft()
+            else:
+                block_hash = self._evictable.pop_victim()
+                assert block_hash is not None  # guarded by num_free_blocks above
+                block_id = self._cached.pop(block_hash)
+                self._hash[block_id] = None
+                evicted.append((block_hash, block_id))
+            self._refcount[block_id] = 1
+            block_ids.append(block_id)
+        return Allocation(block_ids, evicted)
+
+    def acquire_cached(self, block_ids: Iterable[int]) -> None:
+        """Take a reference on cached blocks (a prefix hit)."""
+        for block_id in block_ids:
+            if self._refcount[block_id] == 0:
+                block_hash = self._hash[block_id]
+                if block_hash is not None:
+                    self._evictable.remove(block_hash)
+            self._refcount[block_id] += 1
+
+    def free(self, block_ids: Sequence[int]) -> None:
+        """Drop one reference on each block.
+
+        Pass a sequence's blocks in order; they are released last-first so that, among
+        blocks freed together, descendants become eviction victims before their parents.
+        """
+        for block_id in reversed(block_ids):
+            if self._refcount[block_id] <= 0:
+                raise ValueError(f"double free of HBM block {block_id}")
+            self._refcount[block_id] -= 1
+            if self._refcount[block_id] == 0:
+                block_hash = self._hash[block_id]
+                if block_hash is None:
+                    self._free.append(block_id)
+                else:
+                    self._evictable.insert(block_hash)
+
+    def register(self, block_id: int, block_hash: BlockHash) -> bool:
+        """Record that `block_id` holds the full block `block_hash`.
+
+        Returns False (and leaves the block private) if another block already caches
+        that hash, e.g. two requests computed the same prefix at the same time.
+        """
+        if block_hash in self._cached or self._hash[block_id] is not None:
+            return False
+        self._cached[block_hash] = block_id
+        self._hash[block_id] = block_hash
+        return True
+
+    def evict_all_cached(self) -> list[tuple[BlockHash, int]]:
+        """Reclaim every cached-free block (for an explicit offload).
+
+        The caller must copy the returned blocks' bytes out before allocating again.
+        """
+        evicted: list[tuple[BlockHash, int]] = []
+        while (block_hash := self._evictable.pop_victim()) is not None:
+            block_id = self._cached.pop(block_hash)
+            self._hash[block_id] = None
+            self._free.append(block_id)
+            evicted.append((block_hash, block_id))
+        return evicted

@@ -1,0 +1,378 @@
+"""The UCM-style cache manager: one view over HBM, DDR (Redis) and flash (LMDB).
+
+The manager holds the placement policy; the tiers only store bytes. It answers "how much
+of this prompt is cached, and where", reserves HBM for the blocks that must come up from
+a lower tier, and moves blocks down as HBM and DDR fill up:
+
+    HBM --evict (write-back spill)--> DDR --demote--> flash --delete
+
+Lower tiers are inclusive: reloading a block into HBM keeps its DDR/flash copy, so a
+later HBM eviction of it costs no write.
+
+Threading: every method is called from the engine thread. I/O runs on the manager's
+`TransferWorker`; `poll()` collects what finished. Only `offload()` blocks (it is an
+explicit admin operation that waits for its transfers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cache.block_format import encode_block, encoded_size
+from cache.block_hash import BlockHash
+from cache.hbm_pool import HbmBlockPool
+from cache.layout import KVLayout
+from cache.stats import CacheStats, Tier
+from cache.tier_index import TierIndex
+from cache.tiers.base import StorageTier, TierError
+from cache.transfer import (
+    DemoteJob,
+    JobResult,
+    LoadJob,
+    LoadStatus,
+    RemoveJob,
+    StoreJob,
+    TransferWorker,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Sizes and policy of the cache manager (built by the server from its settings)."""
+
+    hbm_num_blocks: int
+    ddr_capacity_bytes: int = 0  # 0 disables the DDR tier
+    flash_capacity_bytes: int = 0  # 0 disables the flash tier
+    eviction_policy: str = "lru"
+
+
+@dataclass(slots=True)
+class PrefixHit:
+    """The longest cached prefix of a block-hash chain: HBM blocks first, then lower tiers."""
+
+    hbm_block_ids: list[int]
+    lower: list[tuple[BlockHash, Tier]]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.hbm_block_ids) + len(self.lower)
+
+
+@dataclass(slots=True)
+class AcquiredPrefix:
+    """Blocks a request now holds for its cached prefix.
+
+    `block_ids` covers the whole hit: HBM hits, then slots reserved for lower-tier blocks.
+    While `ticket` is not None those slots are being filled; wait for the matching
+    `FinishedLoad` before reading them.
+    """
+
+    block_ids: list[int]
+    num_hbm_blocks: int
+    ticket: int | None
+
+
+@dataclass(slots=True)
+class FinishedLoad:
+    """A load finished: the first `num_loaded_blocks` reserved slots hold valid KV.
+
+    Slots after them (a block was missing or corrupt) stay allocated to the request as
+    plain blocks; their tokens must be recomputed.
+    """
+
+    ticket: int
+    num_loaded_blocks: int
+
+
+class CacheManager:
+    """Placement across HBM, DDR and flash for one model layout."""
+
+    def __init__(
+        self,
+        layout: KVLayout,
+        config: CacheConfig,
+        ddr: StorageTier | None = None,
+        flash: StorageTier | None = None,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.pool = HbmBlockPool(layout, config.hbm_num_blocks, config.eviction_policy)
+        self.stats = CacheStats()
+        self._block_size = encoded_size(layout.block_shape, layout.np_dtype)
+        self._stores: dict[Tier, StorageTier] = {}
+        self._index: dict[Tier, TierIndex] = {}
+        for tier, store, capacity in (
+            (Tier.DDR, ddr, config.ddr_capacity_bytes),
+            (Tier.FLASH, flash, config.flash_capacity_bytes),
+        ):
+            if store is not None and capacity >= self._block_size:
+                self._stores[tier] = store
+                self._index[tier] = TierIndex(capacity, config.eviction_policy)
+        self._worker = TransferWorker(self._stores, layout, self.pool.kv, notify)
+        self._tickets = itertools.count(1)
+        self._rebuild_indexes()
+
+    @property
+    def kv(self) -> np.ndarray:
+        """The HBM KV pool the executor attends over."""
+        return self.pool.kv
+
+    def has_tier(self, tier: Tier) -> bool:
+        return tier is Tier.HBM or tier in self._index
+
+    # -- lookup and admission ------------------------------------------------------------
+
+    def match_prefix(self, hashes: Sequence[BlockHash], max_blocks: int) -> PrefixHit:
+        """Longest run of leading `hashes` (at most `max_blocks`) cached in any tier."""
+        hbm: list[int] = []
+        for block_hash in hashes[:max_blocks]:
+            block_id = self.pool.cached_block(block_hash)
+            if block_id is None:
+                break
+            hbm.append(block_id)
+        lower: list[tuple[BlockHash, Tier]] = []
+        for block_hash in hashes[len(hbm) : max_blocks]:
+            tier = next((t for t, idx in self._index.items() if block_hash in idx), None)
+            if tier is None:
+                break
+            lower.append((block_hash, tier))
+        return PrefixHit(hbm, lower)
+
+    def can_allocate(self, num_blocks: int) -> bool:
+        return self.pool.can_allocate(num_blocks)
+
+    def acquire_prefix(
+        self, hit: PrefixHit, num_query_tokens: int, num_query_blocks: int
+    ) -> AcquiredPrefix | None:
+        """Take the hit: reference its HBM blocks and start loading the lower-tier ones.
+
+        Returns None (changing nothing) when HBM cannot hold the lower-tier blocks.
+        Counts the query (`num_query_blocks` is the `max_blocks` it was matched with);
+        lower-tier hits count when their blocks arrive intact.
+        """
+        self.pool.acquire_cached(hit.hbm_block_ids)
+        allocation = self._allocate(len(hit.lower))
+        if allocation is None:
+            self.pool.free(hit.hbm_block_ids)
+            return None
+        self.stats.query_tokens += num_query_tokens
+        self.stats.hit_tokens[Tier.HBM] += len(hit.hbm_block_ids) * self.layout.block_size
+        self.stats.tiers[Tier.HBM].hit_blocks += len(hit.hbm_block_ids)
+        if hit.num_blocks < num_query_blocks:  # the chain ended: every tier missed a block
+            for tier in (Tier.HBM, *self._index):
+                self.stats.tiers[tier].miss_blocks += 1
+        ticket = None
+        if hit.lower:
+            ticket = next(self._tickets)
+            items = [(h, b, t) for (h, t), b in zip(hit.lower, allocation, strict=True)]
+            self._worker.submit(LoadJob(ticket, items))
+        return AcquiredPrefix(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), ticket)
+
+    def allocate(self, num_blocks: int) -> list[int] | None:
+        """`num_blocks` fresh HBM blocks (spilling evicted cached blocks), or None."""
+        return self._allocate(num_blocks)
+
+    def commit(self, block_ids: Sequence[int], hashes: Sequence[BlockHash]) -> None:
+        """Register computed full blocks so later requests can reuse them."""
+        for block_id, block_hash in zip(block_ids, hashes, strict=True):
+            self.pool.register(block_id, block_hash)
+
+    def free(self, block_ids: Sequence[int]) -> None:
+        """Release a request's blocks (in sequence order); cached ones stay reusable."""
+        self.pool.free(block_ids)
+
+    # -- completion ----------------------------------------------------------------------
+
+    def poll(self) -> list[FinishedLoad]:
+        """Apply finished transfers; return the loads that completed. Never blocks."""
+        finished: list[FinishedLoad] = []
+        for result in self._worker.poll():
+            self._account(result)
+            if isinstance(result.job, LoadJob):
+                finished.append(self._finish_load(result.job, result))
+            elif isinstance(result.job, StoreJob) and result.error:
+                for block_hash, _ in result.job.items:
+                    self._index[result.job.tier].remove(block_hash)
+            elif isinstance(result.job, DemoteJob):
+                for block_hash, status in zip(result.job.keys, result.statuses, strict=True):
+                    if status is not LoadStatus.OK:
+                        self._index[Tier.FLASH].remove(block_hash)
+        self._refresh_occupancy()
+        return finished
+
+    @property
+    def num_transfers_pending(self) -> int:
+        return self._worker.num_pending
+
+    def wait_transfers(self, timeout: float | None = None) -> bool:
+        """Block until all submitted transfers finished (tests, offload, shutdown)."""
+        return self._worker.wait_idle(timeout)
+
+    def offload(self, tier: Tier) -> int:
+        """Push every movable block of `tier` one tier down and wait for the moves.
+
+        HBM: every cached, unreferenced block is spilled (blocks in use stay). DDR: every
+        block is demoted to flash. Returns the number of blocks moved.
+        """
+        if tier is Tier.HBM:
+            evicted = self.pool.evict_all_cached()
+            moved = self._spill(evicted)
+        elif tier is Tier.DDR:
+            if Tier.DDR not in self._index or Tier.FLASH not in self._index:
+                raise ValueError("offloading DDR needs both the DDR and the flash tier")
+            moved = 0
+            while (victim := self._index[Tier.DDR].pop_victim()) is not None:
+                self.stats.tiers[Tier.DDR].evictions += 1
+                self._demote([victim])
+                moved += 1
+        else:
+            raise ValueError("flash is the last tier; nothing to offload to")
+        self.wait_transfers()
+        self.poll()
+        return moved
+
+    def close(self) -> None:
+        """Finish pending transfers and close the lower tiers."""
+        self._worker.close()
+        for store in self._stores.values():
+            try:
+                store.close()
+            except TierError:
+                logger.warning("closing %s tier failed", store.name, exc_info=True)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _allocate(self, num_blocks: int) -> list[int] | None:
+        allocation = self.pool.allocate(num_blocks)
+        if allocation is None:
+            return None
+        if allocation.evicted:
+            self._spill(allocation.evicted)
+        return allocation.block_ids
+
+    def _spill(self, evicted: Sequence[tuple[BlockHash, int]]) -> int:
+        """Write evicted HBM blocks to the highest lower tier that lacks them."""
+        self.stats.tiers[Tier.HBM].evictions += len(evicted)
+        target = next((t for t in (Tier.DDR, Tier.FLASH) if t in self._index), None)
+        if target is None:
+            return 0
+        items: list[tuple[BlockHash, bytes]] = []
+        for block_hash, block_id in evicted:
+            held = [t for t in self._index if block_hash in self._index[t]]
+            if held:
+                self._index[held[0]].touch(block_hash)
+                continue
+            if not self._make_room(target, self._block_size):
+                continue
+            items.append((block_hash, encode_block(self.pool.kv[block_id])))
+            self._index[target].add(block_hash, self._block_size)
+        if items:
+            self._worker.submit(StoreJob(target, items))
+        return len(evicted)
+
+    def _make_room(self, tier: Tier, size: int) -> bool:
+        """Evict from `tier` (demoting DDR victims to flash) until `size` more bytes fit."""
+        index = self._index[tier]
+        if not index.fits(size):
+            return False
+        victims: list[BlockHash] = []
+        while not index.has_room(size):
+            victim = index.pop_victim()
+            if victim is None:
+                return False
+            victims.append(victim)
+        self.stats.tiers[tier].evictions += len(victims)
+        if not victims:
+            return True
+        if tier is Tier.DDR and Tier.FLASH in self._index:
+            self._demote(victims)
+        else:
+            self._worker.submit(RemoveJob(tier, victims))
+        return True
+
+    def _demote(self, keys: list[BlockHash]) -> None:
+        """Move DDR blocks (already out of the DDR index) to flash, or drop them."""
+        kept: list[BlockHash] = []
+        dropped: list[BlockHash] = []
+        for key in keys:
+            if self._make_room(Tier.FLASH, self._block_size):
+                self._index[Tier.FLASH].add(key, self._block_size)
+                kept.append(key)
+            else:
+                dropped.append(key)
+        if kept:
+            self._worker.submit(DemoteJob(kept))
+        if dropped:
+            self._worker.submit(RemoveJob(Tier.DDR, dropped))
+
+    def _finish_load(self, job: LoadJob, result: JobResult) -> FinishedLoad:
+        """Register the blocks that arrived intact, up to the first one that did not."""
+        num_ok = 0
+        for (block_hash, block_id, tier), status in zip(job.items, result.statuses, strict=True):
+            if status is not LoadStatus.OK:
+                # The prefix ends here. Later blocks may be fine, but their tokens are
+                # recomputed into these slots, so they are not registered.
+                self._index[tier].remove(block_hash)
+                self.stats.tiers[tier].miss_blocks += 1
+                if status is LoadStatus.CORRUPT:
+                    self.stats.tiers[tier].checksum_failures += 1
+                    self._worker.submit(RemoveJob(tier, [block_hash]))
+                elif status is LoadStatus.IO_ERROR:
+                    self.stats.tiers[tier].io_errors += 1
+                break
+            self.pool.register(block_id, block_hash)
+            self._index[tier].touch(block_hash)
+            self.stats.tiers[tier].hit_blocks += 1
+            self.stats.hit_tokens[tier] += self.layout.block_size
+            num_ok += 1
+        return FinishedLoad(job.ticket, num_ok)
+
+    def _account(self, result: JobResult) -> None:
+        for tier, n in result.read_bytes.items():
+            self.stats.tiers[tier].read_bytes += n
+        for tier, n in result.write_bytes.items():
+            self.stats.tiers[tier].write_bytes += n
+        if isinstance(result.job, LoadJob):
+            for tier, seconds in result.seconds.items():
+                self.stats.tiers[tier].reload_latency.observe(seconds)
+        if result.error:
+            logger.warning("transfer %s failed: %s", type(result.job).__name__, result.error)
+
+    def _refresh_occupancy(self) -> None:
+        hbm = self.stats.tiers[Tier.HBM]
+        hbm.num_blocks = self.pool.num_used_blocks
+        hbm.used_bytes = hbm.num_blocks * self.layout.block_bytes
+        hbm.capacity_bytes = self.pool.num_blocks * self.layout.block_bytes
+        for tier, index in self._index.items():
+            stats = self.stats.tiers[tier]
+            stats.num_blocks, stats.used_bytes = len(index), index.used_bytes
+            stats.capacity_bytes = index.capacity_bytes
+
+    def _rebuild_indexes(self) -> None:
+        """Adopt blocks a lower tier already holds (flash survives restarts)."""
+        for tier, store in self._stores.items():
+            index = self._index[tier]
+            try:
+                for key, size in store.scan():
+                    if size == self._block_size:
+                        index.add(key, size)
+            except TierError:
+                logger.warning("could not scan the %s tier; starting empty", tier, exc_info=True)
+            if index.used_bytes > index.capacity_bytes:
+                extra: list[BlockHash] = []
+                while index.used_bytes > index.capacity_bytes:
+                    victim = index.pop_victim()
+                    if victim is None:
+                        break
+                    extra.append(victim)
+                self._worker.submit(RemoveJob(tier, extra))
+            logger.info("%s tier: %d blocks found at start-up", tier, len(index))
+        self._refresh_occupancy()

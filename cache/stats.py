@@ -1,0 +1,73 @@
+"""Cache statistics: plain counters owned by the engine thread.
+
+The transfer thread never writes here: it reports figures in its job results and the
+manager (engine thread) adds them up, so every counter has a single writer. Readers on
+other threads (the /metrics scrape) take `snapshot()` copies.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Tier(StrEnum):
+    HBM = "hbm"
+    DDR = "ddr"
+    FLASH = "flash"
+
+
+# Reload latency buckets (seconds): a 16 KiB block from a local Redis takes ~50 us, a
+# 2k-token prefix (125 blocks) a few ms; flash on a cold page cache can take longer.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Fixed-bucket histogram (cumulative counts are derived when exported)."""
+
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total_seconds: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.bucket_counts[i] += 1
+                break
+        else:
+            self.bucket_counts[-1] += 1
+        self.total_seconds += seconds
+        self.count += 1
+
+
+@dataclass(slots=True)
+class TierStats:
+    """Per-tier counters. Block counts are in blocks, sizes in bytes."""
+
+    hit_blocks: int = 0
+    miss_blocks: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+    used_bytes: int = 0
+    capacity_bytes: int = 0
+    num_blocks: int = 0
+    evictions: int = 0
+    checksum_failures: int = 0
+    io_errors: int = 0
+    reload_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Everything the cache manager counts; exported by the server's /metrics."""
+
+    query_tokens: int = 0
+    hit_tokens: dict[Tier, int] = field(default_factory=lambda: {t: 0 for t in Tier})
+    tiers: dict[Tier, TierStats] = field(default_factory=lambda: {t: TierStats() for t in Tier})
+
+    def snapshot(self) -> CacheStats:
+        return copy.deepcopy(self)

@@ -1,0 +1,70 @@
+"""In-memory index of the blocks one lower tier (DDR or flash) holds.
+
+The manager keeps one per tier to answer prefix lookups without I/O and to enforce the
+tier's byte capacity: it decides what to demote or delete *before* the store is full,
+so Redis never has to drop a block on its own. Owned by the engine thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from cache.block_hash import BlockHash
+from cache.eviction import make_policy
+
+
+class TierIndex:
+    """Which blocks a tier holds, their stored sizes, and their eviction order."""
+
+    def __init__(self, capacity_bytes: int, eviction_policy: str = "lru") -> None:
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self._sizes: dict[BlockHash, int] = {}
+        self._policy = make_policy(eviction_policy)
+
+    def __contains__(self, block_hash: object) -> bool:
+        return block_hash in self._sizes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __iter__(self) -> Iterator[BlockHash]:
+        """Blocks in eviction order (first = next victim)."""
+        return iter(list(self._policy))
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.capacity_bytes > 0
+
+    def fits(self, size: int) -> bool:
+        """Whether a block of `size` bytes could ever be stored here."""
+        return self.is_enabled and size <= self.capacity_bytes
+
+    def has_room(self, size: int) -> bool:
+        return self.used_bytes + size <= self.capacity_bytes
+
+    def add(self, block_hash: BlockHash, size: int) -> None:
+        if block_hash in self._sizes:
+            self._policy.touch(block_hash)
+            return
+        self._sizes[block_hash] = size
+        self.used_bytes += size
+        self._policy.insert(block_hash)
+
+    def touch(self, block_hash: BlockHash) -> None:
+        if block_hash in self._sizes:
+            self._policy.touch(block_hash)
+
+    def remove(self, block_hash: BlockHash) -> bool:
+        size = self._sizes.pop(block_hash, None)
+        if size is None:
+            return False
+        self.used_bytes -= size
+        self._policy.remove(block_hash)
+        return True
+
+    def pop_victim(self) -> BlockHash | None:
+        block_hash = self._policy.pop_victim()
+        if block_hash is not None:
+            self.used_bytes -= self._sizes.pop(block_hash)
+        return block_hash
