@@ -1,0 +1,34 @@
+"""Simulated NPU: a tiny llama in numpy over a paged KV pool, plus a roofline device model.
+
+Never imports `server` or `cache` (see docs/architecture.md).
+"""
+
+from npu_sim.cost_model import StepCost, step_cost, transfer_seconds
+from npu_sim.device import DEVICE_PRESETS, DeviceSpec, get_device
+from npu_sim.executor import Executor, Pace, StepResult, StepSequence
+from npu_sim.model import Model, SeqChunk
+from npu_sim.model_config import MODEL_PRESETS, ModelConfig, get_model_config
+from npu_sim.ops import TILE_ROWS, tiled_matmul
+from npu_sim.sampling import Sampler, SamplingParams
+
+__all__ = [
+    "DEVICE_PRESETS",
+    "MODEL_PRESETS",
+    "TILE_ROWS",
+    "DeviceSpec",
+    "Executor",
+    "Model",
+    "ModelConfig",
+    "Pace",
+    "Sampler",
+    "SamplingParams",
+    "SeqChunk",
+    "StepCost",
+    "StepResult",
+    "StepSequence",
+    "get_device",
+    "get_model_config",
+    "step_cost",
+    "tiled_matmul",
+    "transfer_seconds",
+]

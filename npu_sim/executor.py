@@ -1,0 +1,137 @@
+"""Runs model steps on the simulated NPU: forward, sample, and pace to the device.
+
+The numpy forward produces the real tokens and KV bytes; the cost model says how long the
+step would take on the simulated device; with `Pace.REAL` the executor sleeps until the
+step has lasted at least that long. That sleep *is* the device simulation: wall-clock
+behaviour (latency, throughput, queueing) then looks like the modelled accelerator as long
+as numpy on the host is faster than the modelled device.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npu_sim.cost_model import step_cost
+from npu_sim.device import DeviceSpec
+from npu_sim.model import Model, SeqChunk
+from npu_sim.model_config import ModelConfig
+from npu_sim.sampling import Sampler
+
+
+class Pace(enum.Enum):
+    """REAL: a step lasts at least its modelled device time. NONE: run flat out."""
+
+    REAL = "real"
+    NONE = "none"
+
+
+@dataclass(slots=True)
+class StepSequence:
+    """One sequence's share of a step (see `SeqChunk` for token_ids/start_pos/block_table).
+
+    sampler: samples the token after the chunk's last token; None for a mid-prefill chunk
+    (nothing is sampled and no logits are computed).
+    """
+
+    seq_id: str
+    token_ids: Sequence[int]
+    start_pos: int
+    block_table: Sequence[int]
+    sampler: Sampler | None
+
+
+@dataclass(slots=True)
+class StepResult:
+    """Outcome of one step.
+
+    sampled: seq_id -> sampled token, for every sequence that had a sampler.
+    num_tokens: tokens pushed through the model (prefill + decode).
+    modelled_seconds: device time from the cost model.
+    wall_seconds: how long `step` took, compute plus any pacing wait.
+    """
+
+    sampled: dict[str, int] = field(default_factory=dict)
+    num_tokens: int = 0
+    modelled_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+class Executor:
+    """Executes steps of `model` over `kv_pool` and paces them to `device`.
+
+    `model_config` is what the cost model charges for: normally `model.config`, but it may
+    describe a bigger model so the tiny numpy model stands in for it timing-wise.
+
+    Thread contract: call `step` from one thread (the engine thread) only; it blocks for
+    the compute and the pacing sleep and never touches asyncio. The KV pool is mutated in
+    place; callers must not move blocks used by a step while it runs.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        model_config: ModelConfig,
+        device: DeviceSpec,
+        pace: Pace,
+        kv_pool: np.ndarray,
+    ) -> None:
+        self._model = model
+        self._model_config = model_config
+        self._device = device
+        self._pace = pace
+        self._kv_pool = kv_pool
+
+    @property
+    def pace(self) -> Pace:
+        return self._pace
+
+    @property
+    def kv_pool(self) -> np.ndarray:
+        return self._kv_pool
+
+    def step(self, seqs: Sequence[StepSequence]) -> StepResult:
+        """Run one forward over `seqs`, sample, and (with `Pace.REAL`) wait out the device.
+
+        Raises `ValueError` on duplicate seq ids or an invalid batch (see `Model.forward`);
+        the KV pool may then hold partial writes for the batch's own slots.
+        """
+        started = time.perf_counter()
+        if not seqs:
+            return StepResult()
+        if len({s.seq_id for s in seqs}) != len(seqs):
+            raise ValueError("duplicate seq_id in one step")
+        chunks = [
+            SeqChunk(s.token_ids, s.start_pos, s.block_table, needs_logits=s.sampler is not None)
+            for s in seqs
+        ]
+        logits = self._model.forward(chunks, self._kv_pool)
+        sampled: dict[str, int] = {}
+        row = 0
+        for s in seqs:
+            if s.sampler is not None:
+                sampled[s.seq_id] = s.sampler.sample(logits[row])
+                row += 1
+        cost = step_cost(
+            self._model_config,
+            self._device,
+            [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs],
+        )
+        if self._pace is Pace.REAL:
+            _sleep_until(started + cost.seconds)
+        return StepResult(
+            sampled=sampled,
+            num_tokens=sum(len(s.token_ids) for s in seqs),
+            modelled_seconds=cost.seconds,
+            wall_seconds=time.perf_counter() - started,
+        )
+
+
+def _sleep_until(deadline: float) -> None:
+    """Sleep until `time.perf_counter() >= deadline` (loops: sleep may wake early)."""
+    while (remaining := deadline - time.perf_counter()) > 0:
+        time.sleep(remaining)

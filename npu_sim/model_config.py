@@ -1,0 +1,123 @@
+"""Shape of the simulated llama-style model and its presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+import numpy as np
+
+from npu_sim.tokenizer import VOCAB_SIZE
+
+WEIGHT_BYTES_PER_PARAM: Final = 2  # weights are costed as fp16 on the device
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Geometry of a llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU, untied lm_head).
+
+    `seed` fixes the random weights, so two processes with the same config compute the
+    same logits and KV bytes (on the same CPU/BLAS kernel). `kv_dtype` is the dtype of the
+    KV pool; compute is fp32 regardless.
+    """
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    seed: int = 0
+    kv_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        dims = (
+            self.num_layers,
+            self.hidden_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.intermediate_size,
+            self.vocab_size,
+        )
+        if any(d <= 0 for d in dims):
+            raise ValueError(f"model {self.name!r}: all dimensions must be > 0")
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even (RoPE rotates pairs)")
+        if np.dtype(self.kv_dtype).kind != "f":
+            raise ValueError(f"kv_dtype must be a float dtype, got {self.kv_dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_query_groups(self) -> int:
+        """Query heads sharing one KV head."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V of one token across all layers in the KV pool."""
+        itemsize = np.dtype(self.kv_dtype).itemsize
+        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * itemsize
+
+    @property
+    def num_params_per_layer(self) -> int:
+        h, hd = self.hidden_size, self.head_dim
+        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * hd
+        o = self.num_heads * hd * h
+        mlp = 3 * h * self.intermediate_size
+        return qkv + o + mlp + 2 * h  # + two RMSNorm weights
+
+    @property
+    def num_params(self) -> int:
+        """All parameters: embedding, layers, final norm and (untied) lm_head."""
+        h = self.hidden_size
+        return 2 * self.vocab_size * h + self.num_layers * self.num_params_per_layer + h
+
+    @property
+    def weight_bytes(self) -> int:
+        """Weight footprint on the device, counted as fp16 (numpy computes in fp32)."""
+        return self.num_params * WEIGHT_BYTES_PER_PARAM
+
+
+MODEL_PRESETS: Final = MappingProxyType(
+    {
+        "tiny-llama": ModelConfig(
+            name="tiny-llama",
+            num_layers=4,
+            hidden_size=256,
+            num_heads=8,
+            num_kv_heads=2,
+            intermediate_size=768,
+            vocab_size=VOCAB_SIZE,
+        ),
+        "small-llama": ModelConfig(
+            name="small-llama",
+            num_layers=8,
+            hidden_size=512,
+            num_heads=8,
+            num_kv_heads=2,
+            intermediate_size=1536,
+            vocab_size=VOCAB_SIZE,
+        ),
+    }
+)
+DEFAULT_MODEL: Final = "tiny-llama"
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """Return the preset called `name`; raise `ValueError` listing the choices if unknown."""
+    try:
+        return MODEL_PRESETS[name]
+    except KeyError:
+        choices = ", ".join(sorted(MODEL_PRESETS))
+        raise ValueError(f"unknown model {name!r}; choose one of: {choices}") from None
