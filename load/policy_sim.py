@@ -1,13 +1,15 @@
 """Offline cache-policy simulator over a trace's block sequence (no server).
 
-Model: requests arrive in trace order; each request looks up its blocks in order, a
-hit is counted per block found (and the policy is touched), then the request's missing
-blocks are inserted, evicting as the policy chooses. Capacity is in blocks.
+Model: requests arrive in trace order; each request looks up its (distinct) blocks in
+order, a hit is counted per block found (and the policy is touched), then the
+request's missing blocks are inserted, evicting as the policy chooses. Capacity is in
+blocks.
 
 Online policies come from ``cache.eviction`` (``make_policy(name)``); ``belady`` is
 implemented here: with knowledge of the future it keeps, after each request, the
 blocks whose next use is nearest (bypassing a block used later than everything kept),
-which is the optimum for this model and so an upper bound for every online policy.
+which is the optimum for this model (tests check it against exhaustive search) and so
+an upper bound for every online policy.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def simulate_online(requests: Sequence[Sequence[int]], policy: EvictionPolicy,
     """Number of block hits of ``policy`` (fresh, empty) at ``capacity`` blocks."""
     _check_capacity(capacity)
     hits = 0
-    for blocks in requests:
+    for blocks in distinct_blocks(requests):
         missing = []
         for key in blocks:
             if key in policy:
@@ -67,8 +69,6 @@ def simulate_online(requests: Sequence[Sequence[int]], policy: EvictionPolicy,
             else:
                 missing.append(key)
         for key in missing:
-            if key in policy:  # repeated within the request
-                continue
             while len(policy) >= capacity:
                 if policy.pop_victim() is None:
                     break
@@ -77,53 +77,62 @@ def simulate_online(requests: Sequence[Sequence[int]], policy: EvictionPolicy,
     return hits
 
 
-def next_use_index(requests: Sequence[Sequence[int]]) -> list[int]:
-    """For each access (requests flattened), the position of the next access to the
-    same block, or the number of accesses if there is none."""
-    flat = [key for blocks in requests for key in blocks]
-    never = len(flat)
-    out = [never] * len(flat)
-    seen: dict[int, int] = {}
-    for pos in range(len(flat) - 1, -1, -1):
-        out[pos] = seen.get(flat[pos], never)
-        seen[flat[pos]] = pos
+def distinct_blocks(requests: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Each request's blocks with repeats dropped (first occurrence kept). A prefix
+    cache stores a block once per request (trace ids are chained hashes, which never
+    repeat within a prompt), so a repeat is not a separate access."""
+    return [list(dict.fromkeys(blocks)) for blocks in requests]
+
+
+def next_use_index(requests: Sequence[Sequence[int]]) -> list[dict[int, int]]:
+    """For each request and each key it accesses, the index of the next request using
+    the key (``len(requests)`` if none)."""
+    never = len(requests)
+    out: list[dict[int, int]] = [{} for _ in requests]
+    upcoming: dict[int, int] = {}
+    for i in range(len(requests) - 1, -1, -1):
+        out[i] = {key: upcoming.get(key, never) for key in requests[i]}
+        for key in requests[i]:
+            upcoming[key] = i
     return out
 
 
 def simulate_belady(requests: Sequence[Sequence[int]], capacity: int,
-                    next_use: list[int] | None = None) -> int:
-    """Number of block hits of the clairvoyant policy; O(log n) per access."""
+                    next_use: list[dict[int, int]] | None = None) -> int:
+    """Number of block hits of the clairvoyant policy; O(log n) per access.
+
+    After each request it keeps the ``capacity`` blocks, among those cached and those
+    just requested, that the earliest future request uses. Blocks first needed by the
+    same request tie harmlessly (that request can keep any of them afterwards); a block
+    never used again is not inserted at all.
+    """
     _check_capacity(capacity)
+    requests = distinct_blocks(requests)
     if next_use is None:
         next_use = next_use_index(requests)
-    never = len(next_use)
-    cached: dict[int, int] = {}  # key -> its next use
+    never = len(requests)
+    cached: dict[int, int] = {}  # key -> index of the next request using it
     heap: list[tuple[int, int]] = []  # (-next use, key); stale entries skipped lazily
     hits = 0
-    pos = 0
-    for blocks in requests:
-        after: dict[int, int] = {}  # next use after this request, per key
-        missing: list[int] = []
+    for i, blocks in enumerate(requests):
+        missing = []
         for key in blocks:
+            nxt = next_use[i][key]
             if key in cached:
                 hits += 1
-            elif key not in after:
+                cached[key] = nxt
+                heapq.heappush(heap, (-nxt, key))
+            else:
                 missing.append(key)
-            after[key] = next_use[pos]
-            pos += 1
-        for key in blocks:
-            if key in cached and cached[key] != after[key]:
-                cached[key] = after[key]
-                heapq.heappush(heap, (-after[key], key))
         for key in missing:
-            nxt = after[key]
+            nxt = next_use[i][key]
             if nxt == never:
                 continue  # never used again: keeping it cannot help
             if len(cached) >= capacity:
                 while heap and cached.get(heap[0][1]) != -heap[0][0]:
                     heapq.heappop(heap)
                 if not heap or -heap[0][0] <= nxt:
-                    continue  # everything kept is needed sooner: bypass
+                    continue  # everything kept is needed as soon: bypass
                 del cached[heapq.heappop(heap)[1]]
             cached[key] = nxt
             heapq.heappush(heap, (-nxt, key))
@@ -161,6 +170,7 @@ def simulate(requests: Sequence[Sequence[int]], capacities: Sequence[int],
     name to a constructor (default: ``cache.eviction``)."""
     for c in capacities:
         _check_capacity(c)
+    requests = distinct_blocks(requests)
     num_accesses = sum(len(b) for b in requests)
     table: dict[str, list[float]] = {}
     next_use = next_use_index(requests) if BELADY in policies else None
