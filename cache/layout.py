@@ -48,4 +48,4 @@ class KVLayout:
     @property
     def namespace(self) -> str:
         """Key namespace in the lower tiers: one per model and layout version."""
-        return f"tierkv:{self.model_id}:v{self.version}"
+        return f"tierkv.{self.model_id}.v{self.version}"

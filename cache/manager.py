@@ -270,6 +270,11 @@ class CacheManager:
             if held:
                 self._index[held[0]].touch(block_hash)
                 continue
+            if items and not self._index[target].has_room(self._block_size):
+                # Making room may demote a block of this very batch: store it first, so
+                # the FIFO transfer thread writes it before it reads it back to demote.
+                self._worker.submit(StoreJob(target, items))
+                items = []
             if not self._make_room(target, self._block_size):
                 continue
             items.append((block_hash, encode_block(self.pool.kv[block_id])))

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Buffer, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -25,7 +25,7 @@ from cache.block_format import CorruptBlockError, decode_block
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
 from cache.stats import Tier
-from cache.tiers.base import StorageTier, TierError
+from cache.tiers.base import Buffer, StorageTier, TierError
 
 logger = logging.getLogger(__name__)
 

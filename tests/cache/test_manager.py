@@ -1,0 +1,194 @@
+"""CacheManager against a real Redis and a real LMDB: bytes go down and come back intact."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache.block_format import encoded_size
+from cache.block_hash import BlockHash, hash_full_blocks, root_hash
+from cache.embedded_redis import EmbeddedRedis
+from cache.layout import KVLayout
+from cache.manager import CacheConfig, CacheManager
+from cache.stats import Tier
+from cache.tiers.lmdb_tier import LmdbTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
+
+LAYOUT = KVLayout("test-model", num_layers=2, num_kv_heads=2, head_dim=8, block_size=4)
+BLOCK = encoded_size(LAYOUT.block_shape, LAYOUT.np_dtype)
+
+
+def chain(n: int, seed: int = 0) -> list[BlockHash]:
+    tokens = list(np.random.default_rng(seed).integers(0, 256, n * LAYOUT.block_size))
+    return hash_full_blocks(tokens, LAYOUT.block_size, root_hash("test-model", 1))
+
+
+def make_manager(
+    redis_url: str | None, flash_path: Path | None, hbm: int, ddr_blocks: int, flash_blocks: int
+) -> CacheManager:
+    ddr = RedisTier(connect_redis(redis_url), f"t-{uuid.uuid4().hex}") if redis_url else None
+    flash = LmdbTier(flash_path, 64 << 20, LAYOUT.namespace) if flash_path else None
+    config = CacheConfig(hbm, ddr_blocks * BLOCK, flash_blocks * BLOCK)
+    return CacheManager(LAYOUT, config, ddr=ddr, flash=flash)
+
+
+@pytest.fixture
+def manager_factory(redis_url: str, tmp_path: Path) -> Iterator:
+    made: list[CacheManager] = []
+
+    def make(hbm: int = 4, ddr_blocks: int = 64, flash_blocks: int = 64) -> CacheManager:
+        m = make_manager(redis_url, tmp_path / "flash", hbm, ddr_blocks, flash_blocks)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+def fill_and_cache(m: CacheManager, hashes: list[BlockHash], seed: int = 1) -> dict:
+    """Compute (random) KV for `hashes` in HBM, register and free them; return the bytes."""
+    rng = np.random.default_rng(seed)
+    ids = m.allocate(len(hashes))
+    assert ids is not None
+    data = {}
+    for block_id, h in zip(ids, hashes, strict=True):
+        m.kv[block_id] = rng.standard_normal(LAYOUT.block_shape).astype(LAYOUT.np_dtype)
+        data[h] = m.kv[block_id].copy()
+    m.commit(ids, hashes)
+    m.free(ids)
+    return data
+
+
+def reload(m: CacheManager, hashes: list[BlockHash]) -> tuple[list[int], int]:
+    hit = m.match_prefix(hashes, len(hashes))
+    acquired = m.acquire_prefix(hit, len(hashes) * LAYOUT.block_size, len(hashes))
+    assert acquired is not None
+    loaded = acquired.num_hbm_blocks
+    if acquired.ticket is not None:
+        m.wait_transfers()
+        (done,) = m.poll()
+        assert done.ticket == acquired.ticket
+        loaded += done.num_loaded_blocks
+    return acquired.block_ids, loaded
+
+
+def push_out_of_hbm(m: CacheManager) -> None:
+    ids = m.allocate(m.pool.num_blocks)  # evicts every cached block
+    assert ids is not None
+    m.free(ids)
+    m.wait_transfers()
+    m.poll()
+
+
+def test_hbm_eviction_spills_to_ddr_and_reload_is_byte_identical(manager_factory):
+    m = manager_factory(hbm=4)
+    hashes = chain(4)
+    data = fill_and_cache(m, hashes)
+    push_out_of_hbm(m)
+    hit = m.match_prefix(hashes, 4)
+    assert hit.hbm_block_ids == [] and [t for _, t in hit.lower] == [Tier.DDR] * 4
+
+    ids, loaded = reload(m, hashes)
+    assert loaded == 4
+    for block_id, h in zip(ids, hashes, strict=True):
+        assert m.kv[block_id].tobytes() == data[h].tobytes()
+    assert m.stats.hit_tokens[Tier.DDR] == 4 * LAYOUT.block_size
+    assert m.stats.tiers[Tier.DDR].read_bytes == 4 * BLOCK
+    # Reloaded blocks are HBM-cached again: a second lookup is an HBM hit.
+    m.free(ids)
+    assert len(m.match_prefix(hashes, 4).hbm_block_ids) == 4
+
+
+def test_ddr_over_capacity_demotes_to_flash_and_everything_reloads(manager_factory):
+    m = manager_factory(hbm=4, ddr_blocks=2, flash_blocks=16)
+    hashes = chain(4)
+    data = fill_and_cache(m, hashes)
+    push_out_of_hbm(m)
+    tiers = [t for _, t in m.match_prefix(hashes, 4).lower]
+    assert tiers.count(Tier.DDR) == 2 and tiers.count(Tier.FLASH) == 2
+    # Children are evicted before parents: the root block stays in the faster tier.
+    assert tiers[0] is Tier.DDR
+    assert m.stats.tiers[Tier.DDR].evictions == 2
+
+    ids, loaded = reload(m, hashes)
+    assert loaded == 4
+    assert all(m.kv[b].tobytes() == data[h].tobytes() for b, h in zip(ids, hashes, strict=True))
+    assert m.stats.hit_tokens[Tier.FLASH] == 2 * LAYOUT.block_size
+
+
+def test_offload_moves_hbm_to_ddr_and_ddr_to_flash(manager_factory):
+    m = manager_factory(hbm=8)
+    hashes = chain(3)
+    data = fill_and_cache(m, hashes)
+    assert m.offload(Tier.HBM) == 3
+    assert [t for _, t in m.match_prefix(hashes, 3).lower] == [Tier.DDR] * 3
+    assert m.offload(Tier.DDR) == 3
+    assert [t for _, t in m.match_prefix(hashes, 3).lower] == [Tier.FLASH] * 3
+    ids, loaded = reload(m, hashes)
+    assert loaded == 3
+    assert all(m.kv[b].tobytes() == data[h].tobytes() for b, h in zip(ids, hashes, strict=True))
+
+
+def test_corrupt_ddr_block_cuts_the_prefix_and_is_dropped(manager_factory):
+    m = manager_factory(hbm=4)
+    hashes = chain(3)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    ddr = m._stores[Tier.DDR]
+    payload = bytearray(ddr.get(hashes[1]))
+    payload[-1] ^= 0xFF  # flip one payload bit
+    ddr.put(hashes[1], bytes(payload))
+
+    _, loaded = reload(m, hashes)
+    assert loaded == 1  # block 0 fine, block 1 corrupt: the prefix ends there
+    assert m.stats.tiers[Tier.DDR].checksum_failures == 1
+    m.wait_transfers()
+    assert not ddr.contains(hashes[1])  # never served again
+    assert len(m.match_prefix(hashes, 3).lower) <= 1
+
+
+def test_flash_blocks_survive_a_restart(redis_url, tmp_path):
+    hashes = chain(3)
+    first = make_manager(redis_url, tmp_path / "flash", hbm=4, ddr_blocks=8, flash_blocks=8)
+    data = fill_and_cache(first, hashes)
+    first.offload(Tier.HBM)
+    first.offload(Tier.DDR)
+    first.close()
+
+    second = make_manager(None, tmp_path / "flash", hbm=4, ddr_blocks=0, flash_blocks=8)
+    try:
+        hit = second.match_prefix(hashes, 3)
+        assert [t for _, t in hit.lower] == [Tier.FLASH] * 3
+        ids, loaded = reload(second, hashes)
+        assert loaded == 3
+        assert all(
+            second.kv[b].tobytes() == data[h].tobytes() for b, h in zip(ids, hashes, strict=True)
+        )
+    finally:
+        second.close()
+
+
+def test_dead_redis_degrades_to_recompute(tmp_path):
+    server = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
+    m = make_manager(server.url, None, hbm=4, ddr_blocks=16, flash_blocks=0)
+    try:
+        hashes = chain(2)
+        fill_and_cache(m, hashes)
+        m.offload(Tier.HBM)
+        server.stop()
+        _, loaded = reload(m, hashes)
+        assert loaded == 0
+        assert m.stats.tiers[Tier.DDR].io_errors == 1
+        assert m.match_prefix(hashes, 2).num_blocks == 0  # index repaired
+        # Spilling to a dead Redis fails quietly and leaves no stale index entries.
+        fill_and_cache(m, chain(2, seed=5))
+        m.offload(Tier.HBM)
+        assert m.match_prefix(chain(2, seed=5), 2).num_blocks == 0
+    finally:
+        m.close()
+        server.stop()
