@@ -1,0 +1,50 @@
+"""The app factory: `build_app(settings)` wires the engine stack into a FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.config import Settings
+from server.engine.async_engine import AsyncEngine
+from server.errors import install_error_handlers
+from server.metrics import ServerMetrics
+from server.routes import router
+from server.serving import OpenAIServing
+from server.stack import build_stack
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """A new app for `settings`. Resources live in the lifespan, kept on `app.state`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        wakeup = threading.Event()
+        stack = await asyncio.to_thread(build_stack, settings, wakeup.set)
+        metrics = ServerMetrics()
+        engine = AsyncEngine(
+            stack.core, settings.max_num_seqs + settings.max_waiting, metrics, wakeup
+        )
+        metrics.attach(lambda: (engine.engine_stats, engine.cache_stats))
+        app.state.settings = settings
+        app.state.metrics = metrics
+        app.state.engine = engine
+        app.state.stack = stack
+        app.state.serving = OpenAIServing(engine, settings.model, settings.max_model_len)
+        app.state.started_at = time.time()
+        engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.shutdown)
+            await asyncio.to_thread(stack.close)
+
+    app = FastAPI(title="tierkv", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

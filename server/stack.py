@@ -1,0 +1,144 @@
+"""Builds the engine stack from `Settings`: device, model, tiers, cache manager, executor.
+
+Start-up does blocking work (spawning Redis, drawing weights, scanning LMDB), so the
+app's lifespan runs `build_stack` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cache.embedded_redis import EmbeddedRedis
+from cache.layout import KVLayout
+from cache.manager import CacheConfig, CacheManager
+from cache.tiers.base import StorageTier
+from cache.tiers.lmdb_tier import LmdbTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
+from npu_sim.device import get_device
+from npu_sim.executor import Executor, Pace
+from npu_sim.model import Model
+from npu_sim.model_config import get_model_config
+from server.config import Settings
+from server.engine.core import EngineCore
+from server.engine.scheduler import Scheduler, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+# Redis needs room beyond the payload bytes the manager counts (keys, allocator slack).
+REDIS_MEMORY_HEADROOM = 1.25
+REDIS_MEMORY_FLOOR = 64 * 1024**2
+# LMDB's map is address space, not disk: leave room for page overhead of large values.
+LMDB_MAP_HEADROOM = 1.5
+LMDB_MAP_FLOOR = 64 * 1024**2
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together (say, an HBM too small for max_model_len)."""
+
+
+@dataclass(slots=True)
+class EngineStack:
+    core: EngineCore
+    cache: CacheManager
+    layout: KVLayout
+    embedded_redis: EmbeddedRedis | None
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+
+
+def kv_layout(settings: Settings) -> KVLayout:
+    model = get_model_config(settings.model)
+    return KVLayout(
+        model_id=model.name,
+        num_layers=model.num_layers,
+        num_kv_heads=model.num_kv_heads,
+        head_dim=model.head_dim,
+        block_size=settings.block_size,
+        dtype=model.kv_dtype,
+    )
+
+
+def hbm_num_blocks(settings: Settings) -> int:
+    """KV blocks that fit in the server's HBM after the model weights."""
+    device = get_device(settings.device)
+    model = get_model_config(settings.model)
+    if settings.hbm_bytes > device.hbm_bytes:
+        raise ConfigError(
+            f"hbm-gb {settings.hbm_gb} exceeds the {device.name}'s HBM "
+            f"({device.hbm_bytes / 1024**3:.0f} GiB)"
+        )
+    free = settings.hbm_bytes - model.weight_bytes
+    num_blocks = max(0, free // kv_layout(settings).block_bytes)
+    needed = -(-settings.max_model_len // settings.block_size)
+    if num_blocks < needed:
+        raise ConfigError(
+            f"hbm-gb {settings.hbm_gb} leaves {num_blocks} KV blocks after "
+            f"{model.weight_bytes / 1024**2:.1f} MiB of weights, but one max-model-len "
+            f"({settings.max_model_len}) sequence needs {needed}: raise --hbm-gb or lower "
+            "--max-model-len"
+        )
+    return num_blocks
+
+
+def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
+    """Start tiers and build the engine; `wakeup` is called when a transfer finishes."""
+    layout = kv_layout(settings)
+    num_blocks = hbm_num_blocks(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded: EmbeddedRedis | None = None
+    ddr: StorageTier | None = None
+    flash: StorageTier | None = None
+    with contextlib.ExitStack() as undo:
+        if settings.ddr_bytes > 0:
+            url = settings.redis_url
+            if url is None:
+                memory = max(int(settings.ddr_bytes * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
+                embedded = EmbeddedRedis(settings.data_dir, memory).start()
+                undo.callback(embedded.stop)
+                url = embedded.url
+            ddr = RedisTier(connect_redis(url), layout.namespace)
+        if settings.flash_bytes > 0:
+            map_size = max(int(settings.flash_bytes * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
+            flash = LmdbTier(settings.data_dir / "flash", map_size, layout.namespace)
+        cache = CacheManager(
+            layout,
+            CacheConfig(
+                hbm_num_blocks=num_blocks,
+                ddr_capacity_bytes=settings.ddr_bytes,
+                flash_capacity_bytes=settings.flash_bytes,
+                eviction_policy=settings.eviction_policy,
+            ),
+            ddr=ddr,
+            flash=flash,
+            notify=wakeup,
+        )
+        undo.callback(cache.close)
+        model_config = get_model_config(settings.model)
+        executor = Executor(
+            Model(model_config), model_config, get_device(settings.device),
+            Pace(settings.pace.value), cache.kv,
+        )
+        scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=settings.max_num_seqs,
+                max_num_batched_tokens=settings.max_num_batched_tokens,
+                max_model_len=settings.max_model_len,
+                block_size=settings.block_size,
+            ),
+            cache,
+        )
+        undo.pop_all()
+    logger.info(
+        "tierkv: model %s on %s, HBM %d blocks x %d tokens (%.1f MiB KV), DDR %s, flash %s",
+        settings.model, settings.device, num_blocks, settings.block_size,
+        num_blocks * layout.block_bytes / 1024**2,
+        "off" if ddr is None else (settings.redis_url or "embedded redis"),
+        "off" if flash is None else settings.data_dir / "flash",
+    )
+    return EngineStack(EngineCore(scheduler, executor, cache), cache, layout, embedded)
