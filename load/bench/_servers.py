@@ -1,0 +1,131 @@
+"""Starting servers for benchmarks and tests: a subprocess on a free port, ready when
+``GET /health`` answers 200 (polled, never a fixed sleep), stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not become healthy in time; the message ends with the
+    tail of its log."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (another process could still take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ManagedServer:
+    """A server subprocess in its own process group, used as a context manager.
+
+    ``argv`` must make the server listen on 127.0.0.1:``port``. Output goes to
+    ``log_path``. Entering waits for health (ServerStartError on exit or timeout);
+    leaving sends SIGTERM to the group, then SIGKILL after ``stop_timeout_s``.
+    """
+
+    def __init__(self, argv: list[str], port: int, log_path: Path,
+                 startup_timeout_s: float = 180.0, stop_timeout_s: float = 20.0,
+                 env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.port = port
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.env = env
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=self.env)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> None:
+        if self._proc is None:
+            raise RuntimeError("server not started")
+        deadline = time.monotonic() + self.startup_timeout_s
+        url = f"{self.base_url}/health"
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if self._proc.poll() is not None:
+                    raise ServerStartError(
+                        f"{self.argv[:4]} exited with {self._proc.returncode}\n{self.log_tail()}")
+                try:
+                    if client.get(url).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerStartError(
+                        f"{url} not healthy after {self.startup_timeout_s:.0f}s\n"
+                        f"{self.log_tail()}")
+                time.sleep(0.1)  # poll interval, not a wait for readiness
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, num_lines: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-num_lines:])
+
+    def __enter__(self) -> ManagedServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def tierkv_server(data_dir: Path, *flags: str, port: int | None = None,
+                  log_path: Path | None = None, startup_timeout_s: float = 180.0
+                  ) -> ManagedServer:
+    """``python -m server serve`` on 127.0.0.1 with ``--data-dir`` and extra ``flags``."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--data-dir", str(data_dir), *flags]
+    return ManagedServer(argv, port, log_path or data_dir / "server.log", startup_timeout_s)
+
+
+def bare_sse_server(log_path: Path, port: int | None = None) -> ManagedServer:
+    """The bare FastAPI SSE app of ``load.bench.bare_sse`` under uvicorn."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "load.bench.bare_sse:build_app",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return ManagedServer(argv, port, log_path, startup_timeout_s=60.0)

@@ -1,0 +1,28 @@
+"""Live servers for the load tests: the bare SSE app (always) and tierkv itself."""
+
+import importlib
+from collections.abc import Iterator
+
+import pytest
+
+from load.bench._servers import ManagedServer, bare_sse_server, tierkv_server
+
+
+@pytest.fixture(scope="session")
+def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
+    log = tmp_path_factory.mktemp("bare") / "bare.log"
+    with bare_sse_server(log) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tierkv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
+    """A tierkv server with --pace none. Skipped only while ``server.app`` cannot be
+    imported (the server is being written in parallel); any other failure fails."""
+    try:
+        importlib.import_module("server.app")
+    except ImportError as exc:
+        pytest.skip(f"server.app not importable yet: {exc}")
+    data_dir = tmp_path_factory.mktemp("tierkv")
+    with tierkv_server(data_dir, "--pace", "none", startup_timeout_s=120) as server:
+        yield server
