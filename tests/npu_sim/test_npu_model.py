@@ -1,0 +1,196 @@
+"""The model is batch invariant bit for bit: logits and KV bytes of a token do not depend on
+chunking, batch composition, row position or whether the prefix KV was reloaded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from conftest import BLOCK_SIZE, PoolFactory
+
+from npu_sim.model import Model, SeqChunk
+from npu_sim.model_config import ModelConfig
+from npu_sim.sampling import Sampler, SamplingParams
+from npu_sim.tokenizer import apply_chat_template, sampleable_mask
+
+PROMPT = apply_chat_template(
+    [
+        ("system", "You are terse."),
+        ("user", "Explain paged attention in one short line, please. Thanks!"),
+    ]
+)
+NUM_DECODE = 20
+
+
+def _table(first_block: int, num_tokens: int) -> list[int]:
+    return list(range(first_block, first_block + -(-num_tokens // BLOCK_SIZE)))
+
+
+def _kv_bytes(pool: np.ndarray, table: Sequence[int], num_tokens: int) -> bytes:
+    """The pool bytes of positions [0, num_tokens) of one sequence, all layers."""
+    blocks = pool[list(table)]  # (nb, L, 2, bs, kvh, hd)
+    nb, layers, _, bs = blocks.shape[:4]
+    per_pos = blocks.transpose(1, 2, 0, 3, 4, 5).reshape(layers, 2, nb * bs, *blocks.shape[4:])
+    return np.ascontiguousarray(per_pos[:, :, :num_tokens]).tobytes()
+
+
+def _prefill(
+    model: Model, pool: np.ndarray, ids: Sequence[int], table: Sequence[int], size: int, start=0
+) -> np.ndarray:
+    """Prefill ids[start:] in chunks of `size`; return the last token's logits."""
+    logits = np.empty(0)
+    for pos in range(start, len(ids), size):
+        piece = ids[pos : pos + size]
+        last = pos + len(piece) == len(ids)
+        out = model.forward([SeqChunk(piece, pos, table, needs_logits=last)], pool)
+        assert out.shape[0] == int(last)
+        if last:
+            logits = out[0]
+    return logits
+
+
+def _greedy() -> Sampler:
+    return Sampler(SamplingParams(temperature=0.0), sampleable_mask)
+
+
+def _decode_alone(
+    model: Model, pool: np.ndarray, table: list[int], logits: np.ndarray, n: int = NUM_DECODE
+) -> list[int]:
+    sampler, tokens = _greedy(), []
+    for i in range(n):
+        tokens.append(sampler.sample(logits))
+        logits = model.forward([SeqChunk([tokens[-1]], len(PROMPT) + i, table)], pool)[0]
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def reference(model: Model) -> tuple[bytes, bytes, list[int]]:
+    """One-chunk prefill: (logits bytes, prompt KV bytes, 20 greedy tokens)."""
+    pool = np.zeros(model.kv_pool_shape(64, BLOCK_SIZE), dtype=np.float16)
+    table = _table(0, len(PROMPT) + NUM_DECODE)
+    logits = _prefill(model, pool, PROMPT, table, len(PROMPT))
+    kv = _kv_bytes(pool, table, len(PROMPT))
+    return logits.tobytes(), kv, _decode_alone(model, pool, table, logits)
+
+
+def test_logits_are_finite_fp32_and_prompt_is_long_enough(
+    model: Model, new_pool: PoolFactory
+) -> None:
+    assert len(PROMPT) > 33 * 2  # so the chunk sizes below really split it
+    pool = new_pool()
+    logits = _prefill(model, pool, PROMPT, _table(0, len(PROMPT)), len(PROMPT))
+    assert logits.dtype == np.float32 and logits.shape == (model.config.vocab_size,)
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("chunk_size", [7, 16, 33])
+def test_chunked_prefill_is_bit_identical(
+    model: Model, new_pool: PoolFactory, reference: tuple[bytes, bytes, list[int]], chunk_size: int
+) -> None:
+    pool = new_pool()
+    table = _table(10, len(PROMPT) + NUM_DECODE)  # other block ids than the reference
+    logits = _prefill(model, pool, PROMPT, table, chunk_size)
+    assert logits.tobytes() == reference[0]
+    assert _kv_bytes(pool, table, len(PROMPT)) == reference[1]
+    assert _decode_alone(model, pool, table, logits) == reference[2]
+
+
+def test_batched_with_other_sequences_is_bit_identical(
+    model: Model, new_pool: PoolFactory, reference: tuple[bytes, bytes, list[int]]
+) -> None:
+    pool = new_pool()
+    rng = np.random.default_rng(7)
+    table = _table(30, len(PROMPT) + NUM_DECODE)
+    others = [rng.integers(0, 256, n).tolist() for n in (13, 40, 5)]
+    other_tables = [_table(b, 64) for b in (0, 8, 16)]
+    # Prefill the target in the middle of a batch with other prefills (mixed lengths).
+    batch = [
+        SeqChunk(others[0], 0, other_tables[0]),
+        SeqChunk(PROMPT, 0, table),
+        SeqChunk(others[1], 0, other_tables[1], needs_logits=False),
+        SeqChunk(others[2], 0, other_tables[2]),
+    ]
+    out = model.forward(batch, pool)
+    assert out.shape[0] == 3
+    assert out[1].tobytes() == reference[0]
+    assert _kv_bytes(pool, table, len(PROMPT)) == reference[1]
+    # Decode it batched with the others, at a row position that moves every step.
+    sampler, tokens, logits = _greedy(), [], out[1]
+    lengths = [len(o) for o in others]
+    for step in range(NUM_DECODE):
+        tokens.append(sampler.sample(logits))
+        target = SeqChunk([tokens[-1]], len(PROMPT) + step, table)
+        decodes = [SeqChunk([65 + j], lengths[j], other_tables[j]) for j in range(3)]
+        lengths = [n + 1 for n in lengths]
+        pos = step % 4
+        out = model.forward(decodes[:pos] + [target] + decodes[pos:], pool)
+        logits = out[pos]
+    assert tokens == reference[2]
+
+
+def test_reloaded_prefix_gives_identical_suffix(
+    model: Model, new_pool: PoolFactory, reference: tuple[bytes, bytes, list[int]]
+) -> None:
+    source, target = new_pool(), new_pool()
+    src_table = _table(0, len(PROMPT))
+    _prefill(model, source, PROMPT, src_table, len(PROMPT))
+    # "Reload" the full prefix blocks into different slots of another pool.
+    num_cached = (len(PROMPT) // BLOCK_SIZE) * BLOCK_SIZE
+    assert 0 < num_cached < len(PROMPT)
+    table = _table(20, len(PROMPT) + NUM_DECODE)
+    num_full = num_cached // BLOCK_SIZE
+    target[table[:num_full]] = source[src_table[:num_full]]
+    logits = _prefill(model, target, PROMPT, table, len(PROMPT), start=num_cached)
+    assert logits.tobytes() == reference[0]
+    assert _kv_bytes(target, table, len(PROMPT)) == reference[1]
+    assert _decode_alone(model, target, table, logits) == reference[2]
+
+
+def test_same_seed_gives_same_weights(tiny_config: ModelConfig, model: Model) -> None:
+    other = Model(tiny_config)
+    pools = [np.zeros(m.kv_pool_shape(4, BLOCK_SIZE), dtype=np.float16) for m in (model, other)]
+    outs = [
+        m.forward([SeqChunk([1, 2, 3], 0, [0])], p)
+        for m, p in zip((model, other), pools, strict=True)
+    ]
+    assert outs[0].tobytes() == outs[1].tobytes()
+
+
+def test_float32_kv_pool_works(tiny_config: ModelConfig) -> None:
+    from dataclasses import replace
+
+    m = Model(replace(tiny_config, kv_dtype="float32"))
+    pool = np.zeros(m.kv_pool_shape(4, BLOCK_SIZE), dtype=np.float32)
+    assert np.isfinite(m.forward([SeqChunk(PROMPT[:20], 0, [0, 1])], pool)).all()
+
+
+def test_empty_batch_and_no_logits(model: Model, new_pool: PoolFactory) -> None:
+    pool = new_pool()
+    assert model.forward([], pool).shape == (0, model.config.vocab_size)
+    out = model.forward([SeqChunk([1, 2], 0, [0], needs_logits=False)], pool)
+    assert out.shape == (0, model.config.vocab_size)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        SeqChunk([], 0, [0]),
+        SeqChunk([1], -1, [0]),
+        SeqChunk([1000], 0, [0]),
+        SeqChunk(list(range(17)), 0, [0]),  # 17 tokens need 2 blocks
+        SeqChunk([1], 0, [64]),  # block id outside the pool
+    ],
+)
+def test_invalid_chunks_are_rejected(model: Model, new_pool: PoolFactory, chunk: SeqChunk) -> None:
+    with pytest.raises(ValueError):
+        model.forward([chunk], new_pool())
+
+
+def test_duplicate_slot_and_bad_pool_are_rejected(model: Model, new_pool: PoolFactory) -> None:
+    with pytest.raises(ValueError):
+        model.forward([SeqChunk([1], 0, [0]), SeqChunk([2], 0, [0])], new_pool())
+    with pytest.raises(ValueError):
+        model.forward([SeqChunk([1], 0, [0])], new_pool().astype(np.float32))
+    with pytest.raises(ValueError):
+        model.forward([SeqChunk([1], 0, [0])], np.zeros((4, 1, 2, 16, 2, 32), np.float16))
