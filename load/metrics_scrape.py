@@ -24,6 +24,9 @@ _SCALAR_COUNTERS = {
     "prompt_tokens": "prompt_tokens_total",
     "generation_tokens": "generation_tokens_total",
     "npu_busy_s": "npu_modelled_busy_seconds_total",
+    # not in the documented contract; None when absent
+    "npu_wall_busy_s": "npu_wall_busy_seconds_total",
+    "engine_steps": "engine_steps_total",
 }
 _TIER_COUNTERS = {
     "prefix_cache_hits": "prefix_cache_hits_total",

@@ -50,7 +50,7 @@ def _ttft_cdf(results: Labelled, path: Path) -> Path:
 def _tier_hits(results: Labelled, path: Path) -> Path:
     """Prompt tokens served from each tier vs recomputed, as fractions of the looked-up
     tokens (server counters), with the client-side cached fraction for reference."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     parts = ("hbm", "ddr", "flash", "miss")
     colors = {"hbm": "tab:green", "ddr": "tab:blue", "flash": "tab:orange", "miss": "tab:gray"}
     have_server = have_server_labels = False
@@ -77,9 +77,9 @@ def _tier_hits(results: Labelled, path: Path) -> Path:
     ax.set_ylabel("share of prompt tokens")
     ax.set_ylim(0, 1.05)
     ax.set_title("prefix-cache hits by tier" + ("" if have_server else " (no server metrics)"))
-    handles, labels = ax.get_legend_handles_labels()
+    handles, _ = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(loc="upper right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
