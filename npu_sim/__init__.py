@@ -3,15 +3,18 @@
 Never imports `server` or `cache` (see docs/architecture.md).
 """
 
+from npu_sim import tokenizer
+from npu_sim.blas import blas_core_name, limit_blas_threads
 from npu_sim.cost_model import StepCost, step_cost, transfer_seconds
 from npu_sim.device import DEVICE_PRESETS, DeviceSpec, get_device
 from npu_sim.executor import Executor, Pace, StepResult, StepSequence
 from npu_sim.model import Model, SeqChunk
-from npu_sim.model_config import MODEL_PRESETS, ModelConfig, get_model_config
+from npu_sim.model_config import DEFAULT_MODEL, MODEL_PRESETS, ModelConfig, get_model_config
 from npu_sim.ops import TILE_ROWS, tiled_matmul
 from npu_sim.sampling import Sampler, SamplingParams
 
 __all__ = [
+    "DEFAULT_MODEL",
     "DEVICE_PRESETS",
     "MODEL_PRESETS",
     "TILE_ROWS",
@@ -26,9 +29,12 @@ __all__ = [
     "StepCost",
     "StepResult",
     "StepSequence",
+    "blas_core_name",
     "get_device",
     "get_model_config",
+    "limit_blas_threads",
     "step_cost",
     "tiled_matmul",
+    "tokenizer",
     "transfer_seconds",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from npu_sim.blas import blas_core_name, limit_blas_threads
+from npu_sim.blas import blas_core_name
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import DEFAULT_MODEL, get_model_config
 
@@ -33,21 +33,18 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--blas-threads", type=int, default=0, help="0 = leave BLAS alone")
+    parser.add_argument("--blas-threads", type=int, default=1, help="0 = leave BLAS alone")
     parser.add_argument("--prefill-len", type=int, default=2000)
     parser.add_argument("--context", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    if args.blas_threads:
-        limit_blas_threads(args.blas_threads)
-    model = Model(get_model_config(args.model))
+    model = Model(get_model_config(args.model), blas_threads=args.blas_threads or None)
     rng = np.random.default_rng(0)
     blocks_per_seq = -(-max(args.prefill_len, args.context + 1) // BLOCK_SIZE)
     pool = np.zeros(model.kv_pool_shape(17 * blocks_per_seq, BLOCK_SIZE), dtype=np.float16)
     tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(17)]
-    print(
-        f"model={args.model} blas={blas_core_name()} blas_threads={args.blas_threads or 'default'}"
-    )
+    threads = args.blas_threads or "untouched"
+    print(f"model={args.model} blas={blas_core_name()} blas_threads={threads}")
 
     prompt = rng.integers(0, 256, args.prefill_len).tolist()
     best, median = _timed(lambda: model.forward([SeqChunk(prompt, 0, tables[16])], pool), 3)
@@ -60,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         model.forward([SeqChunk(ctx, 0, table, needs_logits=False)], pool)
     for batch_size in (1, 16):
         batch = [SeqChunk([65], args.context, tables[i]) for i in range(batch_size)]
-        best, median = _timed(lambda b=batch: model.forward(b, pool), args.repeats * 4)
+
+        def decode_step(batch: list[SeqChunk] = batch) -> None:
+            model.forward(batch, pool)
+
+        best, median = _timed(decode_step, args.repeats * 4)
         print(
             f"decode batch {batch_size:2d} @ {args.context} ctx: "
             f"best {best * 1e3:.1f} ms, median {median * 1e3:.1f} ms"

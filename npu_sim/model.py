@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npu_sim.blas import blas_threads_limited
 from npu_sim.model_config import ModelConfig
 from npu_sim.ops import (
     RopeTable,
@@ -63,12 +64,20 @@ def _dense(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
 class Model:
     """Deterministic random-weight decoder (weights drawn from `config.seed`, fp32).
 
+    blas_threads: OpenBLAS threads used while `forward` runs (process-wide, restored after
+    each call; None leaves BLAS alone). Default 1: the many small matmuls lose more to
+    thread wake-ups than they gain, catastrophically so on a busy machine (see
+    `npu_sim.blas`). Results are bit-identical for any value.
+
     Thread contract: `forward` mutates the KV pool and a lazily grown RoPE table, so call
     it from one thread at a time (the engine thread).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, blas_threads: int | None = 1) -> None:
+        if blas_threads is not None and blas_threads < 1:
+            raise ValueError(f"blas_threads must be >= 1 or None, got {blas_threads}")
         self._config = config
+        self._blas_threads = blas_threads
         rng = np.random.default_rng(config.seed)
         h, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
         qkv_width = (config.num_heads + 2 * config.num_kv_heads) * hd
@@ -109,10 +118,14 @@ class Model:
         chunks and no two chunks write the same slot. Not checked: a chunk must not write a
         block another chunk of the same batch reads.
         """
-        cfg = self._config
         self._check_pool(kv_pool)
         if not batch:
-            return np.zeros((0, cfg.vocab_size), dtype=np.float32)
+            return np.zeros((0, self._config.vocab_size), dtype=np.float32)
+        with blas_threads_limited(self._blas_threads):
+            return self._forward(batch, kv_pool)
+
+    def _forward(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> np.ndarray:
+        cfg = self._config
         block_size = kv_pool.shape[3]
         token_ids, positions, slot_blocks = self._plan(batch, kv_pool)
         num_rows = token_ids.shape[0]

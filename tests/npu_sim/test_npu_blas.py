@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npu_sim.blas import blas_core_name, blas_threads, limit_blas_threads
+from npu_sim.blas import blas_core_name, blas_threads, blas_threads_limited, limit_blas_threads
+from npu_sim.model import Model
+from npu_sim.model_config import ModelConfig
 from npu_sim.ops import pad_rows, tiled_matmul
 
 
@@ -32,3 +34,16 @@ def test_thread_count_does_not_change_results() -> None:
 def test_invalid_thread_count() -> None:
     with pytest.raises(ValueError):
         limit_blas_threads(0)
+
+
+def test_scoped_limit_restores_and_model_validates(tiny_config: ModelConfig) -> None:
+    original = blas_threads()
+    if original is None:
+        pytest.skip("numpy is not linked against a recognisable OpenBLAS")
+    with blas_threads_limited(1):
+        assert blas_threads() == 1
+    with blas_threads_limited(None):
+        assert blas_threads() == original
+    assert blas_threads() == original
+    with pytest.raises(ValueError):
+        Model(tiny_config, blas_threads=0)

@@ -194,3 +194,20 @@ def test_duplicate_slot_and_bad_pool_are_rejected(model: Model, new_pool: PoolFa
         model.forward([SeqChunk([1], 0, [0])], new_pool().astype(np.float32))
     with pytest.raises(ValueError):
         model.forward([SeqChunk([1], 0, [0])], np.zeros((4, 1, 2, 16, 2, 32), np.float16))
+
+
+def test_small_llama_is_batch_invariant_too() -> None:
+    from npu_sim.model_config import get_model_config
+
+    small = Model(get_model_config("small-llama"))
+    pools = [np.zeros(small.kv_pool_shape(24, BLOCK_SIZE), dtype=np.float16) for _ in range(3)]
+    table = _table(0, len(PROMPT))
+    whole = _prefill(small, pools[0], PROMPT, table, len(PROMPT))
+    chunked = _prefill(small, pools[1], PROMPT, table, 7)
+    batched = small.forward(
+        [SeqChunk([1, 2, 3], 0, [20]), SeqChunk(PROMPT, 0, table), SeqChunk([4], 0, [21])],
+        pools[2],
+    )[1]
+    assert whole.tobytes() == chunked.tobytes() == batched.tobytes()
+    kv = [_kv_bytes(p, table, len(PROMPT)) for p in pools]
+    assert kv[0] == kv[1] == kv[2]
