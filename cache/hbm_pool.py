@@ -65,7 +65,13 @@ class HbmBlockPool:
 
     @property
     def num_used_blocks(self) -> int:
+        """Blocks holding data: in use by requests or cached for reuse."""
         return self.num_blocks - len(self._free)
+
+    @property
+    def num_active_blocks(self) -> int:
+        """Blocks referenced by requests (running, loading); the rest are reclaimable."""
+        return self.num_blocks - len(self._free) - len(self._evictable)
 
     def can_allocate(self, num_blocks: int) -> bool:
         return num_blocks <= self.num_free_blocks

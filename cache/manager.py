@@ -354,6 +354,7 @@ class CacheManager:
     def _refresh_occupancy(self) -> None:
         hbm = self.stats.tiers[Tier.HBM]
         hbm.num_blocks = self.pool.num_used_blocks
+        hbm.active_blocks = self.pool.num_active_blocks
         hbm.used_bytes = hbm.num_blocks * self.layout.block_bytes
         hbm.capacity_bytes = self.pool.num_blocks * self.layout.block_bytes
         for tier, index in self._index.items():

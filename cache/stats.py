@@ -55,6 +55,7 @@ class TierStats:
     used_bytes: int = 0
     capacity_bytes: int = 0
     num_blocks: int = 0
+    active_blocks: int = 0  # HBM only: blocks referenced by requests
     evictions: int = 0
     checksum_failures: int = 0
     io_errors: int = 0

@@ -112,6 +112,7 @@ class _StatsCollector(Collector):
             ("tier_used_bytes", "Bytes held in each tier.", "used_bytes"),
             ("tier_capacity_bytes", "Capacity of each tier (0: disabled).", "capacity_bytes"),
             ("tier_blocks", "Blocks held in each tier.", "num_blocks"),
+            ("tier_active_blocks", "Blocks referenced by requests (HBM).", "active_blocks"),
         ):
             g = GaugeMetricFamily(f"tierkv:{name}", doc, labels=["tier"])
             for tier in Tier:

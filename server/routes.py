@@ -80,7 +80,8 @@ async def cache_stats(engine: Engine) -> dict[str, Any]:
         "hit_tokens": {t.value: n for t, n in stats.hit_tokens.items()},
         "tiers": {
             t.value: {
-                "blocks": s.num_blocks, "used_bytes": s.used_bytes,
+                "blocks": s.num_blocks, "active_blocks": s.active_blocks,
+                "used_bytes": s.used_bytes,
                 "capacity_bytes": s.capacity_bytes, "hit_blocks": s.hit_blocks,
                 "miss_blocks": s.miss_blocks, "read_bytes": s.read_bytes,
                 "write_bytes": s.write_bytes, "evictions": s.evictions,

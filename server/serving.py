@@ -18,8 +18,13 @@ from cache.layout import LAYOUT_VERSION
 from npu_sim import tokenizer
 from npu_sim.sampling import Sampler, SamplingParams
 from server.detokenizer import IncrementalDetokenizer
-from server.engine.async_engine import AsyncEngine, EngineDeadError, QueueFullError
-from server.engine.request import EngineRequest, FinishReason, RequestOutput
+from server.engine.async_engine import (
+    AsyncEngine,
+    EngineDeadError,
+    QueueFullError,
+    RequestStream,
+)
+from server.engine.request import EngineRequest, FinishReason
 from server.errors import APIError
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 
@@ -133,31 +138,22 @@ class OpenAIServing:
 
     # -- responses -----------------------------------------------------------------------
 
-    async def _outputs(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+    def _open(self, request: EngineRequest) -> RequestStream:
         try:
-            async for out in self.engine.generate(request):
-                yield out
-        except (QueueFullError, EngineDeadError) as exc:
-            raise _unavailable(exc) from exc
-
-    def _check_capacity(self) -> None:
-        try:
-            self.engine.check_capacity()
+            return self.engine.add(request)
         except (QueueFullError, EngineDeadError) as exc:
             raise _unavailable(exc) from exc
 
     async def _generate_text(
-        self, request: EngineRequest, stop: list[str], result: _Result
+        self, stream: RequestStream, stop: list[str], result: _Result
     ) -> AsyncIterator[str]:
         """Yield text deltas of one request until it finishes or hits a stop string.
 
-        Closing this generator early (client gone) aborts the request in the engine.
+        Ending early (stop string, client gone) closes the stream, which aborts the request.
         """
         detok = IncrementalDetokenizer(stop)
-        result.num_prompt_tokens = len(request.prompt_token_ids)
-        outputs = self._outputs(request)
         try:
-            async for out in outputs:
+            async for out in stream:
                 result.num_cached_tokens = out.num_cached_tokens
                 result.num_output_tokens = out.num_output_tokens
                 text = detok.feed(out.new_token_ids)
@@ -170,17 +166,20 @@ class OpenAIServing:
                     yield text
                 if detok.done or out.is_finished:
                     break
+        except EngineDeadError as exc:
+            raise _unavailable(exc) from exc
         finally:
-            await outputs.aclose()  # ended early (stop string, disconnect): abort
+            stream.close()
             result.text = detok.text
 
     async def _respond(
         self, request: EngineRequest, body: _Sampling, raw: Request, chat: bool
     ) -> JSONResponse:
-        result = _Result()
+        result = _Result(num_prompt_tokens=len(request.prompt_token_ids))
+        stream = self._open(request)
 
         async def drain() -> None:
-            async for _ in self._generate_text(request, body.stop_strings(), result):
+            async for _ in self._generate_text(stream, body.stop_strings(), result):
                 pass
 
         task = asyncio.create_task(drain())
@@ -214,7 +213,7 @@ class OpenAIServing:
         })
 
     def _stream(self, request: EngineRequest, body: _Sampling, chat: bool) -> StreamingResponse:
-        self._check_capacity()  # answer 503 now, not inside a 200 stream
+        stream = self._open(request)  # a 503 goes out now, not inside a 200 stream
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -236,16 +235,18 @@ class OpenAIServing:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
         async def events() -> AsyncIterator[str]:
-            result = _Result()
+            result = _Result(num_prompt_tokens=len(request.prompt_token_ids))
             if chat:
                 yield event([choice(None, None, role=True)])
             try:
-                async for text in self._generate_text(request, body.stop_strings(), result):
+                async for text in self._generate_text(stream, body.stop_strings(), result):
                     yield event([choice(text, None)])
             except APIError as exc:
                 yield f"data: {json.dumps(_error_payload(exc))}\n\n"
                 yield "data: [DONE]\n\n"
                 return
+            finally:
+                stream.close()
             yield event([choice(None, result.finish_reason)])
             if include_usage:
                 yield event([], _usage(result))

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cache.stats import CacheStats
@@ -90,43 +90,17 @@ class AsyncEngine:
         if len(self._streams) >= self._max_num_requests:
             raise QueueFullError(f"{len(self._streams)} requests in flight")
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
-        """Submit `request` and yield its outputs until it finishes.
+    def add(self, request: EngineRequest) -> RequestStream:
+        """Hand `request` to the engine now; iterate the returned stream for its outputs.
 
-        Raises QueueFullError at once when the engine is full. If the consumer stops
-        early (client disconnect, stop string), the request is aborted and its blocks
-        freed.
+        Raises QueueFullError / EngineDeadError at once, before any response is sent.
+        The caller must `close()` the stream (it aborts the request if unfinished).
         """
         self.check_capacity()
         queue: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
         self._streams[request.request_id] = queue
         self._submit(lambda: self._add(request))
-        arrival = time.perf_counter()
-        last_token_time: float | None = None
-        finished = False
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, Exception):
-                    raise item
-                now = time.perf_counter()
-                if item.new_token_ids:
-                    if last_token_time is None:
-                        self._metrics.time_to_first_token.observe(now - arrival)
-                    else:
-                        self._metrics.inter_token_latency.observe(now - last_token_time)
-                    last_token_time = now
-                if item.is_finished:
-                    finished = True
-                    self._metrics.e2e_latency.observe(now - arrival)
-                    self._metrics.request_success.labels(str(item.finish_reason)).inc()
-                yield item
-                if finished:
-                    return
-        finally:
-            self._streams.pop(request.request_id, None)
-            if not finished:
-                self._submit(lambda: self._abort(request.request_id))
+        return RequestStream(self, request.request_id, queue)
 
     async def call(self, fn: Callable[[EngineCore], T]) -> T:
         """Run `fn(core)` on the engine thread (between steps) and await its result."""
@@ -185,7 +159,7 @@ class AsyncEngine:
     def _publish_stats(self) -> None:
         # Copies, swapped in as whole objects: readers on other threads never see a
         # half-updated record.
-        self.engine_stats = copy.copy(self._core.stats)
+        self.engine_stats = copy.copy(self._core.refresh_stats())
         self.cache_stats = self._core.cache.stats.snapshot()
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
@@ -197,6 +171,14 @@ class AsyncEngine:
             queue = self._streams.get(out.request_id)
             if queue is not None:
                 queue.put_nowait(out)
+                if out.is_finished:
+                    # Finished requests no longer count against capacity, even if
+                    # their consumer has not read (or never reads) the last output.
+                    del self._streams[out.request_id]
+
+    def _close_stream(self, request_id: str, finished: bool) -> None:
+        if self._streams.pop(request_id, None) is not None and not finished:
+            self._submit(lambda: self._abort(request_id))
 
     def _fail_all(self, error: Exception) -> None:
         def fail() -> None:
@@ -205,6 +187,54 @@ class AsyncEngine:
 
         if self._loop is not None:
             self._loop.call_soon_threadsafe(fail)
+
+
+class RequestStream:
+    """The outputs of one request, consumed on the event loop.
+
+    Observes TTFT, inter-token and end-to-end latency as outputs arrive. `close()` is
+    idempotent; closing before the final output aborts the request in the engine.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, request_id: str, queue: asyncio.Queue[RequestOutput | Exception]
+    ) -> None:
+        self._engine = engine
+        self.request_id = request_id
+        self._queue = queue
+        self._arrival = time.perf_counter()
+        self._last_token_time: float | None = None
+        self._finished = False
+        self._closed = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._finished or self._closed:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, Exception):
+            self.close()
+            raise item
+        metrics = self._engine._metrics
+        now = time.perf_counter()
+        if item.new_token_ids:
+            if self._last_token_time is None:
+                metrics.time_to_first_token.observe(now - self._arrival)
+            else:
+                metrics.inter_token_latency.observe(now - self._last_token_time)
+            self._last_token_time = now
+        if item.is_finished:
+            self._finished = True
+            metrics.e2e_latency.observe(now - self._arrival)
+            metrics.request_success.labels(str(item.finish_reason)).inc()
+        return item
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine._close_stream(self.request_id, self._finished)
 
 
 def engine_summary(engine: AsyncEngine) -> dict[str, Any]:

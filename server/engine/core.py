@@ -52,7 +52,6 @@ class EngineCore:
         """Run one batch. Returns an output for every request that got a token or finished."""
         plan = self.scheduler.schedule()
         if not plan.chunks:
-            self._publish_stats()
             return []
         seqs = []
         for chunk in plan.chunks:
@@ -77,7 +76,6 @@ class EngineCore:
             output = self._advance(chunk.request, chunk.num_new_tokens, result.sampled)
             if output is not None:
                 outputs.append(output)
-        self._publish_stats()
         return outputs
 
     def _advance(
@@ -123,9 +121,11 @@ class EngineCore:
             finish_reason=reason,
         )
 
-    def _publish_stats(self) -> None:
+    def refresh_stats(self) -> EngineStats:
+        """Bring the queue-length gauges up to date and return the stats record."""
         s = self.stats
         s.num_running = len(self.scheduler.running)
         s.num_waiting = len(self.scheduler.waiting)
         s.num_loading = len(self.scheduler.loading)
         s.num_preemptions = self.scheduler.num_preemptions
+        return s

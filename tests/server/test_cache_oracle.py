@@ -1,0 +1,102 @@
+"""The correctness oracle: a cache hit from any tier gives exactly the cold-run tokens."""
+
+from __future__ import annotations
+
+from cache.block_hash import hash_full_blocks, root_hash
+from cache.layout import LAYOUT_VERSION
+from cache.tiers.lmdb_tier import LmdbTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
+from npu_sim import tokenizer
+from server.stack import kv_layout
+from tests.server.conftest import LiveServer, run_server
+
+PROMPT = "".join(f"Line {i}: the tiered cache keeps every block it can. " for i in range(12))
+MAX_TOKENS = 24
+
+
+def expected_cached(prompt: str, block_size: int = 16) -> int:
+    n = len(tokenizer.encode(prompt)) + 1  # + BOS
+    return (n - 1) // block_size * block_size
+
+
+def run(server: LiveServer) -> tuple[str, int]:
+    body = server.complete(PROMPT, MAX_TOKENS)
+    assert body["usage"]["completion_tokens"] == MAX_TOKENS
+    return body["choices"][0]["text"], body["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def prompt_block_hashes(server: LiveServer) -> list[bytes]:
+    ids = [tokenizer.BOS, *tokenizer.encode(PROMPT)]
+    root = root_hash(server.settings.model, LAYOUT_VERSION, None)
+    return hash_full_blocks(ids, server.settings.block_size, root)
+
+
+def test_hits_from_hbm_ddr_and_flash_after_restart_match_the_cold_run(make_settings):
+    settings = make_settings()
+    full = expected_cached(PROMPT)
+    with run_server(settings) as server:
+        cold, cached = run(server)
+        assert cached == 0 and cold
+
+        assert run(server) == (cold, full)  # (b) prefix in HBM
+        assert server.metric("tierkv:prefix_cache_hits_total", tier="hbm") >= full
+
+        assert server.offload("hbm") > 0  # (c) prefix only in DDR
+        assert server.cache_stats()["tiers"]["hbm"]["blocks"] == 0
+        assert run(server) == (cold, full)
+        assert server.metric("tierkv:prefix_cache_hits_total", tier="ddr") == full
+
+        server.offload("hbm")
+        assert server.offload("ddr") > 0
+    with run_server(settings) as server:  # (d) restarted: DDR is empty, flash persisted
+        assert server.cache_stats()["tiers"]["ddr"]["blocks"] == 0
+        assert server.cache_stats()["tiers"]["flash"]["blocks"] > 0
+        assert run(server) == (cold, full)
+        assert server.metric("tierkv:prefix_cache_hits_total", tier="flash") == full
+        assert server.metric("tierkv:tier_read_bytes_total", tier="flash") > 0
+
+
+def test_chunking_and_batching_do_not_change_tokens(make_settings):
+    with run_server(make_settings(max_num_batched_tokens=512)) as server:
+        reference, _ = run(server)
+    with run_server(make_settings(max_num_batched_tokens=37, flash_gb=0)) as server:
+        chunked, _ = run(server)
+    assert chunked == reference
+
+
+def test_corrupt_ddr_block_is_detected_recomputed_and_output_unchanged(make_settings):
+    with run_server(make_settings(flash_gb=0)) as server:
+        cold, _ = run(server)
+        server.offload("hbm")
+        layout = kv_layout(server.settings)
+        ddr = RedisTier(connect_redis(f"unix://{server.settings.data_dir}/redis.sock"),
+                        layout.namespace)
+        victim = prompt_block_hashes(server)[3]
+        payload = bytearray(ddr.get(victim))
+        payload[len(payload) // 2] ^= 0x01
+        ddr.put(victim, bytes(payload))
+
+        text, cached = run(server)
+        assert text == cold
+        assert cached == 3 * server.settings.block_size  # blocks 0..2, then recomputed
+        assert server.metric("tierkv:tier_checksum_failures_total", tier="ddr") == 1
+        assert ddr.get(victim) is None  # dropped, never served
+        ddr.close()
+
+
+def test_corrupt_flash_block_is_detected_recomputed_and_output_unchanged(make_settings):
+    settings = make_settings(ddr_gb=0)  # spill straight to flash
+    with run_server(settings) as server:
+        cold, _ = run(server)
+        server.offload("hbm")
+    flash = LmdbTier(settings.data_dir / "flash", 1 << 30, kv_layout(settings).namespace)
+    victim = prompt_block_hashes(server)[0]
+    payload = bytearray(flash.get(victim))
+    payload[-1] ^= 0x80
+    flash.put(victim, bytes(payload))
+    flash.close()
+    with run_server(settings) as server:
+        text, cached = run(server)
+        assert text == cold
+        assert cached == 0  # the very first block was bad: everything recomputed
+        assert server.metric("tierkv:tier_checksum_failures_total", tier="flash") == 1
