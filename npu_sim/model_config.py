@@ -113,6 +113,34 @@ MODEL_PRESETS: Final = MappingProxyType(
 )
 DEFAULT_MODEL: Final = "tiny-llama"
 
+# Shapes the simulated device can be *charged* for (`Executor(model_config=...)`) while a
+# small preset computes the real tokens. Never instantiate `Model` on these: an 8B model
+# in fp32 numpy would need 32 GB. Vocab and dims are the published ones.
+COST_ONLY_PRESETS: Final = MappingProxyType(
+    {
+        # Meta Llama 3 8B (config.json of meta-llama/Meta-Llama-3-8B).
+        "llama-3-8b": ModelConfig(
+            name="llama-3-8b",
+            num_layers=32,
+            hidden_size=4096,
+            num_heads=32,
+            num_kv_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+        ),
+        # Qwen2.5 7B (config.json of Qwen/Qwen2.5-7B).
+        "qwen2.5-7b": ModelConfig(
+            name="qwen2.5-7b",
+            num_layers=28,
+            hidden_size=3584,
+            num_heads=28,
+            num_kv_heads=4,
+            intermediate_size=18944,
+            vocab_size=152064,
+        ),
+    }
+)
+
 
 def get_model_config(name: str) -> ModelConfig:
     """Return the preset called `name`; raise `ValueError` listing the choices if unknown."""
@@ -121,3 +149,14 @@ def get_model_config(name: str) -> ModelConfig:
     except KeyError:
         choices = ", ".join(sorted(MODEL_PRESETS))
         raise ValueError(f"unknown model {name!r}; choose one of: {choices}") from None
+
+
+def get_cost_model_config(name: str) -> ModelConfig:
+    """A shape to charge device time for: any executable preset or a cost-only one."""
+    if name in COST_ONLY_PRESETS:
+        return COST_ONLY_PRESETS[name]
+    try:
+        return get_model_config(name)
+    except ValueError:
+        choices = ", ".join(sorted({*MODEL_PRESETS, *COST_ONLY_PRESETS}))
+        raise ValueError(f"unknown cost model {name!r}; choose one of: {choices}") from None

@@ -13,6 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from server.config import Settings
+from server.stack import ConfigError, hbm_num_blocks
 
 
 def _flag_type(annotation: object) -> tuple[typing.Callable[[str], object], list[str] | None]:
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
     except ValidationError as exc:
         sys.exit(f"tierkv: invalid settings:\n{exc}")
+    try:
+        hbm_num_blocks(settings)
+    except ConfigError as exc:
+        sys.exit(f"tierkv: {exc}")
     serve(settings)
 
 

@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cache.eviction import EVICTION_POLICIES
+from npu_sim.device import get_device
+from npu_sim.model_config import get_cost_model_config, get_model_config
+
 GB = 1024**3
 
 
@@ -37,6 +41,11 @@ class Settings(BaseSettings):
     )
     model: str = Field("tiny-llama", description="Model preset (see npu_sim.model_config).")
     device: str = Field("ascend-910b", description="Simulated device preset.")
+    cost_model: str | None = Field(
+        None,
+        description="Model shape the device time is modelled for (e.g. llama-3-8b); "
+        "unset: --model. Tokens and KV bytes always come from --model.",
+    )
     hbm_gb: float = Field(
         1.0, gt=0, description="HBM given to this server: weights + KV block pool (GiB)."
     )
@@ -58,9 +67,14 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
 
     @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if self.hbm_gb * GB > 1024 * GB:
-            raise ValueError("hbm_gb above 1 TiB is not a device this simulator models")
+    def _check_names(self) -> Settings:
+        # Each lookup raises ValueError listing the valid choices.
+        get_model_config(self.model)
+        get_device(self.device)
+        get_cost_model_config(self.cost_model or self.model)
+        if self.eviction_policy not in EVICTION_POLICIES:
+            choices = ", ".join(sorted(EVICTION_POLICIES))
+            raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")
         return self
 
     @property

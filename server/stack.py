@@ -20,7 +20,7 @@ from cache.tiers.redis_tier import RedisTier, connect_redis
 from npu_sim.device import get_device
 from npu_sim.executor import Executor, Pace
 from npu_sim.model import Model
-from npu_sim.model_config import get_model_config
+from npu_sim.model_config import get_cost_model_config, get_model_config
 from server.config import Settings
 from server.engine.core import EngineCore
 from server.engine.scheduler import Scheduler, SchedulerConfig
@@ -120,8 +120,9 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         )
         undo.callback(cache.close)
         model_config = get_model_config(settings.model)
+        cost_config = get_cost_model_config(settings.cost_model or settings.model)
         executor = Executor(
-            Model(model_config), model_config, get_device(settings.device),
+            Model(model_config), cost_config, get_device(settings.device),
             Pace(settings.pace.value), cache.kv,
         )
         scheduler = Scheduler(
@@ -135,9 +136,10 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         )
         undo.pop_all()
     logger.info(
-        "tierkv: model %s on %s, HBM %d blocks x %d tokens (%.1f MiB KV), DDR %s, flash %s",
-        settings.model, settings.device, num_blocks, settings.block_size,
-        num_blocks * layout.block_bytes / 1024**2,
+        "tierkv: model %s (device time of %s) on %s, HBM %d blocks x %d tokens "
+        "(%.1f MiB KV), DDR %s, flash %s",
+        settings.model, settings.cost_model or settings.model, settings.device,
+        num_blocks, settings.block_size, num_blocks * layout.block_bytes / 1024**2,
         "off" if ddr is None else (settings.redis_url or "embedded redis"),
         "off" if flash is None else settings.data_dir / "flash",
     )
