@@ -19,6 +19,7 @@ from rich.table import Table
 from load import policy_sim, report, workloads
 from load.client import ServerUnreachableError
 from load.plots import write_plots
+from load.report import make_console
 from load.runner import Arrival, run_workload
 from load.stats import RequestRecord, Slo
 from load.trace import TraceScale, read_trace
@@ -279,7 +280,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = make_console()
     commands = {"run": cmd_run, "policy": cmd_policy, "compare": cmd_compare,
                 "bench": cmd_bench}
     try:

@@ -17,6 +17,13 @@ RESULT_FILE = "result.json"
 LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 
 
+def make_console() -> Console:
+    """A console for tables: the terminal's width, or 160 columns when output is not a
+    terminal (rich would otherwise cut tables to 80 columns in logs and pipes)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def build_result(outcome: RunOutcome, meta: dict[str, Any]) -> dict[str, Any]:
     """The JSON-ready result: ``meta`` (workload, options) plus every measurement and a
     compact per-request list (texts are dropped)."""

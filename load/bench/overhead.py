@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from load.bench._common import (
@@ -24,6 +23,7 @@ from load.bench._common import (
     write_json,
 )
 from load.bench._servers import ManagedServer, bare_sse_server, tierkv_server
+from load.report import make_console
 from load.runner import Arrival, run_workload
 from load.stats import Slo
 from load.workloads import random_prompts
@@ -64,7 +64,7 @@ async def _measure(server: ManagedServer, concurrency: int, args: argparse.Names
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = make_console()
     rows: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="tierkv-overhead-") as tmp:
         work = args.work_dir or Path(tmp)

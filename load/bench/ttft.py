@@ -30,6 +30,7 @@ from rich.table import Table
 from load.bench._common import add_common_args, fmt_ms, parse_sizes, server_flags, write_json
 from load.bench._servers import tierkv_server
 from load.client import ClientOptions, first_model_id, make_client, stream_request
+from load.report import make_console
 from load.synth import synth_text
 from load.workloads import Api
 
@@ -118,7 +119,7 @@ def print_table(result: dict[str, Any], console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = make_console()
     config = {"lengths": args.lengths, "repeats": args.repeats, "pace": args.pace,
               "server_args": args.server_args}
     if args.base_url:

@@ -1,0 +1,67 @@
+"""Benchmark scripts: option parsing, and short runs against live servers."""
+
+import argparse
+import json
+
+import pytest
+
+from load.bench import ttft
+from load.bench._common import parse_floats, parse_sizes
+from load.bench.capacity import TierConfig
+from load.cli import main
+
+
+def test_parse_sizes_and_floats():
+    assert parse_sizes("1k, 2k,512") == [1024, 2048, 512]
+    assert parse_sizes("0.5k") == [512]
+    assert parse_floats("0.1,2") == [0.1, 2.0]
+    for bad in ("", "x", "0", "-1k"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_sizes(bad)
+
+
+def test_tier_config_flags_disable_missing_tiers():
+    assert TierConfig("hbm", 0.02, 0.5, 1.0).flags() == [
+        "--hbm-gb", "0.02", "--ddr-gb", "0", "--flash-gb", "0"]
+    assert TierConfig("hbm+ddr", 0.02, 0.5, 1.0).flags()[-2:] == ["--flash-gb", "0"]
+    assert TierConfig("hbm+ddr+flash", 0.02, 0.5, 1.0).label == "hbm=0.02 ddr=0.5 flash=1"
+
+
+def test_bench_tiers_is_wired_or_clearly_missing(capsys, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("load.bench.tiers") is None:
+        assert main(["bench", "tiers"]) == 2
+        assert "not available" in capsys.readouterr().out
+    else:
+        with pytest.raises(SystemExit):  # its own parser answers --help
+            main(["bench", "tiers", "--help"])
+
+
+def test_bench_ttft_against_a_running_server(tierkv, tmp_path):
+    out = tmp_path / "ttft.json"
+    code = ttft.main(["--base-url", tierkv.base_url, "--lengths", "96,160", "--repeats", "1",
+                      "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["lengths"] == [96, 160]
+    for cond in ("cold", "hbm", "ddr", "flash"):
+        assert all(v > 0 for v in result["ttft_ms"][cond])
+    # every hit condition reused all full blocks but the last one
+    for cond in ("hbm", "ddr", "flash"):
+        assert all(c >= n - 32 for c, n in zip(result["cached_tokens"][cond], [96, 160],
+                                               strict=True))
+    assert result["cached_tokens"]["cold"] == [0, 0]
+    assert result["moved_blocks"]["hbm"] > 0 and result["moved_blocks"]["ddr"] > 0
+
+
+def test_bench_overhead_short(server_importable, tmp_path):
+    out = tmp_path / "overhead.json"
+    code = main(["bench", "overhead", "--max-tokens", "8", "--concurrency", "1",
+                 "--requests-per-stream", "1", "--out", str(out), "--work-dir",
+                 str(tmp_path / "work")])
+    assert code == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"bare-sse", "tierkv"}
+    assert all(r["num_errors"] == 0 and r["output_tokens_per_s"] > 0
+               for rows in results.values() for r in rows)
