@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeAlias
+from typing import Self, TypeAlias
 
 from cache.block_hash import BlockHash
 
@@ -67,8 +67,9 @@ class StorageTier(ABC):
     def scan(self) -> Iterator[tuple[BlockHash, int]]:
         """Yield ``(key, stored size in bytes)`` for every stored key, in no set order.
 
-        Used to rebuild the manager's index at start-up; keys written while a scan is
-        running may or may not be listed.
+        Used to rebuild the manager's index at start-up; keys written or removed while
+        a scan is running may or may not be listed.  Empty values may be left out
+        (a stored block is never empty).
         """
 
     @abstractmethod
@@ -101,7 +102,7 @@ class StorageTier(ABC):
         for key in keys:
             self.remove(key)
 
-    def __enter__(self) -> StorageTier:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

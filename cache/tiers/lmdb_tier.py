@@ -112,20 +112,25 @@ class LmdbTier(StorageTier):
     def __init__(self, path: Path, map_size_bytes: int, namespace: str) -> None:
         self.namespace = check_namespace(namespace)
         self.path = Path(path).resolve()
+        self._closed = False
         self._env = _acquire_env(self.path, map_size_bytes)
         try:
             self._db = _open_db(self._env, namespace)
         except BaseException:
             _release_env(self.path)
             raise
-        self._closed = False
+
+    def _begin(self, *, write: bool = False, buffers: bool = False) -> lmdb.Transaction:
+        if self._closed:
+            raise TierError(f"LMDB tier {self.namespace!r} is closed")
+        return self._env.begin(db=self._db, write=write, buffers=buffers)
 
     def contains(self, key: BlockHash) -> bool:
-        with _wrap_errors("get"), self._env.begin(db=self._db, buffers=True) as txn:
+        with _wrap_errors("get"), self._begin(buffers=True) as txn:
             return txn.get(key) is not None
 
     def get(self, key: BlockHash) -> bytes | None:
-        with _wrap_errors("get"), self._env.begin(db=self._db) as txn:
+        with _wrap_errors("get"), self._begin() as txn:
             return txn.get(key)
 
     def put(self, key: BlockHash, value: bytes) -> None:
@@ -135,7 +140,7 @@ class LmdbTier(StorageTier):
         self.remove_many([key])
 
     def contains_many(self, keys: Sequence[BlockHash]) -> list[bool]:
-        with _wrap_errors("get"), self._env.begin(db=self._db, buffers=True) as txn:
+        with _wrap_errors("get"), self._begin(buffers=True) as txn:
             return [txn.get(k) is not None for k in keys]
 
     def get_many(
@@ -144,7 +149,7 @@ class LmdbTier(StorageTier):
         """One read transaction; ``consume`` gets memoryviews into the map, valid only
         during its call (the transaction ends when ``get_many`` returns)."""
         with _wrap_errors("begin"):
-            txn = self._env.begin(db=self._db, buffers=True)
+            txn = self._begin(buffers=True)
         try:
             for i, key in enumerate(keys):
                 with _wrap_errors("get"):
@@ -157,14 +162,14 @@ class LmdbTier(StorageTier):
         """One write transaction: either every item is stored or (on error) none is."""
         if not items:
             return
-        with _wrap_errors("put"), self._env.begin(db=self._db, write=True) as txn:
+        with _wrap_errors("put"), self._begin(write=True) as txn:
             for key, value in items:
                 txn.put(key, value)
 
     def remove_many(self, keys: Sequence[BlockHash]) -> None:
         if not keys:
             return
-        with _wrap_errors("delete"), self._env.begin(db=self._db, write=True) as txn:
+        with _wrap_errors("delete"), self._begin(write=True) as txn:
             for key in keys:
                 txn.delete(key)
 
@@ -174,7 +179,7 @@ class LmdbTier(StorageTier):
         after: bytes | None = None
         while True:
             batch: list[tuple[BlockHash, int]] = []
-            with _wrap_errors("scan"), self._env.begin(db=self._db, buffers=True) as txn:
+            with _wrap_errors("scan"), self._begin(buffers=True) as txn:
                 cursor = txn.cursor()
                 found = cursor.set_range(after) if after is not None else cursor.first()
                 while found and len(batch) < _SCAN_BATCH:

@@ -103,9 +103,17 @@ class RedisTier(StorageTier):
     name = "ddr"
 
     def __init__(self, client: RedisClient, namespace: str) -> None:
-        self._client = client
+        self._owned_client: RedisClient | None = client
         self.namespace = check_namespace(namespace)
         self._prefix = namespace.encode() + b":"
+
+    @property
+    def _client(self) -> RedisClient:
+        # A closed RedisCluster cannot be reused (it drops its slot map), so a closed
+        # tier refuses all calls, for both client flavours alike.
+        if self._owned_client is None:
+            raise TierError(f"Redis tier {self.namespace!r} is closed")
+        return self._owned_client
 
     def _key(self, key: BlockHash) -> bytes:
         return self._prefix + key
@@ -180,5 +188,7 @@ class RedisTier(StorageTier):
         return num_deleted
 
     def close(self) -> None:
-        with _wrap_errors("close"):
-            self._client.close()
+        client, self._owned_client = self._owned_client, None
+        if client is not None:
+            with _wrap_errors("close"):
+                client.close()

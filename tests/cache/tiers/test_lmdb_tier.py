@@ -1,0 +1,106 @@
+"""LMDB-specific behaviour: persistence, zero-copy reads, map full, shared environments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import cache.tiers.lmdb_tier as lmdb_tier
+from cache.block_hash import BlockHash
+from cache.tiers.base import Buffer, TierError
+from cache.tiers.lmdb_tier import LmdbTier
+
+MAP_SIZE = 16 << 20
+
+
+def key(i: int) -> BlockHash:
+    return BlockHash(i.to_bytes(16, "big"))
+
+
+def test_persists_across_reopen(tmp_path: Path) -> None:
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as tier:
+        tier.put_many([(key(i), bytes([i]) * (i + 1)) for i in range(5)])
+        tier.remove(key(0))
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as reopened:
+        assert dict(reopened.scan()) == {key(i): i + 1 for i in range(1, 5)}
+        assert reopened.get(key(3)) == b"\x03" * 4
+    with LmdbTier(tmp_path, MAP_SIZE, "other") as other:
+        assert list(other.scan()) == []
+
+
+def test_get_many_hands_out_read_only_memoryviews(tmp_path: Path) -> None:
+    seen: list[object] = []
+
+    def consume(i: int, buf: Buffer | None) -> None:
+        assert isinstance(buf, memoryview)
+        assert buf.readonly
+        assert bytes(buf) == b"payload"
+        seen.append(i)
+
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as tier:
+        tier.put(key(1), b"payload")
+        tier.get_many([key(1), key(1)], consume)
+    assert seen == [0, 1]
+
+
+def test_map_full_raises_tier_error_and_changes_nothing(tmp_path: Path) -> None:
+    with LmdbTier(tmp_path, 1 << 20, "flash") as tier:
+        tier.put(key(1), b"small")
+        with pytest.raises(TierError, match="MDB_MAP_FULL"):
+            tier.put(key(2), b"x" * (2 << 20))
+        with pytest.raises(TierError):
+            tier.put_many([(key(3), b"ok"), (key(4), b"y" * (2 << 20))])
+        assert tier.contains_many([key(1), key(2), key(3), key(4)]) == [True, False, False, False]
+        tier.put(key(5), b"still writable")
+        assert tier.get(key(5)) == b"still writable"
+
+
+def test_namespaces_share_one_environment(tmp_path: Path) -> None:
+    a = LmdbTier(tmp_path, MAP_SIZE, "a")
+    b = LmdbTier(tmp_path, MAP_SIZE, "b")
+    a.put(key(1), b"a")
+    a.close()
+    b.put(key(1), b"b")  # b's environment survives a's close
+    b.close()
+    with LmdbTier(tmp_path, MAP_SIZE, "a") as again:
+        assert again.get(key(1)) == b"a"
+
+
+def test_same_path_needs_same_map_size(tmp_path: Path) -> None:
+    with LmdbTier(tmp_path, MAP_SIZE, "a"):
+        with pytest.raises(ValueError, match="map_size"):
+            LmdbTier(tmp_path, 2 * MAP_SIZE, "b")
+
+
+def test_too_many_namespaces_raises_tier_error_and_releases(tmp_path: Path) -> None:
+    tiers = [LmdbTier(tmp_path, MAP_SIZE, f"ns{i}") for i in range(lmdb_tier.MAX_NAMESPACES)]
+    with pytest.raises(TierError):
+        LmdbTier(tmp_path, MAP_SIZE, "one-too-many")
+    for tier in tiers:
+        tier.close()
+    with LmdbTier(tmp_path, MAP_SIZE, "ns0") as tier:  # env fully released and reopened
+        assert list(tier.scan()) == []
+
+
+def test_scan_crosses_batch_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lmdb_tier, "_SCAN_BATCH", 3)
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as tier:
+        tier.put_many([(key(i), b"v" * i) for i in range(1, 11)])
+        listed = list(tier.scan())
+    assert listed == [(key(i), i) for i in range(1, 11)]
+
+
+def test_closed_tier_raises_tier_error(tmp_path: Path) -> None:
+    tier = LmdbTier(tmp_path, MAP_SIZE, "flash")
+    tier.close()
+    with pytest.raises(TierError):
+        tier.get(key(1))
+
+
+def test_closed_tier_raises_even_while_env_is_shared(tmp_path: Path) -> None:
+    with LmdbTier(tmp_path, MAP_SIZE, "b"):
+        tier = LmdbTier(tmp_path, MAP_SIZE, "a")
+        tier.close()
+        with pytest.raises(TierError, match="closed"):
+            tier.put(key(1), b"x")
