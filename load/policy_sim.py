@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Protocol
 
 BELADY = "belady"
@@ -153,7 +154,7 @@ def online_factory(name: str) -> PolicyFactory:
     return lambda: eviction.make_policy(name)
 
 
-def _eviction_module():  # type: ignore[no-untyped-def]
+def _eviction_module() -> ModuleType:
     try:
         import cache.eviction as eviction  # the one non-HTTP dependency of load/
     except ImportError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="tierkv-overhead-") as tmp:
         work = args.work_dir or Path(tmp)
-        servers = {
+        servers: dict[str, Callable[[], ManagedServer]] = {
             "bare-sse": lambda: bare_sse_server(work / "bare.log"),
             "tierkv": lambda: tierkv_server(work / "data", "--pace", "none", *server_flags(args),
                                             log_path=work / "tierkv.log",
