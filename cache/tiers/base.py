@@ -30,6 +30,14 @@ class TierError(RuntimeError):
     """An I/O failure of the underlying store; the operation may or may not have applied."""
 
 
+class TierFullError(TierError):
+    """The store refused a write for lack of space (LMDB map full, Redis at maxmemory).
+
+    Nothing of the refused call was written for LMDB (one transaction); for Redis,
+    earlier commands of a batch may have been applied.
+    """
+
+
 def check_namespace(namespace: str) -> str:
     """Return ``namespace`` if it is 1-100 chars of ``[A-Za-z0-9_.-]``, else ``ValueError``.
 

@@ -11,7 +11,8 @@ registry; it is the only process-wide state here and exists because LMDB imposes
 
 Threading and failures follow :mod:`cache.tiers.base`: one thread at a time per tier
 (tiers sharing an environment may run on different threads; LMDB serialises
-writers); ``lmdb.Error`` (including ``MapFullError``) becomes :class:`TierError`.
+writers); ``lmdb.Error`` becomes :class:`TierError`, ``MapFullError`` the subclass
+:class:`TierFullError`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import lmdb
 
 from cache.block_hash import BlockHash
-from cache.tiers.base import Buffer, StorageTier, TierError, check_namespace
+from cache.tiers.base import Buffer, StorageTier, TierError, TierFullError, check_namespace
 
 MAX_NAMESPACES = 64
 """Sub-databases (namespaces) one environment can hold; fixed when it is opened."""
@@ -37,6 +38,8 @@ _SCAN_BATCH = 4096
 def _wrap_errors(what: str) -> Iterator[None]:
     try:
         yield
+    except lmdb.MapFullError as exc:
+        raise TierFullError(f"lmdb {what} refused, map full: {exc}") from exc
     except lmdb.Error as exc:
         raise TierError(f"lmdb {what} failed: {exc}") from exc
 
@@ -101,7 +104,7 @@ class LmdbTier(StorageTier):
     """A :class:`StorageTier` over the ``namespace`` sub-database of the env at ``path``.
 
     ``path`` is a directory (created if missing).  ``map_size_bytes`` caps the whole
-    environment (all namespaces); a put beyond it raises :class:`TierError` and changes
+    environment (all namespaces); a put beyond it raises :class:`TierFullError` and changes
     nothing, so the manager should keep its flash budget comfortably below it.  Every
     tier open on one path in this process must pass the same ``map_size_bytes``
     (``ValueError`` otherwise).  ``namespace`` must match ``[A-Za-z0-9_.-]{1,100}``.

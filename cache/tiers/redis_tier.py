@@ -6,7 +6,8 @@ pipeline groups the commands per node (one round trip per node touched), and
 ``scan_iter`` walks every primary.  See :func:`connect_redis` for the URL forms.
 
 Threading and failures follow :mod:`cache.tiers.base`: one thread at a time per tier;
-``redis.RedisError`` and ``OSError`` become :class:`TierError`.
+``redis.RedisError`` and ``OSError`` become :class:`TierError` (``OOM`` from a full
+``noeviction`` server: :class:`TierFullError`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from cache.block_hash import BlockHash
-from cache.tiers.base import Buffer, StorageTier, TierError, check_namespace
+from cache.tiers.base import Buffer, StorageTier, TierError, TierFullError, check_namespace
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
 """Either client flavour: both offer the commands and pipelines this tier uses."""
@@ -37,6 +38,8 @@ _TRUE = {"1", "true", "yes", "on"}
 def _wrap_errors(what: str) -> Iterator[None]:
     try:
         yield
+    except redis.OutOfMemoryError as exc:  # noeviction server at maxmemory
+        raise TierFullError(f"redis {what} refused, server full: {exc}") from exc
     except (redis.RedisError, OSError) as exc:
         raise TierError(f"redis {what} failed: {exc}") from exc
 
@@ -81,7 +84,7 @@ def connect_redis(
     }
     if is_cluster:
         if scheme == "unix":
-            raise ValueError("Redis Cluster needs a TCP URL, not unix://")
+            raise ValueError(f"a Redis Cluster needs a TCP URL, not {url!r}")
         return redis.cluster.RedisCluster.from_url(plain_url, **options)
     return redis.Redis.from_url(plain_url, **options)
 

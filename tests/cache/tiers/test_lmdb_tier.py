@@ -8,7 +8,7 @@ import pytest
 
 import cache.tiers.lmdb_tier as lmdb_tier
 from cache.block_hash import BlockHash
-from cache.tiers.base import Buffer, TierError
+from cache.tiers.base import Buffer, TierError, TierFullError
 from cache.tiers.lmdb_tier import LmdbTier
 
 MAP_SIZE = 16 << 20
@@ -47,9 +47,9 @@ def test_get_many_hands_out_read_only_memoryviews(tmp_path: Path) -> None:
 def test_map_full_raises_tier_error_and_changes_nothing(tmp_path: Path) -> None:
     with LmdbTier(tmp_path, 1 << 20, "flash") as tier:
         tier.put(key(1), b"small")
-        with pytest.raises(TierError, match="MDB_MAP_FULL"):
+        with pytest.raises(TierFullError, match="MDB_MAP_FULL"):
             tier.put(key(2), b"x" * (2 << 20))
-        with pytest.raises(TierError):
+        with pytest.raises(TierFullError):
             tier.put_many([(key(3), b"ok"), (key(4), b"y" * (2 << 20))])
         assert tier.contains_many([key(1), key(2), key(3), key(4)]) == [True, False, False, False]
         tier.put(key(5), b"still writable")

@@ -1,0 +1,114 @@
+"""Redis-specific behaviour: failures surface as TierError, fast; URL forms."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+import redis.cluster
+
+from cache.block_hash import BlockHash
+from cache.embedded_redis import EmbeddedRedis
+from cache.tiers.base import TierError, TierFullError
+from cache.tiers.redis_tier import RedisTier, connect_redis
+
+
+def key(i: int) -> BlockHash:
+    return BlockHash(i.to_bytes(16, "big"))
+
+
+@pytest.fixture
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("own"), maxmemory_bytes=1 << 20)
+    yield server.start()
+    server.stop()
+
+
+CALLS: dict[str, Callable[[RedisTier], object]] = {
+    "contains": lambda t: t.contains(key(1)),
+    "get": lambda t: t.get(key(1)),
+    "put": lambda t: t.put(key(1), b"x"),
+    "remove": lambda t: t.remove(key(1)),
+    "contains_many": lambda t: t.contains_many([key(1), key(2)]),
+    "get_many": lambda t: t.get_many([key(1)], lambda i, b: None),
+    "put_many": lambda t: t.put_many([(key(1), b"x")]),
+    "remove_many": lambda t: t.remove_many([key(1)]),
+    "scan": lambda t: list(t.scan()),
+    "clear": lambda t: t.clear(),
+}
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_server_gone_raises_tier_error_quickly(own_server: EmbeddedRedis, call: str) -> None:
+    tier = RedisTier(connect_redis(own_server.url), "ddr")
+    tier.put(key(1), b"before")  # the connection is established and pooled
+    own_server.stop()
+    start = time.monotonic()
+    with pytest.raises(TierError) as info:
+        CALLS[call](tier)
+    assert time.monotonic() - start < 2.0  # one retry, no seconds of backoff
+    assert isinstance(info.value.__cause__, redis.RedisError | OSError)
+    tier.close()
+
+
+def test_noeviction_full_server_raises_tier_error_and_keeps_data(
+    own_server: EmbeddedRedis,
+) -> None:
+    tier = RedisTier(connect_redis(own_server.url), "ddr")
+    stored = 0
+    with pytest.raises(TierFullError, match="maxmemory"):
+        for i in range(1000):  # 64 MiB in total, far past the 1.25 MiB limit
+            tier.put(key(i), bytes(64 << 10))
+            stored += 1
+    assert stored < 1000
+    assert all(tier.contains_many([key(i) for i in range(stored)]))  # nothing was evicted
+    tier.close()
+
+
+def test_connect_redis_unix_url_returns_bytes(redis_url: str) -> None:
+    client = connect_redis(redis_url)
+    assert isinstance(client, redis.Redis)
+    assert client.echo(b"\xff\x00") == b"\xff\x00"
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "form", ["redis+cluster://127.0.0.1:{port}", "redis://127.0.0.1:{port}?cluster=true"]
+)
+def test_connect_redis_cluster_forms(redis_cluster_url: str, form: str) -> None:
+    port = redis_cluster_url.rsplit(":", 1)[1]
+    client = connect_redis(form.format(port=port))
+    assert isinstance(client, redis.cluster.RedisCluster)
+    assert len(client.get_primaries()) == 3
+    client.close()
+
+
+def test_connect_redis_plain_url_is_not_cluster(redis_cluster_url: str) -> None:
+    port = redis_cluster_url.rsplit(":", 1)[1]
+    client = connect_redis(f"redis://127.0.0.1:{port}?cluster=false")
+    assert isinstance(client, redis.Redis)
+    assert client.ping()
+    client.close()
+
+
+def test_connect_redis_rejects_cluster_over_unix_socket(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cluster"):
+        connect_redis(f"unix://{tmp_path}/redis.sock?cluster=true")
+
+
+def test_cluster_spreads_keys_over_nodes(redis_cluster_url: str, namespace: str) -> None:
+    with RedisTier(connect_redis(redis_cluster_url), namespace) as tier:
+        tier.put_many([(key(i), b"v") for i in range(64)])
+        assert len(list(tier.scan())) == 64
+        client = connect_redis(redis_cluster_url)
+        assert isinstance(client, redis.cluster.RedisCluster)
+        per_node = [
+            client.dbsize(target_nodes=node)  # type: ignore[call-arg]
+            for node in client.get_primaries()
+        ]
+        assert sum(1 for n in per_node if n) >= 2  # the batch crossed nodes
+        assert tier.clear() == 64
+        client.close()
