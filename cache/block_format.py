@@ -96,7 +96,8 @@ def encode_block(block: np.ndarray) -> bytes:
     """
     code = _dtype_code(block.dtype)
     # Stored little-endian; on little-endian hosts this is a no-op for C-ordered input.
-    arr = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<"))
+    # (np.asarray, not ascontiguousarray, which would turn a 0-d block into 1-d.)
+    arr = np.asarray(block, dtype=block.dtype.newbyteorder("<"), order="C")
     payload = memoryview(arr.reshape(-1).view(np.uint8))
     return b"".join((_pack_header(arr.shape, code, payload), payload))
 

@@ -1,0 +1,140 @@
+"""Block format: round trips, zero-copy decode, and every corruption is caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cache.block_format import (
+    DTYPE_CODES,
+    CorruptBlockError,
+    decode_block,
+    encode_block,
+    encoded_size,
+    header_size,
+)
+
+DTYPES = ["float16", "float32", "uint16", "uint8", "int8", "float64", "int32", "int64"]
+SHAPES = [(), (1,), (7,), (3, 5), (2, 2, 4, 1, 3, 8)]  # the last is a pool block's rank
+
+
+def sample(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.asarray(rng.standard_normal(shape) * 100).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_round_trip(shape: tuple[int, ...], dtype: str) -> None:
+    block = sample(shape, dtype)
+    buf = encode_block(block)
+    assert isinstance(buf, bytes)
+    assert len(buf) == encoded_size(shape, np.dtype(dtype))
+    out = decode_block(buf, shape, np.dtype(dtype))
+    assert out.dtype == np.dtype(dtype)
+    assert out.shape == shape
+    np.testing.assert_array_equal(out, block)
+
+
+def test_non_contiguous_and_big_endian_inputs_round_trip() -> None:
+    block = sample((4, 6), "float32")
+    np.testing.assert_array_equal(decode_block(encode_block(block.T), (6, 4), np.float32), block.T)
+    big = block.astype(">f4")
+    np.testing.assert_array_equal(decode_block(encode_block(big), (4, 6), np.float32), block)
+
+
+def test_bfloat16_bits_travel_as_uint16() -> None:
+    f32 = np.array([1.0, -2.5, 3.14159], dtype=np.float32)
+    bf16_bits = (f32.view(np.uint32) >> 16).astype(np.uint16)
+    out = decode_block(encode_block(bf16_bits), (3,), np.uint16)
+    np.testing.assert_array_equal(out, bf16_bits)
+    assert DTYPE_CODES["bfloat16"] == DTYPE_CODES["uint16"]
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "bool", "float128"])
+def test_unsupported_dtype_is_value_error(dtype: str) -> None:
+    if not hasattr(np, dtype):
+        pytest.skip(f"numpy has no {dtype} here")
+    with pytest.raises(ValueError, match="unsupported"):
+        encode_block(np.zeros(3, dtype=dtype))
+
+
+def test_decode_is_a_read_only_view_without_copy() -> None:
+    block = sample((2, 3, 4), "float16")
+    backing = bytearray(encode_block(block))
+    out = decode_block(memoryview(backing), (2, 3, 4), np.float16)
+    assert np.shares_memory(out, np.frombuffer(backing, dtype=np.uint8))
+    assert not out.flags.writeable
+    assert out.flags.aligned
+    with pytest.raises(ValueError):
+        out[0, 0, 0] = 1
+    backing[-1] ^= 0xFF  # the view sees the buffer's bytes, not a snapshot
+    assert out.reshape(-1)[-1] != block.reshape(-1)[-1]
+
+
+def test_decode_accepts_bytes_and_memoryview() -> None:
+    block = sample((5,), "float32")
+    buf = encode_block(block)
+    for source in (buf, memoryview(buf), memoryview(bytearray(buf))):
+        np.testing.assert_array_equal(decode_block(source, (5,), np.float32), block)
+
+
+@pytest.mark.parametrize("ndim", range(8))
+def test_payload_is_8_byte_aligned(ndim: int) -> None:
+    assert header_size(ndim) % 8 == 0
+    assert header_size(ndim) >= 24 + 4 * ndim
+
+
+def test_every_single_byte_flip_is_detected() -> None:
+    shape = (2, 3, 4)
+    buf = encode_block(sample(shape, "float16"))
+    for i in range(len(buf)):
+        for flip in (0x01, 0x80):
+            corrupt = bytearray(buf)
+            corrupt[i] ^= flip
+            with pytest.raises(CorruptBlockError):
+                decode_block(bytes(corrupt), shape, np.float16)
+
+
+def test_truncated_or_padded_buffers_are_detected() -> None:
+    shape = (3, 5)
+    buf = encode_block(sample(shape, "float32"))
+    for length in range(len(buf)):
+        with pytest.raises(CorruptBlockError, match="truncated|payload"):
+            decode_block(buf[:length], shape, np.float32)
+    with pytest.raises(CorruptBlockError):
+        decode_block(buf + b"\x00", shape, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((5, 3), np.float32, "shape"),
+        ((3, 5, 1), np.float32, "ndim"),
+        ((3, 5), np.float16, "dtype"),
+        ((3, 5), np.int32, "dtype"),
+    ],
+)
+def test_unexpected_layout_is_detected(
+    shape: tuple[int, ...], dtype: type, message: str
+) -> None:
+    buf = encode_block(sample((3, 5), "float32"))
+    with pytest.raises(CorruptBlockError, match=message):
+        decode_block(buf, shape, dtype)
+
+
+def test_corrupt_block_error_is_value_error() -> None:
+    assert issubclass(CorruptBlockError, ValueError)
+
+
+def test_header_fields_are_little_endian_at_documented_offsets() -> None:
+    block = np.arange(6, dtype=np.float16).reshape(2, 3)
+    buf = encode_block(block)
+    assert buf[:4] == b"TKVB"
+    assert int.from_bytes(buf[4:6], "little") == 1
+    assert buf[6] == DTYPE_CODES["float16"]
+    assert buf[7] == 2
+    assert int.from_bytes(buf[8:16], "little") == 12
+    assert int.from_bytes(buf[24:28], "little") == 2
+    assert int.from_bytes(buf[28:32], "little") == 3
+    assert buf[header_size(2) :] == block.tobytes()
