@@ -115,9 +115,7 @@ def test_truncated_or_padded_buffers_are_detected() -> None:
         ((3, 5), np.int32, "dtype"),
     ],
 )
-def test_unexpected_layout_is_detected(
-    shape: tuple[int, ...], dtype: type, message: str
-) -> None:
+def test_unexpected_layout_is_detected(shape: tuple[int, ...], dtype: type, message: str) -> None:
     buf = encode_block(sample((3, 5), "float32"))
     with pytest.raises(CorruptBlockError, match=message):
         decode_block(buf, shape, dtype)
