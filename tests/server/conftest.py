@@ -1,108 +1,17 @@
-"""Live tierkv servers for the tests: uvicorn in a thread on a pre-bound free port.
-
-Each server is a real stack (embedded Redis under its data dir, LMDB on disk, the
-numpy model) with `pace=none`. Readiness is polled on /health, never slept for.
-"""
+"""Fixtures for the server tests: short data dirs and live servers (see live.py)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
-from npu_sim.model_config import get_model_config
-from server.app import build_app
-from server.config import GB, Settings
-from server.stack import kv_layout
-
-STARTUP_TIMEOUT_S = 30.0
-
-
-@dataclass
-class LiveServer:
-    url: str
-    settings: Settings
-    client: httpx.Client
-
-    def complete(self, prompt: str, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
-        body = {"model": self.settings.model, "prompt": prompt, "max_tokens": max_tokens,
-                "temperature": 0, "ignore_eos": True, **extra}
-        r = self.client.post("/v1/completions", json=body)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def offload(self, tier: str) -> int:
-        r = self.client.post("/cache/offload", json={"tier": tier})
-        assert r.status_code == 200, r.text
-        return r.json()["moved_blocks"]
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Current value of one sample from /metrics (0 if absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = self.client.get("/metrics").text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels_match = all(sample.labels.get(k) == v for k, v in labels.items())
-                if sample.name == name and labels_match:
-                    return sample.value
-        return 0.0
-
-    def cache_stats(self) -> dict[str, Any]:
-        return self.client.get("/cache/stats").json()
-
-
-def hbm_gb_for_blocks(num_blocks: int, model: str = "tiny-llama", block_size: int = 16) -> float:
-    """The --hbm-gb that leaves exactly `num_blocks` KV blocks after the weights."""
-    settings = Settings(model=model, block_size=block_size)
-    size = get_model_config(model).weight_bytes + num_blocks * kv_layout(settings).block_bytes
-    return size / GB
-
-
-@contextmanager
-def run_server(settings: Settings) -> Iterator[LiveServer]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(settings), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=url, timeout=120)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("server thread exited during start-up")
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S}s")
-            time.sleep(0.02)  # poll interval, not a stand-in for work
-        yield LiveServer(url, settings, client)
-    finally:
-        client.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-ServerFactory = Callable[..., Any]
+from server.config import Settings
+from tests.server.live import LiveServer, run_server
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
 from npu_sim import tokenizer
 from server.stack import kv_layout
-from tests.server.conftest import LiveServer, run_server
+from tests.server.live import LiveServer, run_server
 
 PROMPT = "".join(f"Line {i}: the tiered cache keeps every block it can. " for i in range(12))
 MAX_TOKENS = 24

@@ -8,7 +8,7 @@ import time
 import httpx
 import openai
 
-from tests.server.conftest import LiveServer, hbm_gb_for_blocks, run_server
+from tests.server.live import LiveServer, hbm_gb_for_blocks, run_server
 
 CHAT = "/v1/chat/completions"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.server.conftest import LiveServer, run_server
+from tests.server.live import LiveServer, run_server
 
 CHAT = "/v1/chat/completions"
 GOOD = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

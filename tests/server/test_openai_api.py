@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.server.conftest import LiveServer
+from tests.server.live import LiveServer
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.server.conftest import run_server
+from tests.server.live import run_server
 
 
 def test_real_pace_charges_the_cost_model(make_settings):

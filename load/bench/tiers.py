@@ -1,0 +1,204 @@
+"""Reload throughput per tier next to the raw stores, in one run.
+
+For the same blocks (tiny-llama's 16-token KV blocks, 16 KiB each plus a 52-byte
+header) it times, in rounds of one request-sized batch (default 128 blocks = a 2k-token
+prefix):
+
+* ours DDR / ours flash: the cache manager's reload path (prefix match, HBM slot
+  reservation, one job on the transfer thread: pipelined GETs or one LMDB read txn,
+  header + checksum check, copy into the HBM pool), timed from submit to completion;
+* raw redis-py: one pipelined GET of the same keys (hiredis, same unix socket);
+* raw LMDB: one read txn getting the same keys into bytes;
+* memcpy: numpy copy of the same number of bytes.
+
+This one benchmark imports `cache` (it measures cache internals, not the HTTP server).
+Run: ``tierkv-load bench tiers [--blocks 2048] [--batch 128] [--rounds 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+from rich.table import Table
+
+from cache.block_hash import BlockHash, hash_full_blocks, root_hash
+from cache.embedded_redis import EmbeddedRedis
+from cache.layout import KVLayout
+from cache.manager import CacheConfig, CacheManager
+from cache.stats import Tier
+from cache.tiers.lmdb_tier import LmdbTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
+from load.bench._common import write_json
+from load.report import make_console
+
+# tiny-llama's KV geometry (4 layers, 2 KV heads, head_dim 32, fp16).
+LAYOUT = KVLayout("tiny-llama", num_layers=4, num_kv_heads=2, head_dim=32, block_size=16)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tierkv-load bench tiers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", type=int, default=2048, help="blocks stored (default 2048)")
+    p.add_argument("--batch", type=int, default=128,
+                   help="blocks per reload, one request's prefix (default 128)")
+    p.add_argument("--rounds", type=int, default=5, help="timed passes over all blocks")
+    p.add_argument("--out", type=Path, default=Path("results/bench_tiers.json"))
+    return p
+
+
+def _median_gbps(samples: list[tuple[int, float]]) -> float:
+    return statistics.median(n / s for n, s in samples) / 1e9
+
+
+def _chains(num_chains: int, length: int) -> list[list[BlockHash]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(num_chains):
+        tokens = rng.integers(0, 256, length * LAYOUT.block_size).tolist()
+        out.append(hash_full_blocks(tokens, LAYOUT.block_size, root_hash("bench", 1, f"c{i}")))
+    return out
+
+
+def _reload_samples(m: CacheManager, chains: list[list[BlockHash]], tier: Tier,
+                    rounds: int) -> list[tuple[int, float]]:
+    samples = []
+    for _ in range(rounds):
+        for hashes in chains:
+            m.offload(Tier.HBM)  # bytes already below: this only frees the HBM copies
+            hit = m.match_prefix(hashes, len(hashes))
+            if [t for _, t in hit.lower] != [tier] * len(hashes):
+                raise RuntimeError(f"blocks are not all in {tier}: set-up error")
+            start = time.perf_counter()
+            acquired = m.acquire_prefix(hit, 0, len(hashes))
+            if acquired is None or acquired.ticket is None:
+                raise RuntimeError("HBM too small for one batch")
+            m.wait_transfers()
+            (done,) = m.poll()
+            seconds = time.perf_counter() - start
+            if done.num_loaded_blocks != len(hashes):
+                raise RuntimeError("reload lost blocks")
+            samples.append((len(hashes) * m._block_size, seconds))
+            m.free(acquired.block_ids)
+    return samples
+
+
+def _timed(fn: Callable[[], int], rounds: int) -> list[tuple[int, float]]:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        nbytes = fn()
+        samples.append((nbytes, time.perf_counter() - start))
+    return samples
+
+
+def run(blocks: int, batch: int, rounds: int, work: Path) -> dict[str, Any]:
+    chains = _chains(max(1, blocks // batch), batch)
+    block_bytes = LAYOUT.block_bytes
+    redis_server = EmbeddedRedis(work / "redis", maxmemory_bytes=4 * blocks * block_bytes).start()
+    try:
+        manager = CacheManager(
+            LAYOUT,
+            CacheConfig(hbm_num_blocks=blocks + batch, ddr_capacity_bytes=2 * blocks * 17000,
+                        flash_capacity_bytes=2 * blocks * 17000),
+            ddr=RedisTier(connect_redis(redis_server.url), LAYOUT.namespace),
+            flash=LmdbTier(work / "flash", 4 * blocks * block_bytes, LAYOUT.namespace),
+        )
+        stored = manager._block_size
+        rng = np.random.default_rng(1)
+        for hashes in chains:
+            ids = manager.allocate(len(hashes))
+            assert ids is not None
+            manager.kv[ids] = rng.standard_normal((len(ids), *LAYOUT.block_shape)).astype(
+                LAYOUT.np_dtype)
+            manager.commit(ids, hashes)
+            manager.free(ids)
+        manager.offload(Tier.HBM)
+
+        results: dict[str, list[tuple[int, float]]] = {}
+        results["ours_ddr"] = _reload_samples(manager, chains, Tier.DDR, rounds)
+
+        raw_redis = connect_redis(redis_server.url)
+        prefix = LAYOUT.namespace.encode() + b":"
+
+        def redis_get(hashes: list[BlockHash]) -> int:
+            pipe = raw_redis.pipeline(transaction=False)
+            for h in hashes:
+                pipe.get(prefix + h)
+            return sum(len(v) for v in pipe.execute())
+
+        results["raw_redis_pipelined_get"] = [
+            s for hashes in chains for s in _timed(lambda h=hashes: redis_get(h), rounds)]
+
+        manager.offload(Tier.HBM)
+        manager.offload(Tier.DDR)
+        results["ours_flash"] = _reload_samples(manager, chains, Tier.FLASH, rounds)
+        manager.close()
+
+        env = lmdb.open(str(work / "flash"), max_dbs=8, readonly=True, lock=False,
+                        readahead=False)
+        db = env.open_db(LAYOUT.namespace.encode(), create=False)
+
+        def lmdb_get(hashes: list[BlockHash]) -> int:
+            with env.begin(db=db) as txn:
+                return sum(len(txn.get(h)) for h in hashes)
+
+        results["raw_lmdb_get"] = [
+            s for hashes in chains for s in _timed(lambda h=hashes: lmdb_get(h), rounds)]
+        env.close()
+
+        src = np.random.default_rng(2).integers(0, 255, batch * stored, dtype=np.uint8)
+        dst = np.empty_like(src)
+
+        def memcpy() -> int:
+            np.copyto(dst, src)
+            return src.nbytes
+
+        results["memcpy"] = _timed(memcpy, rounds * len(chains))
+    finally:
+        redis_server.stop()
+
+    gbps = {name: _median_gbps(samples) for name, samples in results.items()}
+    return {
+        "block_bytes_stored": stored,
+        "batch_blocks": batch,
+        "blocks": len(chains) * batch,
+        "rounds": rounds,
+        "gb_per_s": gbps,
+        "ratios": {
+            "ours_ddr / raw_redis": gbps["ours_ddr"] / gbps["raw_redis_pipelined_get"],
+            "ours_flash / raw_lmdb": gbps["ours_flash"] / gbps["raw_lmdb_get"],
+            "ours_ddr / memcpy": gbps["ours_ddr"] / gbps["memcpy"],
+            "ours_flash / memcpy": gbps["ours_flash"] / gbps["memcpy"],
+        },
+        "median_batch_ms": {
+            name: statistics.median(s for _, s in samples) * 1e3
+            for name, samples in results.items()
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = make_console()
+    with tempfile.TemporaryDirectory(prefix="tkv-tiers-") as tmp:
+        result = run(args.blocks, args.batch, args.rounds, Path(tmp))
+    table = Table(title=f"reload of {result['batch_blocks']} x {result['block_bytes_stored']} B "
+                        f"blocks ({result['blocks']} blocks, median of {result['rounds']} rounds)")
+    for col in ("path", "GB/s", "ms per batch"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for name, gbps in result["gb_per_s"].items():
+        table.add_row(name, f"{gbps:.2f}", f"{result['median_batch_ms'][name]:.2f}")
+    console.print(table)
+    for name, ratio in result["ratios"].items():
+        console.print(f"{name}: {ratio:.2f}")
+    write_json(args.out, result)
+    console.print(f"wrote {args.out}")
+    return 0
