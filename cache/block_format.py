@@ -98,7 +98,7 @@ def encode_block(block: np.ndarray) -> bytes:
     # Stored little-endian; on little-endian hosts this is a no-op for C-ordered input.
     # (np.asarray, not ascontiguousarray, which would turn a 0-d block into 1-d.)
     arr = np.asarray(block, dtype=block.dtype.newbyteorder("<"), order="C")
-    payload = memoryview(arr.reshape(-1).view(np.uint8))
+    payload = arr.reshape(-1).view(np.uint8).data
     return b"".join((_pack_header(arr.shape, code, payload), payload))
 
 

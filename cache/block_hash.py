@@ -15,12 +15,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from hashlib import blake2b
-from typing import NewType
+from typing import Any, NewType, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 BlockHash = NewType("BlockHash", bytes)
 """16-byte BLAKE2b digest identifying one full KV block (and its whole prefix)."""
+
+TokenIds: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]]
+"""Token ids as a list/tuple of ints or a 1-d integer numpy array."""
 
 HASH_SIZE = 16
 """Length in bytes of every :data:`BlockHash`."""
@@ -55,7 +59,7 @@ def root_hash(model_id: str, layout_version: int, cache_salt: str | None = None)
     return BlockHash(h.digest())
 
 
-def _tokens_to_bytes(token_ids: Sequence[int] | np.ndarray) -> bytes:
+def _tokens_to_bytes(token_ids: TokenIds) -> bytes:
     """Serialise token ids as little-endian uint32, rejecting ids that do not fit."""
     arr = np.asarray(token_ids)
     if arr.ndim != 1:
@@ -81,7 +85,7 @@ def _check_parent(parent: bytes) -> None:
         raise ValueError(f"parent hash must be {HASH_SIZE} bytes, got {len(parent)}")
 
 
-def hash_block_tokens(parent: BlockHash, token_ids: Sequence[int]) -> BlockHash:
+def hash_block_tokens(parent: BlockHash, token_ids: TokenIds) -> BlockHash:
     """Return the hash of a block holding ``token_ids`` whose predecessor is ``parent``.
 
     ``parent`` is the previous block's hash, or :func:`root_hash` for the first block.
@@ -92,7 +96,7 @@ def hash_block_tokens(parent: BlockHash, token_ids: Sequence[int]) -> BlockHash:
 
 
 def hash_full_blocks(
-    token_ids: Sequence[int],
+    token_ids: TokenIds,
     block_size: int,
     root: BlockHash,
     parents_done: Sequence[BlockHash] = (),

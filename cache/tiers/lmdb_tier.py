@@ -123,18 +123,20 @@ class LmdbTier(StorageTier):
             _release_env(self.path)
             raise
 
-    def _begin(self, *, write: bool = False, buffers: bool = False) -> lmdb.Transaction:
+    def _begin(self, *, write: bool = False) -> lmdb.Transaction[memoryview]:
+        """A transaction on this namespace whose reads are zero-copy memoryviews."""
         if self._closed:
             raise TierError(f"LMDB tier {self.namespace!r} is closed")
-        return self._env.begin(db=self._db, write=write, buffers=buffers)
+        return self._env.begin(db=self._db, write=write, buffers=True)
 
     def contains(self, key: BlockHash) -> bool:
-        with _wrap_errors("get"), self._begin(buffers=True) as txn:
+        with _wrap_errors("get"), self._begin() as txn:
             return txn.get(key) is not None
 
     def get(self, key: BlockHash) -> bytes | None:
         with _wrap_errors("get"), self._begin() as txn:
-            return txn.get(key)
+            value = txn.get(key)
+            return None if value is None else bytes(value)  # copy out before the txn ends
 
     def put(self, key: BlockHash, value: bytes) -> None:
         self.put_many([(key, value)])
@@ -143,7 +145,7 @@ class LmdbTier(StorageTier):
         self.remove_many([key])
 
     def contains_many(self, keys: Sequence[BlockHash]) -> list[bool]:
-        with _wrap_errors("get"), self._begin(buffers=True) as txn:
+        with _wrap_errors("get"), self._begin() as txn:
             return [txn.get(k) is not None for k in keys]
 
     def get_many(
@@ -152,7 +154,7 @@ class LmdbTier(StorageTier):
         """One read transaction; ``consume`` gets memoryviews into the map, valid only
         during its call (the transaction ends when ``get_many`` returns)."""
         with _wrap_errors("begin"):
-            txn = self._begin(buffers=True)
+            txn = self._begin()
         try:
             for i, key in enumerate(keys):
                 with _wrap_errors("get"):
@@ -182,7 +184,7 @@ class LmdbTier(StorageTier):
         after: bytes | None = None
         while True:
             batch: list[tuple[BlockHash, int]] = []
-            with _wrap_errors("scan"), self._begin(buffers=True) as txn:
+            with _wrap_errors("scan"), self._begin() as txn:
                 cursor = txn.cursor()
                 found = cursor.set_range(after) if after is not None else cursor.first()
                 while found and len(batch) < _SCAN_BATCH:

@@ -166,9 +166,7 @@ class RedisTier(StorageTier):
         self._pipelined("pipelined DEL", "DEL", [(self._key(k),) for k in keys])
 
     def _scan_keys(self) -> Iterator[bytes]:
-        return self._client.scan_iter(  # type: ignore[no-any-return]
-            match=self._prefix + b"*", count=_SCAN_COUNT
-        )
+        return self._client.scan_iter(match=self._prefix + b"*", count=_SCAN_COUNT)
 
     def scan(self) -> Iterator[tuple[BlockHash, int]]:
         """Yield ``(key, STRLEN)`` per stored key: SCAN pages plus one pipelined STRLEN each."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cache.embedded_redis import (
     MAXMEMORY_HEADROOM,
@@ -48,7 +50,7 @@ def test_starts_and_answers_ping(server: EmbeddedRedis) -> None:
 
 def test_configuration(server: EmbeddedRedis) -> None:
     client = connect_redis(server.url)
-    config = client.config_get("*")
+    config: dict[str, str] = client.config_get("*")  # type: ignore[assignment]
     client.close()
     assert int(config["maxmemory"]) == int(MAXMEMORY * MAXMEMORY_HEADROOM)
     assert config["maxmemory-policy"] == "noeviction"
@@ -89,7 +91,7 @@ def test_stop_is_idempotent_and_stops_the_process(data_dir: Path) -> None:
     server.stop()
     server.stop()
     assert not server.is_running
-    client = redis.Redis(unix_socket_path=str(server.socket_path), retry=None)
+    client = redis.Redis(unix_socket_path=str(server.socket_path), retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.ConnectionError):
         client.ping()
     client.close()

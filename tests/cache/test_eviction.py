@@ -174,13 +174,15 @@ class _Reference:
         for d in (self.inserted, self.used, self.freq):
             d.pop(k, None)
 
+    def rank(self, k: int) -> tuple[int, int]:
+        if self.name == "lru":
+            return (0, self.used[k])
+        if self.name == "fifo":
+            return (0, self.inserted[k])
+        return (self.freq[k], self.used[k])  # lfu
+
     def order(self) -> list[int]:
-        rank = {
-            "lru": lambda k: self.used[k],
-            "fifo": lambda k: self.inserted[k],
-            "lfu": lambda k: (self.freq[k], self.used[k]),
-        }[self.name]
-        return sorted(self.inserted, key=rank)
+        return sorted(self.inserted, key=self.rank)
 
 
 @pytest.mark.parametrize("name", sorted(EVICTION_POLICIES))
