@@ -6,8 +6,8 @@ pipeline groups the commands per node (one round trip per node touched), and
 ``scan_iter`` walks every primary.  See :func:`connect_redis` for the URL forms.
 
 Threading and failures follow :mod:`cache.tiers.base`: one thread at a time per tier;
-``redis.RedisError`` and ``OSError`` become :class:`TierError` (``OOM`` from a full
-``noeviction`` server: :class:`TierFullError`).
+``redis.RedisError``, ``RedisClusterException`` and ``OSError`` become
+:class:`TierError` (``OOM`` from a full ``noeviction`` server: :class:`TierFullError`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 import redis.cluster
+import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -40,14 +41,14 @@ def _wrap_errors(what: str) -> Iterator[None]:
         yield
     except redis.OutOfMemoryError as exc:  # noeviction server at maxmemory
         raise TierFullError(f"redis {what} refused, server full: {exc}") from exc
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         raise TierError(f"redis {what} failed: {exc}") from exc
 
 
 def connect_redis(
     url: str, *, socket_timeout: float = 10.0, socket_connect_timeout: float = 5.0
 ) -> RedisClient:
-    """Return a bytes-in/bytes-out client for ``url``; connects lazily (no I/O here).
+    """Return a bytes-in/bytes-out client for ``url``.
 
     Accepted URLs: ``redis://host:port/db``, ``rediss://…`` (TLS), ``unix:///path.sock``
     (e.g. :attr:`EmbeddedRedis.url`), and for Redis Cluster ``redis+cluster://host:port``,
@@ -58,7 +59,10 @@ def connect_redis(
     is retried once after a connection error (a server-closed idle connection), not
     redis-py's default three times with up to seconds of backoff: a dead DDR must fail
     fast so the manager can fall back to recomputation.
-    Raises ``ValueError`` for a cluster URL over a unix socket.
+    A plain client connects lazily (no I/O here); a cluster client asks the seed node
+    for the slot map at once and raises ``redis.RedisError`` or
+    ``redis.cluster.RedisClusterException`` if it cannot.  Raises ``ValueError`` for a
+    cluster URL over a unix socket.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()

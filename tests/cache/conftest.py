@@ -134,6 +134,21 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 @pytest.fixture
+def private_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[tuple[subprocess.Popen[bytes], int]]]:
+    """A three-node cluster of the test's own, for tests that break it: (process, port)s."""
+    try:
+        nodes = start_local_cluster(tmp_path_factory.mktemp("own-cluster"), num_nodes=3)
+    except (OSError, RuntimeError) as exc:
+        pytest.skip(f"cannot start a local Redis Cluster: {exc}")
+    yield nodes
+    for process, _ in nodes:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
 def namespace() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 

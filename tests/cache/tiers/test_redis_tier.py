@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +52,28 @@ def test_server_gone_raises_tier_error_quickly(own_server: EmbeddedRedis, call: 
         CALLS[call](tier)
     assert time.monotonic() - start < 2.0  # one retry, no seconds of backoff
     assert isinstance(info.value.__cause__, redis.RedisError | OSError)
+    tier.close()
+
+
+def test_cluster_node_gone_raises_tier_error_quickly(
+    private_cluster: list[tuple[subprocess.Popen[bytes], int]],
+) -> None:
+    tier = RedisTier(connect_redis(f"redis+cluster://127.0.0.1:{private_cluster[0][1]}"), "ddr")
+    keys = [key(i) for i in range(30)]  # spread over all three nodes
+    tier.put_many([(k, b"v") for k in keys])
+    victim, _ = private_cluster[1]
+    victim.kill()
+    victim.wait()
+    calls: list[Callable[[], object]] = [
+        lambda: tier.get_many(keys, lambda i, b: None),
+        lambda: tier.put_many([(k, b"w") for k in keys]),
+        lambda: list(tier.scan()),
+    ]
+    for call in calls:
+        start = time.monotonic()
+        with pytest.raises(TierError):
+            call()
+        assert time.monotonic() - start < 2.0
     tier.close()
 
 
