@@ -166,7 +166,7 @@ class EmbeddedRedis:
         conf = self.data_dir / _CONF_NAME
         conf.write_text(self._config())
         with open(self.data_dir / _OUT_NAME, "wb") as out:
-            self._process = subprocess.Popen(
+            self._process = process = subprocess.Popen(
                 [redis_server_executable(), str(conf)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -174,20 +174,19 @@ class EmbeddedRedis:
                 cwd=self.data_dir,
             )
         try:
-            self._wait_ready()
+            self._wait_ready(process)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         delay = 0.002
         client = self._admin_client(1.0)
         try:
             while True:
-                assert self._process is not None
-                code = self._process.poll()
+                code = process.poll()
                 if code is not None:
                     raise EmbeddedRedisError(f"redis-server exited with {code}\n{self._logs()}")
                 try:
