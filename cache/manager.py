@@ -208,6 +208,11 @@ class CacheManager:
         self._refresh_occupancy()
         return finished
 
+    def snapshot_stats(self) -> CacheStats:
+        """A consistent copy of the counters, occupancy as of now (for other threads)."""
+        self._refresh_occupancy()
+        return self.stats.snapshot()
+
     @property
     def num_transfers_pending(self) -> int:
         return self._worker.num_pending

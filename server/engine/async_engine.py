@@ -141,12 +141,14 @@ class AsyncEngine:
                 self._core.poll_transfers()
                 if self._core.has_work():
                     outputs = self._core.step()
+                    # Publish before dispatch: a client that sees a token and then asks
+                    # /metrics must find the stats of the step that made it.
+                    self._publish_stats()
                     if outputs:
                         for out in outputs:
                             if out.is_finished:
                                 self._requests.pop(out.request_id, None)
                         self._dispatch(outputs)
-                    self._publish_stats()
                     if outputs or self._core.scheduler.running:
                         continue
                 self._publish_stats()
@@ -160,7 +162,7 @@ class AsyncEngine:
         # Copies, swapped in as whole objects: readers on other threads never see a
         # half-updated record.
         self.engine_stats = copy.copy(self._core.refresh_stats())
-        self.cache_stats = self._core.cache.stats.snapshot()
+        self.cache_stats = self._core.cache.snapshot_stats()
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         assert self._loop is not None
