@@ -16,6 +16,15 @@ from pathlib import Path
 from load.synth import synth_text
 
 TRACE_BLOCK_TOKENS = 512
+TRACE_NAME = "mooncake_conversation_trace.jsonl"
+
+
+def default_trace_path() -> Path:
+    """The Mooncake conversation trace in the ``shared/traces`` folder that sits beside
+    the repository (as in CI), else at ``/work/shared/traces``."""
+    candidates = [Path(__file__).resolve().parents[2] / "shared" / "traces" / TRACE_NAME,
+                  Path("/work/shared/traces") / TRACE_NAME]
+    return next((p for p in candidates if p.exists()), candidates[0])
 
 
 @dataclass(slots=True, frozen=True)

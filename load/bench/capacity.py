@@ -35,10 +35,9 @@ from load.plots import write_plots
 from load.report import make_console
 from load.runner import Arrival, run_workload
 from load.stats import Slo
-from load.trace import TraceScale, read_trace
+from load.trace import TraceScale, default_trace_path, read_trace
 
 TIER_SETS = ("hbm", "hbm+ddr", "hbm+ddr+flash")
-DEFAULT_TRACE = "/work/shared/traces/mooncake_conversation_trace.jsonl"
 
 
 @dataclass(slots=True, frozen=True)
@@ -85,14 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--system-len", type=int, default=512)
     g.add_argument("--user-len", type=int, default=256)
     g = p.add_argument_group("trace")
-    g.add_argument("--trace", type=Path, default=Path(DEFAULT_TRACE))
+    g.add_argument("--trace", type=Path, default=default_trace_path(),
+                   help="default: the Mooncake conversation trace in shared/traces")
     g.add_argument("--trace-requests", type=int, default=150)
     g.add_argument("--trace-offset", type=int, default=0)
     g.add_argument("--length-scale", type=float, default=1 / 32,
                    help="1/32 makes a 512-token trace block one 16-token KV block")
     p.add_argument("--results-dir", type=Path,
                    help="also write each run's result.json and plots under this directory")
-    add_common_args(p, "bench_results/capacity.json")
+    add_common_args(p, "results/bench_capacity.json")
     return p
 
 

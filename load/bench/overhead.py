@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per concurrent stream")
     p.add_argument("--concurrency", type=parse_sizes, default=[1, 4],
                    help="comma-separated (default 1,4)")
-    add_common_args(p, "bench_results/overhead.json")
+    add_common_args(p, "results/bench_overhead.json")
     return p
 
 

@@ -18,6 +18,7 @@ Run: ``tierkv-load bench tiers [--blocks 2048] [--batch 128] [--rounds 5]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -135,7 +136,7 @@ def run(blocks: int, batch: int, rounds: int, work: Path) -> dict[str, Any]:
             return sum(len(v) for v in pipe.execute())
 
         results["raw_redis_pipelined_get"] = [
-            s for hashes in chains for s in _timed(lambda h=hashes: redis_get(h), rounds)]
+            s for hashes in chains for s in _timed(functools.partial(redis_get, hashes), rounds)]
 
         manager.offload(Tier.HBM)
         manager.offload(Tier.DDR)
@@ -148,10 +149,13 @@ def run(blocks: int, batch: int, rounds: int, work: Path) -> dict[str, Any]:
 
         def lmdb_get(hashes: list[BlockHash]) -> int:
             with env.begin(db=db) as txn:
-                return sum(len(txn.get(h)) for h in hashes)
+                values = [txn.get(h) for h in hashes]
+            if any(v is None for v in values):
+                raise RuntimeError("raw LMDB read missed a block")
+            return sum(len(v) for v in values if v is not None)
 
         results["raw_lmdb_get"] = [
-            s for hashes in chains for s in _timed(lambda h=hashes: lmdb_get(h), rounds)]
+            s for hashes in chains for s in _timed(functools.partial(lmdb_get, hashes), rounds)]
         env.close()
 
         src = np.random.default_rng(2).integers(0, 255, batch * stored, dtype=np.uint8)

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="use this running server instead of starting one "
                    "(its whole cache is offloaded between measurements)")
     p.add_argument("--seed", type=int, default=0)
-    add_common_args(p, "bench_results/ttft.json")
+    add_common_args(p, "results/bench_ttft.json")
     return p
 
 

@@ -15,9 +15,9 @@ from load.policy_sim import (
     simulate_belady,
     simulate_online,
 )
-from load.trace import read_trace
+from load.trace import default_trace_path, read_trace
 
-REAL_TRACE = "/work/shared/traces/mooncake_conversation_trace.jsonl"
+REAL_TRACE = str(default_trace_path())
 
 
 def test_next_use_index():

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from load.cli import main
+from load.trace import default_trace_path
 
-REAL_TRACE = "/work/shared/traces/mooncake_conversation_trace.jsonl"
+REAL_TRACE = str(default_trace_path())
 
 WORKLOAD_ARGS = {
     "multiturn": ["--num-users", "2", "--num-turns", "3", "--system-len", "100",

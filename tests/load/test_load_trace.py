@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from load.trace import BlockSynthesizer, TraceRecord, TraceScale, read_trace
+from load.trace import BlockSynthesizer, TraceRecord, TraceScale, default_trace_path, read_trace
 from load.workloads import trace_replay
 
-REAL_TRACE = "/work/shared/traces/mooncake_conversation_trace.jsonl"
+REAL_TRACE = str(default_trace_path())
 
 
 def record(ts, n_in, n_out, ids):
