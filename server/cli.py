@@ -22,7 +22,7 @@ def _flag_type(annotation: object) -> tuple[typing.Callable[[str], object], list
     if isinstance(base, type) and issubclass(base, enum.Enum):
         return str, [m.value for m in base]
     if base in (int, float, Path):
-        return base, None  # type: ignore[return-value]
+        return base, None
     return str, None
 
 

@@ -99,7 +99,7 @@ class OpenAIServing:
             if len(prompt) != 1:
                 raise APIError(400, "Send one prompt per request (batched prompts are not "
                                     "supported).", param="prompt")
-            prompt = prompt[0]  # type: ignore[assignment]
+            prompt = prompt[0]
         if isinstance(prompt, str):
             ids = [tokenizer.BOS, *tokenizer.encode(prompt)]
         else:

@@ -51,6 +51,14 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_mypy_is_clean():
+    mypy = shutil.which("mypy")
+    if mypy is None:
+        pytest.skip("mypy is not installed (it comes with the dev extra)")
+    result = subprocess.run([mypy, *PACKAGES], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_modules_stay_small():
     too_big = {
         str(p.relative_to(ROOT)): n
