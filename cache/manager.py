@@ -339,10 +339,12 @@ class CacheManager:
                     self.stats.tiers[tier].io_errors += 1
                 break
             self.pool.register(block_id, block_hash)
-            self._index[tier].touch(block_hash)
             self.stats.tiers[tier].hit_blocks += 1
             self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
+        # Touch deepest first so that parents end up more recent than their children.
+        for block_hash, _, tier in reversed(job.items[:num_ok]):
+            self._index[tier].touch(block_hash)
         return FinishedLoad(job.ticket, num_ok)
 
     def _account(self, result: JobResult) -> None:

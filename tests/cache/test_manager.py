@@ -192,3 +192,14 @@ def test_dead_redis_degrades_to_recompute(tmp_path):
     finally:
         m.close()
         server.stop()
+
+
+def test_reloaded_chain_keeps_children_evicted_before_parents(manager_factory):
+    m = manager_factory(hbm=8, ddr_blocks=8, flash_blocks=0)
+    hashes = chain(4)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    _, loaded = reload(m, hashes)  # touches the chain in DDR
+    assert loaded == 4
+    # DDR's eviction order after the reload: deepest block first, root last.
+    assert list(m._index[Tier.DDR]) == hashes[::-1]
