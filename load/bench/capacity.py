@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    configs = [TierConfig(t, h, d, args.flash_gb) for h in args.hbm_gb for d in args.ddr_gb
-               for t in tier_sets]
-    configs = list(dict.fromkeys(c if "ddr" in c.tiers else TierConfig(c.tiers, c.hbm_gb, 0.0,
-                                 args.flash_gb) for c in configs))  # hbm-only once per size
+    # HBM-only runs once per HBM size: the DDR sizes do not apply to it
+    configs = [TierConfig(t, h, d if "ddr" in t else 0.0, args.flash_gb)
+               for h in args.hbm_gb for t in tier_sets
+               for d in (args.ddr_gb if "ddr" in t else [0.0])]
     slo = Slo(ttft_ms=args.slo_ttft, tpot_ms=args.slo_tpot)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tierkv-capacity-") as tmp:
