@@ -23,7 +23,7 @@ class FinishReason(StrEnum):
     ABORT = "abort"  # client went away or was cut by the front end
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: the scheduler looks requests up in lists
 class EngineRequest:
     """One generation request as the engine thread sees it.
 
