@@ -18,6 +18,7 @@ which nobody else reads or writes until the load has finished.
 
 from __future__ import annotations
 
+import mmap
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,22 @@ import numpy as np
 from cache.block_hash import BlockHash
 from cache.eviction import make_policy
 from cache.layout import KVLayout
+
+
+def _resident_zeros(nbytes: int) -> mmap.mmap:
+    """Zeroed anonymous memory with every page faulted in now.
+
+    Real HBM is resident. Lazily mapped memory (np.zeros) takes a page fault on the
+    first write to each page inside reloads and prefills: measured ~80 us per fresh
+    16 KiB block against ~12 us into resident memory (`bench tiers` style reload of 500
+    blocks: 41 ms vs 6-9 ms). MAP_POPULATE faults the range in the kernel (~1 s per GiB
+    here); where it does not exist, touch each page.
+    """
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    memory = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    if not populate:
+        np.frombuffer(memory, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
+    return memory
 
 
 @dataclass(slots=True)
@@ -45,7 +62,10 @@ class HbmBlockPool:
             raise ValueError(f"HBM pool needs at least one block, got {num_blocks}")
         self.layout = layout
         self.num_blocks = num_blocks
-        self.kv = np.zeros((num_blocks, *layout.block_shape), dtype=layout.np_dtype)
+        self._memory = _resident_zeros(num_blocks * layout.block_bytes)
+        self.kv = np.frombuffer(self._memory, dtype=layout.np_dtype).reshape(
+            num_blocks, *layout.block_shape
+        )
         self._refcount = [0] * num_blocks
         self._hash: list[BlockHash | None] = [None] * num_blocks
         self._cached: dict[BlockHash, int] = {}
