@@ -1,6 +1,5 @@
 """Live servers for the load tests: the bare SSE app (always) and tierkv itself."""
 
-import importlib
 from collections.abc import Iterator
 
 import pytest
@@ -16,18 +15,7 @@ def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedSer
 
 
 @pytest.fixture(scope="session")
-def server_importable() -> None:
-    """Skip only while ``server.app`` cannot be imported (the server is being written
-    in parallel); once it imports, any failure to start or serve fails the test."""
-    try:
-        importlib.import_module("server.app")
-    except ImportError as exc:
-        pytest.skip(f"server.app not importable yet: {exc}")
-
-
-@pytest.fixture(scope="session")
-def tierkv(server_importable: None,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
+def tierkv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
     """A tierkv server with --pace none, shared by the session."""
     data_dir = tmp_path_factory.mktemp("tierkv")
     with tierkv_server(data_dir, "--pace", "none", startup_timeout_s=120) as server:
