@@ -159,6 +159,11 @@ class CacheManager:
         lower-tier hits count when their blocks arrive intact.
         """
         self.pool.acquire_cached(hit.hbm_block_ids)
+        # Blocks about to be loaded are in use: make them the most recent in their tier
+        # (deepest first, so parents stay more recent than children) before allocating,
+        # whose spills may evict from that tier.
+        for block_hash, tier in reversed(hit.lower):
+            self._index[tier].touch(block_hash)
         allocation = self._allocate(len(hit.lower))
         if allocation is None:
             self.pool.free(hit.hbm_block_ids)
@@ -342,9 +347,6 @@ class CacheManager:
             self.stats.tiers[tier].hit_blocks += 1
             self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
-        # Touch deepest first so that parents end up more recent than their children.
-        for block_hash, _, tier in reversed(job.items[:num_ok]):
-            self._index[tier].touch(block_hash)
         return FinishedLoad(job.ticket, num_ok)
 
     def _account(self, result: JobResult) -> None:

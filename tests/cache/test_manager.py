@@ -203,3 +203,17 @@ def test_reloaded_chain_keeps_children_evicted_before_parents(manager_factory):
     assert loaded == 4
     # DDR's eviction order after the reload: deepest block first, root last.
     assert list(m._index[Tier.DDR]) == hashes[::-1]
+
+
+def test_a_prefix_being_loaded_is_not_evicted_by_the_spills_its_own_slots_cause(manager_factory):
+    m = manager_factory(hbm=4, ddr_blocks=4, flash_blocks=0)
+    wanted = chain(2)
+    fill_and_cache(m, wanted)
+    m.offload(Tier.HBM)  # DDR: wanted (LRU end)
+    fill_and_cache(m, chain(2, seed=4), seed=2)
+    m.offload(Tier.HBM)  # DDR full: wanted are the oldest, next to go
+    fill_and_cache(m, chain(4, seed=5), seed=3)  # HBM full of cached blocks
+    # Reloading `wanted` needs 2 HBM slots: that evicts 2 cached blocks, whose spill
+    # needs 2 DDR slots. The victims must not be the blocks being loaded.
+    _, loaded = reload(m, wanted)
+    assert loaded == 2
