@@ -40,8 +40,14 @@ from cache.tiers.redis_tier import RedisTier, connect_redis
 from load.bench._common import write_json
 from load.report import make_console
 
-# tiny-llama's KV geometry (4 layers, 2 KV heads, head_dim 32, fp16).
-LAYOUT = KVLayout("tiny-llama", num_layers=4, num_kv_heads=2, head_dim=32, block_size=16)
+
+def tiny_llama_layout(block_size: int = 16) -> KVLayout:
+    """tiny-llama's KV geometry (4 layers, 2 KV heads, head_dim 32, fp16): 1 KiB/token."""
+    return KVLayout("tiny-llama", num_layers=4, num_kv_heads=2, head_dim=32,
+                    block_size=block_size)
+
+
+LAYOUT = tiny_llama_layout()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=128,
                    help="blocks per reload, one request's prefix (default 128)")
     p.add_argument("--rounds", type=int, default=5, help="timed passes over all blocks")
+    p.add_argument("--block-size", type=int, default=16,
+                   help="tokens per block (default 16: 16 KiB blocks)")
     p.add_argument("--out", type=Path, default=Path("results/bench_tiers.json"))
     return p
 
@@ -59,12 +67,12 @@ def _median_gbps(samples: list[tuple[int, float]]) -> float:
     return statistics.median(n / s for n, s in samples) / 1e9
 
 
-def _chains(num_chains: int, length: int) -> list[list[BlockHash]]:
+def _chains(layout: KVLayout, num_chains: int, length: int) -> list[list[BlockHash]]:
     rng = np.random.default_rng(0)
     out = []
     for i in range(num_chains):
-        tokens = rng.integers(0, 256, length * LAYOUT.block_size).tolist()
-        out.append(hash_full_blocks(tokens, LAYOUT.block_size, root_hash("bench", 1, f"c{i}")))
+        tokens = rng.integers(0, 256, length * layout.block_size).tolist()
+        out.append(hash_full_blocks(tokens, layout.block_size, root_hash("bench", 1, f"c{i}")))
     return out
 
 
@@ -100,25 +108,27 @@ def _timed(fn: Callable[[], int], rounds: int) -> list[tuple[int, float]]:
     return samples
 
 
-def run(blocks: int, batch: int, rounds: int, work: Path) -> dict[str, Any]:
-    chains = _chains(max(1, blocks // batch), batch)
-    block_bytes = LAYOUT.block_bytes
+def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) -> dict[str, Any]:
+    layout = tiny_llama_layout(block_size)
+    chains = _chains(layout, max(1, blocks // batch), batch)
+    block_bytes = layout.block_bytes
     redis_server = EmbeddedRedis(work / "redis", maxmemory_bytes=4 * blocks * block_bytes).start()
     try:
         manager = CacheManager(
-            LAYOUT,
-            CacheConfig(hbm_num_blocks=blocks + batch, ddr_capacity_bytes=2 * blocks * 17000,
-                        flash_capacity_bytes=2 * blocks * 17000),
-            ddr=RedisTier(connect_redis(redis_server.url), LAYOUT.namespace),
-            flash=LmdbTier(work / "flash", 4 * blocks * block_bytes, LAYOUT.namespace),
+            layout,
+            CacheConfig(hbm_num_blocks=blocks + batch,
+                        ddr_capacity_bytes=2 * blocks * block_bytes + (1 << 20),
+                        flash_capacity_bytes=2 * blocks * block_bytes + (1 << 20)),
+            ddr=RedisTier(connect_redis(redis_server.url), layout.namespace),
+            flash=LmdbTier(work / "flash", 4 * blocks * block_bytes, layout.namespace),
         )
         stored = manager._block_size
         rng = np.random.default_rng(1)
         for hashes in chains:
             ids = manager.allocate(len(hashes))
             assert ids is not None
-            manager.kv[ids] = rng.standard_normal((len(ids), *LAYOUT.block_shape)).astype(
-                LAYOUT.np_dtype)
+            manager.kv[ids] = rng.standard_normal((len(ids), *layout.block_shape)).astype(
+                layout.np_dtype)
             manager.commit(ids, hashes)
             manager.free(ids)
         manager.offload(Tier.HBM)
@@ -127,7 +137,7 @@ def run(blocks: int, batch: int, rounds: int, work: Path) -> dict[str, Any]:
         results["ours_ddr"] = _reload_samples(manager, chains, Tier.DDR, rounds)
 
         raw_redis = connect_redis(redis_server.url)
-        prefix = LAYOUT.namespace.encode() + b":"
+        prefix = layout.namespace.encode() + b":"
 
         def redis_get(hashes: list[BlockHash]) -> int:
             pipe = raw_redis.pipeline(transaction=False)
@@ -145,7 +155,7 @@ def run(blocks: int, batch: int, rounds: int, work: Path) -> dict[str, Any]:
 
         env = lmdb.open(str(work / "flash"), max_dbs=8, readonly=True, lock=False,
                         readahead=False)
-        db = env.open_db(LAYOUT.namespace.encode(), create=False)
+        db = env.open_db(layout.namespace.encode(), create=False)
 
         def lmdb_get(hashes: list[BlockHash]) -> int:
             with env.begin(db=db) as txn:
@@ -193,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = make_console()
     with tempfile.TemporaryDirectory(prefix="tkv-tiers-") as tmp:
-        result = run(args.blocks, args.batch, args.rounds, Path(tmp))
+        result = run(args.blocks, args.batch, args.rounds, Path(tmp), args.block_size)
     table = Table(title=f"reload of {result['batch_blocks']} x {result['block_bytes_stored']} B "
                         f"blocks ({result['blocks']} blocks, median of {result['rounds']} rounds)")
     for col in ("path", "GB/s", "ms per batch"):
