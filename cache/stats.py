@@ -7,7 +7,7 @@ other threads (the /metrics scrape) take `snapshot()` copies.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -43,6 +43,9 @@ class LatencyHistogram:
         self.total_seconds += seconds
         self.count += 1
 
+    def copy(self) -> LatencyHistogram:
+        return LatencyHistogram(list(self.bucket_counts), self.total_seconds, self.count)
+
 
 @dataclass(slots=True)
 class TierStats:
@@ -61,6 +64,9 @@ class TierStats:
     io_errors: int = 0
     reload_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
+    def copy(self) -> TierStats:
+        return dataclasses.replace(self, reload_latency=self.reload_latency.copy())
+
 
 @dataclass(slots=True)
 class CacheStats:
@@ -71,4 +77,7 @@ class CacheStats:
     tiers: dict[Tier, TierStats] = field(default_factory=lambda: {t: TierStats() for t in Tier})
 
     def snapshot(self) -> CacheStats:
-        return copy.deepcopy(self)
+        """An independent copy (taken once per engine step: explicit, not deepcopy)."""
+        return CacheStats(
+            self.query_tokens, dict(self.hit_tokens), {t: s.copy() for t, s in self.tiers.items()}
+        )

@@ -79,15 +79,13 @@ class Scheduler:
         self.running.remove(request)
         self._finish(request)
 
-    def on_loads_finished(self) -> list[EngineRequest]:
-        """Apply finished reloads; returns requests aborted meanwhile (now released)."""
-        released: list[EngineRequest] = []
+    def on_loads_finished(self) -> None:
+        """Move requests whose reloads finished to running (or release aborted ones)."""
         for done in self.cache.poll():
             request = self.loading.pop(done.ticket)
             request.load_ticket = None
             if request.is_aborted:
                 self._finish(request)
-                released.append(request)
                 continue
             num_hbm_blocks = request.num_computed_tokens // self.config.block_size
             num_blocks = num_hbm_blocks + done.num_loaded_blocks
@@ -97,7 +95,6 @@ class Scheduler:
                 request.num_cached_tokens = request.num_computed_tokens
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-        return released
 
     # -- the step ------------------------------------------------------------------------
 
