@@ -13,7 +13,8 @@ class SamplingParams:
 
     temperature: 0 means greedy (argmax); otherwise > 0.
     top_p: keep the smallest set of most likely tokens whose mass reaches top_p, (0, 1].
-    seed: seeds the request's own generator; None draws fresh OS entropy.
+    seed: seeds the request's own generator; None draws fresh OS entropy. Any integer
+        (OpenAI allows negative seeds); distinct seeds give distinct generators.
     """
 
     temperature: float = 1.0
@@ -41,7 +42,9 @@ class Sampler:
             raise ValueError("sampleable_mask must be a 1-D boolean array with a True entry")
         self._params = params
         self._mask = mask
-        self._rng = np.random.default_rng(params.seed)
+        seed = params.seed
+        # numpy seeds must be non-negative: fold the sign in instead of rejecting it.
+        self._rng = np.random.default_rng(None if seed is None else [int(seed < 0), abs(seed)])
 
     @property
     def params(self) -> SamplingParams:

@@ -65,3 +65,15 @@ def test_invalid_params(kwargs: dict[str, float]) -> None:
 def test_wrong_logits_shape_is_rejected() -> None:
     with pytest.raises(ValueError):
         Sampler(SamplingParams(), sampleable_mask).sample(np.zeros(10))
+
+
+def test_any_integer_seed_is_accepted_and_reproducible():
+    logits = np.linspace(0.0, 1.0, VOCAB_SIZE, dtype=np.float32)
+
+    def draw(seed: int) -> list[int]:
+        sampler = Sampler(SamplingParams(temperature=1.0, seed=seed), sampleable_mask)
+        return [sampler.sample(logits) for _ in range(32)]
+
+    assert draw(-1) == draw(-1)
+    assert draw(-1) != draw(1)  # the sign is part of the seed
+    assert draw(2**70) == draw(2**70)

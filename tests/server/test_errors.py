@@ -91,3 +91,8 @@ def test_full_queue_is_503(make_settings):
             assert r.headers["retry-after"] == "1"
         # Once it is gone the server takes requests again.
         assert server.client.post(CHAT, json=GOOD).status_code == 200
+
+
+def test_negative_seed_is_served_not_a_500(server: LiveServer):
+    r = server.client.post(CHAT, json={**GOOD, "seed": -1, "temperature": 0.7})
+    assert r.status_code == 200, r.text
