@@ -122,8 +122,7 @@ class AsyncEngine:
         self._wakeup.set()
 
     def _add(self, request: EngineRequest) -> None:
-        if request.request_id not in self._streams:
-            return  # the client left before the engine saw the request
+        # The inbox is FIFO: an abort for this request, if any, comes after this add.
         self._requests[request.request_id] = request
         self._core.add(request)
 
