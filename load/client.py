@@ -31,12 +31,15 @@ class ClientOptions:
     api_key: str | None = None
 
 
+def root_url(base_url: str) -> str:
+    """The server root of ``http://h:p`` or ``http://h:p/v1`` (for /metrics, /cache/...)."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
 def api_url(base_url: str, path: str) -> str:
     """``http://h:p`` and ``http://h:p/v1`` both address ``http://h:p/v1/<path>``."""
-    root = base_url.rstrip("/")
-    if root.endswith("/v1"):
-        root = root[: -len("/v1")]
-    return f"{root}/v1/{path.lstrip('/')}"
+    return f"{root_url(base_url)}/v1/{path.lstrip('/')}"
 
 
 def make_client(timeout_s: float = 600.0, api_key: str | None = None) -> httpx.AsyncClient:
@@ -108,7 +111,7 @@ async def stream_request(
                 await _consume_stream(resp, record, pieces, t0)
     except httpx.HTTPError as exc:
         record.error = f"{type(exc).__name__}: {exc}"
-    except (ValueError, KeyError, TypeError) as exc:  # malformed chunk
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # malformed chunk
         record.error = f"bad stream chunk: {exc!r}"
     record.end_s = time.perf_counter() - t0
     record.text = "".join(pieces)

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from load.client import root_url
+
 PREFIXES = ("tierkv:", "vllm:")
 TIERS = ("hbm", "ddr", "flash")
 
@@ -54,6 +56,11 @@ class MetricsSnapshot:
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples.get((name, tuple(sorted(labels.items()))))
 
+    def total(self, name: str) -> float | None:
+        """Sum of `name` over all its label sets (vLLM labels series by model_name)."""
+        values = [v for (sample, _), v in self.samples.items() if sample == name]
+        return sum(values) if values else None
+
     def by_tier(self, name: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for (sample, labels), v in self.samples.items():
@@ -93,10 +100,7 @@ async def scrape(client: httpx.AsyncClient, base_url: str) -> MetricsSnapshot:
 
 
 def metrics_url(base_url: str) -> str:
-    root = base_url.rstrip("/")
-    if root.endswith("/v1"):
-        root = root[: -len("/v1")]
-    return root + "/metrics"
+    return root_url(base_url) + "/metrics"
 
 
 def server_deltas(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, Any]:
@@ -110,11 +114,11 @@ def server_deltas(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, 
         after = MetricsSnapshot({}, before.error)
     out: dict[str, Any] = {}
     for key, name in _SCALAR_COUNTERS.items():
-        b = after.value(name)
-        out[key] = None if b is None else b - (before.value(name) or 0.0)
+        b = after.total(name)
+        out[key] = None if b is None else _increase(before.total(name) or 0.0, b)
     for key, name in _TIER_COUNTERS.items():
         a_t, b_t = before.by_tier(name), after.by_tier(name)
-        out[key] = {t: b_t[t] - a_t.get(t, 0.0) for t in _tier_order(b_t)}
+        out[key] = {t: _increase(a_t.get(t, 0.0), b_t[t]) for t in _tier_order(b_t)}
     for key, name in _TIER_GAUGES.items():
         b_t = after.by_tier(name)
         out[key] = {t: b_t[t] for t in _tier_order(b_t)}
@@ -123,6 +127,11 @@ def server_deltas(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, 
     out["hit_rate"] = hits / queries if queries else None
     out["scrape_error"] = before.error or after.error
     return out
+
+
+def _increase(before: float, after: float) -> float:
+    """A counter's increase; a counter that went down was reset (server restart)."""
+    return after - before if after >= before else after
 
 
 def _tier_order(d: dict[str, float]) -> list[str]:

@@ -85,8 +85,10 @@ class ManagedServer:
                 time.sleep(0.1)  # poll interval, not a wait for readiness
 
     def stop(self) -> None:
+        """Stop the whole process group: even if the server died, its children (the
+        embedded redis-server) may still be running in it."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -95,7 +97,7 @@ class ManagedServer:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         except ProcessLookupError:
-            pass
+            proc.wait()
 
     def log_tail(self, num_lines: int = 30) -> str:
         try:

@@ -18,7 +18,6 @@ Run: ``tierkv-load bench tiers [--blocks 2048] [--batch 128] [--rounds 5]``.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import tempfile
 import time
@@ -30,6 +29,7 @@ import lmdb
 import numpy as np
 from rich.table import Table
 
+from cache.block_format import encoded_size
 from cache.block_hash import BlockHash, hash_full_blocks, root_hash
 from cache.embedded_redis import EmbeddedRedis
 from cache.layout import KVLayout
@@ -46,8 +46,6 @@ def tiny_llama_layout(block_size: int = 16) -> KVLayout:
     return KVLayout("tiny-llama", num_layers=4, num_kv_heads=2, head_dim=32,
                     block_size=block_size)
 
-
-LAYOUT = tiny_llama_layout()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,17 +92,21 @@ def _reload_samples(m: CacheManager, chains: list[list[BlockHash]], tier: Tier,
             seconds = time.perf_counter() - start
             if done.num_loaded_blocks != len(hashes):
                 raise RuntimeError("reload lost blocks")
-            samples.append((len(hashes) * m._block_size, seconds))
+            samples.append((len(hashes) * encoded_size(m.layout.block_shape, m.layout.np_dtype),
+                            seconds))
             m.free(acquired.block_ids)
     return samples
 
 
-def _timed(fn: Callable[[], int], rounds: int) -> list[tuple[int, float]]:
+def _timed(fn: Callable[[int], int], num_batches: int, rounds: int) -> list[tuple[int, float]]:
+    """Time `fn(batch_index)` over all batches, round after round: the same access order
+    as the reload path, so no path gets to re-read one batch while it is CPU-cache hot."""
     samples = []
     for _ in range(rounds):
-        start = time.perf_counter()
-        nbytes = fn()
-        samples.append((nbytes, time.perf_counter() - start))
+        for i in range(num_batches):
+            start = time.perf_counter()
+            nbytes = fn(i)
+            samples.append((nbytes, time.perf_counter() - start))
     return samples
 
 
@@ -122,11 +124,12 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
             ddr=RedisTier(connect_redis(redis_server.url), layout.namespace),
             flash=LmdbTier(work / "flash", 4 * blocks * block_bytes, layout.namespace),
         )
-        stored = manager._block_size
+        stored = encoded_size(layout.block_shape, layout.np_dtype)
         rng = np.random.default_rng(1)
         for hashes in chains:
             ids = manager.allocate(len(hashes))
-            assert ids is not None
+            if ids is None:
+                raise RuntimeError("HBM too small to stage the blocks")
             manager.kv[ids] = rng.standard_normal((len(ids), *layout.block_shape)).astype(
                 layout.np_dtype)
             manager.commit(ids, hashes)
@@ -139,14 +142,13 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
         raw_redis = connect_redis(redis_server.url)
         prefix = layout.namespace.encode() + b":"
 
-        def redis_get(hashes: list[BlockHash]) -> int:
+        def redis_get(i: int) -> int:
             pipe = raw_redis.pipeline(transaction=False)
-            for h in hashes:
+            for h in chains[i]:
                 pipe.get(prefix + h)
             return sum(len(v) for v in pipe.execute())
 
-        results["raw_redis_pipelined_get"] = [
-            s for hashes in chains for s in _timed(functools.partial(redis_get, hashes), rounds)]
+        results["raw_redis_pipelined_get"] = _timed(redis_get, len(chains), rounds)
 
         manager.offload(Tier.HBM)
         manager.offload(Tier.DDR)
@@ -157,25 +159,26 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
                         readahead=False)
         db = env.open_db(layout.namespace.encode(), create=False)
 
-        def lmdb_get(hashes: list[BlockHash]) -> int:
+        def lmdb_get(i: int) -> int:
             with env.begin(db=db) as txn:
-                values = [txn.get(h) for h in hashes]
+                values = [txn.get(h) for h in chains[i]]
             if any(v is None for v in values):
                 raise RuntimeError("raw LMDB read missed a block")
             return sum(len(v) for v in values if v is not None)
 
-        results["raw_lmdb_get"] = [
-            s for hashes in chains for s in _timed(functools.partial(lmdb_get, hashes), rounds)]
+        results["raw_lmdb_get"] = _timed(lmdb_get, len(chains), rounds)
         env.close()
 
-        src = np.random.default_rng(2).integers(0, 255, batch * stored, dtype=np.uint8)
+        # As many distinct bytes as the stored blocks, copied batch by batch in turn.
+        src = np.random.default_rng(2).integers(0, 255, (len(chains), batch * stored),
+                                                dtype=np.uint8)
         dst = np.empty_like(src)
 
-        def memcpy() -> int:
-            np.copyto(dst, src)
-            return src.nbytes
+        def memcpy(i: int) -> int:
+            np.copyto(dst[i], src[i])
+            return int(src[i].nbytes)
 
-        results["memcpy"] = _timed(memcpy, rounds * len(chains))
+        results["memcpy"] = _timed(memcpy, len(chains), rounds)
     finally:
         redis_server.stop()
 
@@ -216,3 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, result)
     console.print(f"wrote {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

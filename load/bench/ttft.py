@@ -29,7 +29,8 @@ from rich.table import Table
 
 from load.bench._common import add_common_args, fmt_ms, parse_sizes, server_flags, write_json
 from load.bench._servers import tierkv_server
-from load.client import ClientOptions, first_model_id, make_client, stream_request
+from load.client import ClientOptions, first_model_id, make_client, root_url, stream_request
+from load.metrics_scrape import scrape, server_deltas
 from load.report import make_console
 from load.synth import synth_text
 from load.workloads import Api
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _offload(client: httpx.AsyncClient, base_url: str, tier: str) -> int:
-    resp = await client.post(f"{base_url.rstrip('/')}/cache/offload", json={"tier": tier},
+    resp = await client.post(f"{root_url(base_url)}/cache/offload", json={"tier": tier},
                              timeout=600.0)
     if resp.status_code != 200:
         raise RuntimeError(f"POST /cache/offload {tier}: HTTP {resp.status_code} {resp.text}")
@@ -73,6 +74,7 @@ async def measure(base_url: str, lengths: list[int], repeats: int, seed: int,
     samples: dict[str, dict[int, list[float]]] = {c: {n: [] for n in lengths} for c in CONDITIONS}
     cached: dict[str, dict[int, list[int]]] = {c: {n: [] for n in lengths} for c in CONDITIONS}
     moved: dict[str, int] = {"hbm": 0, "ddr": 0}
+    impure: list[dict[str, Any]] = []
     async with make_client() as client:
         opts = ClientOptions(base_url=base_url, model=await first_model_id(client, base_url))
         await _ttft(client, opts, synth_text(f"ttft-warmup:{seed}", 64))
@@ -87,7 +89,14 @@ async def measure(base_url: str, lengths: list[int], repeats: int, seed: int,
                         moved["hbm"] += await _offload(client, base_url, "hbm")
                     if cond == "flash":
                         moved["ddr"] += await _offload(client, base_url, "ddr")
+                    before = await scrape(client, base_url)
                     hit_ms, hit_cached = await _ttft(client, opts, prompt[:-8] + "#" * 8)
+                    served = server_deltas(before, await scrape(client, base_url))
+                    by_tier = served["prefix_cache_hits"]
+                    if by_tier and by_tier.get(cond, 0.0) < hit_cached:
+                        # Some of the hit came from another tier: this is not a pure
+                        # `cond` measurement (say, a small DDR already demoted to flash).
+                        impure.append({"length": n, "condition": cond, "hits_by_tier": by_tier})
                     samples[cond][n].append(hit_ms)
                     cached[cond][n].append(hit_cached)
                 console.print(f"  {n} tokens, repeat {r + 1}/{repeats}: " + ", ".join(
@@ -100,6 +109,7 @@ async def measure(base_url: str, lengths: list[int], repeats: int, seed: int,
                           for c in CONDITIONS},
         "samples_ms": {c: [samples[c][n] for n in lengths] for c in CONDITIONS},
         "moved_blocks": moved,
+        "impure_hits": impure,
     }
 
 
@@ -115,6 +125,9 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         table.add_row(f"{n:,}", *(fmt_ms(ttft[c][i]) for c in CONDITIONS),
                       *(f"{result['cached_tokens'][c][i]:,.0f}" for c in CONDITIONS[1:]))
     console.print(table)
+    for bad in result.get("impure_hits", []):
+        console.print(f"[yellow]warning:[/] the {bad['condition']} hit at {bad['length']} tokens "
+                      f"was served from several tiers: {bad['hits_by_tier']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,3 +75,22 @@ def test_vllm_names_are_read_as_hbm():
 def test_metrics_url_is_at_the_root():
     assert metrics_url("http://h:1/v1") == "http://h:1/metrics"
     assert metrics_url("http://h:1/") == "http://h:1/metrics"
+
+
+def test_scalar_counters_are_summed_over_labels_like_vllms_model_name():
+    text = '''# TYPE vllm:num_preemptions counter
+vllm:num_preemptions_total{model_name="m"} 3.0
+'''
+    before = parse_metrics(text.replace("3.0", "1.0"))
+    after = parse_metrics(text)
+    assert after.total("num_preemptions_total") == 3.0  # prefixes are stripped
+    assert server_deltas(before, after)["preemptions"] == 2.0
+    assert before.total("nothing_total") is None
+
+
+def test_a_counter_that_went_down_was_reset():
+    before = parse_metrics(
+        '# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 10.0\n')
+    after = parse_metrics(
+        '# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 4.0\n')
+    assert server_deltas(before, after)["preemptions"] == 4.0
