@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How one request picks tokens.
 
-    temperature: 0 means greedy (argmax); otherwise > 0.
+    temperature: 0 means greedy (argmax), and so does anything below GREEDY_BELOW (as in
+        vLLM: dividing by ~1e-300 would overflow); otherwise finite and > 0.
     top_p: keep the smallest set of most likely tokens whose mass reaches top_p, (0, 1].
     seed: seeds the request's own generator; None draws fresh OS entropy. Any integer
         (OpenAI allows negative seeds); distinct seeds give distinct generators.
@@ -22,8 +25,8 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
@@ -56,10 +59,10 @@ class Sampler:
         if logits.shape != self._mask.shape:
             raise ValueError(f"logits shape {logits.shape} != mask shape {self._mask.shape}")
         masked = np.where(self._mask, logits, -np.inf)
-        if self._params.temperature == 0.0:
+        if self._params.temperature < GREEDY_BELOW:
             return int(np.argmax(masked))  # ties -> lowest id
-        scaled = masked / self._params.temperature
-        probs = np.exp(scaled - scaled.max())
+        # Shift before scaling: the largest term is exp(0) and nothing overflows.
+        probs = np.exp((masked - masked.max()) / self._params.temperature)
         probs /= probs.sum()
         order = np.argsort(-probs, kind="stable")
         sorted_probs = probs[order]

@@ -77,3 +77,17 @@ def test_any_integer_seed_is_accepted_and_reproducible():
     assert draw(-1) == draw(-1)
     assert draw(-1) != draw(1)  # the sign is part of the seed
     assert draw(2**70) == draw(2**70)
+
+
+@pytest.mark.parametrize("temperature", [1e-320, 1e-7, 1e-5])
+def test_tiny_temperatures_are_greedy_not_a_crash(temperature: float):
+    logits = np.linspace(0.0, 50.0, VOCAB_SIZE, dtype=np.float32)
+    greedy = Sampler(SamplingParams(temperature=0.0), sampleable_mask).sample(logits)
+    sampler = Sampler(SamplingParams(temperature=temperature, seed=0), sampleable_mask)
+    assert sampler.sample(logits) == greedy
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1.0])
+def test_non_finite_temperature_is_rejected(bad: float):
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=bad)

@@ -96,3 +96,9 @@ def test_full_queue_is_503(make_settings):
 def test_negative_seed_is_served_not_a_500(server: LiveServer):
     r = server.client.post(CHAT, json={**GOOD, "seed": -1, "temperature": 0.7})
     assert r.status_code == 200, r.text
+
+
+def test_tiny_temperature_does_not_kill_the_engine(server: LiveServer):
+    r = server.client.post(CHAT, json={**GOOD, "temperature": 1e-320})
+    assert r.status_code == 200, r.text
+    assert server.client.get("/health").status_code == 200
