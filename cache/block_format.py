@@ -4,14 +4,18 @@ Layout (all integers little-endian)::
 
     offset  size      field
     0       4         magic b"TKVB"
-    4       2         format version (u16) = 1
+    4       2         format version (u16) = 2
     6       1         dtype code (u8), see DTYPE_CODES
     7       1         ndim (u8)
     8       8         payload length in bytes (u64)
-    16      8         xxh3_64 checksum of the payload (u64)
+    16      8         xxh3_64 of the block's key, then the payload (u64)
     24      4*ndim    shape (u32 each)
     ...     0..4      zero padding, so the payload starts 8-byte aligned
     ...     length    payload: the array's raw bytes in C order
+
+The checksum covers the key the block is stored under (its block hash), so a valid
+block that ends up under the wrong key (a bug, a torn write) is rejected, not served.
+Version 1 blocks (checksum of the payload alone) are rejected as unsupported.
 
 The padding keeps the decoded view aligned for every supported dtype (Python
 ``bytes`` and LMDB pages are themselves at least 8-byte aligned), so copying a
@@ -33,7 +37,7 @@ import numpy as np
 import xxhash
 
 MAGIC = b"TKVB"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _FIXED = struct.Struct("<4sHBBQQ")  # magic, version, dtype code, ndim, length, checksum
 _MAX_NDIM = 255
@@ -79,18 +83,29 @@ def encoded_size(shape: tuple[int, ...], dtype: np.dtype | type) -> int:
     return header_size(len(shape)) + math.prod(shape) * dt.itemsize
 
 
-def _pack_header(shape: tuple[int, ...], code: int, payload: memoryview) -> bytes:
+def _checksum(key: bytes, payload: memoryview | bytes) -> int:
+    hasher = xxhash.xxh3_64(key)
+    hasher.update(payload)
+    return hasher.intdigest()
+
+
+def _pack_header(
+    shape: tuple[int, ...], code: int, payload: memoryview, key: bytes = b""
+) -> bytes:
     if len(shape) > _MAX_NDIM or any(d > _MAX_DIM for d in shape):
         raise ValueError(f"block shape {shape} does not fit the header")
     fixed = _FIXED.pack(
-        MAGIC, FORMAT_VERSION, code, len(shape), payload.nbytes, xxhash.xxh3_64_intdigest(payload)
+        MAGIC, FORMAT_VERSION, code, len(shape), payload.nbytes, _checksum(key, payload)
     )
     header = fixed + struct.pack(f"<{len(shape)}I", *shape)
     return header + bytes(header_size(len(shape)) - len(header))
 
 
-def encode_block(block: np.ndarray) -> bytes:
+def encode_block(block: np.ndarray, key: bytes = b"") -> bytes:
     """Serialise ``block`` (any shape, a supported dtype) into the format above.
+
+    ``key`` is what the block will be stored under (its block hash); the checksum binds
+    the block to it, and ``decode_block`` must be given the same key.
 
     Non-contiguous or big-endian arrays are converted first; otherwise the payload is
     copied exactly once, into the returned bytes.  Raises ``ValueError`` for an
@@ -101,7 +116,7 @@ def encode_block(block: np.ndarray) -> bytes:
     # (np.asarray, not ascontiguousarray, which would turn a 0-d block into 1-d.)
     arr = np.asarray(block, dtype=block.dtype.newbyteorder("<"), order="C")
     payload = arr.reshape(-1).view(np.uint8).data
-    return b"".join((_pack_header(arr.shape, code, payload), payload))
+    return b"".join((_pack_header(arr.shape, code, payload, key), payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +143,9 @@ def _expected(shape: tuple[int, ...], dtype_str: str) -> _Expected:
 
 
 def decode_block(
-    buf: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype | type
+    buf: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype | type, key: bytes = b""
 ) -> np.ndarray:
-    """Check ``buf`` against the expected ``shape``/``dtype`` and return a view of it.
+    """Check ``buf`` against the expected ``shape``/``dtype``/``key``; return a view of it.
 
     The result is a read-only array sharing memory with ``buf`` (no copy): copy it out
     (e.g. ``np.copyto(hbm_slot, view)``) before ``buf`` goes away.  Raises
@@ -148,15 +163,17 @@ def decode_block(
         if mv[:checksum_at] == exp.head and mv[_FIXED.size : exp.header_size] == exp.tail:
             payload = mv[exp.header_size :]
             stored = int.from_bytes(mv[checksum_at : _FIXED.size], "little")
-            if xxhash.xxh3_64_intdigest(payload) != stored:
-                raise CorruptBlockError("payload checksum mismatch")
+            if _checksum(key, payload) != stored:
+                raise CorruptBlockError("checksum mismatch (payload damaged, or wrong key)")
             view = np.frombuffer(payload, dtype=exp.dtype).reshape(shape)
             view.flags.writeable = False
             return view
-    return _decode_checked(mv, shape, np.dtype(dtype))
+    return _decode_checked(mv, shape, np.dtype(dtype), key)
 
 
-def _decode_checked(buf: memoryview, shape: tuple[int, ...], dt: np.dtype) -> np.ndarray:
+def _decode_checked(
+    buf: memoryview, shape: tuple[int, ...], dt: np.dtype, key: bytes
+) -> np.ndarray:
     """Field-by-field decoding with a precise error for whatever does not match."""
     shape = tuple(int(d) for d in shape)
     mv = memoryview(buf)
@@ -189,8 +206,8 @@ def _decode_checked(buf: memoryview, shape: tuple[int, ...], dt: np.dtype) -> np
             f"buffer holds {mv.nbytes - hsize} payload bytes, header says {length}"
         )
     payload = mv[hsize:]
-    if xxhash.xxh3_64_intdigest(payload) != checksum:
-        raise CorruptBlockError("payload checksum mismatch")
+    if _checksum(key, payload) != checksum:
+        raise CorruptBlockError("checksum mismatch (payload damaged, or wrong key)")
     view = np.frombuffer(payload, dtype=dt.newbyteorder("<")).reshape(shape)
     view.flags.writeable = False
     return view

@@ -287,7 +287,7 @@ class CacheManager:
                 items = []
             if not self._make_room(target, self._block_size):
                 continue
-            items.append((block_hash, encode_block(self.pool.kv[block_id])))
+            items.append((block_hash, encode_block(self.pool.kv[block_id], key=block_hash)))
             self._index[target].add(block_hash, self._block_size)
         if items:
             self._worker.submit(StoreJob(target, items))

@@ -219,7 +219,7 @@ class TransferWorker:
             if buf is None:
                 return
             try:
-                block = decode_block(buf, shape, dtype)
+                block = decode_block(buf, shape, dtype, key=job.items[i][0])
             except CorruptBlockError as exc:
                 logger.warning("corrupt %s block %s: %s", tier, job.items[i][0].hex(), exc)
                 result.statuses[i] = LoadStatus.CORRUPT

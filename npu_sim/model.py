@@ -11,12 +11,13 @@ chunk boundaries or row position. See `npu_sim.ops` for how.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from npu_sim.blas import blas_threads_limited
+from npu_sim.blas import blas_core_name, blas_threads_limited
 from npu_sim.model_config import ModelConfig
 from npu_sim.ops import (
     RopeTable,
@@ -29,6 +30,8 @@ from npu_sim.ops import (
     widen_to_f32,
 )
 
+# Bump when a change here changes result bits (op order, tiling, dtype handling).
+NUMERICS_VERSION = 1
 
 @dataclass(slots=True)
 class SeqChunk:
@@ -98,6 +101,21 @@ class Model:
         self._lm_head = _dense(rng, h, config.vocab_size)
         self._rope = RopeTable(hd, config.rope_theta)
         self._q_scale = np.float32(1.0 / np.sqrt(hd))
+
+    @property
+    def numerics_id(self) -> str:
+        """What the model's KV bytes and logits depend on, as a short stable string.
+
+        The config (weights come from its seed), the numerics version of this module,
+        numpy's version and the BLAS kernel family all change result bits, so a cache of
+        KV blocks is only valid for one numerics_id (the server puts it in every block
+        hash: a data dir moved to another CPU type is not silently reused).
+        """
+        fingerprint = "|".join(
+            (repr(self._config), str(NUMERICS_VERSION), np.__version__, blas_core_name() or "?")
+        )
+        digest = hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()
+        return f"{self._config.name}.{digest}"
 
     @property
     def config(self) -> ModelConfig:

@@ -35,7 +35,9 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.metrics = metrics
         app.state.engine = engine
         app.state.stack = stack
-        app.state.serving = OpenAIServing(engine, settings.model, settings.max_model_len)
+        app.state.serving = OpenAIServing(
+            engine, settings.model, settings.max_model_len, stack.numerics_id
+        )
         app.state.started_at = time.time()
         engine.start()
         try:

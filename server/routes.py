@@ -73,9 +73,11 @@ async def metrics(m: Metrics) -> Response:
 
 
 @router.get("/cache/stats")
-async def cache_stats(engine: Engine) -> dict[str, Any]:
+async def cache_stats(engine: Engine, serving: Serving) -> dict[str, Any]:
     stats = engine.cache_stats
     return {
+        # Replicas can share KV blocks only if these match (see Model.numerics_id).
+        "numerics_id": serving.numerics_id,
         "query_tokens": stats.query_tokens,
         "hit_tokens": {t.value: n for t, n in stats.hit_tokens.items()},
         "tiers": {

@@ -44,10 +44,13 @@ class _Result:
 class OpenAIServing:
     """The logic behind /v1/chat/completions and /v1/completions."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str, max_model_len: int) -> None:
+    def __init__(
+        self, engine: AsyncEngine, model_name: str, max_model_len: int, numerics_id: str
+    ) -> None:
         self.engine = engine
         self.model_name = model_name
         self.max_model_len = max_model_len
+        self.numerics_id = numerics_id  # block hashes are only valid for these numerics
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -132,7 +135,7 @@ class OpenAIServing:
             prompt_token_ids=prompt,
             sampler=Sampler(params, tokenizer.sampleable_mask),
             max_tokens=max_tokens or room,
-            root_hash=root_hash(self.model_name, LAYOUT_VERSION, body.cache_salt),
+            root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, body.cache_salt),
             stop_token_ids=frozenset() if body.ignore_eos else tokenizer.stop_token_ids,
         )
 

@@ -45,6 +45,7 @@ class EngineStack:
     cache: CacheManager
     layout: KVLayout
     embedded_redis: EmbeddedRedis | None
+    numerics_id: str  # goes into every block hash (see Model.numerics_id)
 
     def close(self) -> None:
         self.cache.close()
@@ -121,8 +122,9 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         undo.callback(cache.close)
         model_config = get_model_config(settings.model)
         cost_config = get_cost_model_config(settings.cost_model or settings.model)
+        model = Model(model_config)
         executor = Executor(
-            Model(model_config), cost_config, get_device(settings.device),
+            model, cost_config, get_device(settings.device),
             Pace(settings.pace.value), cache.kv,
         )
         scheduler = Scheduler(
@@ -143,4 +145,6 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         "off" if ddr is None else (settings.redis_url or "embedded redis"),
         "off" if flash is None else settings.data_dir / "flash",
     )
-    return EngineStack(EngineCore(scheduler, executor, cache), cache, layout, embedded)
+    return EngineStack(
+        EngineCore(scheduler, executor, cache), cache, layout, embedded, model.numerics_id
+    )

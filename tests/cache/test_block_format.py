@@ -129,10 +129,18 @@ def test_header_fields_are_little_endian_at_documented_offsets() -> None:
     block = np.arange(6, dtype=np.float16).reshape(2, 3)
     buf = encode_block(block)
     assert buf[:4] == b"TKVB"
-    assert int.from_bytes(buf[4:6], "little") == 1
+    assert int.from_bytes(buf[4:6], "little") == 2  # format v2: key-bound checksum
     assert buf[6] == DTYPE_CODES["float16"]
     assert buf[7] == 2
     assert int.from_bytes(buf[8:16], "little") == 12
     assert int.from_bytes(buf[24:28], "little") == 2
     assert int.from_bytes(buf[28:32], "little") == 3
     assert buf[header_size(2) :] == block.tobytes()
+
+
+def test_checksum_binds_the_block_to_its_key():
+    block = np.arange(24, dtype=np.float16).reshape(2, 3, 4)
+    encoded = encode_block(block, key=b"A" * 16)
+    assert np.array_equal(decode_block(encoded, block.shape, block.dtype, key=b"A" * 16), block)
+    with pytest.raises(CorruptBlockError, match="wrong key"):
+        decode_block(encoded, block.shape, block.dtype, key=b"B" * 16)

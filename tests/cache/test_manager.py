@@ -217,3 +217,15 @@ def test_a_prefix_being_loaded_is_not_evicted_by_the_spills_its_own_slots_cause(
     # needs 2 DDR slots. The victims must not be the blocks being loaded.
     _, loaded = reload(m, wanted)
     assert loaded == 2
+
+
+def test_a_valid_block_under_the_wrong_key_is_rejected(manager_factory):
+    m = manager_factory(hbm=4)
+    hashes = chain(2)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    ddr = m._stores[Tier.DDR]
+    ddr.put(hashes[1], ddr.get(hashes[0]))  # block 0's intact bytes under block 1's key
+    _, loaded = reload(m, hashes)
+    assert loaded == 1
+    assert m.stats.tiers[Tier.DDR].checksum_failures == 1

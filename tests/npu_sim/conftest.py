@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 
 from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_model_config
-
-BLOCK_SIZE = 16
-
-PoolFactory = Callable[..., np.ndarray]
+from tests.npu_sim.pools import BLOCK_SIZE, PoolFactory
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import PoolFactory
 
 from npu_sim.cost_model import step_cost
 from npu_sim.device import DeviceSpec, get_device
@@ -16,6 +15,7 @@ from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.sampling import Sampler, SamplingParams
 from npu_sim.tokenizer import encode, sampleable_mask
+from tests.npu_sim.pools import PoolFactory
 
 TARGET_SECONDS = 0.05
 

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from conftest import BLOCK_SIZE, PoolFactory
 
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.sampling import Sampler, SamplingParams
 from npu_sim.tokenizer import apply_chat_template, sampleable_mask
+from tests.npu_sim.pools import BLOCK_SIZE, PoolFactory
 
 PROMPT = apply_chat_template(
     [
@@ -211,3 +211,13 @@ def test_small_llama_is_batch_invariant_too() -> None:
     assert whole.tobytes() == chunked.tobytes() == batched.tobytes()
     kv = [_kv_bytes(p, table, len(PROMPT)) for p in pools]
     assert kv[0] == kv[1] == kv[2]
+
+
+def test_numerics_id_is_stable_and_follows_the_config(tiny_config: ModelConfig):
+    import dataclasses
+
+    same = Model(tiny_config).numerics_id
+    assert same == Model(tiny_config).numerics_id
+    assert same.startswith("tiny-llama.")
+    other_weights = dataclasses.replace(tiny_config, seed=tiny_config.seed + 1)
+    assert Model(other_weights).numerics_id != same

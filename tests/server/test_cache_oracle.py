@@ -27,7 +27,7 @@ def run(server: LiveServer) -> tuple[str, int]:
 
 def prompt_block_hashes(server: LiveServer) -> list[bytes]:
     ids = [tokenizer.BOS, *tokenizer.encode(PROMPT)]
-    root = root_hash(server.settings.model, LAYOUT_VERSION, None)
+    root = root_hash(server.cache_stats()["numerics_id"], LAYOUT_VERSION, None)
     return hash_full_blocks(ids, server.settings.block_size, root)
 
 
@@ -89,8 +89,8 @@ def test_corrupt_flash_block_is_detected_recomputed_and_output_unchanged(make_se
     with run_server(settings) as server:
         cold, _ = run(server)
         server.offload("hbm")
+        victim = prompt_block_hashes(server)[0]
     flash = LmdbTier(settings.data_dir / "flash", 1 << 30, kv_layout(settings).namespace)
-    victim = prompt_block_hashes(server)[0]
     payload = bytearray(flash.get(victim))
     payload[-1] ^= 0x80
     flash.put(victim, bytes(payload))
