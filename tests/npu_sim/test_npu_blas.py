@@ -40,8 +40,10 @@ def test_scoped_limit_restores_and_model_validates(tiny_config: ModelConfig) -> 
     original = blas_threads()
     if original is None:
         pytest.skip("numpy is not linked against a recognisable OpenBLAS")
-    with blas_threads_limited(1):
-        assert blas_threads() == 1
+    target = 2 if original == 1 else 1  # a count that differs from the current one
+    with blas_threads_limited(target):
+        assert blas_threads() == target
+    assert blas_threads() == original
     with blas_threads_limited(None):
         assert blas_threads() == original
     assert blas_threads() == original
