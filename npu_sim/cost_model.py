@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from npu_sim.device import DeviceSpec
-from npu_sim.model_config import ModelConfig
+from npu_sim.model_config import WEIGHT_BYTES_PER_PARAM, ModelConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,12 @@ def step_cost(
         pairs = num_new * (2 * ctx_after - num_new + 1) / 2
         flops += attn_flops_per_pair * pairs
         kv_bytes += (ctx_after + num_new) * model.kv_bytes_per_token
-    num_bytes = float(model.weight_bytes) + kv_bytes
+    # Every weight is read once per step, except the embedding table: a lookup reads only
+    # the rows of the step's tokens.
+    embed_bytes = model.vocab_size * h * WEIGHT_BYTES_PER_PARAM
+    num_tokens = sum(num_new for num_new, _ in chunks)
+    weights_read = model.weight_bytes - embed_bytes + num_tokens * h * WEIGHT_BYTES_PER_PARAM
+    num_bytes = float(weights_read) + kv_bytes
     return StepCost(
         flops=flops,
         bytes=num_bytes,

@@ -46,7 +46,10 @@ def test_flops_and_bytes_formula(cfg: ModelConfig) -> None:
     pairs = 8 + 9 + 10  # positions 7, 8, 9 attend to 8, 9, 10 keys
     attn = 4 * cfg.num_heads * cfg.head_dim * cfg.num_layers * pairs
     assert c.flops == 2 * (linear * 3 + cfg.hidden_size * cfg.vocab_size) + attn
-    assert c.bytes == cfg.weight_bytes + (10 + 3) * cfg.kv_bytes_per_token
+    # All weights once, but of the embedding table only the 3 looked-up rows.
+    embed_table, embed_rows = cfg.vocab_size * cfg.hidden_size * 2, 3 * cfg.hidden_size * 2
+    weights = cfg.weight_bytes - embed_table + embed_rows
+    assert c.bytes == weights + (10 + 3) * cfg.kv_bytes_per_token
 
 
 def test_empty_and_invalid_steps(cfg: ModelConfig) -> None:
