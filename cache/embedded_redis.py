@@ -15,7 +15,9 @@ from one thread.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import logging
 import os
 import shutil
 import socket
@@ -38,6 +40,9 @@ _STOP_TIMEOUT_S = 5.0
 _LOG_NAME = "redis.log"
 _OUT_NAME = "redis-server.out"
 _CONF_NAME = "redis.conf"
+_LOCK_NAME = "redis.lock"
+
+logger = logging.getLogger(__name__)
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -107,6 +112,7 @@ class EmbeddedRedis:
                 "bytes; use a shorter data dir"
             )
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -159,26 +165,67 @@ class EmbeddedRedis:
         if self._process is not None:
             raise EmbeddedRedisError("already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.socket_path.exists() or self.socket_path.is_symlink():
-            if self._socket_is_live():
-                raise EmbeddedRedisError(f"{self.socket_path} is served by a running server")
-            self.socket_path.unlink()  # stale, from a server that was killed
-        conf = self.data_dir / _CONF_NAME
-        conf.write_text(self._config())
-        with open(self.data_dir / _OUT_NAME, "wb") as out:
-            self._process = process = subprocess.Popen(
-                [redis_server_executable(), str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-            )
+        self._lock_data_dir()
         try:
+            self._clear_leftovers()
+            conf = self.data_dir / _CONF_NAME
+            conf.write_text(self._config())
+            with open(self.data_dir / _OUT_NAME, "wb") as out:
+                self._process = process = subprocess.Popen(
+                    [redis_server_executable(), str(conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.data_dir,
+                )
             self._wait_ready(process)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _lock_data_dir(self) -> None:
+        """Hold an exclusive flock on the data dir while this instance is started.
+
+        The kernel drops the lock when its holder dies, so holding it proves that no
+        live EmbeddedRedis owner uses this dir: a redis-server still answering on the
+        socket is then an orphan of a killed process, safe to shut down.
+        """
+        fd = os.open(self.data_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EmbeddedRedisError(
+                f"{self.data_dir} is in use by another running EmbeddedRedis "
+                "(another tierkv server on the same --data-dir?)"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _clear_leftovers(self) -> None:
+        """Remove a stale socket, shutting down an orphaned server still serving it."""
+        if not (self.socket_path.exists() or self.socket_path.is_symlink()):
+            return
+        if self._socket_is_live():
+            logger.warning("shutting down an orphaned redis-server on %s", self.socket_path)
+            client = self._admin_client(2.0)
+            try:
+                client.shutdown(nosave=True)
+            except (redis.RedisError, OSError):
+                pass  # SHUTDOWN closes the connection under us
+            finally:
+                client.close()
+            deadline = time.monotonic() + _STOP_TIMEOUT_S
+            while self._socket_is_live():
+                if time.monotonic() > deadline:
+                    raise EmbeddedRedisError(f"orphaned server on {self.socket_path} won't stop")
+                time.sleep(0.01)  # poll until it is gone
+        self.socket_path.unlink(missing_ok=True)
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
@@ -212,9 +259,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """SHUTDOWN NOSAVE, falling back to SIGTERM then SIGKILL; remove the socket."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             client = self._admin_client(2.0)
             try:
                 client.shutdown(nosave=True)
@@ -231,7 +276,9 @@ class EmbeddedRedis:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        self.socket_path.unlink(missing_ok=True)
+        if self._lock_fd is not None:  # only the lock holder may touch the socket
+            self.socket_path.unlink(missing_ok=True)
+            self._unlock_data_dir()
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

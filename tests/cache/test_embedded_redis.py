@@ -108,7 +108,7 @@ def test_stale_socket_is_removed(data_dir: Path) -> None:
 
 
 def test_live_socket_is_not_stolen(server: EmbeddedRedis) -> None:
-    with pytest.raises(EmbeddedRedisError, match="running server"):
+    with pytest.raises(EmbeddedRedisError, match="in use by another running"):
         EmbeddedRedis(server.data_dir, MAXMEMORY).start()
     client = connect_redis(server.url)
     assert client.ping()  # the first one is untouched
@@ -131,3 +131,19 @@ def test_failed_start_reports_log_tail(data_dir: Path) -> None:
 def test_invalid_maxmemory(data_dir: Path) -> None:
     with pytest.raises(ValueError):
         EmbeddedRedis(data_dir, 0)
+
+
+def test_an_orphan_of_a_killed_owner_is_shut_down_and_replaced(tmp_path):
+    """A tierkv killed with SIGKILL leaves its redis-server running; the next start
+    (after the kernel released the dead owner's lock) must take the dir back."""
+    first = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
+    orphan = first._process
+    first._unlock_data_dir()  # what the kernel does when the owner process dies
+    first._process = None
+    second = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
+    try:
+        assert orphan is not None and orphan.wait(timeout=10) is not None  # shut down
+        assert second._admin_client(1.0).ping()
+    finally:
+        second.stop()
+
