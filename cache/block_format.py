@@ -31,7 +31,9 @@ from __future__ import annotations
 import functools
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import xxhash
@@ -43,7 +45,7 @@ _FIXED = struct.Struct("<4sHBBQQ")  # magic, version, dtype code, ndim, length, 
 _MAX_NDIM = 255
 _MAX_DIM = 0xFFFFFFFF
 
-DTYPE_CODES: dict[str, int] = {
+DTYPE_CODES: Mapping[str, int] = MappingProxyType({
     "float16": 1,
     "float32": 2,
     # numpy has no bfloat16: bf16 KV is held as its raw bit pattern in uint16 arrays and
@@ -56,7 +58,7 @@ DTYPE_CODES: dict[str, int] = {
     "int32": 7,
     "uint32": 8,
     "int64": 9,
-}
+})
 """Stable on-disk codes, keyed by numpy dtype name.  Never renumber an existing code."""
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -184,11 +185,11 @@ class LfuPolicy(EvictionPolicy[K]):
             yield from self._buckets[freq]
 
 
-EVICTION_POLICIES: dict[str, type[EvictionPolicy[Any]]] = {
+EVICTION_POLICIES: Mapping[str, type[EvictionPolicy[Any]]] = MappingProxyType({
     "lru": LruPolicy,
     "fifo": FifoPolicy,
     "lfu": LfuPolicy,
-}
+})
 """Registered online policies by name (lower case)."""
 
 
