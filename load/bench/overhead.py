@@ -43,12 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+WARMUP_SEED = 987_654_321
+
+
 async def _measure(server: ManagedServer, concurrency: int, args: argparse.Namespace
                    ) -> dict[str, Any]:
     specs = random_prompts(concurrency * args.requests_per_stream, args.input_len,
                            args.max_tokens, seed=concurrency)
-    # warm-up: one request, not measured
-    await run_workload(server.base_url, specs[:1], Arrival(concurrency=1), Slo())
+    # Warm-up, not measured, with a prompt of its own: re-sending specs[0] would put
+    # the first measured request's prefix in the cache.
+    warmup = random_prompts(1, args.input_len, args.max_tokens, seed=WARMUP_SEED)
+    await run_workload(server.base_url, warmup, Arrival(concurrency=1), Slo())
     out = await run_workload(server.base_url, specs, Arrival(concurrency=concurrency), Slo())
     s = out.stats
     wall_busy = out.server.get("npu_wall_busy_s")
