@@ -43,6 +43,13 @@ def test_closed_loop_multiturn_carries_the_history(bare_server):
     assert [r.prompt_tokens for r in out.records] == [30, 30, 45, 45, 60, 60]
     r = out.records[0]
     assert 0 < r.ttft_s <= r.e2e_s
+    # Closed loop with concurrency 2: never more than 2 requests in flight.
+    events = sorted([(x.start_s, 1) for x in out.records] + [(x.end_s, -1) for x in out.records])
+    in_flight = max_in_flight = 0
+    for _, delta in events:
+        in_flight += delta
+        max_in_flight = max(max_in_flight, in_flight)
+    assert max_in_flight <= 2
     assert out.server["prefix_cache_hits"] == {}  # no /metrics: empty, no crash
     assert out.server["scrape_error"]
 
@@ -57,6 +64,8 @@ def test_open_loop_poisson_and_trace_times(bare_server):
     out = run(bare_server.base_url, trace_specs, Arrival(trace_times=True))
     starts = [r.start_s for r in out.records]
     assert starts[2] >= 0.2 and starts[1] >= 0.1
+    # ... and not scaled wrongly: 0.2 s apart, not 2 s (generous bound for a busy box).
+    assert starts[2] - starts[0] < 1.0
 
 
 def test_failed_requests_are_recorded_by_status(bare_server, monkeypatch):
