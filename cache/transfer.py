@@ -116,10 +116,6 @@ class TransferWorker:
             except queue.Empty:
                 return out
 
-    @property
-    def num_pending(self) -> int:
-        return self._pending
-
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every submitted job has finished. Returns False on timeout."""
         with self._idle:

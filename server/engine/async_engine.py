@@ -150,7 +150,8 @@ class AsyncEngine:
                         self._dispatch(outputs)
                     if outputs or self._core.scheduler.running:
                         continue
-                self._publish_stats()
+                else:
+                    self._publish_stats()
                 self._wakeup.wait(timeout=1.0)
         except BaseException as exc:  # surface engine bugs to every waiting client
             logger.exception("engine thread crashed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -45,10 +44,8 @@ class EngineRequest:
     num_computed_tokens: int = 0
     num_committed_blocks: int = 0
     num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
-    load_ticket: int | None = None
     is_aborted: bool = False
     finish_reason: FinishReason | None = None
-    arrival_time: float = field(default_factory=time.monotonic)
 
     @property
     def num_tokens(self) -> int:

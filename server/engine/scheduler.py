@@ -51,10 +51,6 @@ class Scheduler:
         self.loading: dict[int, EngineRequest] = {}
         self.num_preemptions = 0
 
-    @property
-    def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.running) + len(self.loading)
-
     def has_schedulable_work(self) -> bool:
         return bool(self.running or self.waiting)
 
@@ -83,7 +79,6 @@ class Scheduler:
         """Move requests whose reloads finished to running (or release aborted ones)."""
         for done in self.cache.poll():
             request = self.loading.pop(done.ticket)
-            request.load_ticket = None
             if request.is_aborted:
                 self._finish(request)
                 continue
@@ -152,7 +147,6 @@ class Scheduler:
         request.num_committed_blocks = acquired.num_hbm_blocks
         if acquired.ticket is not None:
             request.status = RequestStatus.LOADING_KV
-            request.load_ticket = acquired.ticket
             self.loading[acquired.ticket] = request
             return True
         if request.num_cached_tokens is None:
