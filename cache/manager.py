@@ -125,9 +125,6 @@ class CacheManager:
         """The HBM KV pool the executor attends over."""
         return self.pool.kv
 
-    def has_tier(self, tier: Tier) -> bool:
-        return tier is Tier.HBM or tier in self._index
-
     # -- lookup and admission ------------------------------------------------------------
 
     def match_prefix(self, hashes: Sequence[BlockHash], max_blocks: int) -> PrefixHit:
@@ -218,10 +215,6 @@ class CacheManager:
         self._refresh_occupancy()
         return self.stats.snapshot()
 
-    @property
-    def num_transfers_pending(self) -> int:
-        return self._worker.num_pending
-
     def wait_transfers(self, timeout: float | None = None) -> bool:
         """Block until all submitted transfers finished (tests, offload, shutdown)."""
         return self._worker.wait_idle(timeout)
@@ -238,11 +231,12 @@ class CacheManager:
         elif tier is Tier.DDR:
             if Tier.DDR not in self._index or Tier.FLASH not in self._index:
                 raise ValueError("offloading DDR needs both the DDR and the flash tier")
-            moved = 0
+            victims: list[BlockHash] = []
             while (victim := self._index[Tier.DDR].pop_victim()) is not None:
-                self.stats.tiers[Tier.DDR].evictions += 1
-                self._demote([victim])
-                moved += 1
+                victims.append(victim)
+            self.stats.tiers[Tier.DDR].evictions += len(victims)
+            self._demote(victims)  # one batched job, not one per block
+            moved = len(victims)
         else:
             raise ValueError("flash is the last tier; nothing to offload to")
         self.wait_transfers()
@@ -318,6 +312,11 @@ class CacheManager:
         kept: list[BlockHash] = []
         dropped: list[BlockHash] = []
         for key in keys:
+            if kept and not self._index[Tier.FLASH].has_room(self._block_size):
+                # Making room may evict a block of this very batch from flash: submit its
+                # demotion first, so the FIFO transfer thread removes what it wrote.
+                self._worker.submit(DemoteJob(kept))
+                kept = []
             if self._make_room(Tier.FLASH, self._block_size):
                 self._index[Tier.FLASH].add(key, self._block_size)
                 kept.append(key)

@@ -229,3 +229,14 @@ def test_a_valid_block_under_the_wrong_key_is_rejected(manager_factory):
     _, loaded = reload(m, hashes)
     assert loaded == 1
     assert m.stats.tiers[Tier.DDR].checksum_failures == 1
+
+
+def test_demoting_into_a_full_flash_leaves_no_untracked_blocks(manager_factory):
+    m = manager_factory(hbm=8, ddr_blocks=8, flash_blocks=2)
+    hashes = chain(5)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    m.offload(Tier.DDR)  # 5 blocks into a 2-block flash: 3 must go, none may leak
+    stored = {key for key, _ in m._stores[Tier.FLASH].scan()}
+    assert stored == set(m._index[Tier.FLASH])
+    assert len(stored) == 2
