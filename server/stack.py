@@ -104,9 +104,11 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 undo.callback(embedded.stop)
                 url = embedded.url
             ddr = RedisTier(connect_redis(url), layout.namespace)
+            undo.callback(ddr.close)  # idempotent: cache.close() closes it again
         if settings.flash_bytes > 0:
             map_size = max(int(settings.flash_bytes * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
             flash = LmdbTier(settings.data_dir / "flash", map_size, layout.namespace)
+            undo.callback(flash.close)
         cache = CacheManager(
             layout,
             CacheConfig(
