@@ -43,10 +43,15 @@ SMOLLM = "smollm2-135m"
 
 
 @pytest.fixture(scope="session")
-def smollm_path() -> Path:
-    """The verified SmolLM2-135M GGUF, in TIERKV_TEST_MODEL_CACHE or ~/.cache/tierkv."""
-    cache_dir = Path(os.environ.get("TIERKV_TEST_MODEL_CACHE", "~/.cache/tierkv"))
-    return fetch_model_file(SMOLLM, cache_dir, progress=False)
+def model_cache_dir() -> Path:
+    """Where tests keep fetched weights: TIERKV_TEST_MODEL_CACHE or ~/.cache/tierkv."""
+    return Path(os.environ.get("TIERKV_TEST_MODEL_CACHE", "~/.cache/tierkv")).expanduser()
+
+
+@pytest.fixture(scope="session")
+def smollm_path(model_cache_dir: Path) -> Path:
+    """The verified SmolLM2-135M GGUF (fetched on first use)."""
+    return fetch_model_file(SMOLLM, model_cache_dir, progress=False)
 
 
 @pytest.fixture(scope="session")
