@@ -124,6 +124,7 @@ class ReferenceLlama:
 
 
 def main() -> None:
+    from npu_sim.gguf import GGUFFile
     from npu_sim.model_config import get_model_config
     from npu_sim.tokenizers import load_gguf_tokenizer
     from npu_sim.weights import load_llama_gguf
@@ -137,9 +138,13 @@ def main() -> None:
     args = parser.parse_args()
     path = fetch_model_file(args.model, args.cache_dir)
     t0 = time.perf_counter()
-    config, weights = load_llama_gguf(path, get_model_config(args.model))
+    GGUFFile(path)
+    t1 = time.perf_counter()
     tokenizer = load_gguf_tokenizer(path, args.model)
-    print(f"load: {time.perf_counter() - t0:.2f} s")
+    t2 = time.perf_counter()
+    config, weights = load_llama_gguf(path, get_model_config(args.model))
+    t3 = time.perf_counter()
+    print(f"open GGUF {t1 - t0:.2f} s, tokenizer {t2 - t1:.2f} s, weights {t3 - t2:.2f} s")
     model = ReferenceLlama(config, weights)
     prompt = tokenizer.apply_chat_template([("user", "What is the capital of France?")])
     answer = model.generate(prompt, 16, tokenizer.stop_token_ids)
@@ -147,17 +152,21 @@ def main() -> None:
 
     cache = KVCache()
     logits = model.forward(prompt, cache)
-    t0 = time.perf_counter()
+    wall, cpu = [], []
     for _ in range(args.steps):
+        w0, c0 = time.perf_counter(), time.process_time()
         logits = model.forward([int(np.argmax(logits))], cache)
-    decode_ms = (time.perf_counter() - t0) / args.steps * 1e3
-    rng = np.random.default_rng(0)
-    ids = rng.integers(17, config.vocab_size, args.prefill).tolist()
-    t0 = time.perf_counter()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    print(
+        f"decode batch 1 (context {len(prompt)}..{cache.num_tokens}): median "
+        f"{np.median(wall) * 1e3:.1f} ms/step wall, {np.median(cpu) * 1e3:.1f} ms CPU"
+    )
+    ids = np.random.default_rng(0).integers(17, config.vocab_size, args.prefill).tolist()
+    w0, c0 = time.perf_counter(), time.process_time()
     model.forward(ids, KVCache())
-    prefill_s = time.perf_counter() - t0
-    print(f"decode batch 1: {decode_ms:.1f} ms/step (context {len(prompt)}..{cache.num_tokens})")
-    print(f"prefill {args.prefill} tokens: {prefill_s:.2f} s")
+    wall_s, cpu_s = time.perf_counter() - w0, time.process_time() - c0
+    print(f"prefill {args.prefill} tokens: {wall_s:.2f} s wall, {cpu_s:.2f} s CPU")
 
 
 if __name__ == "__main__":
