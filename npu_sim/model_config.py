@@ -120,7 +120,7 @@ MODEL_PRESETS: Final = MappingProxyType(
 DEFAULT_MODEL: Final = "tiny-llama"
 
 # Presets with trained weights, fetched on demand (`npu_sim.weights_fetch.MODEL_SOURCES`
-# says from where) and loaded by `npu_sim.weights.load_llama_gguf`, which checks that the
+# says from where) and loaded by `npu_sim.llama_gguf.load_llama_gguf`, which checks that the
 # file's metadata agrees with the shape hard-coded here; so the config is known without
 # downloading anything.
 WEIGHTED_PRESETS: Final = MappingProxyType(

@@ -2,7 +2,7 @@
 
 `load_pretrained("smollm2-135m", cache_dir)` fetches the pinned weights file if needed
 (`npu_sim.weights_fetch`), loads the fp32 weights checked against the preset
-(`npu_sim.weights`) and the tokenizer stored in the same file. `get_tokenizer(name,
+(`npu_sim.llama_gguf`) and the tokenizer stored in the same file. `get_tokenizer(name,
 cache_dir)` gives any preset's tokenizer: the byte tokenizer for the random-weight presets
 (no download), the file's BPE tokenizer for a weighted one.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from npu_sim.llama_gguf import load_llama_gguf
 from npu_sim.model_config import WEIGHTED_PRESETS, ModelConfig, get_model_config
 from npu_sim.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, load_gguf_tokenizer
-from npu_sim.weights import LlamaWeights, load_llama_gguf
+from npu_sim.weights import LlamaWeights
 from npu_sim.weights_fetch import fetch_model_file
 
 

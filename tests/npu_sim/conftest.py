@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from npu_sim.llama_gguf import load_llama_gguf
 from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_model_config
 from npu_sim.tokenizers import BPETokenizer, load_gguf_tokenizer
-from npu_sim.weights import LlamaWeights, load_llama_gguf
+from npu_sim.weights import LlamaWeights
 from npu_sim.weights_fetch import fetch_model_file
 from tests.npu_sim.pools import BLOCK_SIZE, PoolFactory
 

@@ -125,9 +125,9 @@ class ReferenceLlama:
 
 def main() -> None:
     from npu_sim.gguf import GGUFFile
+    from npu_sim.llama_gguf import load_llama_gguf
     from npu_sim.model_config import get_model_config
     from npu_sim.tokenizers import load_gguf_tokenizer
-    from npu_sim.weights import load_llama_gguf
     from npu_sim.weights_fetch import fetch_model_file
 
     parser = argparse.ArgumentParser(description="time the fp32 reference forward")

@@ -1,4 +1,4 @@
-"""Weights loader: orientation, Q/K un-permutation, config checks; the real SmolLM2 file."""
+"""GGUF llama loader: orientation, Q/K un-permutation, config checks; the real SmolLM2 file."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from npu_sim.gguf import GGUFError, GGUFFile
+from npu_sim.llama_gguf import load_llama_gguf, unpermute_rope_rows
 from npu_sim.model_config import ModelConfig, get_model_config
-from npu_sim.weights import LlamaWeights, load_llama_gguf, unpermute_rope_rows
+from npu_sim.weights import LlamaWeights
 from tests.npu_sim.gguf_writer import FLOAT32, STRING, UINT32, f32_tensor, write_gguf
 
 
