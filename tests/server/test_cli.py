@@ -24,8 +24,15 @@ def test_flags_and_env(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"model": "gpt-9"}, {"device": "tpu-v9"}, {"cost_model": "gpt-17"},
-     {"eviction_policy": "random"}, {"block_size": 0}, {"ddr_gb": -1}, {"colour": "blue"}],
+    [
+        {"model": "gpt-9"},
+        {"device": "tpu-v9"},
+        {"cost_model": "gpt-17"},
+        {"eviction_policy": "random"},
+        {"block_size": 0},
+        {"ddr_gb": -1},
+        {"colour": "blue"},
+    ],
 )
 def test_invalid_settings_are_rejected(bad: dict):
     with pytest.raises(ValidationError):
@@ -33,8 +40,9 @@ def test_invalid_settings_are_rejected(bad: dict):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_reports_bad_settings_without_a_trace(tmp_path):
