@@ -291,3 +291,16 @@ def test_cancelled_load_frees_its_blocks_when_it_lands(manager_factory):
     assert m.pool.num_free_blocks == free_at_start
     # What arrived intact is cached for the next request.
     assert len(m.match(hashes, 3).hbm_block_ids) == 3
+
+
+def test_cancelling_a_load_that_landed_during_an_offload_frees_its_blocks(manager_factory):
+    m = manager_factory(hbm=8)
+    hashes = chain(3)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    admission = m.admit(m.match(hashes, 3), "r1", 3 * LAYOUT.block_size, 3)
+    assert admission is not None and admission.is_loading
+    m.offload(Tier.HBM)  # the load lands and waits for poll()
+    m.cancel_load("r1", admission.block_ids)
+    assert m.poll() == []
+    assert m.pool.num_active_blocks == 0
