@@ -17,14 +17,13 @@ from cache.block_hash import root_hash
 from cache.layout import LAYOUT_VERSION
 from npu_sim import tokenizer
 from npu_sim.sampling import Sampler, SamplingParams
-from server.detokenizer import IncrementalDetokenizer
 from server.engine.async_engine import (
     AsyncEngine,
     EngineDeadError,
     QueueFullError,
     RequestStream,
 )
-from server.engine.request import EngineRequest, FinishReason
+from server.engine.request import EngineRequest
 from server.errors import APIError
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 
@@ -137,6 +136,7 @@ class OpenAIServing:
             max_tokens=max_tokens or room,
             root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, body.cache_salt),
             stop_token_ids=frozenset() if body.ignore_eos else tokenizer.stop_token_ids,
+            stop=tuple(body.stop_strings()),
         )
 
     # -- responses -----------------------------------------------------------------------
@@ -147,33 +147,30 @@ class OpenAIServing:
         except (QueueFullError, EngineDeadError) as exc:
             raise _unavailable(exc) from exc
 
-    async def _generate_text(
-        self, stream: RequestStream, stop: list[str], result: _Result
-    ) -> AsyncIterator[str]:
-        """Yield text deltas of one request until it finishes or hits a stop string.
+    async def _generate_text(self, stream: RequestStream, result: _Result) -> AsyncIterator[str]:
+        """Yield text deltas of one request until it finishes.
 
-        Ending early (stop string, client gone) closes the stream, which aborts the request.
+        The engine decides every finish (stop strings included) and holds back text that
+        may be the start of a stop string. Ending early (client gone) closes the stream,
+        which aborts the request.
         """
-        detok = IncrementalDetokenizer(stop)
+        parts: list[str] = []
         try:
             async for out in stream:
                 result.num_cached_tokens = out.num_cached_tokens
                 result.num_output_tokens = out.num_output_tokens
-                text = detok.feed(out.new_token_ids)
-                if detok.done:
-                    result.finish_reason = FinishReason.STOP.value
-                elif out.is_finished:
+                if out.is_finished:
                     result.finish_reason = str(out.finish_reason)
-                    text += detok.flush()
-                if text:
-                    yield text
-                if detok.done or out.is_finished:
+                if out.new_text:
+                    parts.append(out.new_text)
+                    yield out.new_text
+                if out.is_finished:
                     break
         except EngineDeadError as exc:
             raise _unavailable(exc) from exc
         finally:
             stream.close()
-            result.text = detok.text
+            result.text = "".join(parts)
 
     async def _respond(
         self, request: EngineRequest, body: _Sampling, raw: Request, chat: bool
@@ -182,7 +179,7 @@ class OpenAIServing:
         stream = self._open(request)
 
         async def drain() -> None:
-            async for _ in self._generate_text(stream, body.stop_strings(), result):
+            async for _ in self._generate_text(stream, result):
                 pass
 
         task = asyncio.create_task(drain())
@@ -242,7 +239,7 @@ class OpenAIServing:
             if chat:
                 yield event([choice(None, None, role=True)])
             try:
-                async for text in self._generate_text(stream, body.stop_strings(), result):
+                async for text in self._generate_text(stream, result):
                     yield event([choice(text, None)])
             except APIError as exc:
                 yield f"data: {json.dumps(_error_payload(exc))}\n\n"

@@ -80,12 +80,12 @@ def _reload_samples(m: CacheManager, chains: list[list[BlockHash]], tier: Tier,
     for _ in range(rounds):
         for hashes in chains:
             m.offload(Tier.HBM)  # bytes already below: this only frees the HBM copies
-            hit = m.match_prefix(hashes, len(hashes))
+            hit = m.match(hashes, len(hashes))
             if [t for _, t in hit.lower] != [tier] * len(hashes):
                 raise RuntimeError(f"blocks are not all in {tier}: set-up error")
             start = time.perf_counter()
-            acquired = m.acquire_prefix(hit, 0, len(hashes))
-            if acquired is None or acquired.ticket is None:
+            admission = m.admit(hit, "bench", 0, len(hashes))
+            if admission is None or not admission.is_loading:
                 raise RuntimeError("HBM too small for one batch")
             m.wait_transfers()
             (done,) = m.poll()
@@ -94,7 +94,7 @@ def _reload_samples(m: CacheManager, chains: list[list[BlockHash]], tier: Tier,
                 raise RuntimeError("reload lost blocks")
             samples.append((len(hashes) * encoded_size(m.layout.block_shape, m.layout.np_dtype),
                             seconds))
-            m.free(acquired.block_ids)
+            m.free(admission.block_ids)
     return samples
 
 
