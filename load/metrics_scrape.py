@@ -91,7 +91,7 @@ def parse_metrics(text: str) -> MetricsSnapshot:
                 for prefix in PREFIXES:
                     if s.name.startswith(prefix):
                         found = by_prefix[prefix]
-                        key = (s.name[len(prefix):], tuple(sorted(s.labels.items())))
+                        key = (s.name[len(prefix) :], tuple(sorted(s.labels.items())))
                         found[key] = found.get(key, 0.0) + float(s.value)
                         break
     except (ValueError, TypeError, IndexError) as exc:

@@ -65,10 +65,14 @@ def test_other_servers_and_garbage_give_empty_deltas():
 
 
 def test_vllm_names_are_read_as_hbm():
-    before = parse_metrics("# TYPE vllm:prefix_cache_hits_total counter\n"
-                           "vllm:prefix_cache_hits_total{model_name=\"m\"} 5.0\n")
-    after = parse_metrics("# TYPE vllm:prefix_cache_hits_total counter\n"
-                          "vllm:prefix_cache_hits_total{model_name=\"m\"} 15.0\n")
+    before = parse_metrics(
+        "# TYPE vllm:prefix_cache_hits_total counter\n"
+        'vllm:prefix_cache_hits_total{model_name="m"} 5.0\n'
+    )
+    after = parse_metrics(
+        "# TYPE vllm:prefix_cache_hits_total counter\n"
+        'vllm:prefix_cache_hits_total{model_name="m"} 15.0\n'
+    )
     assert server_deltas(before, after)["prefix_cache_hits"] == {"hbm": 10.0}
 
 
@@ -78,9 +82,9 @@ def test_metrics_url_is_at_the_root():
 
 
 def test_scalar_counters_are_summed_over_labels_like_vllms_model_name():
-    text = '''# TYPE vllm:num_preemptions counter
+    text = """# TYPE vllm:num_preemptions counter
 vllm:num_preemptions_total{model_name="m"} 3.0
-'''
+"""
     before = parse_metrics(text.replace("3.0", "1.0"))
     after = parse_metrics(text)
     assert after.total("num_preemptions_total") == 3.0  # prefixes are stripped
@@ -90,9 +94,11 @@ vllm:num_preemptions_total{model_name="m"} 3.0
 
 def test_a_counter_that_went_down_was_reset():
     before = parse_metrics(
-        '# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 10.0\n')
+        "# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 10.0\n"
+    )
     after = parse_metrics(
-        '# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 4.0\n')
+        "# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 4.0\n"
+    )
     assert server_deltas(before, after)["preemptions"] == 4.0
 
 
