@@ -53,6 +53,12 @@ def _esc(value: Any) -> str:
     return html.escape("-" if value is None else str(value))
 
 
+def _when(iso: Any) -> str:
+    """``2026-11-24T22:59:15.617+00:00`` as ``2026-11-24 22:59:15 UTC``."""
+    text = str(iso or "")
+    return text[:19].replace("T", " ") + " UTC" if len(text) >= 19 else text or "-"
+
+
 def _table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join(
@@ -84,7 +90,8 @@ def _latency_table(results: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def _summary_table(results: list[tuple[str, dict[str, Any]]]) -> str:
-    per_run = [dict(summary_rows(r)) for _, r in results]
+    # latencies have their own table
+    per_run = [{m: v for m, v in summary_rows(r) if not m.endswith(" ms")} for _, r in results]
     metrics: list[str] = []
     for rows in per_run:
         metrics += [m for m in rows if m not in metrics]
@@ -101,7 +108,7 @@ def _config_table(result: dict[str, Any]) -> str:
         ["model", result.get("model")],
         ["workload", result.get("workload")],
         ["arrival", ", ".join(f"{k}={v}" for k, v in (result.get("arrival") or {}).items())],
-        ["started (UTC)", result.get("started_at")],
+        ["started", _when(result.get("started_at"))],
     ]
     rows += [
         [k.replace("_", "-"), v]
@@ -123,7 +130,7 @@ def write_html_report(
         title = f"tierkv-load: {first.get('workload', '')} run"
         sub = (
             f"{_esc(first.get('model'))} at {_esc(first.get('base_url'))}, started "
-            f"{_esc(first.get('started_at'))}, {first.get('duration_s') or 0:.1f} s, "
+            f"{_esc(_when(first.get('started_at')))}, {first.get('duration_s') or 0:.1f} s, "
             f"{first.get('num_requests', 0)} requests"
         )
     else:

@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 from load.stats import percentile  # noqa: E402
 
@@ -26,6 +26,7 @@ TIER_LABELS = {"hbm": "HBM hit", "ddr": "DDR hit", "flash": "flash hit", "comput
 CACHED_COLOR = "#264653"
 HIT_COLOR, MISS_COLOR = "#2a9d8f", "#d1495b"
 DENSE_POINTS = 20
+MIN_P99_SAMPLES = 100  # as report.MIN_SAMPLES["p99"]
 STYLE: Any = {  # Any: matplotlib types rcParams keys as literals
     "font.size": 10,
     "axes.titlesize": 12,
@@ -58,6 +59,14 @@ def plain_number(value: float, _pos: int | None = None) -> str:
     return f"{value:g}"
 
 
+def short_count(value: float) -> str:
+    """Counts for labels, three significant digits: 950, 10.1k, 119k, 1.2M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
 def write_plots(results: Labelled, out_dir: Path) -> list[Path]:
     """Write ttft_cdf.png, tier_hits.png, timeline.png and, when some result has
     /metrics samples, server_timeline.png; return their paths in that order."""
@@ -75,8 +84,8 @@ def write_plots(results: Labelled, out_dir: Path) -> list[Path]:
     return paths
 
 
-def save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+def save(fig: Any, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -101,9 +110,11 @@ def _cdf(
     label: str,
     linestyle: str = "-",
     annotate: bool = False,
+    width: float = 1.6,
 ) -> None:
-    """One CDF with p50 and p99 marked (and written next to the marks if
-    ``annotate``)."""
+    """One CDF with p50 marked, and p99 when ``MIN_P99_SAMPLES`` back it (written next
+    to the marks if ``annotate``; an annotated p99 on fewer samples says it is about
+    the maximum)."""
     n = len(values)
     ys = [(i + 1) / n for i in range(n)]
     ax.step(
@@ -112,25 +123,28 @@ def _cdf(
         where="post",
         color=color,
         linestyle=linestyle,
-        linewidth=1.6,
+        linewidth=width,
         label=f"{label} (n={n})",
     )
     if not is_dense(n):
         ax.plot(values, ys, "o", color=color, markersize=4)
     for q, marker in ((50, "o"), (99, "D")):
+        if not annotate and (n < 5 or (q == 99 and n < MIN_P99_SAMPLES)):
+            continue
         x = percentile(values, q)
         ax.plot(
             [x],
             [q / 100],
             marker=marker,
             color=color,
-            markersize=8,
+            markersize=9 if annotate else 6,
             markeredgecolor="black",
-            zorder=5,
+            zorder=6 if annotate else 5,
         )
         if annotate:
+            weak = q == 99 and n < MIN_P99_SAMPLES
             ax.annotate(
-                f"p{q} {x:,.0f} ms",
+                f"p{q} {x:,.0f} ms" + (f"\n(n={n}: ~max)" if weak else ""),
                 (x, q / 100),
                 xytext=(8, -14 if q == 99 else 6),
                 textcoords="offset points",
@@ -143,7 +157,8 @@ def _cdf(
 def _ttft_cdf(results: Labelled, path: Path) -> Path:
     """TTFT CDF on a log axis. One run: all requests, prefix hits and misses (by the
     client's ``cached_tokens``). Several runs: one curve each. p50 (circle) and p99
-    (diamond) are marked on every curve."""
+    (diamond) are marked and labelled on the main curves; hit and miss curves get
+    unlabelled marks when they have enough samples."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = False
@@ -151,7 +166,7 @@ def _ttft_cdf(results: Labelled, path: Path) -> Path:
         r = results[0][1]
         everything = ttfts_ms(r)
         if everything:
-            _cdf(ax, everything, "black", "all requests", annotate=True)
+            _cdf(ax, everything, "black", "all requests", annotate=True, width=2.4)
             drawn = True
         for hit, color, label in (
             (True, HIT_COLOR, "prefix hits (cached_tokens > 0)"),
@@ -169,8 +184,9 @@ def _ttft_cdf(results: Labelled, path: Path) -> Path:
     if drawn:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left")
     else:
         ax.text(0.5, 0.5, "no successful requests", ha="center", transform=ax.transAxes)
     ax.set_xlabel("time to first token (ms, log scale)")
@@ -210,7 +226,7 @@ def _tier_hits(results: Labelled, path: Path) -> Path:
     for label, r in results:
         for bar, parts in _segments(r):
             rows.append((bar if len(results) == 1 else f"{label}: {bar}", parts))
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 1.0 * max(1, len(rows))))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.9 * max(1, len(rows))))
     colors = {**TIER_COLORS, "cached": CACHED_COLOR}
     labels = {**TIER_LABELS, "cached": "cached (client)"}
     seen: set[str] = set()
@@ -235,28 +251,27 @@ def _tier_hits(results: Labelled, path: Path) -> Path:
                 ax.text(
                     left + tokens / 2,
                     y,
-                    f"{share:.0%}\n{plain_number(round(tokens))}",
+                    f"{share:.0%}\n{short_count(tokens)}",
                     ha="center",
                     va="center",
                     fontsize=8.5,
                     color="white" if dark else "black",
                 )
             left += tokens
-        ax.text(left, y, f"  {plain_number(round(total))} tok", va="center", fontsize=9)
+        ax.text(left, y, f"  {short_count(total)} tok", va="center", fontsize=9)
     ax.set_yticks(range(len(rows)), [bar for bar, _ in rows])
     ax.invert_yaxis()
     ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
     ax.set_xlabel("prompt tokens")
     ax.grid(axis="y", visible=False)
     ax.margins(x=0.12)
-    if rows:
-        ax.legend(
-            loc="upper center", bbox_to_anchor=(0.5, -0.45 / max(1, len(rows)) - 0.12), ncol=6
-        )
-    else:
-        ax.text(0.5, 0.5, "no prompt tokens reported", ha="center", transform=ax.transAxes)
     ax.set_title("where prompt tokens came from: prefix-cache hits by tier vs computed")
-    return save(fig, path)
+    if not rows:
+        ax.text(0.5, 0.5, "no prompt tokens reported", ha="center", transform=ax.transAxes)
+        return save(fig, path)
+    fig.legend(loc="lower center", ncol=6)
+    legend_h = 0.35 / fig.get_figheight()  # the legend row, as a fraction of the figure
+    return save(fig, path, rect=(0.0, legend_h, 1.0, 1.0))
 
 
 def _timeline(results: Labelled, path: Path) -> Path:

@@ -12,6 +12,21 @@ import matplotlib.pyplot as plt
 
 from load.plots import TIER_COLORS, TIER_LABELS, Labelled, is_dense, line_style, save
 
+# A step's busy time is counted when the step ends, so one sampling interval can hold
+# more than its length of busy time (a 0.7 s step in a 0.5 s interval): the NPU panel
+# shows busy time averaged over this window instead.
+NPU_WINDOW_S = 2.0
+
+
+def rolling_mean(values: list[float | None], window: int) -> list[float | None]:
+    """Mean of each value and the ``window - 1`` before it (Nones skipped; None where
+    the window holds none)."""
+    out: list[float | None] = []
+    for i in range(len(values)):
+        seen = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
+        out.append(sum(seen) / len(seen) if seen else None)
+    return out
+
 
 def has_server_timeline(result: dict[str, Any]) -> bool:
     tl = result.get("server_timeline") or {}
@@ -107,7 +122,12 @@ def server_timeline_plot(results: Labelled, path: Path) -> Path:
                 drawstyle="steps-post" if is_dense(len(ts)) else "default",
             )
         if _series(
-            kv_ax, ts, tl.get("kv_cache_usage") or [], scale=100.0, color=color, label=label
+            kv_ax,
+            ts,
+            tl.get("kv_cache_usage") or [],
+            scale=100.0,
+            color=color,
+            label=None if single else label,
         ):
             found["kv"] = True
             kv_sources.add(tl.get("kv_usage_source"))
@@ -127,7 +147,8 @@ def server_timeline_plot(results: Labelled, path: Path) -> Path:
             ("npu_modelled_busy", "modelled (roofline)", "-"),
             ("npu_wall_busy", "wall (this CPU)", "--"),
         ):
-            xs, ys = _points(ends, tl.get(key) or [])
+            window = max(1, round(NPU_WINDOW_S / (tl.get("interval_s") or NPU_WINDOW_S)))
+            xs, ys = _points(ends, rolling_mean(tl.get(key) or [], window))
             if xs:
                 found["npu"] = True
                 kw = line_style(len(xs))
@@ -151,7 +172,10 @@ def server_timeline_plot(results: Labelled, path: Path) -> Path:
         "queue": (q_ax, "running / waiting requests"),
         "kv": (kv_ax, f"KV cache usage: blocks held by requests ({source or 'n/a'})"),
         "hits": (hit_ax, "prefix-cache hit rate per sampling interval, by tier"),
-        "npu": (npu_ax, "NPU busy time per second: modelled device vs wall clock"),
+        "npu": (
+            npu_ax,
+            f"NPU busy time per second ({NPU_WINDOW_S:g} s mean): modelled device vs wall clock",
+        ),
     }
     for key, (ax, title) in titles.items():
         if key != "queue":
