@@ -252,6 +252,20 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="JSON file for the table")
 
 
+# the options of each workload's argument group
+WORKLOAD_OPTIONS = {
+    "multiturn": ("num_users", "num_turns", "system_len", "user_len"),
+    "shared-prefix": ("num_docs", "questions_per_doc", "doc_len", "question_len"),
+    "random": ("input_len",),
+    "trace": ("trace", "trace_offset", "length_scale", "output_scale", "time_scale"),
+}
+
+
+def _other_workloads_options(workload: str) -> set[str]:
+    """Options that do not apply to ``workload`` (left out of result.json)."""
+    return {o for w, opts in WORKLOAD_OPTIONS.items() if w != workload for o in opts}
+
+
 def _policy_choices() -> str:
     try:
         return ", ".join(policy_sim.registered_policy_names())
@@ -362,7 +376,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         "options": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
-            if k not in ("command", "api_key")
+            if k not in ("command", "api_key") and k not in _other_workloads_options(args.workload)
         },
     }
     result = report.build_result(outcome, meta)

@@ -44,7 +44,8 @@ figure { margin: 18px 0; background: white; padding: 12px;
          box-shadow: 0 1px 2px rgba(0,0,0,.06); }
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { color: #5b6673; font-size: 13px; margin-top: 6px; }
-.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 24px; align-items: start; }
+.grid { display: grid; grid-template-columns: 1.1fr 1fr; gap: 24px; align-items: start; }
+td:first-child, th:first-child { white-space: nowrap; }
 code { font-size: 13px; }
 """
 

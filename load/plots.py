@@ -67,6 +67,20 @@ def short_count(value: float) -> str:
     return f"{value:.0f}"
 
 
+def log_axis(ax: Any, which: str) -> None:
+    """Make ``ax``'s x or y axis logarithmic with plain labels at 1-2-5 steps (no 10^x,
+    no minor labels)."""
+    if which == "x":
+        ax.set_xscale("log")
+        axis = ax.xaxis
+    else:
+        ax.set_yscale("log")
+        axis = ax.yaxis
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(plain_number))
+    axis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+
+
 def write_plots(results: Labelled, out_dir: Path) -> list[Path]:
     """Write ttft_cdf.png, tier_hits.png, timeline.png and, when some result has
     /metrics samples, server_timeline.png; return their paths in that order."""
@@ -182,10 +196,7 @@ def _ttft_cdf(results: Labelled, path: Path) -> Path:
                 _cdf(ax, values, colors[i % len(colors)], label, annotate=True)
                 drawn = True
     if drawn:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+        log_axis(ax, "x")
         ax.legend(loc="upper left")
     else:
         ax.text(0.5, 0.5, "no successful requests", ha="center", transform=ax.transAxes)
@@ -320,8 +331,7 @@ def _timeline(results: Labelled, path: Path) -> Path:
     top.set_ylabel("output tokens/s")
     top.set_title("throughput and TTFT over the run")
     if any_ttft:
-        bottom.set_yscale("log")
-        bottom.yaxis.set_major_formatter(FuncFormatter(plain_number))
+        log_axis(bottom, "y")
         bottom.legend(loc="upper right")
     bottom.set_ylabel("TTFT (ms, log), at send time")
     bottom.set_xlabel("time since start (s)")
