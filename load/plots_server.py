@@ -15,7 +15,7 @@ from load.plots import TIER_COLORS, TIER_LABELS, Labelled, is_dense, line_style,
 # A step's busy time is counted when the step ends, so one sampling interval can hold
 # more than its length of busy time (a 0.7 s step in a 0.5 s interval): the NPU panel
 # shows busy time averaged over this window instead.
-NPU_WINDOW_S = 2.0
+NPU_WINDOW_S = 5.0
 
 
 def rolling_mean(values: list[float | None], window: int) -> list[float | None]:
