@@ -11,13 +11,13 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from load import policy_sim, report, workloads
+from load.argparser import OneLineErrorParser
 from load.client import ServerUnreachableError
 from load.html_report import write_html_report
 from load.metrics_sampler import DEFAULT_INTERVAL_S
@@ -54,14 +54,6 @@ traces: --trace takes an absolute path, a path relative to the current directory
 the name of a shipped trace; without --trace the shipped Mooncake conversation trace
 is used. Where they come from: {TRACE_SOURCE}.
 """
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Bad arguments get one line naming the problem (and, for a bad choice, the
-    allowed values) instead of the whole usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from load import report, workloads
+from load.argparser import PACE_HELP, OneLineErrorParser
 from load.bench._common import (
     add_common_args,
     fmt_ms,
@@ -72,7 +73,7 @@ class TierConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="tierkv-load bench capacity",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {', '.join(TIER_SETS)}",
     )
     p.add_argument("--workloads", default="multiturn,trace", help="multiturn and/or trace")
-    p.add_argument("--pace", choices=("real", "none"), default="real")
+    p.add_argument("--pace", choices=("real", "none"), default="real", help=PACE_HELP)
     p.add_argument("--concurrency", type=int, default=4, help="closed loop, both workloads")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--slo-ttft", type=float, default=2000.0, help="ms")

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from load.argparser import OneLineErrorParser
 from load.bench._common import (
     add_common_args,
     fmt_ms,
@@ -31,7 +32,7 @@ from load.workloads import random_prompts
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="tierkv-load bench overhead",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
