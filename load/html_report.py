@@ -147,8 +147,10 @@ def write_html_report(
     errors = [e for _, r in results for e in (r.get("error_examples") or [])]
     if errors:
         parts.append(f'<div class="warn">errors, e.g.: {_esc("; ".join(errors[:3]))}</div>')
+    # one run: summary and latency side by side; several: one above the other
+    layout = "grid" if len(results) == 1 else "stack"
     parts.append(
-        '<div class="grid"><section><h2>Summary</h2>'
+        f'<div class="{layout}"><section><h2>Summary</h2>'
         + _summary_table(results)
         + "</section><section><h2>Latency</h2>"
         + _latency_table(results)

@@ -5,6 +5,7 @@ not expose say so instead of being left blank."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,22 @@ def _points(ts: list[float], values: list[Any]) -> tuple[list[float], list[float
     return [p[0] for p in pairs], [float(p[1]) for p in pairs]
 
 
-def _series(ax: Any, ts: list[float], values: list[Any], scale: float = 1.0, **kw: Any) -> bool:
-    xs, ys = _points(ts, values)
-    if not xs:
+def _series(
+    ax: Any,
+    ts: list[float],
+    values: list[Any],
+    scale: float = 1.0,
+    markers_only: bool = False,
+    **kw: Any,
+) -> bool:
+    """Plot a series; a None (no sample, or nothing to measure) breaks the line
+    instead of being bridged. False when every value is None."""
+    num = sum(v is not None for v in values)
+    if not num:
         return False
-    ax.plot(xs, [y * scale for y in ys], **line_style(len(xs)), **kw)
+    ys = [math.nan if v is None else float(v) * scale for v in values]
+    style = line_style(0 if markers_only else num)
+    ax.plot(ts[: len(ys)], ys, **{**style, **kw})
     return True
 
 
@@ -108,18 +120,21 @@ def server_timeline_plot(results: Labelled, path: Path) -> Path:
         ts = tl["t_s"]
         color = colors[i % len(colors)]
         prefix = "" if single else f"{label}: "
-        for key, name, c in (
-            ("num_requests_running", "running", "#2a9d8f"),
-            ("num_requests_waiting", "waiting", "#d1495b"),
-            ("num_requests_loading_kv", "loading KV", "#e9a23b"),
+        for key, name, c, dash in (
+            ("num_requests_running", "running", "#2a9d8f", "-"),
+            ("num_requests_waiting", "waiting", "#d1495b", "--"),
+            ("num_requests_loading_kv", "loading KV", "#e9a23b", ":"),
         ):
+            kw: dict[str, Any] = {"drawstyle": "steps-post"} if is_dense(len(ts)) else {}
+            if not single and is_dense(len(ts)):
+                kw["linestyle"] = dash  # one colour per run: tell the series apart
             found["queue"] |= _series(
                 q_ax,
                 ts,
                 tl.get(key) or [],
                 color=c if single else color,
                 label=prefix + name,
-                drawstyle="steps-post" if is_dense(len(ts)) else "default",
+                **kw,
             )
         if _series(
             kv_ax,
@@ -142,7 +157,10 @@ def server_timeline_plot(results: Labelled, path: Path) -> Path:
                 else sum(v[k] or 0.0 for v in rates.values())
                 for k in range(len(ends))
             ]
-            found["hits"] |= _series(hit_ax, ends, totals, scale=100.0, color=color, label=label)
+            # lookups come in bursts: markers, not lines across idle intervals
+            found["hits"] |= _series(
+                hit_ax, ends, totals, scale=100.0, markers_only=True, color=color, label=label
+            )
         for key, name, style in (
             ("npu_modelled_busy", "modelled (roofline)", "-"),
             ("npu_wall_busy", "wall (this CPU)", "--"),
@@ -171,7 +189,11 @@ def server_timeline_plot(results: Labelled, path: Path) -> Path:
     titles = {
         "queue": (q_ax, "running / waiting requests"),
         "kv": (kv_ax, f"KV cache usage: blocks held by requests ({source or 'n/a'})"),
-        "hits": (hit_ax, "prefix-cache hit rate per sampling interval, by tier"),
+        "hits": (
+            hit_ax,
+            "prefix-cache hit rate per sampling interval, "
+            + ("by tier" if single else "all tiers"),
+        ),
         "npu": (
             npu_ax,
             f"NPU busy time per second ({NPU_WINDOW_S:g} s mean): modelled device vs wall clock",
