@@ -51,8 +51,10 @@ def prefill_flops(model: Model, n: int) -> float:
     linear = h * (c.num_heads + 2 * c.num_kv_heads) * hd + c.num_heads * hd * h
     linear += 3 * h * c.intermediate_size
     attn_pairs = n * (n + 1) / 2
-    return 2.0 * c.num_layers * linear * n + 2.0 * h * c.vocab_size + (
-        4.0 * c.num_heads * hd * c.num_layers * attn_pairs
+    return (
+        2.0 * c.num_layers * linear * n
+        + 2.0 * h * c.vocab_size
+        + (4.0 * c.num_heads * hd * c.num_layers * attn_pairs)
     )
 
 
@@ -98,12 +100,14 @@ def main(argv: list[str] | None = None) -> None:
         ctx = rng.integers(0, 256, args.context).tolist()
         for s in range(0, args.context, args.chunk):
             model.forward([SeqChunk(ctx[s : s + args.chunk], s, table, False)], pool)
+    steps = 8
     for bsz in batches:
-        steps = 8
 
         def decode_steps(bsz: int = bsz) -> None:
             for i in range(steps):
-                model.forward([SeqChunk([65], args.context + i, tables[b]) for b in range(bsz)], pool)
+                model.forward(
+                    [SeqChunk([65], args.context + i, tables[b]) for b in range(bsz)], pool
+                )
 
         seconds = _cpu_seconds(decode_steps, args.repeats)
         decode[str(bsz)] = bsz * steps / seconds
@@ -113,9 +117,11 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     print(f"model {args.model}: one-thread sgemm {sgemm / 1e9:.1f} GFLOP/s")
-    for n, r in prefill.items():
-        print(f"prefill {n:>6} tokens: {r['seconds']:.3f} s CPU, "
-              f"{r['fraction_of_sgemm']:.0%} of sgemm FLOP/s")
+    for length, r in prefill.items():
+        print(
+            f"prefill {length:>6} tokens: {r['seconds']:.3f} s CPU, "
+            f"{r['fraction_of_sgemm']:.0%} of sgemm FLOP/s"
+        )
     for b, tps in decode.items():
         print(f"decode batch {b:>3} @ {args.context} ctx: {tps:.0f} tokens/s")
 

@@ -98,11 +98,14 @@ def random_weights(config: ModelConfig) -> LlamaWeights:
 
 
 def _simd_level() -> str:
-    """numpy's highest SIMD target in use (its float64 exp/sin/cos differ by level)."""
+    """numpy's highest SIMD target in use (its float32 exp differs by level)."""
+    import importlib
+
     try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
+        umath = importlib.import_module("numpy._core._multiarray_umath")
     except ImportError:  # numpy < 2
-        from numpy.core._multiarray_umath import __cpu_features__ as features
+        umath = importlib.import_module("numpy.core._multiarray_umath")
+    features: dict[str, bool] = umath.__cpu_features__
     for name in ("AVX512_SKX", "AVX512F", "AVX2", "ASIMD", "SSE2"):
         if features.get(name):
             return name
@@ -246,9 +249,9 @@ class Model:
                 hi = min(lo + _ROW_TILE, n)
                 ctx = chunk.start_pos + hi
                 pos = np.arange(chunk.start_pos + lo, chunk.start_pos + hi)[None]
-                rows = slice(starts[i] + lo, starts[i] + hi)
-                out[rows] = attend(
-                    q[rows][None], k_t[..., :ctx], v[:, :, :ctx], pos, self._head_scale
+                tile = slice(starts[i] + lo, starts[i] + hi)
+                out[tile] = attend(
+                    q[tile][None], k_t[..., :ctx], v[:, :, :ctx], pos, self._head_scale
                 )[0]
         return out
 
@@ -328,9 +331,23 @@ def _check_shapes(config: ModelConfig, w: LlamaWeights) -> None:
     if w.embed.shape != (config.vocab_size, h) or len(w.layers) != config.num_layers:
         raise ValueError(f"weights do not fit model {config.name!r}")
     for lw in w.layers:
-        shapes = (lw.wq.shape, lw.wk.shape, lw.wv.shape, lw.wo.shape, lw.w_gate.shape,
-                  lw.w_up.shape, lw.w_down.shape)
-        expected = ((h, q_width), (h, kv_width), (h, kv_width), (q_width, h), (h, i), (h, i),
-                    (i, h))
+        shapes = (
+            lw.wq.shape,
+            lw.wk.shape,
+            lw.wv.shape,
+            lw.wo.shape,
+            lw.w_gate.shape,
+            lw.w_up.shape,
+            lw.w_down.shape,
+        )
+        expected = (
+            (h, q_width),
+            (h, kv_width),
+            (h, kv_width),
+            (q_width, h),
+            (h, i),
+            (h, i),
+            (i, h),
+        )
         if shapes != expected:
             raise ValueError(f"layer weights {shapes} do not fit model {config.name!r}")

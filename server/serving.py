@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from cache.block_hash import root_hash
 from cache.layout import LAYOUT_VERSION
-from npu_sim import tokenizer
 from npu_sim.sampling import Sampler, SamplingParams
+from npu_sim.tokenizers import Tokenizer
 from server.engine.async_engine import (
     AsyncEngine,
     EngineDeadError,
@@ -44,9 +44,15 @@ class OpenAIServing:
     """The logic behind /v1/chat/completions and /v1/completions."""
 
     def __init__(
-        self, engine: AsyncEngine, model_name: str, max_model_len: int, numerics_id: str
+        self,
+        engine: AsyncEngine,
+        model_name: str,
+        max_model_len: int,
+        numerics_id: str,
+        tokenizer: Tokenizer,
     ) -> None:
         self.engine = engine
+        self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.numerics_id = numerics_id  # block hashes are only valid for these numerics
@@ -60,7 +66,7 @@ class OpenAIServing:
         messages = [
             ("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
         ]
-        prompt = tokenizer.apply_chat_template(messages)
+        prompt = self.tokenizer.apply_chat_template(messages)
         request = self._engine_request("chatcmpl", body, prompt, body.requested_max_tokens())
         if body.stream:
             return self._stream(request, body, chat=True)
@@ -102,14 +108,16 @@ class OpenAIServing:
                 raise APIError(400, "Send one prompt per request (batched prompts are not "
                                     "supported).", param="prompt")
             prompt = prompt[0]
+        tok = self.tokenizer
         if isinstance(prompt, str):
-            ids = [tokenizer.BOS, *tokenizer.encode(prompt)]
+            bos = [] if tok.bos_id is None else [tok.bos_id]
+            ids = [*bos, *tok.encode(prompt)]
         else:
             ids = list(prompt)  # type: ignore[arg-type]
-            bad = [t for t in ids if not 0 <= t < tokenizer.VOCAB_SIZE]
+            bad = [t for t in ids if not 0 <= t < tok.vocab_size]
             if bad:
                 raise APIError(400, f"Token id {bad[0]} is outside the vocabulary "
-                                    f"[0, {tokenizer.VOCAB_SIZE}).", param="prompt")
+                                    f"[0, {tok.vocab_size}).", param="prompt")
         if not ids:
             raise APIError(400, "The prompt is empty.", param="prompt")
         return ids
@@ -132,11 +140,12 @@ class OpenAIServing:
         return EngineRequest(
             request_id=f"{prefix}-{uuid.uuid4().hex}",
             prompt_token_ids=prompt,
-            sampler=Sampler(params, tokenizer.sampleable_mask),
+            sampler=Sampler(params, self.tokenizer.sampleable_mask),
             max_tokens=max_tokens or room,
             root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, body.cache_salt),
-            stop_token_ids=frozenset() if body.ignore_eos else tokenizer.stop_token_ids,
+            stop_token_ids=frozenset() if body.ignore_eos else self.tokenizer.stop_token_ids,
             stop=tuple(body.stop_strings()),
+            token_bytes=self.tokenizer.token_bytes,
         )
 
     # -- responses -----------------------------------------------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cache.block_hash import BlockHash, hash_full_blocks
 from npu_sim.sampling import Sampler
+from npu_sim.tokenizers import ByteTokenizer
 from server.detokenizer import IncrementalDetokenizer
 
 
@@ -41,6 +43,7 @@ class EngineRequest:
     root_hash: BlockHash
     stop_token_ids: frozenset[int] = frozenset()
     stop: tuple[str, ...] = ()  # stop strings; the text before the first one is returned
+    token_bytes: Callable[[int], bytes] = ByteTokenizer().token_bytes  # for detokenizing
     arrival_time: float = field(default_factory=time.perf_counter)
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
@@ -53,7 +56,7 @@ class EngineRequest:
     detokenizer: IncrementalDetokenizer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.detokenizer = IncrementalDetokenizer(self.stop)
+        self.detokenizer = IncrementalDetokenizer(self.token_bytes, self.stop)
 
     @property
     def num_tokens(self) -> int:

@@ -145,8 +145,9 @@ def _run(
     vals = np.concatenate([v[:ctx], np.zeros((pad, kvh, hd), np.float32)])
     pos = np.arange(rows.start, rows.stop)[None]
     k_t = keys.transpose(1, 2, 0)[None]
-    return attend(q[rows][None], k_t, vals.transpose(1, 0, 2)[None].astype(np.float64), pos,
-                  hd**-0.5)[0]
+    return attend(
+        q[rows][None], k_t, vals.transpose(1, 0, 2)[None].astype(np.float64), pos, hd**-0.5
+    )[0]
 
 
 def test_attention_row_depends_only_on_its_own_context() -> None:
