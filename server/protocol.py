@@ -29,8 +29,12 @@ def check_text(value: Any) -> Any:
                     f"contains a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at "
                     f"character {found.start()}, which is not valid Unicode text"
                 )
-    elif isinstance(value, list | dict):
-        for item in value.values() if isinstance(value, dict) else value:
+    elif isinstance(value, dict):
+        for item in value.values():
+            check_text(item)
+    elif isinstance(value, list) and value and not isinstance(value[0], int):
+        # A list starting with an int can only validate as token ids: no text to walk.
+        for item in value:
             check_text(item)
     return value
 
