@@ -42,7 +42,11 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.engine = engine
         app.state.stack = stack
         app.state.serving = OpenAIServing(
-            engine, settings.model, settings.max_model_len, stack.numerics_id, metrics,
+            engine,
+            settings.model,
+            settings.max_model_len,
+            stack.numerics_id,
+            metrics,
             settings.isolate_tenants,
         )
         app.state.started_at = time.time()
