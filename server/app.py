@@ -48,6 +48,7 @@ def build_app(settings: Settings) -> FastAPI:
             stack.numerics_id,
             metrics,
             settings.isolate_tenants,
+            settings.tenant_secret.get_secret_value().encode() if settings.tenant_secret else b"",
         )
         app.state.started_at = time.time()
         engine.start()

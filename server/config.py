@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         description="none: all clients share one prefix cache; api-key: each bearer key "
         "gets its own (no sharing across keys).",
     )
+    tenant_secret: SecretStr | None = Field(
+        None,
+        description="Server-side secret keyed into the tenant digests of --isolate-tenants "
+        "api-key (unset: an unkeyed personalised hash).",
+    )
     failure_injection_rate: float = Field(
         0.0, ge=0, le=100,
         description="Percent of completion requests answered with an injected error.",

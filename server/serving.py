@@ -56,6 +56,7 @@ class OpenAIServing:
         numerics_id: str,
         metrics: ServerMetrics,
         isolation: TenantIsolation = TenantIsolation.NONE,
+        tenant_secret: bytes = b"",
     ) -> None:
         self.engine = engine
         self.model_name = model_name
@@ -63,6 +64,7 @@ class OpenAIServing:
         self.numerics_id = numerics_id  # block hashes are only valid for these numerics
         self.metrics = metrics
         self.isolation = isolation
+        self._tenant_secret = tenant_secret
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -135,7 +137,9 @@ class OpenAIServing:
         return ids
 
     def _salt(self, body: _Sampling, raw: Request) -> str | None:
-        return cache_salt_for(self.isolation, bearer_token(raw.scope), body.cache_salt)
+        return cache_salt_for(
+            self.isolation, bearer_token(raw.scope), body.cache_salt, self._tenant_secret
+        )
 
     def _engine_request(
         self,

@@ -113,3 +113,17 @@ def test_salt_derivation():
     # A client salt can never forge another key's namespace.
     assert cache_salt_for(iso, b"a", None) != cache_salt_for(iso, b"b", a)
     assert tenant_key_digest(None) == tenant_key_digest(b"")
+    # A server-side secret changes every digest, so hashes cannot be checked offline.
+    assert tenant_key_digest(b"a", b"s1") != tenant_key_digest(b"a")
+    assert tenant_key_digest(b"a", b"s1") != tenant_key_digest(b"a", b"s2")
+    assert cache_salt_for(iso, b"a", None, b"s1") == f"key:{tenant_key_digest(b'a', b's1')}"
+
+
+def test_tenant_secret_keeps_isolation_and_sharing(make_settings):
+    settings = make_settings(
+        api_key="alice-key,bob-key", isolate_tenants="api-key", tenant_secret="server-side"
+    )
+    with run_server(settings) as server:
+        assert _cached(_complete(server, "alice-key")) == 0
+        assert _cached(_complete(server, "bob-key")) == 0
+        assert _cached(_complete(server, "alice-key")) > 0
