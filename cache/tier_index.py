@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from cache.block_hash import BlockHash
-from cache.eviction import make_policy
+from cache.policies.eviction import make_policy
 
 
 class TierIndex:

@@ -12,7 +12,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cache.eviction import EVICTION_POLICIES
+from cache.policies.admission import ADMISSION_POLICIES
+from cache.policies.eviction import EVICTION_POLICIES
 from npu_sim.device import get_device
 from npu_sim.model_config import get_cost_model_config, get_model_config
 
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
         512, ge=0, description="Requests that may wait beyond the batch; more get 503."
     )
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
+    admission_policy: str = Field(
+        "always", description="Which evicted HBM blocks are written to DDR/flash."
+    )
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
 
     @model_validator(mode="after")
@@ -77,6 +81,11 @@ class Settings(BaseSettings):
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
             raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")
+        if self.admission_policy not in ADMISSION_POLICIES:
+            choices = ", ".join(sorted(ADMISSION_POLICIES))
+            raise ValueError(
+                f"unknown admission policy {self.admission_policy!r}; choose: {choices}"
+            )
         return self
 
     @property
