@@ -9,6 +9,14 @@ LMDB allows an environment to be open only once per process, so tiers on the sam
 path (different namespaces) share one environment through a small refcounted
 registry; it is the only process-wide state here and exists because LMDB imposes it.
 
+Start-up reads no values (issue #11): every put also writes, in the same transaction,
+a 12-byte record ``(value size u32, write sequence u64)`` under the same key in a
+companion sub-database ``<namespace>:meta`` (``:`` is not allowed in namespaces, so it
+never collides with one), and ``scan`` reads only that, oldest write first, so the
+manager's rebuilt eviction order is the order blocks were last written. A namespace
+written before this existed (no or fewer meta records) is scanned the old way once,
+reading every value, and its meta records are written then.
+
 Threading and failures follow :mod:`cache.tiers.base`: one thread at a time per tier
 (tiers sharing an environment may run on different threads; LMDB serialises
 writers); ``lmdb.Error`` becomes :class:`TierError`, ``MapFullError`` the subclass
@@ -18,12 +26,14 @@ writers); ``lmdb.Error`` becomes :class:`TierError`, ``MapFullError`` the subcla
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
+import numpy as np
 
 from cache.block_hash import BlockHash
 from cache.tiers.base import Buffer, StorageTier, TierError, TierFullError, check_namespace
@@ -32,6 +42,9 @@ MAX_NAMESPACES = 64
 """Sub-databases (namespaces) one environment can hold; fixed when it is opened."""
 
 _SCAN_BATCH = 4096
+
+_META_DTYPE = np.dtype([("size", "<u4"), ("seq", "<u8")])
+"""One meta record: stored value size and write sequence (later write = larger)."""
 
 
 @contextmanager
@@ -64,7 +77,7 @@ def _acquire_env(path: Path, map_size_bytes: int) -> lmdb.Environment:
                 env = lmdb.open(
                     str(path),
                     map_size=map_size_bytes,
-                    max_dbs=MAX_NAMESPACES,
+                    max_dbs=2 * MAX_NAMESPACES,  # each namespace: data + meta
                     # No fsync per commit: a crash may lose or tear recent blocks, which
                     # the block checksums catch (the block is dropped and recomputed);
                     # flash is a cache, not the system of record.  close() syncs.
@@ -119,6 +132,7 @@ class LmdbTier(StorageTier):
         self._env = _acquire_env(self.path, map_size_bytes)
         try:
             self._db = _open_db(self._env, namespace)
+            self._meta_db = _open_db(self._env, f"{namespace}:meta")
         except BaseException:
             _release_env(self.path)
             raise
@@ -170,6 +184,7 @@ class LmdbTier(StorageTier):
         with _wrap_errors("put"), self._begin(write=True) as txn:
             for key, value in items:
                 txn.put(key, value)
+            self._put_meta(txn, [(key, len(value)) for key, value in items])
 
     def remove_many(self, keys: Sequence[BlockHash]) -> None:
         if not keys:
@@ -177,8 +192,51 @@ class LmdbTier(StorageTier):
         with _wrap_errors("delete"), self._begin(write=True) as txn:
             for key in keys:
                 txn.delete(key)
+                txn.delete(key, db=self._meta_db)
+
+    def _put_meta(self, txn: lmdb.Transaction[memoryview], sizes: list[tuple[bytes, int]]) -> None:
+        """Write meta records for ``sizes`` in ``txn``, sequenced in the given order."""
+        base = time.time_ns()  # later writes, even after a restart, sort later
+        record = np.zeros(1, _META_DTYPE)
+        for i, (key, size) in enumerate(sizes):
+            record[0] = (size, base + i)
+            txn.put(key, record.tobytes(), db=self._meta_db)
 
     def scan(self) -> Iterator[tuple[BlockHash, int]]:
+        """Yield ``(key, value size)`` for every block, least recently written first,
+        reading only the meta records (one read transaction over ~50 bytes per block)."""
+        with _wrap_errors("scan"), self._begin() as txn:
+            num_values = txn.stat(self._db)["entries"]
+            num_meta = txn.stat(self._meta_db)["entries"]
+            if num_meta != num_values:
+                keys: list[bytes] = []
+            else:
+                keys = []
+                records = bytearray()
+                for key, value in txn.cursor(db=self._meta_db).iternext(keys=True, values=True):
+                    keys.append(bytes(key))
+                    records += value
+        if num_meta != num_values:
+            yield from self._scan_values_and_backfill()
+            return
+        meta = np.frombuffer(bytes(records), _META_DTYPE)
+        sizes = meta["size"].tolist()
+        for i in np.argsort(meta["seq"], kind="stable").tolist():
+            yield BlockHash(keys[i]), sizes[i]
+
+    def _scan_values_and_backfill(self) -> Iterator[tuple[BlockHash, int]]:
+        """The scan of namespaces without (complete) meta records: read every value's
+        size, in key order, then write the meta records so the next start is fast."""
+        found = list(self._scan_values())
+        try:
+            with _wrap_errors("put"), self._begin(write=True) as txn:
+                txn.drop(self._meta_db, delete=False)
+                self._put_meta(txn, [(bytes(k), size) for k, size in found])
+        except TierError:
+            pass  # best effort (e.g. map full): the next start scans the values again
+        yield from found
+
+    def _scan_values(self) -> Iterator[tuple[BlockHash, int]]:
         """Yield ``(key, value size)`` in key order, in batches of short read transactions
         (a long-lived reader would stop LMDB from reusing freed pages)."""
         after: bytes | None = None

@@ -344,3 +344,18 @@ def test_write_through_selective_stores_a_block_hit_twice_while_in_hbm(redis_url
         assert all(h in m._index[Tier.DDR] for h in hashes)  # ... and already in DDR
     finally:
         m.close()
+
+
+def test_restart_keeps_the_flash_eviction_order(tmp_path):
+    old, new = chain(3, seed=4), chain(3, seed=5)
+    written = [*sorted(old, reverse=True), *new]  # write order is not key order
+    with LmdbTier(tmp_path / "flash", 64 << 20, LAYOUT.namespace) as flash:
+        for h in written:
+            flash.put(h, b"\0" * BLOCK)
+    m = make_manager(None, tmp_path / "flash", hbm=4, ddr_blocks=0, flash_blocks=4)
+    try:
+        # 6 blocks for 4 places: the 2 least recently written go at start-up, and the
+        # rest keep their write order as eviction order
+        assert list(m._index[Tier.FLASH]) == written[2:]
+    finally:
+        m.close()
