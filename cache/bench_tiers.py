@@ -52,11 +52,11 @@ PATHS = (
 )
 RATIOS = {
     "ours_ddr / raw_redis_mget": ("ours_ddr", "raw_redis_mget"),
-    "ours_ddr / raw_redis_pipelined_get": ("ours_ddr", "raw_redis_pipelined_get"),
     "ours_flash / raw_lmdb_get": ("ours_flash", "raw_lmdb_get"),
     "raw_lmdb_get / memcpy": ("raw_lmdb_get", "memcpy"),
 }
-"""Ratios reported, each slower-or-equal path over the path it cannot beat."""
+"""Ratios reported, each path over the path it cannot beat (ours uses MGET too, so
+pipelined GET is no bound for it and is only listed beside it)."""
 
 
 def tiny_llama_layout(block_size: int = 16) -> KVLayout:
