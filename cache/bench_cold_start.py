@@ -35,8 +35,8 @@ def _map_size(num_blocks: int, block_bytes: int) -> int:
 
 
 def _key(i: int) -> BlockHash:
-    """A block-hash-like key: 32 random-looking bytes, so inserts land all over the tree."""
-    return BlockHash(hashlib.blake2b(i.to_bytes(8, "little"), digest_size=32).digest())
+    """A block-hash-like key: 16 random-looking bytes, so inserts land all over the tree."""
+    return BlockHash(hashlib.blake2b(i.to_bytes(8, "little"), digest_size=16).digest())
 
 
 def fill(path: Path, num_blocks: int) -> None:

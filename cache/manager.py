@@ -484,9 +484,8 @@ class CacheManager:
         for tier, store in self._stores.items():
             index = self._index[tier]
             try:
-                for key, size in store.scan():
-                    if size == self._block_size:
-                        index.add(key, size)
+                found = [key for key, size in store.scan() if size == self._block_size]
+                index.add_many(found, self._block_size)
             except TierError:
                 logger.warning("could not scan the %s tier; starting empty", tier, exc_info=True)
             if index.used_bytes > index.capacity_bytes:

@@ -51,6 +51,17 @@ class TierIndex:
         self.used_bytes += size
         self._policy.insert(block_hash)
 
+    def add_many(self, block_hashes: list[BlockHash], size: int) -> None:
+        """``add(h, size)`` for each of ``block_hashes`` in order (first = next victim);
+        on an empty index in C-speed bulk operations (a start-up rebuild of 1M blocks)."""
+        if self._sizes or len(set(block_hashes)) != len(block_hashes):
+            for block_hash in block_hashes:
+                self.add(block_hash, size)
+            return
+        self._sizes = dict.fromkeys(block_hashes, size)
+        self.used_bytes = size * len(block_hashes)
+        self._policy.insert_many(block_hashes)
+
     def touch(self, block_hash: BlockHash) -> None:
         if block_hash in self._sizes:
             self._policy.touch(block_hash)

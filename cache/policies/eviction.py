@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +40,11 @@ class EvictionPolicy(ABC, Generic[K]):
 
     @abstractmethod
     def insert(self, key: K) -> None: ...
+
+    def insert_many(self, keys: Sequence[K]) -> None:
+        """``insert(k)`` for each of ``keys`` in order; faster where a policy allows."""
+        for key in keys:
+            self.insert(key)
 
     @abstractmethod
     def touch(self, key: K) -> None: ...
@@ -75,6 +80,12 @@ class _OrderedPolicy(EvictionPolicy[K]):
 
     def remove(self, key: K) -> None:
         self._order.pop(key, None)
+
+    def insert_many(self, keys: Sequence[K]) -> None:
+        if self._order or len(set(keys)) != len(keys):
+            super().insert_many(keys)  # LRU and FIFO differ on keys already tracked
+        else:
+            self._order = OrderedDict.fromkeys(keys)
 
     def peek_victim(self) -> K | None:
         return next(iter(self._order), None)

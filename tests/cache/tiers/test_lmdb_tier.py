@@ -132,7 +132,7 @@ def test_namespace_without_meta_records_is_scanned_once_and_backfilled(tmp_path:
             for i in (3, 1, 2):
                 txn.put(key(i), b"x" * i)
         assert list(tier.scan()) == [(key(1), 1), (key(2), 2), (key(3), 3)]
-        with tier._env.begin(db=tier._meta_db) as txn:
+        with tier._meta_env.begin(db=tier._meta_db) as txn:
             assert txn.stat(tier._meta_db)["entries"] == 3
         tier.remove(key(2))
         assert dict(tier.scan()) == {key(1): 1, key(3): 3}
