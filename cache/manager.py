@@ -484,7 +484,7 @@ class CacheManager:
         for tier, store in self._stores.items():
             index = self._index[tier]
             try:
-                found = [key for key, size in store.scan() if size == self._block_size]
+                found = store.scan_keys_of_size(self._block_size)
                 index.add_many(found, self._block_size)
             except TierError:
                 logger.warning("could not scan the %s tier; starting empty", tier, exc_info=True)

@@ -54,11 +54,12 @@ class TierIndex:
     def add_many(self, block_hashes: list[BlockHash], size: int) -> None:
         """``add(h, size)`` for each of ``block_hashes`` in order (first = next victim);
         on an empty index in C-speed bulk operations (a start-up rebuild of 1M blocks)."""
-        if self._sizes or len(set(block_hashes)) != len(block_hashes):
+        sizes = dict.fromkeys(block_hashes, size)
+        if self._sizes or len(sizes) != len(block_hashes):
             for block_hash in block_hashes:
                 self.add(block_hash, size)
             return
-        self._sizes = dict.fromkeys(block_hashes, size)
+        self._sizes = sizes
         self.used_bytes = size * len(block_hashes)
         self._policy.insert_many(block_hashes)
 

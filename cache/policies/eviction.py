@@ -82,10 +82,11 @@ class _OrderedPolicy(EvictionPolicy[K]):
         self._order.pop(key, None)
 
     def insert_many(self, keys: Sequence[K]) -> None:
-        if self._order or len(set(keys)) != len(keys):
+        order: OrderedDict[K, None] = OrderedDict.fromkeys(keys)
+        if self._order or len(order) != len(keys):
             super().insert_many(keys)  # LRU and FIFO differ on keys already tracked
         else:
-            self._order = OrderedDict.fromkeys(keys)
+            self._order = order
 
     def peek_victim(self) -> K | None:
         return next(iter(self._order), None)
