@@ -12,7 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cache.eviction import EVICTION_POLICIES
+from cache.policies.admission import ADMISSION_POLICIES
+from cache.policies.eviction import EVICTION_POLICIES
 from npu_sim.device import get_device
 from npu_sim.model_config import get_cost_model_config, get_model_config
 
@@ -78,6 +79,9 @@ class Settings(BaseSettings):
         512, ge=0, description="Requests that may wait beyond the batch; more get 503."
     )
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
+    admission_policy: str = Field(
+        "always", description="Which evicted HBM blocks are written to DDR/flash."
+    )
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
     max_request_body_bytes: int = Field(
         4 * 1024**2, ge=1, description="Largest request body accepted; larger ones get 413."
@@ -126,6 +130,11 @@ class Settings(BaseSettings):
             )
         if self.api_key is not None and not self.api_keys:
             raise ValueError("api_key is set but holds no key")
+        if self.admission_policy not in ADMISSION_POLICIES:
+            choices = ", ".join(sorted(ADMISSION_POLICIES))
+            raise ValueError(
+                f"unknown admission policy {self.admission_policy!r}; choose: {choices}"
+            )
         return self
 
     @property

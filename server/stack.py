@@ -119,6 +119,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 ddr_capacity_bytes=settings.ddr_bytes,
                 flash_capacity_bytes=settings.flash_bytes,
                 eviction_policy=settings.eviction_policy,
+                admission_policy=settings.admission_policy,
             ),
             ddr=ddr,
             flash=flash,

@@ -80,6 +80,11 @@ class StorageTier(ABC):
         (a stored block is never empty).
         """
 
+    def scan_keys_of_size(self, size: int) -> list[BlockHash]:
+        """Keys whose stored value is ``size`` bytes, in ``scan`` order; the start-up
+        rebuild's bulk form of ``scan`` (LMDB overrides it with a vectorised one)."""
+        return [key for key, stored in self.scan() if stored == size]
+
     @abstractmethod
     def close(self) -> None:
         """Release the store's resources (flushing what must be flushed).  Idempotent."""
