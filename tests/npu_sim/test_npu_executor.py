@@ -41,7 +41,9 @@ def slow_device(huge_config: ModelConfig) -> DeviceSpec:
         get_device("ascend-910b"),
         name="slow",
         hbm_bandwidth=huge_config.weight_bytes / TARGET_SECONDS,
-        peak_fp16_flops=1e15,
+        decode_bandwidth_efficiency=1.0,
+        step_overhead_seconds=0.0,
+        peak_flops=1e16,
     )
 
 
