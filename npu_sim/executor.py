@@ -1,7 +1,8 @@
 """Runs model steps on the simulated NPU: forward, sample, and pace to the device.
 
-The numpy forward produces the real tokens and KV bytes; the cost model says how long the
-step would take on the simulated device; with `Pace.REAL` the executor sleeps until the
+A `StepModel` (the exact numpy `Model`, or the `EmulatedModel` of a real shape) produces
+the tokens and KV bytes; the cost model says how long the step would take on the
+simulated device; with `Pace.REAL` the executor sleeps until the
 step has lasted at least that long. That sleep *is* the device simulation: wall-clock
 behaviour (latency, throughput, queueing) then looks like the modelled accelerator as long
 as numpy on the host is faster than the modelled device.
@@ -13,14 +14,30 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from npu_sim.cost_model import step_cost
 from npu_sim.device import DeviceSpec
-from npu_sim.model import Model, SeqChunk
+from npu_sim.model import SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.sampling import Sampler
+
+
+class StepModel(Protocol):
+    """What the executor runs: `npu_sim.model.Model` and `npu_sim.emulated.EmulatedModel`.
+
+    `forward` writes every new token's KV into the pool and returns one row of logits over
+    the tokenizer's vocabulary per chunk with `needs_logits`, in batch order (`ValueError`
+    for an invalid batch). `numerics_id` names everything its KV bytes and tokens depend
+    on (it goes into every block hash). One thread at a time.
+    """
+
+    @property
+    def numerics_id(self) -> str: ...
+
+    def forward(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> np.ndarray: ...
 
 
 class Pace(enum.Enum):
@@ -64,8 +81,8 @@ class StepResult:
 class Executor:
     """Executes steps of `model` over `kv_pool` and paces them to `device`.
 
-    `model_config` is what the cost model charges for: normally `model.config`, but it may
-    describe a bigger model so the tiny numpy model stands in for it timing-wise.
+    `model_config` is what the cost model charges for: normally the model's own config, but
+    it may describe a bigger model so the tiny numpy model stands in for it timing-wise.
 
     Thread contract: call `step` from one thread (the engine thread) only; it blocks for
     the compute and the pacing sleep and never touches asyncio. The KV pool is mutated in
@@ -74,7 +91,7 @@ class Executor:
 
     def __init__(
         self,
-        model: Model,
+        model: StepModel,
         model_config: ModelConfig,
         device: DeviceSpec,
         pace: Pace,

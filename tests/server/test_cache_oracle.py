@@ -1,14 +1,41 @@
-"""The correctness oracle: a cache hit from any tier gives exactly the cold-run tokens."""
+"""The correctness oracle: a cache hit from any tier gives exactly the cold-run tokens.
+
+Every test runs twice: on the exact numpy model, and emulating llama-3-8b (real-size
+block layout at the default stored fraction, synthetic tokens that depend on the KV bytes
+read; see npu_sim.emulated).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from cache.block_hash import hash_full_blocks, root_hash
 from cache.layout import LAYOUT_VERSION
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
 from npu_sim import tokenizer
+from server.config import Settings
 from server.stack import kv_layout
 from tests.server.live import LiveServer, run_server
+
+# llama-3-8b's ~15 GiB of weights count against HBM: 17 GiB leaves ~1,000 blocks of 2 MiB
+# (32 KiB stored each at the default fraction); DDR and flash in logical GiB.
+EMULATED = dict(emulate="llama-3-8b", hbm_gb=17.0, ddr_gb=1.0, flash_gb=2.0)
+
+
+@pytest.fixture(params=["numpy", "emulated"])
+def make_settings(
+    make_settings: Callable[..., Settings], request: pytest.FixtureRequest
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        base = dict(EMULATED) if request.param == "emulated" else {}
+        return make_settings(**{**base, **overrides})
+
+    return make
+
 
 PROMPT = "".join(f"Line {i}: the tiered cache keeps every block it can. " for i in range(12))
 MAX_TOKENS = 24
@@ -69,8 +96,9 @@ def test_corrupt_ddr_block_is_detected_recomputed_and_output_unchanged(make_sett
         cold, _ = run(server)
         server.offload("hbm")
         layout = kv_layout(server.settings)
-        ddr = RedisTier(connect_redis(f"unix://{server.settings.data_dir}/redis.sock"),
-                        layout.namespace)
+        ddr = RedisTier(
+            connect_redis(f"unix://{server.settings.data_dir}/redis.sock"), layout.namespace
+        )
         victim = prompt_block_hashes(server)[3]
         payload = bytearray(ddr.get(victim))
         payload[len(payload) // 2] ^= 0x01

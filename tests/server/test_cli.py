@@ -25,7 +25,10 @@ def test_flags_and_env(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.parametrize(
     "bad",
     [{"model": "gpt-9"}, {"device": "tpu-v9"}, {"cost_model": "gpt-17"},
-     {"eviction_policy": "random"}, {"block_size": 0}, {"ddr_gb": -1}, {"colour": "blue"}],
+     {"eviction_policy": "random"}, {"block_size": 0}, {"ddr_gb": -1}, {"colour": "blue"},
+     {"emulate": "gpt-17"}, {"emulate": "llama-3-8b", "cost_model": "llama-3-8b"},
+     {"emulate": "llama-3-8b", "kv_bytes_fraction": 0.3}, {"kv_bytes_fraction": 0},
+     {"ddr_media": "tape"}, {"flash_media": "floppy"}],
 )
 def test_invalid_settings_are_rejected(bad: dict):
     with pytest.raises(ValidationError):
@@ -44,3 +47,17 @@ def test_cli_reports_bad_settings_without_a_trace(tmp_path):
     result = run_cli("serve", "--hbm-gb", "0.001", "--data-dir", str(tmp_path))
     assert result.returncode != 0
     assert "raise --hbm-gb" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_emulate_counts_the_emulated_model_bytes():
+    from server.stack import hbm_num_blocks, kv_layout, stored_fraction
+
+    settings = Settings(emulate="llama-3-8b", device="ascend-910b3")
+    assert settings.served_model == "llama-3-8b"
+    assert settings.hbm_bytes == 64 * 1024**3  # the device's whole HBM by default
+    layout = kv_layout(settings)
+    assert layout.block_shape == (32, 2, 16, 8, 2)  # llama-3-8b, 2 of 128 head elements
+    assert stored_fraction(settings) == 1 / 64
+    weights = 8_030_261_248 * 2
+    assert hbm_num_blocks(settings) == (64 * 1024**3 - weights) // (16 * 128 * 1024)
+    assert Settings().hbm_bytes == 1024**3  # the numpy model keeps its 1 GiB default

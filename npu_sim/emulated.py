@@ -1,0 +1,216 @@
+"""Emulated execution: a real model's KV shape and clock, without its arithmetic.
+
+`EmulatedModel` plays the role of `npu_sim.model.Model` (it satisfies
+`npu_sim.executor.StepModel`) for a shape that cannot run in numpy here (llama-3-8b,
+qwen3-8b, ...): the executor charges each step the calibrated roofline cost of that shape,
+and the KV blocks it writes have that model's layout, `[num_layers, 2, block_size,
+num_kv_heads, stored_head_dim]` in fp16, so its bytes travel through HBM, Redis and LMDB
+like real KV.
+
+**Stored fraction.** `kv_bytes_fraction` keeps `stored_head_dim = head_dim * fraction` of
+each head's elements (it must come out a whole number): a block physically holds that
+fraction of its logical bytes, and everything else (layers, K/V, block size, heads) is the
+real layout. Capacities and the modelled clock count logical bytes; the physical bytes
+are what Redis and LMDB really move, checksummed like any block.
+
+**Contents.** Deterministic, a function of the block's identity: token `p` of a sequence
+gets a 64-bit state `h_p = mix(chain(p - 1), token_id_p, p)`, where `chain(p - 1)` is read
+*from the KV pool*: the first CHAIN_ELEMENTS stored values of token p-1's row (layer 0,
+K, KV head 0, then on into the following heads) - `ROOT_CHAIN` for p = 0. The token's row
+(`num_layers * 2 * num_kv_heads * stored_head_dim` values) holds, at element j in row
+order, the top 14 bits of `(h_p * m_j) mod 2^64` for fixed odd multipliers `m_j`: a finite
+fp16 bit pattern in [0, 2).
+Through the chain, a token's KV depends on every earlier token and position.
+
+**Tokens.** The logits of a chunk's last token are standard normal values seeded by
+`mix(digest ^ h_last)`, where `digest` is a weighted sum (mod 2^64, odd weights per
+position) over the *attended bytes actually read*: for every context position, in the
+first and the last layer, K and V, the value at KV head 0, stored element 0. Every
+attended block is therefore sampled at every token slot it holds, and a block with wrong
+or corrupt bytes there (or at a chain element) changes the output with overwhelming
+probability. Tokens are exactly as batch- and chunk-invariant as the numpy model's: a
+sequence's results depend only on its own tokens and KV bytes.
+
+Thread contract: like `Model`, call `forward` from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+
+from npu_sim.model import SeqChunk
+from npu_sim.model_config import ModelConfig
+from npu_sim.tokenizer import VOCAB_SIZE
+
+# Bump when a change here changes emulated KV bytes or tokens.
+EMULATION_VERSION: Final = 1
+CHAIN_ELEMENTS: Final = 4  # 4 x 14 bits of chain state carried by each token's row
+ROOT_CHAIN: Final = (0x1234, 0x2345, 0x3456, 0x0567)
+VALUE_BITS: Final = 14  # sign 0, exponent <= 15: a finite fp16 in [0, 2)
+_VALUE_SHIFT: Final = 64 - VALUE_BITS
+DEFAULT_KV_BYTES_FRACTION: Final = 1 / 64
+
+_M64: Final = (1 << 64) - 1
+_GOLDEN: Final = 0x9E3779B97F4A7C15
+_C1: Final = 0xBF58476D1CE4E5B9
+_C2: Final = 0x94D049BB133111EB
+_TOKEN_MUL: Final = 0xD6E8FEB86659FD93
+_POS_MUL: Final = 0xA0761D6478BD642F
+
+
+def _mix(x: int) -> int:
+    """splitmix64 finaliser of `x + GOLDEN` (scalar)."""
+    z = (x + _GOLDEN) & _M64
+    z = ((z ^ (z >> 30)) * _C1) & _M64
+    z = ((z ^ (z >> 27)) * _C2) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix_array(x: np.ndarray) -> np.ndarray:
+    """`_mix` over a uint64 array (wrapping arithmetic)."""
+    z = x + np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_C1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_C2)
+    return z ^ (z >> np.uint64(31))
+
+
+def stored_head_dim(config: ModelConfig, kv_bytes_fraction: float) -> int:
+    """Elements of each head stored per token; `ValueError` unless a whole number >= 1."""
+    if not 0 < kv_bytes_fraction <= 1:
+        raise ValueError(f"kv_bytes_fraction must be in (0, 1], got {kv_bytes_fraction}")
+    stored = config.head_dim * kv_bytes_fraction
+    if stored < 1 or abs(stored - round(stored)) > 1e-9:
+        raise ValueError(
+            f"kv_bytes_fraction {kv_bytes_fraction} of head_dim {config.head_dim} is not a "
+            "whole number of elements"
+        )
+    return round(stored)
+
+
+class EmulatedModel:
+    """Writes and reads real-layout KV blocks of `config`; see the module docstring."""
+
+    def __init__(
+        self, config: ModelConfig, kv_bytes_fraction: float = DEFAULT_KV_BYTES_FRACTION
+    ) -> None:
+        if np.dtype(config.kv_dtype) != np.float16:
+            raise ValueError("emulation stores fp16 KV")
+        self._config = config
+        self._fraction = kv_bytes_fraction
+        self._stored_head_dim = stored_head_dim(config, kv_bytes_fraction)
+        self._row_shape = (config.num_layers, 2, config.num_kv_heads, self._stored_head_dim)
+        self._row_len = int(np.prod(self._row_shape))
+        self._chain_len = min(CHAIN_ELEMENTS, config.num_kv_heads * self._stored_head_dim)
+        # Odd per-element multipliers: element j of a token's row is the top 14 bits of
+        # (h * multiplier_j) mod 2^64 (one multiply and one shift per byte pair).
+        self._row_multipliers = _mix_array(np.arange(self._row_len, dtype=np.uint64)) | np.uint64(1)
+        self._chain_multipliers = tuple(int(m) for m in self._row_multipliers[: self._chain_len])
+        self._sampled_layers = np.array(sorted({0, config.num_layers - 1}), dtype=np.int64)
+        self._weights = np.zeros(0, dtype=np.uint64)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    @property
+    def stored_head_dim(self) -> int:
+        return self._stored_head_dim
+
+    @property
+    def numerics_id(self) -> str:
+        """What emulated KV bytes and tokens depend on (goes into every block hash)."""
+        fingerprint = f"{self._config!r}|emu{EMULATION_VERSION}|{self._stored_head_dim}"
+        digest = hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()
+        return f"{self._config.name}.emu.{digest}"
+
+    def kv_pool_shape(self, num_blocks: int, block_size: int) -> tuple[int, ...]:
+        c = self._config
+        return (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, self._stored_head_dim)
+
+    def forward(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> np.ndarray:
+        """Write each chunk's KV into `kv_pool`; return logits (rows, VOCAB_SIZE), one row
+        per chunk with `needs_logits`, in batch order.
+
+        Preconditions (checked, `ValueError`): the pool has this model's shape and fp16,
+        token ids are in the tokenizer's vocabulary, block tables cover their chunks.
+        """
+        self._check_pool(kv_pool)
+        rows = [self._forward_chunk(chunk, kv_pool) for chunk in batch]
+        logits = [row for row in rows if row is not None]
+        if not logits:
+            return np.zeros((0, VOCAB_SIZE), dtype=np.float32)
+        return np.stack(logits)
+
+    def _forward_chunk(self, chunk: SeqChunk, kv_pool: np.ndarray) -> np.ndarray | None:
+        block_size = kv_pool.shape[3]
+        n, start = len(chunk.token_ids), chunk.start_pos
+        table = np.asarray(chunk.block_table, dtype=np.int64)
+        ctx_len = start + n
+        num_blocks = -(-ctx_len // block_size)
+        if n == 0 or start < 0:
+            raise ValueError("a chunk needs >= 1 token and start_pos >= 0")
+        if table.shape[0] < num_blocks:
+            raise ValueError(f"block table covers {table.shape[0]} blocks, need {num_blocks}")
+        if table[:num_blocks].min() < 0 or table[:num_blocks].max() >= kv_pool.shape[0]:
+            raise ValueError("block id outside the KV pool")
+        u16 = kv_pool.view(np.uint16)
+        chain = (
+            ROOT_CHAIN[: self._chain_len]
+            if start == 0
+            else self._read_chain(u16, table, start - 1, block_size)
+        )
+        states = np.empty(n, dtype=np.uint64)
+        for i, token in enumerate(map(int, chunk.token_ids)):
+            if not 0 <= token < VOCAB_SIZE:
+                raise ValueError("token id outside the vocabulary")
+            packed = 0
+            for value in chain:
+                packed = (packed << 14) | value
+            h = _mix((packed ^ (token * _TOKEN_MUL) ^ ((start + i) * _POS_MUL)) & _M64)
+            states[i] = h
+            chain = tuple(((h * m) & _M64) >> _VALUE_SHIFT for m in self._chain_multipliers)
+        values = (states[:, None] * self._row_multipliers[None, :]) >> np.uint64(_VALUE_SHIFT)
+        positions = np.arange(start, ctx_len)
+        u16[table[positions // block_size], :, :, positions % block_size] = values.astype(
+            np.uint16
+        ).reshape(n, *self._row_shape)
+        if not chunk.needs_logits:
+            return None
+        digest = self._digest(u16, table[:num_blocks], ctx_len)
+        rng = np.random.default_rng(_mix(digest ^ int(states[-1])))
+        return rng.standard_normal(VOCAB_SIZE, dtype=np.float32)
+
+    def _read_chain(
+        self, u16: np.ndarray, table: np.ndarray, pos: int, block_size: int
+    ) -> tuple[int, ...]:
+        row = u16[table[pos // block_size], 0, 0, pos % block_size].reshape(-1)
+        return tuple(int(v) for v in row[: self._chain_len])
+
+    def _digest(self, u16: np.ndarray, blocks: np.ndarray, ctx_len: int) -> int:
+        """Weighted sum mod 2^64 over the sampled values of positions [0, ctx_len)."""
+        # (num_blocks, sampled layers, K/V, block_size) -> position-major order.
+        sample = u16[blocks[:, None], self._sampled_layers[None, :], :, :, 0, 0]
+        per_position = sample.transpose(0, 3, 1, 2).reshape(-1)
+        width = self._sampled_layers.shape[0] * 2
+        values = per_position[: ctx_len * width].astype(np.uint64)
+        return int(np.sum(values * self._weights_for(values.shape[0]), dtype=np.uint64))
+
+    def _weights_for(self, n: int) -> np.ndarray:
+        if self._weights.shape[0] < n:
+            size = max(n, 2 * self._weights.shape[0], 4096)
+            idx = np.arange(size, dtype=np.uint64)
+            self._weights = _mix_array(idx) | np.uint64(1)
+        return self._weights[:n]
+
+    def _check_pool(self, kv_pool: np.ndarray) -> None:
+        c = self._config
+        expected = (c.num_layers, 2, c.num_kv_heads, self._stored_head_dim)
+        shape = kv_pool.shape
+        if kv_pool.ndim != 6 or (shape[1], shape[2], shape[4], shape[5]) != expected:
+            raise ValueError(f"kv_pool shape {shape} does not fit emulated {c.name!r}")
+        if kv_pool.dtype != np.float16:
+            raise ValueError(f"kv_pool dtype {kv_pool.dtype} is not float16")
