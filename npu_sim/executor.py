@@ -24,6 +24,13 @@ from npu_sim.model import SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.sampling import Sampler
 
+# With Pace.REAL a step ends when the modelled clock says, and lateness (a sleep that
+# woke late on a busy host, a step whose host compute outran its modelled time) is made
+# up by shortening the next steps' waits, so busy wall time tracks modelled time over a
+# run rather than drifting by the host's scheduling latency on every step. Capped so that
+# one long stall is not repaid by a burst of instant steps.
+MAX_LATENESS = 0.02
+
 
 class StepModel(Protocol):
     """What the executor runs: `npu_sim.model.Model` and `npu_sim.emulated.EmulatedModel`.
@@ -41,7 +48,7 @@ class StepModel(Protocol):
 
 
 class Pace(enum.Enum):
-    """REAL: a step lasts at least its modelled device time. NONE: run flat out."""
+    """REAL: steps end on the modelled device clock (see MAX_LATENESS). NONE: flat out."""
 
     REAL = "real"
     NONE = "none"
@@ -102,6 +109,7 @@ class Executor:
         self._device = device
         self._pace = pace
         self._kv_pool = kv_pool
+        self._lateness = 0.0  # wall seconds past the modelled clock, to be made up
 
     @property
     def pace(self) -> Pace:
@@ -139,12 +147,14 @@ class Executor:
             [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs],
         )
         if self._pace is Pace.REAL:
-            _sleep_until(started + cost.seconds)
+            _sleep_until(started + cost.seconds - self._lateness)
+        wall = time.perf_counter() - started
+        self._lateness = min(max(0.0, self._lateness + wall - cost.seconds), MAX_LATENESS)
         return StepResult(
             sampled=sampled,
             num_tokens=sum(len(s.token_ids) for s in seqs),
             modelled_seconds=cost.seconds,
-            wall_seconds=time.perf_counter() - started,
+            wall_seconds=wall,
         )
 
 
