@@ -22,8 +22,9 @@ order, the top 14 bits of `(h_p * m_j) mod 2^64` for fixed odd multipliers `m_j`
 fp16 bit pattern in [0, 2).
 Through the chain, a token's KV depends on every earlier token and position.
 
-**Tokens.** The logits of a chunk's last token are standard normal values seeded by
-`mix(digest ^ h_last)`, where `digest` is a weighted sum (mod 2^64, odd weights per
+**Tokens.** The logits of a chunk's last token are uniform in [0, LOGIT_SCALE), the top
+24 bits of `seed * v_j mod 2^64` for fixed odd multipliers `v_j` per vocabulary id, with
+`seed = mix(digest ^ h_last)`, where `digest` is a weighted sum (mod 2^64, odd weights per
 position) over the *attended bytes actually read*: for every context position, in the
 first and the last layer, K and V, the value at KV head 0, stored element 0. Every
 attended block is therefore sampled at every token slot it holds, and a block with wrong
@@ -53,6 +54,7 @@ ROOT_CHAIN: Final = (0x1234, 0x2345, 0x3456, 0x0567)
 VALUE_BITS: Final = 14  # sign 0, exponent <= 15: a finite fp16 in [0, 2)
 _VALUE_SHIFT: Final = 64 - VALUE_BITS
 DEFAULT_KV_BYTES_FRACTION: Final = 1 / 64
+LOGIT_SCALE: Final = 8.0
 
 _M64: Final = (1 << 64) - 1
 _GOLDEN: Final = 0x9E3779B97F4A7C15
@@ -109,6 +111,9 @@ class EmulatedModel:
         # (h * multiplier_j) mod 2^64 (one multiply and one shift per byte pair).
         self._row_multipliers = _mix_array(np.arange(self._row_len, dtype=np.uint64)) | np.uint64(1)
         self._chain_multipliers = tuple(int(m) for m in self._row_multipliers[: self._chain_len])
+        self._vocab_multipliers = _mix_array(
+            np.arange(VOCAB_SIZE, dtype=np.uint64) + np.uint64(1 << 32)
+        ) | np.uint64(1)
         self._sampled_layers = np.array(sorted({0, config.num_layers - 1}), dtype=np.int64)
         self._weights = np.zeros(0, dtype=np.uint64)
 
@@ -139,65 +144,132 @@ class EmulatedModel:
         token ids are in the tokenizer's vocabulary, block tables cover their chunks.
         """
         self._check_pool(kv_pool)
-        rows = [self._forward_chunk(chunk, kv_pool) for chunk in batch]
-        logits = [row for row in rows if row is not None]
-        if not logits:
+        if not batch:
             return np.zeros((0, VOCAB_SIZE), dtype=np.float32)
-        return np.stack(logits)
-
-    def _forward_chunk(self, chunk: SeqChunk, kv_pool: np.ndarray) -> np.ndarray | None:
-        block_size = kv_pool.shape[3]
-        n, start = len(chunk.token_ids), chunk.start_pos
-        table = np.asarray(chunk.block_table, dtype=np.int64)
-        ctx_len = start + n
-        num_blocks = -(-ctx_len // block_size)
-        if n == 0 or start < 0:
-            raise ValueError("a chunk needs >= 1 token and start_pos >= 0")
-        if table.shape[0] < num_blocks:
-            raise ValueError(f"block table covers {table.shape[0]} blocks, need {num_blocks}")
-        if table[:num_blocks].min() < 0 or table[:num_blocks].max() >= kv_pool.shape[0]:
-            raise ValueError("block id outside the KV pool")
+        # One pass over the whole batch: per-token chaining is scalar Python, everything
+        # else is a handful of numpy calls for all chunks together.
         u16 = kv_pool.view(np.uint16)
-        chain = (
-            ROOT_CHAIN[: self._chain_len]
-            if start == 0
-            else self._read_chain(u16, table, start - 1, block_size)
+        block_size = kv_pool.shape[3]
+        tables = [self._checked_table(c, kv_pool.shape[0], block_size) for c in batch]
+        chains = self._read_chains(u16, batch, tables, block_size)
+        total = sum(len(c.token_ids) for c in batch)
+        states = np.empty(total, dtype=np.uint64)
+        write_blocks = np.empty(total, dtype=np.int64)
+        positions = np.empty(total, dtype=np.int64)
+        last_state: list[int] = []
+        row = 0
+        for chunk, table, chain in zip(batch, tables, chains, strict=True):
+            start, n = chunk.start_pos, len(chunk.token_ids)
+            h = self._chain_states(chunk.token_ids, start, chain, states, row)
+            pos = np.arange(start, start + n)
+            positions[row : row + n] = pos
+            write_blocks[row : row + n] = table[pos // block_size]
+            last_state.append(h)
+            row += n
+        values = (states[:, None] * self._row_multipliers[None, :]) >> np.uint64(_VALUE_SHIFT)
+        u16[write_blocks, :, :, positions % block_size] = values.astype(np.uint16).reshape(
+            total, *self._row_shape
         )
-        states = np.empty(n, dtype=np.uint64)
-        for i, token in enumerate(map(int, chunk.token_ids)):
+        wanted = [i for i, c in enumerate(batch) if c.needs_logits]
+        if not wanted:
+            return np.zeros((0, VOCAB_SIZE), dtype=np.float32)
+        digests = self._digests(u16, [batch[i] for i in wanted], [tables[i] for i in wanted])
+        seeds = np.array(
+            [_mix(d ^ last_state[i]) for d, i in zip(digests, wanted, strict=True)],
+            dtype=np.uint64,
+        )
+        # Logits uniform in [0, LOGIT_SCALE): the top 24 bits of seed x odd multiplier.
+        top = (seeds[:, None] * self._vocab_multipliers[None, :]) >> np.uint64(40)
+        return top.astype(np.float32) * np.float32(LOGIT_SCALE / (1 << 24))
+
+    def _chain_states(
+        self,
+        token_ids: Sequence[int],
+        start: int,
+        chain: tuple[int, ...],
+        states: np.ndarray,
+        row: int,
+    ) -> int:
+        """Fill states[row:row + n] for the chunk's tokens; return the last state.
+
+        The hot loop of a prefill (one pass per token, scalar Python): kept flat.
+        """
+        mults = self._chain_multipliers
+        shift, m64, token_mul, pos_mul = _VALUE_SHIFT, _M64, _TOKEN_MUL, _POS_MUL
+        out: list[int] = []
+        h = 0
+        pos = start
+        for token in token_ids:
+            token = int(token)
             if not 0 <= token < VOCAB_SIZE:
                 raise ValueError("token id outside the vocabulary")
             packed = 0
             for value in chain:
-                packed = (packed << 14) | value
-            h = _mix((packed ^ (token * _TOKEN_MUL) ^ ((start + i) * _POS_MUL)) & _M64)
-            states[i] = h
-            chain = tuple(((h * m) & _M64) >> _VALUE_SHIFT for m in self._chain_multipliers)
-        values = (states[:, None] * self._row_multipliers[None, :]) >> np.uint64(_VALUE_SHIFT)
-        positions = np.arange(start, ctx_len)
-        u16[table[positions // block_size], :, :, positions % block_size] = values.astype(
-            np.uint16
-        ).reshape(n, *self._row_shape)
-        if not chunk.needs_logits:
-            return None
-        digest = self._digest(u16, table[:num_blocks], ctx_len)
-        rng = np.random.default_rng(_mix(digest ^ int(states[-1])))
-        return rng.standard_normal(VOCAB_SIZE, dtype=np.float32)
+                packed = (packed << VALUE_BITS) | value
+            h = _mix((packed ^ (token * token_mul) ^ (pos * pos_mul)) & m64)
+            out.append(h)
+            chain = tuple(((h * m) & m64) >> shift for m in mults)
+            pos += 1
+        states[row : row + len(out)] = out
+        return h
 
-    def _read_chain(
-        self, u16: np.ndarray, table: np.ndarray, pos: int, block_size: int
-    ) -> tuple[int, ...]:
-        row = u16[table[pos // block_size], 0, 0, pos % block_size].reshape(-1)
-        return tuple(int(v) for v in row[: self._chain_len])
+    def _checked_table(self, chunk: SeqChunk, num_pool_blocks: int, block_size: int) -> np.ndarray:
+        """The chunk's block table up to its context, validated (`ValueError`)."""
+        n, start = len(chunk.token_ids), chunk.start_pos
+        if n == 0 or start < 0:
+            raise ValueError("a chunk needs >= 1 token and start_pos >= 0")
+        num_blocks = -(-(start + n) // block_size)
+        if len(chunk.block_table) < num_blocks:
+            raise ValueError(
+                f"block table covers {len(chunk.block_table)} blocks, need {num_blocks}"
+            )
+        table = np.asarray(chunk.block_table[:num_blocks], dtype=np.int64)
+        if table.min() < 0 or table.max() >= num_pool_blocks:
+            raise ValueError("block id outside the KV pool")
+        return table
 
-    def _digest(self, u16: np.ndarray, blocks: np.ndarray, ctx_len: int) -> int:
-        """Weighted sum mod 2^64 over the sampled values of positions [0, ctx_len)."""
-        # (num_blocks, sampled layers, K/V, block_size) -> position-major order.
+    def _read_chains(
+        self,
+        u16: np.ndarray,
+        batch: Sequence[SeqChunk],
+        tables: list[np.ndarray],
+        block_size: int,
+    ) -> list[tuple[int, ...]]:
+        """Each chunk's chain state: read from the pool at token start_pos - 1."""
+        resumed = [i for i, c in enumerate(batch) if c.start_pos > 0]
+        chains = [ROOT_CHAIN[: self._chain_len]] * len(batch)
+        if resumed:
+            prev = np.array([batch[i].start_pos - 1 for i in resumed], dtype=np.int64)
+            blocks = np.array(
+                [tables[i][p // block_size] for i, p in zip(resumed, prev.tolist(), strict=True)],
+                dtype=np.int64,
+            )
+            rows = u16[blocks, 0, 0, prev % block_size].reshape(len(resumed), -1)
+            for i, values in zip(resumed, rows[:, : self._chain_len].tolist(), strict=True):
+                chains[i] = tuple(values)
+        return chains
+
+    def _digests(
+        self, u16: np.ndarray, chunks: list[SeqChunk], tables: list[np.ndarray]
+    ) -> list[int]:
+        """Per chunk: weighted sum mod 2^64 over the sampled values of its context."""
+        block_size = u16.shape[3]
+        width = self._sampled_layers.shape[0] * 2  # values per position
+        counts = [t.shape[0] for t in tables]
+        blocks = np.concatenate(tables)
+        # (blocks, sampled layers, K/V, block_size) -> (blocks, position-major values).
         sample = u16[blocks[:, None], self._sampled_layers[None, :], :, :, 0, 0]
-        per_position = sample.transpose(0, 3, 1, 2).reshape(-1)
-        width = self._sampled_layers.shape[0] * 2
-        values = per_position[: ctx_len * width].astype(np.uint64)
-        return int(np.sum(values * self._weights_for(values.shape[0]), dtype=np.uint64))
+        per_block = sample.transpose(0, 3, 1, 2).reshape(blocks.shape[0], block_size * width)
+        per_row = block_size * width
+        weights = self._weights_for(max(counts) * per_row).reshape(-1, per_row)
+        row_weights = weights[np.concatenate([np.arange(c) for c in counts])]
+        ends = np.cumsum(counts)
+        for chunk, end in zip(chunks, ends.tolist(), strict=True):
+            used = (chunk.start_pos + len(chunk.token_ids) - 1) % block_size + 1
+            row_weights[end - 1, used * width :] = 0  # past the context in its last block
+        sums = np.sum(per_block.astype(np.uint64) * row_weights, axis=1, dtype=np.uint64)
+        starts = np.concatenate([[0], ends[:-1]])
+        return [int(d) for d in np.add.reduceat(sums, starts, dtype=np.uint64)]
 
     def _weights_for(self, n: int) -> np.ndarray:
         if self._weights.shape[0] < n:
