@@ -13,14 +13,17 @@ fraction of its logical bytes, and everything else (layers, K/V, block size, hea
 real layout. Capacities and the modelled clock count logical bytes; the physical bytes
 are what Redis and LMDB really move, checksummed like any block.
 
-**Contents.** Deterministic, a function of the block's identity: token `p` of a sequence
-gets a 64-bit state `h_p = mix(chain(p - 1), token_id_p, p)`, where `chain(p - 1)` is read
-*from the KV pool*: the first CHAIN_ELEMENTS stored values of token p-1's row (layer 0,
-K, KV head 0, then on into the following heads) - `ROOT_CHAIN` for p = 0. The token's row
-(`num_layers * 2 * num_kv_heads * stored_head_dim` values) holds, at element j in row
-order, the top 14 bits of `(h_p * m_j) mod 2^64` for fixed odd multipliers `m_j`: a finite
-fp16 bit pattern in [0, 2).
-Through the chain, a token's KV depends on every earlier token and position.
+**Contents.** Deterministic, a function of the block's identity. Token `p` of a sequence
+carries a 56-bit prefix hash `P_p = (P_{p-1} * B + token_id_p + 1) mod 2^56` (`P_-1 =
+ROOT_PREFIX`, `B` a fixed odd constant), where `P_{p-1}` is read *from the KV pool*: the
+first CHAIN_ELEMENTS (4) stored values of token p-1's row (layer 0, K then V, KV heads in
+order) hold its 14-bit pieces, most significant first. The rest of the row
+(`num_layers * 2 * num_kv_heads * stored_head_dim` values in all) holds, at element j in
+row order, the top 14 bits of `(h_p * m_j) mod 2^64`, with `h_p = mix(P_p ^ p * C)` and
+fixed odd multipliers `m_j`. Every value is a finite fp16 bit pattern in [0, 2). So a
+token's KV depends on every earlier token and on its position, and a chunk resumed after
+a cache hit continues from the bytes it reads back. `P` is a polynomial hash, so a
+chunk's hashes come from one cumulative sum (no per-token Python loop).
 
 **Tokens.** The logits of a chunk's last token are uniform in [0, LOGIT_SCALE), the top
 24 bits of `seed * v_j mod 2^64` for fixed odd multipliers `v_j` per vocabulary id, with
@@ -49,9 +52,11 @@ from npu_sim.tokenizer import VOCAB_SIZE
 
 # Bump when a change here changes emulated KV bytes or tokens.
 EMULATION_VERSION: Final = 1
-CHAIN_ELEMENTS: Final = 4  # 4 x 14 bits of chain state carried by each token's row
-ROOT_CHAIN: Final = (0x1234, 0x2345, 0x3456, 0x0567)
+CHAIN_ELEMENTS: Final = 4  # 4 x 14 bits of prefix hash carried by each token's row
 VALUE_BITS: Final = 14  # sign 0, exponent <= 15: a finite fp16 in [0, 2)
+PREFIX_BITS: Final = CHAIN_ELEMENTS * VALUE_BITS  # 56
+ROOT_PREFIX: Final = 0x00C0FFEE15BAD5EED & ((1 << PREFIX_BITS) - 1)
+PREFIX_BASE: Final = 0x100000001B3  # FNV-1a 64 prime: odd, so invertible mod 2^64
 _VALUE_SHIFT: Final = 64 - VALUE_BITS
 DEFAULT_KV_BYTES_FRACTION: Final = 1 / 64
 LOGIT_SCALE: Final = 8.0
@@ -106,11 +111,17 @@ class EmulatedModel:
         self._stored_head_dim = stored_head_dim(config, kv_bytes_fraction)
         self._row_shape = (config.num_layers, 2, config.num_kv_heads, self._stored_head_dim)
         self._row_len = int(np.prod(self._row_shape))
-        self._chain_len = min(CHAIN_ELEMENTS, config.num_kv_heads * self._stored_head_dim)
+        if 2 * config.num_kv_heads * self._stored_head_dim < CHAIN_ELEMENTS:
+            raise ValueError("a layer's K and V of one token must hold >= 4 stored values")
         # Odd per-element multipliers: element j of a token's row is the top 14 bits of
         # (h * multiplier_j) mod 2^64 (one multiply and one shift per byte pair).
         self._row_multipliers = _mix_array(np.arange(self._row_len, dtype=np.uint64)) | np.uint64(1)
-        self._chain_multipliers = tuple(int(m) for m in self._row_multipliers[: self._chain_len])
+        self._chain_shifts = np.array(
+            [VALUE_BITS * (CHAIN_ELEMENTS - 1 - j) for j in range(CHAIN_ELEMENTS)],
+            dtype=np.uint64,
+        )
+        self._base_powers = np.ones(1, dtype=np.uint64)  # B^k mod 2^64, grown on demand
+        self._inverse_powers = np.ones(1, dtype=np.uint64)  # B^-k mod 2^64
         self._vocab_multipliers = _mix_array(
             np.arange(VOCAB_SIZE, dtype=np.uint64) + np.uint64(1 << 32)
         ) | np.uint64(1)
@@ -146,27 +157,33 @@ class EmulatedModel:
         self._check_pool(kv_pool)
         if not batch:
             return np.zeros((0, VOCAB_SIZE), dtype=np.float32)
-        # One pass over the whole batch: per-token chaining is scalar Python, everything
-        # else is a handful of numpy calls for all chunks together.
+        # One pass over the whole batch: a few numpy calls per chunk (its prefix hashes),
+        # the rest for all chunks together.
         u16 = kv_pool.view(np.uint16)
         block_size = kv_pool.shape[3]
         tables = [self._checked_table(c, kv_pool.shape[0], block_size) for c in batch]
-        chains = self._read_chains(u16, batch, tables, block_size)
+        prefixes = self._read_prefixes(u16, batch, tables, block_size)
         total = sum(len(c.token_ids) for c in batch)
-        states = np.empty(total, dtype=np.uint64)
+        hashes = np.empty(total, dtype=np.uint64)
         write_blocks = np.empty(total, dtype=np.int64)
         positions = np.empty(total, dtype=np.int64)
-        last_state: list[int] = []
         row = 0
-        for chunk, table, chain in zip(batch, tables, chains, strict=True):
+        for chunk, table, prefix in zip(batch, tables, prefixes, strict=True):
             start, n = chunk.start_pos, len(chunk.token_ids)
-            h = self._chain_states(chunk.token_ids, start, chain, states, row)
+            hashes[row : row + n] = self._prefix_hashes(chunk.token_ids, prefix)
             pos = np.arange(start, start + n)
             positions[row : row + n] = pos
             write_blocks[row : row + n] = table[pos // block_size]
-            last_state.append(h)
             row += n
+        mask = np.uint64((1 << PREFIX_BITS) - 1)
+        hashes &= mask
+        states = _mix_array(hashes ^ (positions.astype(np.uint64) * np.uint64(_POS_MUL)))
+        ends = np.cumsum([len(c.token_ids) for c in batch]) - 1
+        last_state = [int(x) for x in states[ends]]
         values = (states[:, None] * self._row_multipliers[None, :]) >> np.uint64(_VALUE_SHIFT)
+        values[:, :CHAIN_ELEMENTS] = (hashes[:, None] >> self._chain_shifts[None, :]) & np.uint64(
+            (1 << VALUE_BITS) - 1
+        )
         u16[write_blocks, :, :, positions % block_size] = values.astype(np.uint16).reshape(
             total, *self._row_shape
         )
@@ -181,37 +198,6 @@ class EmulatedModel:
         # Logits uniform in [0, LOGIT_SCALE): the top 24 bits of seed x odd multiplier.
         top = (seeds[:, None] * self._vocab_multipliers[None, :]) >> np.uint64(40)
         return top.astype(np.float32) * np.float32(LOGIT_SCALE / (1 << 24))
-
-    def _chain_states(
-        self,
-        token_ids: Sequence[int],
-        start: int,
-        chain: tuple[int, ...],
-        states: np.ndarray,
-        row: int,
-    ) -> int:
-        """Fill states[row:row + n] for the chunk's tokens; return the last state.
-
-        The hot loop of a prefill (one pass per token, scalar Python): kept flat.
-        """
-        mults = self._chain_multipliers
-        shift, m64, token_mul, pos_mul = _VALUE_SHIFT, _M64, _TOKEN_MUL, _POS_MUL
-        out: list[int] = []
-        h = 0
-        pos = start
-        for token in token_ids:
-            token = int(token)
-            if not 0 <= token < VOCAB_SIZE:
-                raise ValueError("token id outside the vocabulary")
-            packed = 0
-            for value in chain:
-                packed = (packed << VALUE_BITS) | value
-            h = _mix((packed ^ (token * token_mul) ^ (pos * pos_mul)) & m64)
-            out.append(h)
-            chain = tuple(((h * m) & m64) >> shift for m in mults)
-            pos += 1
-        states[row : row + len(out)] = out
-        return h
 
     def _checked_table(self, chunk: SeqChunk, num_pool_blocks: int, block_size: int) -> np.ndarray:
         """The chunk's block table up to its context, validated (`ValueError`)."""
@@ -228,26 +214,56 @@ class EmulatedModel:
             raise ValueError("block id outside the KV pool")
         return table
 
-    def _read_chains(
+    def _prefix_hashes(self, token_ids: Sequence[int], prefix: int) -> np.ndarray:
+        """P for each token of a chunk that continues prefix hash `prefix` (mod 2^64):
+        P_k = B^k * (B * prefix + sum_{i<=k} u_i * B^-i), u_i = token_i + 1."""
+        tokens = np.asarray(token_ids, dtype=np.int64)
+        if tokens.min() < 0 or tokens.max() >= VOCAB_SIZE:
+            raise ValueError("token id outside the vocabulary")
+        n = tokens.shape[0]
+        base, inverse = self._powers(n)
+        terms = (tokens.astype(np.uint64) + np.uint64(1)) * inverse
+        head = np.uint64((prefix * PREFIX_BASE) & _M64)
+        return base * (np.cumsum(terms, dtype=np.uint64) + head)
+
+    def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._base_powers.shape[0] < n:
+            size = max(n, 2 * self._base_powers.shape[0], 1024)
+            base, inverse = 1, 1
+            inv = pow(PREFIX_BASE, -1, 1 << 64)
+            powers, inverses = [], []
+            for _ in range(size):
+                powers.append(base)
+                inverses.append(inverse)
+                base = (base * PREFIX_BASE) & _M64
+                inverse = (inverse * inv) & _M64
+            self._base_powers = np.array(powers, dtype=np.uint64)
+            self._inverse_powers = np.array(inverses, dtype=np.uint64)
+        return self._base_powers[:n], self._inverse_powers[:n]
+
+    def _read_prefixes(
         self,
         u16: np.ndarray,
         batch: Sequence[SeqChunk],
         tables: list[np.ndarray],
         block_size: int,
-    ) -> list[tuple[int, ...]]:
-        """Each chunk's chain state: read from the pool at token start_pos - 1."""
+    ) -> list[int]:
+        """Each chunk's prefix hash P_{start-1}: read from the pool (ROOT_PREFIX at 0)."""
         resumed = [i for i, c in enumerate(batch) if c.start_pos > 0]
-        chains = [ROOT_CHAIN[: self._chain_len]] * len(batch)
+        prefixes = [ROOT_PREFIX] * len(batch)
         if resumed:
             prev = np.array([batch[i].start_pos - 1 for i in resumed], dtype=np.int64)
             blocks = np.array(
                 [tables[i][p // block_size] for i, p in zip(resumed, prev.tolist(), strict=True)],
                 dtype=np.int64,
             )
-            rows = u16[blocks, 0, 0, prev % block_size].reshape(len(resumed), -1)
-            for i, values in zip(resumed, rows[:, : self._chain_len].tolist(), strict=True):
-                chains[i] = tuple(values)
-        return chains
+            rows = u16[blocks, 0, :, prev % block_size].reshape(len(resumed), -1)
+            for i, pieces in zip(resumed, rows[:, :CHAIN_ELEMENTS].tolist(), strict=True):
+                value = 0
+                for piece in pieces:
+                    value = (value << VALUE_BITS) | piece
+                prefixes[i] = value
+        return prefixes
 
     def _digests(
         self, u16: np.ndarray, chunks: list[SeqChunk], tables: list[np.ndarray]
