@@ -8,20 +8,24 @@ transfer: both latencies, at the slower hop's bandwidth (`path_seconds`).
 Sources, per preset, beside each figure. Where no source was found the figure is labelled
 an assumption.
 
-Charging hook (design; wired once the per-tier transfer threads land in cache/transfer.py):
-the server hands the transfer worker a `charge(tier, direction, num_bytes) -> seconds`
-closure built from `TierPaths` (below). After a batch of blocks moves through a tier the
-worker computes the modelled seconds for the *logical* bytes of the batch (under
-`--emulate`, the emulated model's block size, whatever fraction is stored), waits until
-that much wall time has passed since the batch started (the real time stands when the
-real store is slower), and reports both figures to per-tier metrics
-(`tier_transfer_modelled_seconds_total{tier}` next to `tier_transfer_wall_seconds_total`).
-`npu_sim` never imports `cache`; the closure is the only coupling.
+Charging hook (`TransferClock`, below; to be called from cache/transfer.py once its
+per-tier transfer threads land): the server builds one `TransferClock` from `TierPaths`
+and the stored-to-logical byte ratio, and hands the transfer worker its bound `finish`
+method as a plain callable. When a batch of blocks has moved through a tier, the worker
+calls `finish(tier, stored_bytes, started, write=...)`: that charges the *logical* bytes
+of the batch (under `--emulate`, the full block size, whatever fraction is stored) at the
+modelled path, waits until that much time has passed since `started` (the real time
+stands when the real store is slower), and adds both figures to per-tier totals for the
+metrics (`tier_transfer_modelled_seconds_total{tier}` next to
+`tier_transfer_wall_seconds_total{tier}`). `npu_sim` never imports `cache`; the callable
+is the only coupling.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
@@ -152,3 +156,54 @@ class TierPaths:
         if media is None:
             raise ValueError(f"no modelled path for tier {tier!r}")
         return path_seconds(num_bytes, media, self.host_link, write=write)
+
+
+@dataclass(slots=True)
+class TransferTotals:
+    """Per-tier sums, reads and writes together: modelled vs. real seconds, logical bytes."""
+
+    modelled_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    logical_bytes: float = 0.0
+
+
+@dataclass(slots=True)
+class TransferClock:
+    """Paces tier transfers to the modelled paths and keeps per-tier totals.
+
+    logical_per_stored: logical bytes per stored byte (1 for the numpy model, ~64 under
+        `--emulate` at the default fraction). pace: wait out the modelled time (False:
+        only account for it).
+    Thread-safe: several transfer threads may call `finish` at once.
+    """
+
+    paths: TierPaths
+    logical_per_stored: float = 1.0
+    pace: bool = True
+    _totals: dict[str, TransferTotals] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish(self, tier: str, stored_bytes: int, started: float, *, write: bool) -> float:
+        """Charge a finished batch of `stored_bytes` that began at `started`
+        (`time.perf_counter()`); with `pace`, sleep until its modelled end. Returns the
+        modelled seconds. `ValueError` for a tier without a modelled path."""
+        logical = stored_bytes * self.logical_per_stored
+        modelled = self.paths.seconds(tier, logical, write=write)
+        if self.pace:
+            while (remaining := started + modelled - time.perf_counter()) > 0:
+                time.sleep(remaining)
+        wall = time.perf_counter() - started
+        with self._lock:
+            totals = self._totals.setdefault(tier, TransferTotals())
+            totals.modelled_seconds += modelled
+            totals.wall_seconds += wall
+            totals.logical_bytes += logical
+        return modelled
+
+    def totals(self) -> dict[str, TransferTotals]:
+        """A copy of the per-tier totals."""
+        with self._lock:
+            return {
+                tier: TransferTotals(t.modelled_seconds, t.wall_seconds, t.logical_bytes)
+                for tier, t in self._totals.items()
+            }

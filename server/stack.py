@@ -20,6 +20,7 @@ from cache.tiers.redis_tier import RedisTier, connect_redis
 from npu_sim.device import get_device
 from npu_sim.emulated import EmulatedModel, stored_head_dim
 from npu_sim.executor import Executor, Pace, StepModel
+from npu_sim.links import TierPaths, TransferClock, get_media
 from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_cost_model_config, get_model_config
 from server.config import GB, Settings
@@ -47,6 +48,9 @@ class EngineStack:
     layout: KVLayout
     embedded_redis: EmbeddedRedis | None
     numerics_id: str  # goes into every block hash (see Model.numerics_id)
+    # Modelled cost of tier transfers (npu_sim.links). Not charged yet: its `finish` is
+    # to be handed to the transfer threads once cache/transfer.py's rewrite lands.
+    transfer_clock: TransferClock | None = None
 
     def close(self) -> None:
         self.cache.close()
@@ -85,6 +89,18 @@ def logical_block_bytes(settings: Settings) -> int:
 def stored_fraction(settings: Settings) -> float:
     """Stored bytes per logical byte: 1 for the numpy model, ~kv-bytes-fraction emulated."""
     return kv_layout(settings).block_bytes / logical_block_bytes(settings)
+
+
+def transfer_clock(settings: Settings) -> TransferClock:
+    """The modelled clock of HBM <-> DDR/flash transfers for these settings."""
+    paths = TierPaths(
+        host_link=get_device(settings.device).host_link,
+        ddr=get_media(settings.ddr_media),
+        flash=get_media(settings.flash_media),
+    )
+    return TransferClock(
+        paths, logical_per_stored=1 / stored_fraction(settings), pace=settings.pace == "real"
+    )
 
 
 def hbm_num_blocks(settings: Settings) -> int:
@@ -184,5 +200,10 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         "off" if flash is None else settings.data_dir / "flash",
     )
     return EngineStack(
-        EngineCore(scheduler, executor, cache), cache, layout, embedded, model.numerics_id
+        EngineCore(scheduler, executor, cache),
+        cache,
+        layout,
+        embedded,
+        model.numerics_id,
+        transfer_clock(settings),
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from npu_sim.device import get_device
 from npu_sim.links import (
     MEDIA_PRESETS,
     TierPaths,
+    TransferClock,
     get_media,
     path_seconds,
     transfer_seconds,
@@ -61,3 +64,20 @@ def test_tier_paths_charge_a_4k_token_llama_hit() -> None:
     )
     with pytest.raises(ValueError):
         paths.seconds("hbm", hit)
+
+
+def test_transfer_clock_charges_logical_bytes_and_never_ends_early() -> None:
+    paths = TierPaths(NPU.host_link, get_media("local-ddr"), get_media("nfs"))
+    clock = TransferClock(paths, logical_per_stored=64.0)
+    started = time.perf_counter()
+    modelled = clock.finish("flash", 1 << 20, started, write=False)  # 64 MiB logical over NFS
+    assert modelled == pytest.approx(paths.seconds("flash", 64 << 20))
+    assert time.perf_counter() - started >= modelled  # the modelled time was waited out
+    unpaced = TransferClock(paths, pace=False)
+    unpaced.finish("ddr", 4096, time.perf_counter(), write=True)
+    totals = clock.totals()["flash"]
+    assert totals.logical_bytes == 64 << 20 and totals.modelled_seconds == modelled
+    assert totals.wall_seconds >= modelled
+    assert unpaced.totals()["ddr"].modelled_seconds == paths.seconds("ddr", 4096, write=True)
+    with pytest.raises(ValueError):
+        clock.finish("hbm", 1, time.perf_counter(), write=False)

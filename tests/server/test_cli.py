@@ -61,3 +61,15 @@ def test_emulate_counts_the_emulated_model_bytes():
     weights = 8_030_261_248 * 2
     assert hbm_num_blocks(settings) == (64 * 1024**3 - weights) // (16 * 128 * 1024)
     assert Settings().hbm_bytes == 1024**3  # the numpy model keeps its 1 GiB default
+
+
+def test_transfer_clock_follows_device_and_media():
+    from server.stack import transfer_clock
+
+    clock = transfer_clock(Settings(emulate="llama-3-8b", flash_media="nfs"))
+    assert clock.logical_per_stored == 64 and clock.pace
+    assert clock.paths.flash.name == "nfs" and clock.paths.ddr.name == "local-ddr"
+    assert clock.paths.host_link.read_bandwidth == 25e9  # the 910B's PCIe 4 x16
+    assert transfer_clock(Settings(pace="none")).logical_per_stored == 1 and not (
+        transfer_clock(Settings(pace="none")).pace
+    )
