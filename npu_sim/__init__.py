@@ -11,33 +11,34 @@ from npu_sim.executor import Executor, Pace, StepResult, StepSequence
 from npu_sim.links import LinkSpec, get_media, transfer_seconds
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import DEFAULT_MODEL, MODEL_PRESETS, ModelConfig, get_model_config
-from npu_sim.ops import TILE_ROWS, tiled_matmul
+from npu_sim.ops import QuantizedLinear, attend, linear
 from npu_sim.sampling import Sampler, SamplingParams
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEVICE_PRESETS",
     "MODEL_PRESETS",
-    "TILE_ROWS",
     "DeviceSpec",
     "LinkSpec",
     "Executor",
     "Model",
     "ModelConfig",
     "Pace",
+    "QuantizedLinear",
     "Sampler",
     "SamplingParams",
     "SeqChunk",
     "StepCost",
     "StepResult",
     "StepSequence",
+    "attend",
     "blas_core_name",
     "get_device",
     "get_media",
     "get_model_config",
     "limit_blas_threads",
+    "linear",
     "step_cost",
-    "tiled_matmul",
     "tokenizer",
     "transfer_seconds",
 ]

@@ -36,7 +36,11 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.engine = engine
         app.state.stack = stack
         app.state.serving = OpenAIServing(
-            engine, settings.served_model, settings.max_model_len, stack.numerics_id
+            engine,
+            settings.served_model,
+            settings.max_model_len,
+            stack.numerics_id,
+            stack.tokenizer,
         )
         app.state.started_at = time.time()
         engine.start()

