@@ -17,6 +17,7 @@ from cache.block_hash import root_hash
 from cache.layout import LAYOUT_VERSION
 from npu_sim.sampling import Sampler, SamplingParams
 from npu_sim.tokenizers import Tokenizer
+from server.config import TenantIsolation
 from server.engine.async_engine import (
     AsyncEngine,
     EngineDeadError,
@@ -25,7 +26,10 @@ from server.engine.async_engine import (
 )
 from server.engine.request import EngineRequest
 from server.errors import APIError
+from server.metrics import ServerMetrics
+from server.middleware import bearer_token
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
+from server.tenancy import cache_salt_for
 
 # How often a non-streaming request checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.5
@@ -50,12 +54,18 @@ class OpenAIServing:
         max_model_len: int,
         numerics_id: str,
         tokenizer: Tokenizer,
+        metrics: ServerMetrics,
+        isolation: TenantIsolation = TenantIsolation.NONE,
+        tenant_secret: bytes = b"",
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.numerics_id = numerics_id  # block hashes are only valid for these numerics
+        self.metrics = metrics
+        self.isolation = isolation
+        self._tenant_secret = tenant_secret
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -67,7 +77,9 @@ class OpenAIServing:
             ("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
         ]
         prompt = self.tokenizer.apply_chat_template(messages)
-        request = self._engine_request("chatcmpl", body, prompt, body.requested_max_tokens())
+        request = self._engine_request(
+            "chatcmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
+        )
         if body.stream:
             return self._stream(request, body, chat=True)
         return await self._respond(request, body, raw, chat=True)
@@ -79,7 +91,9 @@ class OpenAIServing:
         if body.suffix:
             raise APIError(400, "suffix is not supported by this server.", param="suffix")
         prompt = self._completion_prompt(body.prompt)
-        request = self._engine_request("cmpl", body, prompt, body.requested_max_tokens())
+        request = self._engine_request(
+            "cmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
+        )
         if body.stream:
             return self._stream(request, body, chat=False)
         return await self._respond(request, body, raw, chat=False)
@@ -114,7 +128,10 @@ class OpenAIServing:
             ids = [*bos, *tok.encode(prompt)]
         else:
             ids = list(prompt)  # type: ignore[arg-type]
-            bad = [t for t in ids if not 0 <= t < tok.vocab_size]
+            # A prompt over max_model_len gets its 400 from _engine_request: skip the
+            # per-id loop, which would hold the event loop for a huge list.
+            too_long = len(ids) >= self.max_model_len
+            bad = [] if too_long else [t for t in ids if not 0 <= t < tok.vocab_size]
             if bad:
                 raise APIError(400, f"Token id {bad[0]} is outside the vocabulary "
                                     f"[0, {tok.vocab_size}).", param="prompt")
@@ -122,8 +139,18 @@ class OpenAIServing:
             raise APIError(400, "The prompt is empty.", param="prompt")
         return ids
 
+    def _salt(self, body: _Sampling, raw: Request) -> str | None:
+        return cache_salt_for(
+            self.isolation, bearer_token(raw.scope), body.cache_salt, self._tenant_secret
+        )
+
     def _engine_request(
-        self, prefix: str, body: _Sampling, prompt: list[int], max_tokens: int | None
+        self,
+        prefix: str,
+        body: _Sampling,
+        prompt: list[int],
+        max_tokens: int | None,
+        salt: str | None,
     ) -> EngineRequest:
         room = self.max_model_len - len(prompt)
         if room < 1 or (max_tokens is not None and max_tokens > room):
@@ -142,7 +169,7 @@ class OpenAIServing:
             prompt_token_ids=prompt,
             sampler=Sampler(params, self.tokenizer.sampleable_mask),
             max_tokens=max_tokens or room,
-            root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, body.cache_salt),
+            root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, salt),
             stop_token_ids=frozenset() if body.ignore_eos else self.tokenizer.stop_token_ids,
             stop=tuple(body.stop_strings()),
             token_bytes=self.tokenizer.token_bytes,
@@ -154,6 +181,8 @@ class OpenAIServing:
         try:
             return self.engine.add(request)
         except (QueueFullError, EngineDeadError) as exc:
+            reason = "queue_full" if isinstance(exc, QueueFullError) else "engine_dead"
+            self.metrics.request_rejected.labels(reason).inc()
             raise _unavailable(exc) from exc
 
     async def _generate_text(self, stream: RequestStream, result: _Result) -> AsyncIterator[str]:
