@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     )
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    kv_events_endpoint: str | None = Field(
+        None,
+        description="Publish KV events (vLLM's ZMQ/msgpack format) on this bound endpoint, "
+        "e.g. tcp://127.0.0.1:5557 (port * picks one). Unset: no events.",
+    )
+    kv_events_replay_endpoint: str | None = Field(
+        None,
+        description="Bound ZMQ ROUTER endpoint answering replay requests for KV events "
+        "(needs --kv-events-endpoint).",
+    )
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -74,6 +84,8 @@ class Settings(BaseSettings):
         get_model_config(self.model)
         get_device(self.device)
         get_cost_model_config(self.cost_model or self.model)
+        if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
+            raise ValueError("kv-events-replay-endpoint needs kv-events-endpoint")
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
             raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache.embedded_redis import EmbeddedRedis
+from cache.events import KVEventPublisher, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheConfig, CacheManager
 from cache.tiers.base import StorageTier
@@ -49,9 +50,12 @@ class EngineStack:
     embedded_redis: EmbeddedRedis | None
     numerics_id: str  # goes into every block hash (see Model.numerics_id)
     tokenizer: Tokenizer
+    events: KVEventPublisher | None = None  # set when --kv-events-endpoint is
 
     def close(self) -> None:
         self.cache.close()
+        if self.events is not None:
+            self.events.close()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
 
@@ -99,6 +103,14 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     ddr: StorageTier | None = None
     flash: StorageTier | None = None
     with contextlib.ExitStack() as undo:
+        events: KVEventPublisher | None = None
+        if settings.kv_events_endpoint:
+            events = KVEventPublisher(
+                settings.kv_events_endpoint,
+                settings.kv_events_replay_endpoint,
+                settings.block_size,
+            )
+            undo.callback(events.close)
         if settings.ddr_bytes > 0:
             url = settings.redis_url
             if url is None:
@@ -123,6 +135,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
             ddr=ddr,
             flash=flash,
             notify=wakeup,
+            on_event=ignore_event if events is None else events.publish,
         )
         undo.callback(cache.close)
         model, tokenizer = load_model(settings)
@@ -151,7 +164,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     )
     return EngineStack(
         EngineCore(scheduler, executor, cache), cache, layout, embedded, model.numerics_id,
-        tokenizer,
+        tokenizer, events,
     )
 
 
