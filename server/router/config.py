@@ -16,7 +16,7 @@ class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     policy: str = "cache-aware"
-    overlap_weight: float = 1.0  # Dynamo's overlap_score_weight: prefill blocks vs decode blocks
+    overlap_weight: float = 4.0  # Dynamo's overlap_score_weight (see README: 1.0 lost hits)
     startup_timeout_s: float = 120.0  # wait this long for every replica's /health
     request_timeout_s: float = 600.0
     model_cache_dir: Path = field(default_factory=lambda: Path("~/.cache/tierkv"))

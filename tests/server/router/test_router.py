@@ -131,3 +131,11 @@ def test_round_robin_alternates(replicas: list[LiveServer]) -> None:
             body = {"model": "tiny-llama", "prompt": "same prompt", "max_tokens": 1}
             assert router.post("/v1/completions", json=body).status_code == 200
         assert [r["routed"] for r in router.get("/router/stats").json()["replicas"]] == [2, 2]
+
+
+def test_wildcard_event_endpoints_resolve_to_the_replica_host() -> None:
+    from server.router.replica import events_endpoint
+
+    assert events_endpoint("tcp://0.0.0.0:5557", "http://replica1:8000") == "tcp://replica1:5557"
+    assert events_endpoint("tcp://*:5558", "http://10.0.0.2:8000") == "tcp://10.0.0.2:5558"
+    assert events_endpoint("tcp://127.0.0.1:5557", "http://x:1") == "tcp://127.0.0.1:5557"
