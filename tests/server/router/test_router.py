@@ -139,3 +139,31 @@ def test_wildcard_event_endpoints_resolve_to_the_replica_host() -> None:
     assert events_endpoint("tcp://0.0.0.0:5557", "http://replica1:8000") == "tcp://replica1:5557"
     assert events_endpoint("tcp://*:5558", "http://10.0.0.2:8000") == "tcp://10.0.0.2:5558"
     assert events_endpoint("tcp://127.0.0.1:5557", "http://x:1") == "tcp://127.0.0.1:5557"
+
+
+def test_chat_turns_follow_their_conversation(replicas: list[LiveServer]) -> None:
+    """The router hashes chat prompts through the replica's chat template: a second turn
+    goes where the first one's blocks are, whichever replica that was."""
+    rng = random.Random(5)
+    with _router(replicas, "cache-aware") as router:
+        chats = []
+        for _ in range(4):
+            before = _hbm_blocks(router.get("/router/stats").json())
+            messages = [
+                {"role": "system", "content": _text(rng, 64)},
+                {"role": "user", "content": _text(rng, 256)},
+            ]
+            body = {"model": "tiny-llama", "messages": messages, "max_tokens": 8}
+            r = router.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            answer = r.json()["choices"][0]["message"]["content"]
+            chats.append([*messages, {"role": "assistant", "content": answer}])
+            _wait_events(router, lambda s, b=before: _hbm_blocks(s) > b)
+        for messages in chats[1:] + chats[:1]:
+            body = {
+                "model": "tiny-llama", "max_tokens": 2,
+                "messages": [*messages, {"role": "user", "content": _text(rng, 64)}],
+            }  # fmt: skip
+            r = router.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 320
