@@ -167,3 +167,23 @@ def test_chat_turns_follow_their_conversation(replicas: list[LiveServer]) -> Non
             r = router.post("/v1/chat/completions", json=body)
             assert r.status_code == 200, r.text
             assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 320
+
+
+def test_a_replica_that_went_away_is_skipped(replicas: list[LiveServer]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="tkv-g-"))
+    try:
+        with ExitStack() as replica_stack:
+            gone = replica_stack.enter_context(run_server(_settings(root / "d")))
+            config = RouterConfig(
+                replicas=(gone.url, replicas[0].url), policy="round-robin", startup_timeout_s=30
+            )
+            with TestClient(build_router_app(config)) as router:
+                replica_stack.close()  # the replica stops; the router keeps running
+                for _ in range(4):
+                    body = {"model": "tiny-llama", "prompt": "still served", "max_tokens": 1}
+                    r = router.post("/v1/completions", json=body)
+                    assert r.status_code == 200, r.text
+                routed = [r["routed"] for r in router.get("/router/stats").json()["replicas"]]
+                assert routed == [0, 4], routed
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
