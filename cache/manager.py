@@ -21,6 +21,7 @@ loads among them are kept until `poll()` hands them to the caller, so no path (n
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ import numpy as np
 
 from cache.block_format import encode_block, encoded_size
 from cache.block_hash import BlockHash
+from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
 from cache.hbm_pool import HbmBlockPool
 from cache.layout import KVLayout
 from cache.policies.admission import make_admission_policy
@@ -118,8 +120,12 @@ class CacheManager:
         ddr: StorageTier | None = None,
         flash: StorageTier | None = None,
         notify: Callable[[], None] = lambda: None,
+        on_event: EventCallback = ignore_event,
     ) -> None:
+        """`on_event` hears every block entering or leaving a tier (HBM: the prefix cache;
+        DDR, flash: the index), on the engine thread: it must not block (cache.events)."""
         self.layout = layout
+        self._on_event = on_event
         self.config = config
         self.pool = HbmBlockPool(layout, config.hbm_num_blocks, config.eviction_policy)
         self.stats = CacheStats()
@@ -132,7 +138,9 @@ class CacheManager:
         ):
             if store is not None and capacity >= self._block_size:
                 self._stores[tier] = store
-                self._index[tier] = TierIndex(capacity, config.eviction_policy)
+                self._index[tier] = TierIndex(
+                    capacity, config.eviction_policy, functools.partial(self._index_changed, tier)
+                )
         lower_blocks = sum(i.capacity_bytes for i in self._index.values()) // self._block_size
         self._admission = make_admission_policy(
             config.admission_policy, max(lower_blocks, config.hbm_num_blocks)
@@ -247,8 +255,13 @@ class CacheManager:
 
     def commit(self, block_ids: Sequence[int], hashes: Sequence[BlockHash]) -> None:
         """Register computed full blocks so later requests can reuse them."""
-        for block_id, block_hash in zip(block_ids, hashes, strict=True):
-            self.pool.register(block_id, block_hash)
+        stored = [
+            block_hash
+            for block_id, block_hash in zip(block_ids, hashes, strict=True)
+            if self.pool.register(block_id, block_hash)
+        ]
+        if stored:
+            self._on_event(BlocksStored(Tier.HBM, tuple(stored)))
         self._record_accesses(hashes)
 
     def free(self, block_ids: Sequence[int]) -> None:
@@ -321,6 +334,8 @@ class CacheManager:
     def _spill(self, evicted: Sequence[tuple[BlockHash, int]]) -> int:
         """Write evicted HBM blocks to the highest lower tier that lacks them."""
         self.stats.tiers[Tier.HBM].evictions += len(evicted)
+        if evicted:
+            self._on_event(BlocksRemoved(Tier.HBM, tuple(h for h, _ in evicted)))
         target = next((t for t in (Tier.DDR, Tier.FLASH) if t in self._index), None)
         if target is None:
             return 0
@@ -451,7 +466,8 @@ class CacheManager:
                 elif status is LoadStatus.IO_ERROR:
                     self.stats.tiers[tier].io_errors += 1
                 break
-            self.pool.register(block_id, block_hash)
+            if self.pool.register(block_id, block_hash):
+                self._on_event(BlocksStored(Tier.HBM, (block_hash,)))
             self.stats.tiers[tier].hit_blocks += 1
             self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
@@ -478,6 +494,10 @@ class CacheManager:
             stats = self.stats.tiers[tier]
             stats.num_blocks, stats.used_bytes = len(index), index.used_bytes
             stats.capacity_bytes = index.capacity_bytes
+
+    def _index_changed(self, tier: Tier, block_hash: BlockHash, added: bool) -> None:
+        event = BlocksStored if added else BlocksRemoved
+        self._on_event(event(tier, (block_hash,)))
 
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache.embedded_redis import EmbeddedRedis
+from cache.events import KVEventPublisher, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheConfig, CacheManager
 from cache.tiers.base import StorageTier
@@ -54,9 +55,12 @@ class EngineStack:
     # Modelled cost of tier transfers (npu_sim.links). Not charged yet: its `finish` is
     # to be handed to the transfer threads once cache/transfer.py's rewrite lands.
     transfer_clock: TransferClock | None = None
+    events: KVEventPublisher | None = None  # set when --kv-events-endpoint is
 
     def close(self) -> None:
         self.cache.close()
+        if self.events is not None:
+            self.events.close()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
 
@@ -140,6 +144,14 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     ddr: StorageTier | None = None
     flash: StorageTier | None = None
     with contextlib.ExitStack() as undo:
+        events: KVEventPublisher | None = None
+        if settings.kv_events_endpoint:
+            events = KVEventPublisher(
+                settings.kv_events_endpoint,
+                settings.kv_events_replay_endpoint,
+                settings.block_size,
+            )
+            undo.callback(events.close)
         if settings.ddr_bytes > 0:
             url = settings.redis_url
             if url is None:
@@ -165,6 +177,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
             ddr=ddr,
             flash=flash,
             notify=wakeup,
+            on_event=ignore_event if events is None else events.publish,
         )
         undo.callback(cache.close)
         model: StepModel
@@ -213,6 +226,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         model.numerics_id,
         tokenizer,
         transfer_clock(settings),
+        events,
     )
 
 
