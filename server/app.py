@@ -14,6 +14,7 @@ from server.config import Settings
 from server.engine.async_engine import AsyncEngine
 from server.errors import install_error_handlers
 from server.metrics import ServerMetrics
+from server.request_id import RequestIdMiddleware
 from server.routes import router
 from server.serving import OpenAIServing
 from server.stack import build_stack
@@ -48,5 +49,6 @@ def build_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="tierkv", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     return app

@@ -44,6 +44,9 @@ class EngineRequest:
     stop_token_ids: frozenset[int] = frozenset()
     stop: tuple[str, ...] = ()  # stop strings; the text before the first one is returned
     token_bytes: Callable[[int], bytes] = ByteTokenizer().token_bytes  # for detokenizing
+    min_tokens: int = 0  # no stop (token id or string) ends the request before this many
+    include_stop_str_in_output: bool = False  # the stop string / stop token's text is kept
+    priority: int = 0  # lower is scheduled first and preempted last (vLLM's priority)
     arrival_time: float = field(default_factory=time.perf_counter)
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
@@ -56,7 +59,9 @@ class EngineRequest:
     detokenizer: IncrementalDetokenizer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.detokenizer = IncrementalDetokenizer(self.token_bytes, self.stop)
+        self.detokenizer = IncrementalDetokenizer(
+            self.token_bytes, self.stop, self.include_stop_str_in_output
+        )
 
     @property
     def num_tokens(self) -> int:
