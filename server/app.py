@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import disable_created_metrics
 
 from server.config import Settings
 from server.engine.async_engine import AsyncEngine
@@ -18,6 +19,7 @@ from server.request_id import RequestIdMiddleware
 from server.routes import router
 from server.serving import OpenAIServing
 from server.stack import build_stack
+from server.vllm_metrics import VllmMetrics
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -32,12 +34,25 @@ def build_app(settings: Settings) -> FastAPI:
             stack.core, settings.max_num_seqs + settings.max_waiting, metrics, wakeup
         )
         metrics.attach(lambda: (engine.engine_stats, engine.cache_stats))
+        engine.vllm_metrics = VllmMetrics(
+            metrics.registry,
+            model_name=(settings.served_model_name or [settings.model])[0],
+            max_model_len=settings.max_model_len,
+            block_size=settings.block_size,
+            num_gpu_blocks=stack.cache.pool.num_blocks,
+            source=lambda: (engine.engine_stats, engine.cache_stats),
+        )
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.engine = engine
         app.state.stack = stack
         app.state.serving = OpenAIServing(
-            engine, settings.model, settings.max_model_len, stack.numerics_id, stack.tokenizer
+            engine,
+            settings.model,
+            settings.max_model_len,
+            stack.numerics_id,
+            stack.tokenizer,
+            served_model_names=settings.served_model_name,
         )
         app.state.started_at = time.time()
         engine.start()
@@ -47,6 +62,7 @@ def build_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(engine.shutdown)
             await asyncio.to_thread(stack.close)
 
+    disable_created_metrics()  # no `_created` series (as vLLM); process-wide, idempotent
     app = FastAPI(title="tierkv", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)

