@@ -19,6 +19,7 @@ from server.request_id import RequestIdMiddleware
 from server.routes import router
 from server.serving import OpenAIServing
 from server.stack import build_stack
+from server.tokenize import TokenizerService
 from server.vllm_metrics import VllmMetrics
 
 
@@ -53,6 +54,9 @@ def build_app(settings: Settings) -> FastAPI:
             stack.numerics_id,
             stack.tokenizer,
             served_model_names=settings.served_model_name,
+        )
+        app.state.tokenizer_service = TokenizerService(
+            stack.tokenizer, app.state.serving.model_name, settings.max_model_len
         )
         app.state.started_at = time.time()
         engine.start()

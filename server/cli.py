@@ -83,6 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="model cache directory (default: TIERKV_MODEL_CACHE_DIR or "
         f"{Settings.model_fields['model_cache_dir'].default})",
     )
+    export = sub.add_parser(
+        "export-tokenizer",
+        help="write the model's tokenizer as HuggingFace files",
+        description="Write tokenizer.json and tokenizer_config.json of a model preset into "
+        "a directory, so load tools (aiperf, guidellm, vllm bench serve) count tokens as "
+        "the server does, offline. A weighted preset's file is fetched if needed.",
+    )
+    export.add_argument(
+        "--model",
+        default=Settings.model_fields["model"].default,
+        metavar="MODEL",
+        help=f"model preset. Choices: {', '.join(FLAG_CHOICES['model'])}. (default: %(default)s)",
+    )
+    export.add_argument("--out", type=Path, required=True, help="directory to write into")
+    export.add_argument(
+        "--max-model-len",
+        type=int,
+        default=Settings.model_fields["max_model_len"].default,
+        help="model_max_length written to tokenizer_config.json (default: %(default)s)",
+    )
+    export.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="model cache directory (default: TIERKV_MODEL_CACHE_DIR or "
+        f"{Settings.model_fields['model_cache_dir'].default})",
+    )
     return parser
 
 
@@ -90,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "fetch-model":
         fetch_model(args.name, args.cache_dir)
+        return
+    if args.command == "export-tokenizer":
+        export_tokenizer_files(args.model, args.out, args.max_model_len, args.cache_dir)
         return
     try:
         settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
@@ -134,6 +164,28 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
+
+
+def export_tokenizer_files(
+    model: str, out: Path, max_model_len: int, cache_dir: Path | None
+) -> None:
+    """`tierkv export-tokenizer`: write the preset's HF tokenizer files, print their paths."""
+    from npu_sim.pretrained import get_tokenizer
+    from server.tokenize import export_tokenizer
+
+    try:
+        overrides: dict[str, object] = {"model": model, "max_model_len": max_model_len}
+        if cache_dir is not None:
+            overrides["model_cache_dir"] = cache_dir
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        sys.exit(f"tierkv: {settings_error(exc)}")
+    try:
+        tokenizer = get_tokenizer(settings.model, settings.model_cache_dir.expanduser())
+    except FetchError as exc:
+        sys.exit(f"tierkv: {exc}")
+    for path in export_tokenizer(tokenizer, out, settings.max_model_len):
+        print(path)
 
 
 def fetch_model(name: str, cache_dir: Path | None) -> None:

@@ -116,6 +116,10 @@ def build_sampling_params(body: _Sampling, tokenizer: Tokenizer) -> RequestParam
             ) from None
         _check_token(token, vocab, "logit_bias")
         bias.append((token, max(-LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, value))))
+    # ignore_eos: the EOS tokens are never sampled (rather than sampled and not stopped
+    # at), so every output token has text and a client that counts the tokens of the
+    # text counts what usage reports (see README, "Token counts and EOS").
+    eos_ban = tuple((t,) for t in sorted(tokenizer.stop_token_ids)) if body.ignore_eos else ()
     top_k = body.top_k or 0
     if top_k == -1:
         top_k = 0
@@ -130,7 +134,7 @@ def build_sampling_params(body: _Sampling, tokenizer: Tokenizer) -> RequestParam
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         repetition_penalty=body.repetition_penalty,
-        bad_words_ids=bad_words_ids(body.bad_words or [], tokenizer),
+        bad_words_ids=bad_words_ids(body.bad_words or [], tokenizer) + eos_ban,
     )
     sampling = SamplingParams(
         temperature=body.temperature,

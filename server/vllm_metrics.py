@@ -268,9 +268,9 @@ class _Collector(Collector):
         info = GaugeMetricFamily(
             "vllm:cache_config_info",
             "Information of the cache config.",
-            labels=["block_size", "num_gpu_blocks", "engine"],
+            labels=[*LABELS, "block_size", "num_gpu_blocks"],
         )
-        info.add_metric([str(self._block_size), str(self._num_gpu_blocks), "0"], 1.0)
+        info.add_metric([*self._labels, str(self._block_size), str(self._num_gpu_blocks)], 1.0)
         yield info
         yield counter(
             "prefix_cache_queries",
