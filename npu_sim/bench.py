@@ -11,17 +11,22 @@ Reports, in CPU seconds of one BLAS thread (the model's default):
 It only imports `npu_sim.model` and `npu_sim.model_config`, so the same file can time an
 older checkout: `PYTHONPATH=/path/to/old python npu_sim/bench.py` (run alternately with
 the new code to compare side by side on a noisy machine).
+
+`--fingerprint` instead prints a digest of the KV bytes and logits of a fixed 1,000-token
+prefill and three decodes (with two BLAS threads), next to the BLAS kernel in use: run it
+under several `OPENBLAS_CORETYPE` values to check that the kernel changes no bit.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import get_model_config
@@ -58,6 +63,19 @@ def prefill_flops(model: Model, n: int) -> float:
     )
 
 
+def fingerprint(model_name: str) -> str:
+    """Digest of the KV bytes and logits of a fixed prefill and three decodes."""
+    model = Model(get_model_config(model_name), blas_threads=2)
+    pool = np.zeros(model.kv_pool_shape(80, BLOCK_SIZE), dtype=np.float16)
+    ids = np.random.default_rng(0).integers(0, 256, 1000).tolist()
+    table = list(range(64))
+    digest = hashlib.sha256(model.forward([SeqChunk(ids, 0, table)], pool).tobytes())
+    for i in range(3):
+        digest.update(model.forward([SeqChunk([65 + i], 1000 + i, table)], pool).tobytes())
+    digest.update(pool.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-llama")
@@ -67,7 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON line instead of text")
+    parser.add_argument("--fingerprint", action="store_true", help="digest of result bits")
     args = parser.parse_args(argv)
+    if args.fingerprint:
+        kernel = next(
+            (i.get("architecture") for i in threadpool_info() if i["user_api"] == "blas"), None
+        )
+        print(f"blas kernel {kernel}: {args.model} {fingerprint(args.model)}")
+        return
 
     threadpool_limits(1)
     model = Model(get_model_config(args.model))

@@ -237,14 +237,16 @@ class Model:
         if decodes:
             rows = starts[decodes]
             chunks = [batch[i] for i in decodes]
-            k_t, v = _gather(kv_pool, layer_idx, chunks)
+            # Decode contexts are gathered whole every step: widen K to float64 in one
+            # fast cast (numpy's half->double is ~2x its half->float here).
+            k_t, v = _gather(kv_pool, layer_idx, chunks, np.float64)
             pos = np.array([[c.start_pos] for c in chunks], dtype=np.int64)
             out[rows] = attend(q[rows][:, None], k_t, v, pos, self._head_scale)[:, 0]
         for i, chunk in enumerate(batch):
             n = len(chunk.token_ids)
             if n == 1:
                 continue
-            k_t, v = _gather(kv_pool, layer_idx, [chunk])
+            k_t, v = _gather(kv_pool, layer_idx, [chunk], np.float32)
             for lo in range(0, n, _ROW_TILE):
                 hi = min(lo + _ROW_TILE, n)
                 ctx = chunk.start_pos + hi
@@ -295,15 +297,16 @@ class Model:
 
 
 def _gather(
-    kv_pool: np.ndarray, layer_idx: int, chunks: Sequence[SeqChunk]
+    kv_pool: np.ndarray, layer_idx: int, chunks: Sequence[SeqChunk], key_dtype: type[np.floating]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The chunks' contexts for one layer: K as float32 (B, kvh, hd, T), V as float64
-    (B, kvh, T, hd), T = the longest context rounded up to whole blocks.
+    """The chunks' contexts for one layer: K as (B, kvh, hd, T) in `key_dtype`, V as
+    float64 (B, kvh, T, hd); T = the longest context rounded up to whole blocks.
 
-    One gathering copy, then one transposing and widening copy each. Positions past a
-    chunk's
-    context hold arbitrary K (masked by `attend`) and zero V (masked weights are exactly
-    0 and must never meet a NaN or inf).
+    Both are transposed views of token-major copies (one gathering and one widening pass
+    each), which BLAS reads without another copy. Any key dtype gives the same scores:
+    `attend`'s products are exact. Positions past a chunk's context hold arbitrary K
+    (masked by `attend`) and zero V (masked weights are exactly 0 and must never meet a
+    NaN or inf).
     """
     block_size = kv_pool.shape[3]
     ctx = [c.start_pos + len(c.token_ids) for c in chunks]
@@ -312,16 +315,13 @@ def _gather(
     for b, (c, n) in enumerate(zip(chunks, ctx, strict=True)):
         nb = -(-n // block_size)
         table[b, :nb] = np.asarray(c.block_table[:nb], dtype=np.int64)
-    blocks = kv_pool[table, layer_idx]  # (B, nb, 2, bs, kvh, hd): one gathering copy
-    bsz, nb, _, bs, kvh, hd = blocks.shape
-    # Transpose while widening: K to (B, kvh, hd, nb, bs), V to (B, kvh, nb, bs, hd).
-    k_t = widen(blocks[:, :, 0].transpose(0, 3, 4, 1, 2)).reshape(bsz, kvh, hd, nb * bs)
-    v = np.empty((bsz, kvh, nb, bs, hd), dtype=np.float64)
-    np.copyto(v, blocks[:, :, 1].transpose(0, 3, 1, 2, 4))
-    v = v.reshape(bsz, kvh, nb * bs, hd)
+    keys = widen(kv_pool[table, layer_idx, 0], key_dtype)  # (B, nb, bs, kvh, hd)
+    bsz, nb, bs, kvh, hd = keys.shape
+    values = kv_pool[table, layer_idx, 1].astype(np.float64).reshape(bsz, nb * bs, kvh, hd)
     for b, n in enumerate(ctx):
-        v[b, :, n:] = 0.0
-    return k_t, v
+        values[b, n:] = 0.0
+    k_t = keys.reshape(bsz, nb * bs, kvh, hd).transpose(0, 2, 3, 1)
+    return k_t, values.transpose(0, 2, 1, 3)
 
 
 def _check_shapes(config: ModelConfig, w: LlamaWeights) -> None:

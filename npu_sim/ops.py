@@ -251,8 +251,9 @@ def attend(
     """Causal grouped-query attention, exact (see the module docstring).
 
     q: (B, n, num_heads, head_dim) float32, RoPE applied, not yet scaled.
-    k_ctx_t: (B, num_kv_heads, head_dim, T) float32 holding `quantize_k` values (any
-        strides BLAS accepts, e.g. a transposed view of token-major keys).
+    k_ctx_t: (B, num_kv_heads, head_dim, T) float32 or float64 holding `quantize_k`
+        values (any strides BLAS accepts, e.g. a transposed view of token-major keys).
+        Both dtypes give the same bits: every score is exact in either.
     v_ctx: (B, num_kv_heads, T, head_dim) float64 holding `quantize_v` values.
     query_pos: (B, n) absolute position of each query row; row (b, i) attends to keys
         [0, query_pos[b, i]] of its own sequence b. Rows of padding may repeat a
@@ -268,7 +269,7 @@ def attend(
     q_int, q_scale = quantize_rows(q, min(2047, (_F32_EXACT - 1) // (QMAX * hd)))
     # (B, kvh, n*g, hd): query head h uses KV head h // g.
     qg = q_int.reshape(b, n, kvh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, n * g, hd)
-    scores = np.matmul(qg, k_ctx_t)  # exact: integers * 2**e_key
+    scores = np.matmul(qg.astype(k_ctx_t.dtype), k_ctx_t).astype(np.float32, copy=False)
     # Keys every row may see: [0, lo). Past them, a band where some rows are masked.
     lo = int(query_pos.min()) + 1
     blocked: np.ndarray | None = None

@@ -14,7 +14,13 @@ from prometheus_client import disable_created_metrics
 from server.config import Settings
 from server.engine.async_engine import AsyncEngine
 from server.errors import install_error_handlers
+from server.failure_injection import (
+    FailureInjectionMiddleware,
+    FailureInjector,
+    failure_catalogue,
+)
 from server.metrics import ServerMetrics
+from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from server.request_id import RequestIdMiddleware
 from server.routes import router
 from server.serving import OpenAIServing
@@ -53,6 +59,9 @@ def build_app(settings: Settings) -> FastAPI:
             settings.max_model_len,
             stack.numerics_id,
             stack.tokenizer,
+            metrics,
+            settings.isolate_tenants,
+            settings.tenant_secret.get_secret_value().encode() if settings.tenant_secret else b"",
             served_model_names=settings.served_model_name,
         )
         app.state.tokenizer_service = TokenizerService(
@@ -69,6 +78,19 @@ def build_app(settings: Settings) -> FastAPI:
     disable_created_metrics()  # no `_created` series (as vLLM); process-wide, idempotent
     app = FastAPI(title="tierkv", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
+    # Added innermost first: requests pass API key -> failure injection -> body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    if settings.failure_injection_rate > 0:
+        injector = FailureInjector(
+            settings.failure_injection_rate,
+            settings.failure_type_list,
+            failure_catalogue(settings.model, settings.max_model_len),
+            settings.failure_injection_seed,
+        )
+        app.add_middleware(FailureInjectionMiddleware, injector=injector)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    # Outermost: every response (401, 413, injected errors included) carries X-Request-Id.
+    app.add_middleware(RequestIdMiddleware)
     return app

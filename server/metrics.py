@@ -55,6 +55,16 @@ class ServerMetrics:
             "Finished requests by finish reason (stop, length, abort), each counted once.",
             ["finished_reason"], registry=self.registry,
         )
+        # Refused before reaching the engine: queue_full, engine_dead, body_too_large,
+        # unauthorized. vLLM has no such counter; the name is ours.
+        self.request_rejected = Counter(
+            "tierkv:request_rejected", "Requests refused, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.injected_failures = Counter(
+            "tierkv:injected_failures", "Errors injected by --failure-injection-rate, by type.",
+            ["type"], registry=self.registry,
+        )
 
     def attach(self, source: StatsSource) -> None:
         """Export the engine's and cache manager's counters, read from `source` per scrape."""

@@ -17,6 +17,7 @@ from cache.block_hash import root_hash
 from cache.layout import LAYOUT_VERSION
 from npu_sim.sampling import Sampler
 from npu_sim.tokenizers import Tokenizer
+from server.config import TenantIsolation
 from server.engine.async_engine import (
     AsyncEngine,
     EngineDeadError,
@@ -25,9 +26,12 @@ from server.engine.async_engine import (
 )
 from server.engine.request import EngineRequest
 from server.errors import APIError
+from server.metrics import ServerMetrics
+from server.middleware import bearer_token
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from server.request_id import request_id_of
 from server.sampling_params import build_sampling_params, check_supported, truncate_prompt
+from server.tenancy import cache_salt_for
 
 # How often a non-streaming request checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.5
@@ -52,6 +56,9 @@ class OpenAIServing:
         max_model_len: int,
         numerics_id: str,
         tokenizer: Tokenizer,
+        metrics: ServerMetrics,
+        isolation: TenantIsolation = TenantIsolation.NONE,
+        tenant_secret: bytes = b"",
         served_model_names: list[str] | None = None,
     ) -> None:
         """`served_model_names`: the names requests may use (the first is reported in
@@ -62,6 +69,9 @@ class OpenAIServing:
         self.model_name = self.served_model_names[0]
         self.max_model_len = max_model_len
         self.numerics_id = numerics_id  # block hashes are only valid for these numerics
+        self.metrics = metrics
+        self.isolation = isolation
+        self._tenant_secret = tenant_secret
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -79,7 +89,9 @@ class OpenAIServing:
             ("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
         ]
         prompt = self.tokenizer.apply_chat_template(messages)
-        request = self._engine_request("chatcmpl", body, prompt, body.requested_max_tokens())
+        request = self._engine_request(
+            "chatcmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
+        )
         response_id = f"chatcmpl-{request_id_of(raw)}"
         if body.stream:
             return self._stream(request, response_id, body, chat=True)
@@ -88,7 +100,9 @@ class OpenAIServing:
     async def completion(self, body: CompletionRequest, raw: Request) -> Any:
         self._check_common(body)
         prompt = self._completion_prompt(body.prompt)
-        request = self._engine_request("cmpl", body, prompt, body.requested_max_tokens())
+        request = self._engine_request(
+            "cmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
+        )
         response_id = f"cmpl-{request_id_of(raw)}"
         if body.stream:
             return self._stream(request, response_id, body, chat=False)
@@ -127,7 +141,10 @@ class OpenAIServing:
             ids = [*bos, *tok.encode(prompt)]
         else:
             ids = list(prompt)  # type: ignore[arg-type]
-            bad = [t for t in ids if not 0 <= t < tok.vocab_size]
+            # A prompt over max_model_len gets its 400 from _engine_request: skip the
+            # per-id loop, which would hold the event loop for a huge list.
+            too_long = len(ids) >= self.max_model_len
+            bad = [] if too_long else [t for t in ids if not 0 <= t < tok.vocab_size]
             if bad:
                 raise APIError(400, f"Token id {bad[0]} is outside the vocabulary "
                                     f"[0, {tok.vocab_size}).", param="prompt")
@@ -135,8 +152,18 @@ class OpenAIServing:
             raise APIError(400, "The prompt is empty.", param="prompt")
         return ids
 
+    def _salt(self, body: _Sampling, raw: Request) -> str | None:
+        return cache_salt_for(
+            self.isolation, bearer_token(raw.scope), body.cache_salt, self._tenant_secret
+        )
+
     def _engine_request(
-        self, prefix: str, body: _Sampling, prompt: list[int], max_tokens: int | None
+        self,
+        prefix: str,
+        body: _Sampling,
+        prompt: list[int],
+        max_tokens: int | None,
+        salt: str | None,
     ) -> EngineRequest:
         prompt = truncate_prompt(prompt, body, self.max_model_len)
         room = self.max_model_len - len(prompt)
@@ -157,7 +184,7 @@ class OpenAIServing:
             prompt_token_ids=prompt,
             sampler=Sampler(params.sampling, self.tokenizer.sampleable_mask, prompt),
             max_tokens=max_tokens or room,
-            root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, body.cache_salt),
+            root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, salt),
             stop_token_ids=params.stop_token_ids,
             stop=tuple(body.stop_strings()),
             token_bytes=self.tokenizer.token_bytes,
@@ -172,6 +199,8 @@ class OpenAIServing:
         try:
             return self.engine.add(request)
         except (QueueFullError, EngineDeadError) as exc:
+            reason = "queue_full" if isinstance(exc, QueueFullError) else "engine_dead"
+            self.metrics.request_rejected.labels(reason).inc()
             raise _unavailable(exc) from exc
 
     async def _generate_text(self, stream: RequestStream, result: _Result) -> AsyncIterator[str]:

@@ -188,6 +188,7 @@ def test_parameters_not_honoured_are_rejected(server: LiveServer, field: str, va
         ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"min_p": 1.5}, "min_p"),
+        ({"bad_words": ["ok", "\ud800"]}, "bad_words"),
     ],
 )
 def test_bad_values_get_a_400_naming_the_field(server: LiveServer, body: dict, param: str):
