@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -45,6 +46,18 @@ class SamplingParams:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
 
 
+class TokenConstraint(Protocol):
+    """Per-request constrained decoding (e.g. `npu_sim.json_constraint`)."""
+
+    def allowed_mask(self) -> np.ndarray:
+        """Bool array (vocab_size,): the tokens that may come next."""
+        ...
+
+    def advance(self, token: int) -> None:
+        """Record the token that was sampled."""
+        ...
+
+
 class Sampler:
     """Samples one request's tokens with its own `np.random.Generator`.
 
@@ -60,7 +73,10 @@ class Sampler:
         params: SamplingParams,
         sampleable_mask: np.ndarray,
         prompt_token_ids: Sequence[int] = (),
+        constraint: TokenConstraint | None = None,
     ) -> None:
+        """`constraint`: restricts each step's tokens further (applied after the
+        logits processors, before greedy or sampling)."""
         mask = np.asarray(sampleable_mask, dtype=bool)
         if mask.ndim != 1 or not mask.any():
             raise ValueError("sampleable_mask must be a 1-D boolean array with a True entry")
@@ -68,6 +84,7 @@ class Sampler:
         self._mask = mask
         self._prompt = list(prompt_token_ids)
         self._output: list[int] = []
+        self._constraint = constraint
         seed = params.seed
         # numpy seeds must be non-negative: fold the sign in instead of rejecting it.
         self._rng = np.random.default_rng(None if seed is None else [int(seed < 0), abs(seed)])
@@ -80,6 +97,8 @@ class Sampler:
         """Pick a token id from one row of logits (length = vocab size)."""
         token = self._pick(logits_row)
         self._output.append(token)
+        if self._constraint is not None:
+            self._constraint.advance(token)
         return token
 
     def _pick(self, logits_row: np.ndarray) -> int:
@@ -89,9 +108,13 @@ class Sampler:
             raise ValueError(f"logits shape {logits.shape} != mask shape {self._mask.shape}")
         if not p.logits.is_noop:
             logits = apply_logits_processors(logits, p.logits, self._prompt, self._output)
-        masked = np.where(self._mask, logits, -np.inf)
+        mask = self._mask
+        if self._constraint is not None:
+            allowed = mask & self._constraint.allowed_mask()
+            mask = allowed if allowed.any() else mask
+        masked = np.where(mask, logits, -np.inf)
         if not np.isfinite(masked.max()):
-            masked = np.where(self._mask, 0.0, -np.inf)  # everything banned: stay in vocab
+            masked = np.where(mask, 0.0, -np.inf)  # everything banned: stay in the mask
         if p.temperature < GREEDY_BELOW:
             return int(np.argmax(masked))  # ties -> lowest id
         # Shift before scaling: the largest term is exp(0) and nothing overflows.

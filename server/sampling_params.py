@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from npu_sim.json_constraint import JsonObjectConstraint
 from npu_sim.logits_processors import LogitsParams
 from npu_sim.sampling import SamplingParams
 from npu_sim.tokenizers import Tokenizer
@@ -18,6 +19,9 @@ from server.errors import APIError
 from server.protocol import _Sampling
 
 LOGIT_BIAS_LIMIT = 100.0  # vLLM and OpenAI clamp biases to [-100, 100]
+# JSON-constrained decoding checks every token's bytes at each step: byte-level vocabularies
+# only (a 49k-token BPE vocabulary would cost ~50k automaton runs per token).
+MAX_CONSTRAINED_VOCAB = 1024
 
 
 def _set(v: Any) -> bool:
@@ -38,9 +42,11 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "functions": (_set, "functions are not supported by this server"),
     "function_call": (lambda v: v not in (None, "none"), "function_call is not supported"),
     "response_format": (
-        lambda v: not (v is None or (isinstance(v, dict) and v.get("type") == "text")),
-        "only response_format {'type': 'text'} is supported (no constrained decoding: "
-        "json_object and json_schema cannot be guaranteed by this server)",
+        lambda v: (
+            not (v is None or (isinstance(v, dict) and v.get("type") in ("text", "json_object")))
+        ),
+        "only response_format types 'text' and 'json_object' are supported (json_schema "
+        "needs schema-constrained decoding, which this server does not do)",
     ),
     "guided_json": (_set, "guided decoding is not supported"),
     "guided_regex": (_set, "guided decoding is not supported"),
@@ -96,6 +102,7 @@ class RequestParams:
     sampling: SamplingParams
     stop_token_ids: frozenset[int]
     min_tokens: int
+    constraint: JsonObjectConstraint | None = None
 
 
 def build_sampling_params(body: _Sampling, tokenizer: Tokenizer) -> RequestParams:
@@ -144,7 +151,36 @@ def build_sampling_params(body: _Sampling, tokenizer: Tokenizer) -> RequestParam
         min_p=body.min_p,
         logits=logits,
     )
-    return RequestParams(sampling, stop_ids, body.min_tokens)
+    return RequestParams(sampling, stop_ids, body.min_tokens, _json_constraint(body, tokenizer))
+
+
+def _json_constraint(body: _Sampling, tokenizer: Tokenizer) -> JsonObjectConstraint | None:
+    """The constraint of `response_format: {"type": "json_object"}`, or None."""
+    fmt = (body.model_extra or {}).get("response_format")
+    if not (isinstance(fmt, dict) and fmt.get("type") == "json_object"):
+        return None
+    if tokenizer.vocab_size > MAX_CONSTRAINED_VOCAB:
+        raise APIError(
+            400,
+            f"response_format json_object is not supported for this model: "
+            f"constrained decoding over its {tokenizer.vocab_size}-token "
+            "vocabulary is not feasible here.",
+            param="response_format",
+        )
+    if body.ignore_eos:
+        raise APIError(
+            400,
+            "response_format json_object cannot be combined with ignore_eos "
+            "(the object ends with EOS).",
+            param="ignore_eos",
+        )
+    mask = tokenizer.sampleable_mask
+    return JsonObjectConstraint(
+        (int(t) for t in mask.nonzero()[0]),
+        tokenizer.token_bytes,
+        tokenizer.stop_token_ids,
+        tokenizer.vocab_size,
+    )
 
 
 def truncate_prompt(prompt: list[int], body: _Sampling, max_model_len: int) -> list[int]:

@@ -182,7 +182,9 @@ class OpenAIServing:
             # Unique in the engine even when clients reuse an X-Request-Id.
             request_id=f"{prefix}-{uuid.uuid4().hex}",
             prompt_token_ids=prompt,
-            sampler=Sampler(params.sampling, self.tokenizer.sampleable_mask, prompt),
+            sampler=Sampler(
+                params.sampling, self.tokenizer.sampleable_mask, prompt, params.constraint
+            ),
             max_tokens=max_tokens or room,
             root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, salt),
             stop_token_ids=params.stop_token_ids,

@@ -154,7 +154,6 @@ def test_explicit_nulls_mean_defaults(server: LiveServer):
         ("tool_choice", "auto"),
         ("kv_transfer_params", {"do_remote": True}),
         ("chat_template_kwargs", {"enable_thinking": True}),
-        ("response_format", {"type": "json_object"}),
         ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
         ("guided_json", {"type": "object"}),
         ("use_beam_search", True),
@@ -253,3 +252,37 @@ def test_x_request_id_is_echoed_and_names_the_completion(server: LiveServer):
     assert r2.status_code == 200  # a reused id is fine
     made = server.client.get("/health").headers["x-request-id"]
     assert len(made) == 32 and made != server.client.get("/health").headers["x-request-id"]
+
+
+def test_response_format_json_object_constrains_the_output(server: LiveServer):
+    # Biases that make the automaton's choices deterministic: '"' opens and closes an
+    # empty key and an empty string value, then '}' beats ','; ':' and EOS are forced.
+    bias = {str(ord('"')): 100, str(ord("}")): 50}
+    body = {"response_format": {"type": "json_object"}, "logit_bias": bias}
+    r = _complete(server, max_tokens=50, **body)
+    assert r["choices"][0]["text"] == '{"":""}'
+    assert r["choices"][0]["finish_reason"] == "stop"
+    assert r["usage"]["completion_tokens"] == 8  # 7 characters and EOS
+    # Sampled: still one JSON object, ended by EOS.
+    loose = {str(ord('"')): 3, str(ord("}")): 3, str(ord("]")): 3}
+    for seed in (1, 2):
+        r = _complete(
+            server,
+            max_tokens=1500,
+            temperature=1.0,
+            seed=seed,
+            response_format={"type": "json_object"},
+            logit_bias=loose,
+        )
+        assert r["choices"][0]["finish_reason"] == "stop"
+        assert isinstance(json.loads(r["choices"][0]["text"]), dict)
+    r = server.client.post(
+        "/v1/completions",
+        json={
+            "model": "tiny-llama",
+            "prompt": "hi",
+            "ignore_eos": True,
+            "response_format": {"type": "json_object"},
+        },
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "ignore_eos"
