@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import disable_created_metrics
 
 from server.config import Settings
 from server.engine.async_engine import AsyncEngine
@@ -20,9 +21,12 @@ from server.failure_injection import (
 )
 from server.metrics import ServerMetrics
 from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from server.request_id import RequestIdMiddleware
 from server.routes import router
 from server.serving import OpenAIServing
 from server.stack import build_stack
+from server.tokenize import TokenizerService
+from server.vllm_metrics import VllmMetrics
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -37,6 +41,14 @@ def build_app(settings: Settings) -> FastAPI:
             stack.core, settings.max_num_seqs + settings.max_waiting, metrics, wakeup
         )
         metrics.attach(lambda: (engine.engine_stats, engine.cache_stats))
+        engine.vllm_metrics = VllmMetrics(
+            metrics.registry,
+            model_name=(settings.served_model_name or [settings.model])[0],
+            max_model_len=settings.max_model_len,
+            block_size=settings.block_size,
+            num_gpu_blocks=stack.cache.pool.num_blocks,
+            source=lambda: (engine.engine_stats, engine.cache_stats),
+        )
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.engine = engine
@@ -50,6 +62,10 @@ def build_app(settings: Settings) -> FastAPI:
             metrics,
             settings.isolate_tenants,
             settings.tenant_secret.get_secret_value().encode() if settings.tenant_secret else b"",
+            served_model_names=settings.served_model_name,
+        )
+        app.state.tokenizer_service = TokenizerService(
+            stack.tokenizer, app.state.serving.model_name, settings.max_model_len
         )
         app.state.started_at = time.time()
         engine.start()
@@ -59,6 +75,7 @@ def build_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(engine.shutdown)
             await asyncio.to_thread(stack.close)
 
+    disable_created_metrics()  # no `_created` series (as vLLM); process-wide, idempotent
     app = FastAPI(title="tierkv", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(router)
@@ -74,4 +91,6 @@ def build_app(settings: Settings) -> FastAPI:
         app.add_middleware(FailureInjectionMiddleware, injector=injector)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    # Outermost: every response (401, 413, injected errors included) carries X-Request-Id.
+    app.add_middleware(RequestIdMiddleware)
     return app

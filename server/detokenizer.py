@@ -18,8 +18,15 @@ class IncrementalDetokenizer:
     tokens is released whole.
     """
 
-    def __init__(self, token_bytes: Callable[[int], bytes], stop: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        token_bytes: Callable[[int], bytes],
+        stop: Sequence[str] = (),
+        include_stop: bool = False,
+    ) -> None:
+        """`include_stop`: the text released ends with the stop string that ended it."""
         self._token_bytes = token_bytes
+        self._include_stop = include_stop
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = list(stop)
         self._holdback = max((len(s) for s in self._stop), default=1) - 1
@@ -27,12 +34,14 @@ class IncrementalDetokenizer:
         self.text = ""  # everything released so far
         self.done = False
 
-    def feed(self, token_ids: Sequence[int]) -> str:
+    def feed(self, token_ids: Sequence[int], check_stop: bool = True) -> str:
+        """Decode `token_ids`; look for stop strings only if `check_stop` (a request
+        below its min_tokens does not stop; text stays held back meanwhile)."""
         if self.done:
             return ""
         raw = b"".join(self._token_bytes(t) for t in token_ids)
         self._pending += self._decoder.decode(raw)
-        cut = self._find_stop()
+        cut = self._find_stop() if check_stop else None
         if cut is not None:
             out, self._pending, self.done = self._pending[:cut], "", True
         elif self._holdback and len(self._pending) > self._holdback:
@@ -55,5 +64,8 @@ class IncrementalDetokenizer:
         return out
 
     def _find_stop(self) -> int | None:
-        hits = [i for s in self._stop if (i := self._pending.find(s)) >= 0]
-        return min(hits) if hits else None
+        hits = [(i, len(s)) for s in self._stop if (i := self._pending.find(s)) >= 0]
+        if not hits:
+            return None
+        start, length = min(hits)
+        return start + length if self._include_stop else start

@@ -17,6 +17,12 @@ from server.metrics import ServerMetrics
 from server.middleware import OffloadedJSONRoute
 from server.protocol import ChatCompletionRequest, CompletionRequest, OffloadRequest
 from server.serving import OpenAIServing
+from server.tokenize import (
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizerService,
+)
 
 # Large JSON bodies are parsed off the event loop (see server.middleware).
 router = APIRouter(route_class=OffloadedJSONRoute)
@@ -34,7 +40,12 @@ def _metrics(request: Request) -> ServerMetrics:
     return request.app.state.metrics
 
 
+def _tokenizer(request: Request) -> TokenizerService:
+    return request.app.state.tokenizer_service
+
+
 Serving = Annotated[OpenAIServing, Depends(_serving)]
+Tokenizers = Annotated[TokenizerService, Depends(_tokenizer)]
 Engine = Annotated[AsyncEngine, Depends(_engine)]
 Metrics = Annotated[ServerMetrics, Depends(_metrics)]
 
@@ -51,16 +62,46 @@ async def completions(body: CompletionRequest, raw: Request, serving: Serving) -
 
 @router.get("/v1/models")
 async def models(raw: Request, serving: Serving) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [{
-            "id": serving.model_name,
-            "object": "model",
-            "created": int(raw.app.state.started_at),
-            "owned_by": "tierkv",
-            "max_model_len": serving.max_model_len,
-        }],
-    }
+    created = int(raw.app.state.started_at)
+    return {"object": "list", "data": [_model_card(serving, n, created)
+                                       for n in serving.served_model_names]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, raw: Request, serving: Serving) -> dict[str, Any]:
+    serving.check_model(model_id)
+    return _model_card(serving, model_id, int(raw.app.state.started_at))
+
+
+def _model_card(serving: OpenAIServing, name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "tierkv",
+            "root": serving.served_model_names[0], "parent": None,
+            "max_model_len": serving.max_model_len}
+
+
+@router.post("/tokenize")
+async def tokenize(
+    body: TokenizeChatRequest | TokenizeCompletionRequest, serving: Serving, tok: Tokenizers
+) -> dict[str, Any]:
+    serving.check_model(body.model)
+    return tok.tokenize(body)
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, serving: Serving, tok: Tokenizers) -> dict[str, Any]:
+    serving.check_model(body.model)
+    return tok.detokenize(body)
+
+
+@router.get("/v1/tokenizer.json")
+async def tokenizer_json(tok: Tokenizers) -> Response:
+    """The served tokenizer as a HuggingFace tokenizer.json (see server/tokenize.py)."""
+    return Response(tok.hf_json, media_type="application/json")
+
+
+@router.get("/v1/tokenizer_config.json")
+async def tokenizer_config_json(tok: Tokenizers) -> dict[str, Any]:
+    return tok.hf_config
 
 
 @router.get("/health")

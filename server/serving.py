@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from cache.block_hash import root_hash
 from cache.layout import LAYOUT_VERSION
-from npu_sim.sampling import Sampler, SamplingParams
+from npu_sim.sampling import Sampler
 from npu_sim.tokenizers import Tokenizer
 from server.config import TenantIsolation
 from server.engine.async_engine import (
@@ -29,6 +29,8 @@ from server.errors import APIError
 from server.metrics import ServerMetrics
 from server.middleware import bearer_token
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
+from server.request_id import request_id_of
+from server.sampling_params import build_sampling_params, check_supported, truncate_prompt
 from server.tenancy import cache_salt_for
 
 # How often a non-streaming request checks whether its client is still there.
@@ -57,10 +59,14 @@ class OpenAIServing:
         metrics: ServerMetrics,
         isolation: TenantIsolation = TenantIsolation.NONE,
         tenant_secret: bytes = b"",
+        served_model_names: list[str] | None = None,
     ) -> None:
+        """`served_model_names`: the names requests may use (the first is reported in
+        responses); None: just `model_name`."""
         self.engine = engine
         self.tokenizer = tokenizer
-        self.model_name = model_name
+        self.served_model_names = list(served_model_names or [model_name])
+        self.model_name = self.served_model_names[0]
         self.max_model_len = max_model_len
         self.numerics_id = numerics_id  # block hashes are only valid for these numerics
         self.metrics = metrics
@@ -71,8 +77,14 @@ class OpenAIServing:
 
     async def chat(self, body: ChatCompletionRequest, raw: Request) -> Any:
         self._check_common(body)
-        if body.tools:
-            raise APIError(400, "tools are not supported by this server.", param="tools")
+        for i, m in enumerate(body.messages):
+            for j, part in enumerate(m.content if isinstance(m.content, list) else []):
+                if part.type != "text" or part.text is None:
+                    raise APIError(
+                        400, f"Content part type {part.type!r} (messages.{i}.content.{j}) is "
+                        "not supported: this server accepts text parts only.",
+                        param=f"messages.{i}.content.{j}.type",
+                    )
         messages = [
             ("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
         ]
@@ -80,37 +92,38 @@ class OpenAIServing:
         request = self._engine_request(
             "chatcmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
+        response_id = f"chatcmpl-{request_id_of(raw)}"
         if body.stream:
-            return self._stream(request, body, chat=True)
-        return await self._respond(request, body, raw, chat=True)
+            return self._stream(request, response_id, body, chat=True)
+        return await self._respond(request, response_id, body, raw, chat=True)
 
     async def completion(self, body: CompletionRequest, raw: Request) -> Any:
         self._check_common(body)
-        if body.echo:
-            raise APIError(400, "echo is not supported by this server.", param="echo")
-        if body.suffix:
-            raise APIError(400, "suffix is not supported by this server.", param="suffix")
         prompt = self._completion_prompt(body.prompt)
         request = self._engine_request(
             "cmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
+        response_id = f"cmpl-{request_id_of(raw)}"
         if body.stream:
-            return self._stream(request, body, chat=False)
-        return await self._respond(request, body, raw, chat=False)
+            return self._stream(request, response_id, body, chat=False)
+        return await self._respond(request, response_id, body, raw, chat=False)
 
     # -- request building ----------------------------------------------------------------
 
-    def _check_common(self, body: _Sampling) -> None:
-        if body.model != self.model_name:
+    def check_model(self, model: str | None) -> None:
+        """404 unless `model` is None or one of the served names."""
+        if model is not None and model not in self.served_model_names:
+            names = ", ".join(f"`{n}`" for n in self.served_model_names)
             raise APIError(
-                404,
-                f"The model `{body.model}` does not exist. This server serves `{self.model_name}`.",
+                404, f"The model `{model}` does not exist. This server serves {names}.",
                 type="not_found_error", param="model", code="model_not_found",
             )
+
+    def _check_common(self, body: _Sampling) -> None:
+        self.check_model(body.model)
         if body.n != 1:
             raise APIError(400, "Only n=1 is supported.", param="n")
-        if body.logprobs:
-            raise APIError(400, "logprobs are not supported by this server.", param="logprobs")
+        check_supported(body)
         if len(body.stop_strings()) > 4:
             raise APIError(400, "At most 4 stop sequences are allowed.", param="stop")
 
@@ -152,6 +165,7 @@ class OpenAIServing:
         max_tokens: int | None,
         salt: str | None,
     ) -> EngineRequest:
+        prompt = truncate_prompt(prompt, body, self.max_model_len)
         room = self.max_model_len - len(prompt)
         if room < 1 or (max_tokens is not None and max_tokens > room):
             wanted = len(prompt) + (max_tokens or 1)
@@ -163,16 +177,22 @@ class OpenAIServing:
                 param="messages" if prefix == "chatcmpl" else "prompt",
                 code="context_length_exceeded",
             )
-        params = SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+        params = build_sampling_params(body, self.tokenizer)
         return EngineRequest(
+            # Unique in the engine even when clients reuse an X-Request-Id.
             request_id=f"{prefix}-{uuid.uuid4().hex}",
             prompt_token_ids=prompt,
-            sampler=Sampler(params, self.tokenizer.sampleable_mask),
+            sampler=Sampler(
+                params.sampling, self.tokenizer.sampleable_mask, prompt, params.constraint
+            ),
             max_tokens=max_tokens or room,
             root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, salt),
-            stop_token_ids=frozenset() if body.ignore_eos else self.tokenizer.stop_token_ids,
+            stop_token_ids=params.stop_token_ids,
             stop=tuple(body.stop_strings()),
             token_bytes=self.tokenizer.token_bytes,
+            min_tokens=params.min_tokens,
+            include_stop_str_in_output=body.include_stop_str_in_output,
+            priority=body.priority,
         )
 
     # -- responses -----------------------------------------------------------------------
@@ -211,7 +231,7 @@ class OpenAIServing:
             result.text = "".join(parts)
 
     async def _respond(
-        self, request: EngineRequest, body: _Sampling, raw: Request, chat: bool
+        self, request: EngineRequest, response_id: str, body: _Sampling, raw: Request, chat: bool
     ) -> JSONResponse:
         result = _Result(num_prompt_tokens=len(request.prompt_token_ids))
         stream = self._open(request)
@@ -242,7 +262,7 @@ class OpenAIServing:
                       "finish_reason": result.finish_reason}
             obj = "text_completion"
         return JSONResponse({
-            "id": request.request_id,
+            "id": response_id,
             "object": obj,
             "created": int(time.time()),
             "model": self.model_name,
@@ -250,17 +270,24 @@ class OpenAIServing:
             "usage": _usage(result),
         })
 
-    def _stream(self, request: EngineRequest, body: _Sampling, chat: bool) -> StreamingResponse:
+    def _stream(
+        self, request: EngineRequest, response_id: str, body: _Sampling, chat: bool
+    ) -> StreamingResponse:
         stream = self._open(request)  # a 503 goes out now, not inside a 200 stream
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        # vLLM: continuous_usage_stats puts the usage so far into every chunk.
+        continuous = bool(body.stream_options and body.stream_options.continuous_usage_stats)
         created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
+        result = _Result(num_prompt_tokens=len(request.prompt_token_ids))
 
         def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-            payload: dict[str, Any] = {"id": request.request_id, "object": obj,
+            payload: dict[str, Any] = {"id": response_id, "object": obj,
                                        "created": created, "model": self.model_name,
                                        "choices": choices}
-            if include_usage:
+            if continuous and choices:
+                payload["usage"] = _usage(result)
+            elif include_usage or continuous:
                 payload["usage"] = usage
             return f"data: {json.dumps(payload)}\n\n"
 
@@ -273,7 +300,6 @@ class OpenAIServing:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
         async def events() -> AsyncIterator[str]:
-            result = _Result(num_prompt_tokens=len(request.prompt_token_ids))
             if chat:
                 yield event([choice(None, None, role=True)])
             try:

@@ -18,12 +18,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cache.stats import CacheStats
 from server.engine.core import EngineCore, EngineStats
 from server.engine.request import EngineRequest, FinishedRequest, RequestOutput
 from server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from server.vllm_metrics import VllmMetrics
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +63,7 @@ class AsyncEngine:
         self._error: BaseException | None = None
         self.cache_stats = CacheStats()
         self.engine_stats = EngineStats()
+        self.vllm_metrics: VllmMetrics | None = None  # set by the app before start()
 
     @property
     def num_requests(self) -> int:
@@ -159,7 +163,11 @@ class AsyncEngine:
         for done in finished:
             self._metrics.e2e_latency.observe(done.e2e_seconds)
             self._metrics.request_success.labels(done.reason.value).inc()
+            if self.vllm_metrics is not None:
+                self.vllm_metrics.observe_finished(done)
         for out in outputs:
+            if self.vllm_metrics is not None:
+                self.vllm_metrics.observe_output(out)
             queue = self._streams.get(out.request_id)
             if queue is not None:
                 queue.put_nowait(out)
@@ -211,12 +219,17 @@ class RequestStream:
             self.close()
             raise item
         metrics = self._engine._metrics
+        vllm = self._engine.vllm_metrics
         now = time.perf_counter()
         if item.new_token_ids:
             if self._last_token_time is None:
                 metrics.time_to_first_token.observe(now - self._arrival)
+                if vllm is not None:
+                    vllm.observe_first_token(now - self._arrival)
             else:
                 metrics.inter_token_latency.observe(now - self._last_token_time)
+                if vllm is not None:
+                    vllm.observe_token_gap(now - self._last_token_time)
             self._last_token_time = now
         if item.is_finished:
             self._finished = True

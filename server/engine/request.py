@@ -44,6 +44,9 @@ class EngineRequest:
     stop_token_ids: frozenset[int] = frozenset()
     stop: tuple[str, ...] = ()  # stop strings; the text before the first one is returned
     token_bytes: Callable[[int], bytes] = ByteTokenizer().token_bytes  # for detokenizing
+    min_tokens: int = 0  # no stop (token id or string) ends the request before this many
+    include_stop_str_in_output: bool = False  # the stop string / stop token's text is kept
+    priority: int = 0  # lower is scheduled first and preempted last (vLLM's priority)
     arrival_time: float = field(default_factory=time.perf_counter)
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
@@ -53,10 +56,16 @@ class EngineRequest:
     num_committed_blocks: int = 0
     num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
     finish_reason: FinishReason | None = None
+    # perf_counter stamps for request metrics (vLLM's queued/scheduled/first/last token).
+    scheduled_time: float | None = None  # first admission (queue time ends)
+    first_token_time: float | None = None
+    last_token_time: float | None = None
     detokenizer: IncrementalDetokenizer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.detokenizer = IncrementalDetokenizer(self.token_bytes, self.stop)
+        self.detokenizer = IncrementalDetokenizer(
+            self.token_bytes, self.stop, self.include_stop_str_in_output
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -102,3 +111,12 @@ class FinishedRequest:
     request_id: str
     reason: FinishReason
     e2e_seconds: float  # arrival (request built by the front end) to finish
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    # vLLM's phases: queue = arrival -> first admission, prefill = admission -> first
+    # token, decode = first -> last token, inference = admission -> last token (0 for a
+    # phase the request never reached).
+    queue_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    inference_seconds: float = 0.0

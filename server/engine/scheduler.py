@@ -77,7 +77,7 @@ class Scheduler:
             raise ValueError(f"request {request.request_id} is already in the engine")
         request.update_block_hashes(self.config.block_size)
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        self._enqueue(request, resumed=False)
 
     def abort(self, request_id: str) -> None:
         """Finish a live request now (`abort`); unknown or finished ids are ignored."""
@@ -115,7 +115,10 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        for request in list(self.running):
+        # Lowest priority value first (stable: admission order within a priority), so
+        # preemption (of the lowest-priority unscheduled request) never hits one that
+        # is already in this step.
+        for request in sorted(self.running, key=_priority):
             if budget == 0:
                 break
             if request.status is not RequestStatus.RUNNING:
@@ -155,6 +158,9 @@ class Scheduler:
             token = sampled.get(req.request_id)
             if token is not None:
                 req.output_token_ids.append(token)
+                req.last_token_time = time.perf_counter()
+                if req.first_token_time is None:
+                    req.first_token_time = req.last_token_time
             req.update_block_hashes(bs)
             num_full = req.num_computed_tokens // bs
             if num_full > req.num_committed_blocks:
@@ -163,8 +169,12 @@ class Scheduler:
                 req.num_committed_blocks = num_full
             if token is None:
                 continue  # a prefill chunk short of the prompt's end
-            text = req.detokenizer.feed([token])
-            reason = self._stop_reason(req, token)
+            may_stop = len(req.output_token_ids) >= req.min_tokens
+            if may_stop and token in req.stop_token_ids and not req.include_stop_str_in_output:
+                text = ""  # a stop token's text is not shown (vLLM)
+            else:
+                text = req.detokenizer.feed([token], check_stop=may_stop)
+            reason = self._stop_reason(req, token, may_stop)
             if reason is not None:
                 text += req.detokenizer.flush()  # nothing after a stop string
                 self.running.remove(req)
@@ -184,8 +194,8 @@ class Scheduler:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _stop_reason(self, req: EngineRequest, token: int) -> FinishReason | None:
-        if token in req.stop_token_ids or req.detokenizer.done:
+    def _stop_reason(self, req: EngineRequest, token: int, may_stop: bool) -> FinishReason | None:
+        if may_stop and (token in req.stop_token_ids or req.detokenizer.done):
             return FinishReason.STOP
         if (
             len(req.output_token_ids) >= req.max_tokens
@@ -208,6 +218,8 @@ class Scheduler:
         )
         if admission is None:
             return False
+        if request.scheduled_time is None:
+            request.scheduled_time = time.perf_counter()
         request.block_ids = admission.block_ids
         request.num_computed_tokens = admission.num_hbm_blocks * bs
         request.num_committed_blocks = admission.num_hbm_blocks
@@ -243,7 +255,7 @@ class Scheduler:
                 return True
             if not may_preempt:
                 return False
-            victim = self.running[-1] if self.running else request
+            victim = self._pick_victim(request, out)
             self._preempt(victim, out)
             if victim is request:
                 return False
@@ -257,10 +269,29 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_committed_blocks = 0
         request.status = RequestStatus.WAITING
-        self.waiting.appendleft(request)
+        self._enqueue(request, resumed=True)
         self.num_preemptions += 1
         out.preempted.append(request)
         logger.debug("preempted %s at %d tokens", request.request_id, request.num_tokens)
+
+    def _pick_victim(self, request: EngineRequest, out: SchedulerOutput) -> EngineRequest:
+        """The running request to preempt so `request` can grow: of those not scheduled
+        in this step yet (`request` included), the one with the highest priority value,
+        the most recently admitted among equals."""
+        scheduled = {id(c.request) for c in out.chunks}
+        candidates = [r for r in self.running if id(r) not in scheduled] or [request]
+        return max(reversed(candidates), key=_priority)
+
+    def _enqueue(self, request: EngineRequest, resumed: bool) -> None:
+        """Put `request` in `waiting`, ordered by priority: a new request after every
+        request of its priority, a preempted one before them (it resumes first)."""
+        p = request.priority
+        index = len(self.waiting)
+        for i, other in enumerate(self.waiting):
+            if other.priority > p or (resumed and other.priority == p):
+                index = i
+                break
+        self.waiting.insert(index, request)
 
     def _finish(self, request: EngineRequest, reason: FinishReason) -> None:
         """The one place a request ends: free its blocks, forget it, record the finish."""
@@ -270,5 +301,28 @@ class Scheduler:
             self.cache.free(request.block_ids)
             request.block_ids = []
         del self.requests[request.request_id]
-        elapsed = time.perf_counter() - request.arrival_time
-        self._finished.append(FinishedRequest(request.request_id, reason, elapsed))
+        now = time.perf_counter()
+        self._finished.append(_finished_record(request, reason, now))
+
+
+def _finished_record(request: EngineRequest, reason: FinishReason, now: float) -> FinishedRequest:
+    scheduled, first, last = (
+        request.scheduled_time,
+        request.first_token_time,
+        request.last_token_time,
+    )
+    return FinishedRequest(
+        request.request_id,
+        reason,
+        now - request.arrival_time,
+        num_prompt_tokens=len(request.prompt_token_ids),
+        num_output_tokens=len(request.output_token_ids),
+        queue_seconds=(scheduled if scheduled is not None else now) - request.arrival_time,
+        prefill_seconds=first - scheduled if first is not None and scheduled is not None else 0.0,
+        decode_seconds=last - first if last is not None and first is not None else 0.0,
+        inference_seconds=last - scheduled if last is not None and scheduled is not None else 0.0,
+    )
+
+
+def _priority(request: EngineRequest) -> int:
+    return request.priority

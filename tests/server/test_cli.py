@@ -94,3 +94,45 @@ def test_transfer_clock_follows_device_and_media():
     assert transfer_clock(Settings(pace="none")).logical_per_stored == 1 and not (
         transfer_clock(Settings(pace="none")).pace
     )
+
+
+def test_help_lists_every_choice_and_explains_pace():
+    help_text = " ".join(run_cli("serve", "--help").stdout.split())
+    for name in (
+        "tiny-llama",
+        "small-llama",
+        "smollm2-135m",
+        "ascend-910b",
+        "h100-sxm",
+        "llama-3-8b",
+        "qwen2.5-7b",
+        "lru",
+        "fifo",
+        "lfu",
+        "debug",
+        "critical",
+    ):
+        assert name in help_text
+    assert "real: a step lasts" in help_text and "none: steps run" in help_text
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--device", "tpu-v9"], "unknown device 'tpu-v9'; choose one of: ascend-910b, "),
+        (["--eviction-policy", "random"], "choose: fifo, lfu, lru"),
+        (["--log-level", "loud"], "choose one of: debug, info, warning, error, critical"),
+        (["--pace", "fast"], "--pace: Input should be 'real' or 'none'"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_choices(tmp_path, args: list[str], expected: str):
+    result = run_cli("serve", *args, "--data-dir", str(tmp_path))
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert expected in result.stderr
+
+
+def test_served_model_name_takes_several_names():
+    args = build_parser().parse_args(["serve", "--served-model-name", "a", "b"])
+    settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
+    assert settings.served_model_name == ["a", "b"]

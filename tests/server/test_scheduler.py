@@ -70,6 +70,9 @@ def request(
     max_tokens: int = 8,
     stop: tuple[str, ...] = (),
     stop_token_ids: frozenset[int] = frozenset(),
+    priority: int = 0,
+    min_tokens: int = 0,
+    include_stop_str_in_output: bool = False,
 ) -> EngineRequest:
     return EngineRequest(
         request_id=request_id,
@@ -79,6 +82,9 @@ def request(
         root_hash=ROOT,
         stop_token_ids=stop_token_ids,
         stop=stop,
+        priority=priority,
+        min_tokens=min_tokens,
+        include_stop_str_in_output=include_stop_str_in_output,
     )
 
 
@@ -256,3 +262,70 @@ def run_hashes(prompt: list[int]) -> list:
     r = request("h", prompt)
     r.update_block_hashes(BS)
     return r.block_hashes
+
+
+def test_priority_orders_a_saturated_queue(make_cache):
+    # One sequence at a time: the queue is served by priority (lower first), then FIFO.
+    cache = make_cache(hbm_blocks=16)
+    sched = Scheduler(SchedulerConfig(1, 64, 64, BS), cache)
+    for rid, prio in (("low", 5), ("mid", 1), ("high", -3), ("mid2", 1)):
+        sched.add(request(rid, [1, 2, 3], max_tokens=1, priority=prio))
+    order = []
+    for _ in range(4):
+        order += [o.request_id for o in step(sched) if o.is_finished]
+    assert order == ["high", "mid", "mid2", "low"]
+
+
+def test_preemption_takes_the_lowest_priority_request_first(make_cache):
+    # 3 blocks of 4 tokens: two requests of 4 prompt tokens each hold one block; when
+    # both need a second one, the lower-priority one (higher value) is preempted even
+    # though it was admitted first.
+    cache = make_cache(hbm_blocks=3)
+    sched = make_scheduler(cache)
+    sched.add(request("background", [1, 2, 3, 4], max_tokens=8, priority=10))
+    sched.add(request("urgent", [5, 6, 7, 8], max_tokens=8, priority=0))
+    step(sched)  # prefill both (1 block each) + their first tokens
+    for _ in range(6):
+        step(sched)
+        if sched.num_preemptions:
+            break
+    assert sched.num_preemptions == 1
+    assert sched.requests["background"].status is RequestStatus.WAITING
+    assert sched.requests["urgent"].status is RequestStatus.RUNNING
+
+
+def test_min_tokens_holds_back_stop_tokens_and_strings(make_cache):
+    sched = make_scheduler(make_cache(hbm_blocks=8))
+    sched.add(
+        request(
+            "r",
+            [1, 2, 3],
+            max_tokens=10,
+            stop=("x",),
+            min_tokens=3,
+            stop_token_ids=frozenset({tokenizer.EOS}),
+        )
+    )
+    step(sched, {"r": tokenizer.EOS})  # 1 of 3: a stop token does not stop
+    step(sched)  # "x" is a stop string, 2 of 3: no stop either
+    (out,) = step(sched, {"r": ord("y")})
+    assert not out.is_finished
+    (out,) = step(sched, {"r": tokenizer.EOS})
+    assert out.finish_reason is FinishReason.STOP
+
+
+def test_include_stop_str_in_output_keeps_the_stop_string_and_token_text(make_cache):
+    sched = make_scheduler(make_cache(hbm_blocks=8))
+    sched.add(request("s", [1, 2, 3], stop=("xy",), include_stop_str_in_output=True))
+    sched.add(
+        request(
+            "t", [4, 5, 6], stop_token_ids=frozenset({ord("z")}), include_stop_str_in_output=True
+        )
+    )
+    sched.add(request("u", [7, 8, 9], stop_token_ids=frozenset({ord("z")})))
+    texts: dict[str, str] = {"s": "", "t": "", "u": ""}
+    for tokens in ({}, {"s": ord("y"), "t": ord("z"), "u": ord("z")}):
+        for o in step(sched, {"s": X, "t": X, "u": X, **tokens}):
+            texts[o.request_id] += o.new_text
+    assert texts == {"s": "xy", "t": "xz", "u": "x"}
+    assert not sched.requests
