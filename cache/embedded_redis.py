@@ -120,6 +120,11 @@ class EmbeddedRedis:
         return f"unix://{self.socket_path}"
 
     @property
+    def pid(self) -> int | None:
+        """Process id of the running redis-server (None when not started)."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,13 +28,15 @@ import numpy as np
 from cache.block_format import encode_block, encoded_size
 from cache.block_hash import BlockHash
 from cache.hbm_pool import HbmBlockPool
+from cache.health import TierHealth
 from cache.layout import KVLayout
-from cache.stats import CacheStats, Tier
+from cache.stats import CacheStats, Tier, TierOp
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
 from cache.transfer import (
     DemoteJob,
     JobResult,
+    LoadGuard,
     LoadJob,
     LoadStatus,
     RemoveJob,
@@ -51,6 +55,15 @@ class CacheConfig:
     ddr_capacity_bytes: int = 0  # 0 disables the DDR tier
     flash_capacity_bytes: int = 0  # 0 disables the flash tier
     eviction_policy: str = "lru"
+    reload_timeout_s: float = 0.0  # a load not done by then is abandoned; 0: no deadline
+
+
+@dataclass(slots=True)
+class _PendingLoad:
+    guard: LoadGuard
+    items: list[tuple[BlockHash, int, Tier]]
+    deadline: float
+    timer: threading.Timer | None
 
 
 @dataclass(slots=True)
@@ -116,8 +129,11 @@ class CacheManager:
             if store is not None and capacity >= self._block_size:
                 self._stores[tier] = store
                 self._index[tier] = TierIndex(capacity, config.eviction_policy)
+        self.health: dict[Tier, TierHealth] = {t: TierHealth() for t in (Tier.DDR, Tier.FLASH)}
+        self._notify = notify
         self._worker = TransferWorker(self._stores, layout, self.pool.kv, notify)
         self._tickets = itertools.count(1)
+        self._loads: dict[int, _PendingLoad] = {}
         self._rebuild_indexes()
 
     @property
@@ -175,7 +191,7 @@ class CacheManager:
         if hit.lower:
             ticket = next(self._tickets)
             items = [(h, b, t) for (h, t), b in zip(hit.lower, allocation, strict=True)]
-            self._worker.submit(LoadJob(ticket, items))
+            self._submit_load(ticket, items)
         return AcquiredPrefix(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), ticket)
 
     def allocate(self, num_blocks: int) -> list[int] | None:
@@ -194,19 +210,27 @@ class CacheManager:
     # -- completion ----------------------------------------------------------------------
 
     def poll(self) -> list[FinishedLoad]:
-        """Apply finished transfers; return the loads that completed. Never blocks."""
+        """Apply finished transfers; return the loads that completed or were abandoned
+        at their deadline. Never blocks."""
         finished: list[FinishedLoad] = []
+        self._apply_restarts()
         for result in self._worker.poll():
             self._account(result)
-            if isinstance(result.job, LoadJob):
-                finished.append(self._finish_load(result.job, result))
-            elif isinstance(result.job, StoreJob) and result.error:
-                for block_hash, _ in result.job.items:
-                    self._index[result.job.tier].remove(block_hash)
-            elif isinstance(result.job, DemoteJob):
-                for block_hash, status in zip(result.job.keys, result.statuses, strict=True):
+            job = result.job
+            if isinstance(job, LoadJob):
+                done = self._finish_load(job, result)
+                if done is not None:
+                    finished.append(done)
+            elif isinstance(job, StoreJob) and result.error:
+                self._fall_through(job)
+            elif isinstance(job, DemoteJob):
+                statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.keys)
+                for block_hash, status in zip(job.keys, statuses, strict=True):
                     if status is not LoadStatus.OK:
                         self._index[Tier.FLASH].remove(block_hash)
+                    if status is LoadStatus.MISSING:  # DDR had lost it behind our back
+                        self.stats.tiers[Tier.DDR].index_repairs += 1
+        finished.extend(self._expire_loads())
         self._refresh_occupancy()
         return finished
 
@@ -243,8 +267,16 @@ class CacheManager:
         self.poll()
         return moved
 
+    def quarantine(self, tier: Tier, detail: str) -> None:
+        """Report that `tier`'s store was damaged at start-up and replaced by a fresh one."""
+        self.health[tier].quarantine(detail)
+        self._refresh_occupancy()
+
     def close(self) -> None:
         """Finish pending transfers and close the lower tiers."""
+        for pending in self._loads.values():
+            if pending.timer is not None:
+                pending.timer.cancel()
         self._worker.close()
         for store in self._stores.values():
             try:
@@ -265,7 +297,10 @@ class CacheManager:
     def _spill(self, evicted: Sequence[tuple[BlockHash, int]]) -> int:
         """Write evicted HBM blocks to the highest lower tier that lacks them."""
         self.stats.tiers[Tier.HBM].evictions += len(evicted)
-        target = next((t for t in (Tier.DDR, Tier.FLASH) if t in self._index), None)
+        target = next(
+            (t for t in (Tier.DDR, Tier.FLASH) if t in self._index and not self.health[t].is_down),
+            None,
+        )
         if target is None:
             return 0
         items: list[tuple[BlockHash, bytes]] = []
@@ -327,26 +362,112 @@ class CacheManager:
         if dropped:
             self._worker.submit(RemoveJob(Tier.DDR, dropped))
 
-    def _finish_load(self, job: LoadJob, result: JobResult) -> FinishedLoad:
-        """Register the blocks that arrived intact, up to the first one that did not."""
+    def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
+        guard = LoadGuard(len(items))
+        timeout = self.config.reload_timeout_s
+        timer = None
+        if timeout > 0:  # wake the engine at the deadline, so poll() can abandon the load
+            timer = threading.Timer(timeout, self._notify)
+            timer.daemon = True
+            timer.start()
+        deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+        self._loads[ticket] = _PendingLoad(guard, items, deadline, timer)
+        self._worker.submit(LoadJob(ticket, items, guard))
+
+    def _expire_loads(self) -> list[FinishedLoad]:
+        """Abandon loads past their deadline: the request recomputes what did not arrive."""
+        now = time.monotonic()
+        expired: list[FinishedLoad] = []
+        for ticket in [t for t, p in self._loads.items() if p.deadline <= now]:
+            pending = self._loads.pop(ticket)
+            statuses = pending.guard.abandon()  # after this, no byte reaches those slots
+            late = {
+                t
+                for (_, _, t), s in zip(pending.items, statuses, strict=True)
+                if s is not LoadStatus.OK
+            }
+            for tier in late:
+                self.stats.tiers[tier].reload_timeouts += 1
+                self.health[tier].record_error(
+                    f"reload timed out after {self.config.reload_timeout_s * 1000:.0f} ms"
+                )
+            logger.warning(
+                "load %d abandoned at its deadline (%s slow); recomputing",
+                ticket,
+                ", ".join(sorted(late)),
+            )
+            expired.append(self._register_loaded(ticket, pending.items, statuses, False))
+        return expired
+
+    def _finish_load(self, job: LoadJob, result: JobResult) -> FinishedLoad | None:
+        """Register the blocks that arrived intact, up to the first one that did not.
+
+        None if the load was already abandoned at its deadline (and reported then)."""
+        pending = self._loads.pop(job.ticket, None)
+        if pending is None and job.guard is not None:
+            return None
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+        statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.items)
+        return self._register_loaded(job.ticket, job.items, statuses, True)
+
+    def _register_loaded(
+        self,
+        ticket: int,
+        items: list[tuple[BlockHash, int, Tier]],
+        statuses: list[LoadStatus],
+        completed: bool,
+    ) -> FinishedLoad:
         num_ok = 0
-        for (block_hash, block_id, tier), status in zip(job.items, result.statuses, strict=True):
+        for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
             if status is not LoadStatus.OK:
                 # The prefix ends here. Later blocks may be fine, but their tokens are
                 # recomputed into these slots, so they are not registered.
+                if not completed:
+                    break  # abandoned: the block may be fine, only slow; keep its entry
                 self._index[tier].remove(block_hash)
                 self.stats.tiers[tier].miss_blocks += 1
                 if status is LoadStatus.CORRUPT:
                     self.stats.tiers[tier].checksum_failures += 1
                     self._worker.submit(RemoveJob(tier, [block_hash]))
-                elif status is LoadStatus.IO_ERROR:
-                    self.stats.tiers[tier].io_errors += 1
+                elif status is LoadStatus.MISSING:  # the store lost it behind our back
+                    self.stats.tiers[tier].index_repairs += 1
                 break
             self.pool.register(block_id, block_hash)
             self.stats.tiers[tier].hit_blocks += 1
             self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
-        return FinishedLoad(job.ticket, num_ok)
+        return FinishedLoad(ticket, num_ok)
+
+    def _fall_through(self, job: StoreJob) -> None:
+        """A tier refused or failed a spill: write the blocks one tier down instead."""
+        for block_hash, _ in job.items:
+            self._index[job.tier].remove(block_hash)
+        if job.tier is not Tier.DDR or Tier.FLASH not in self._index:
+            return
+        items: list[tuple[BlockHash, bytes]] = []
+        for block_hash, payload in job.items:
+            if block_hash in self._index[Tier.FLASH]:
+                continue
+            if items and not self._index[Tier.FLASH].has_room(self._block_size):
+                self._worker.submit(StoreJob(Tier.FLASH, items))  # FIFO: see _spill
+                items = []
+            if self._make_room(Tier.FLASH, self._block_size):
+                self._index[Tier.FLASH].add(block_hash, self._block_size)
+                items.append((block_hash, payload))
+        if items:
+            logger.info("DDR refused %d blocks; writing them to flash", len(items))
+            self._worker.submit(StoreJob(Tier.FLASH, items))
+
+    def _apply_restarts(self) -> None:
+        """A volatile store (embedded Redis) came back empty: forget what it held."""
+        for tier, health in self.health.items():
+            if health.take_restarts() and tier in self._index:
+                index = self._index[tier]
+                lost = list(index)
+                for block_hash in lost:
+                    index.remove(block_hash)
+                logger.warning("%s tier restarted empty: dropped %d index entries", tier, len(lost))
 
     def _account(self, result: JobResult) -> None:
         for tier, n in result.read_bytes.items():
@@ -356,7 +477,13 @@ class CacheManager:
         if isinstance(result.job, LoadJob):
             for tier, seconds in result.seconds.items():
                 self.stats.tiers[tier].reload_latency.observe(seconds)
+        for tier, op in result.failures:
+            self.stats.tiers[tier].count_io_error(op)
+            self.health[tier].record_error(f"{op} failed")
         if result.error:
+            if not result.failures:  # a bug in the job itself: blame the job's tier(s)
+                for tier in self._stores:
+                    self.stats.tiers[tier].count_io_error(_job_op(result.job))
             logger.warning("transfer %s failed: %s", type(result.job).__name__, result.error)
 
     def _refresh_occupancy(self) -> None:
@@ -369,17 +496,38 @@ class CacheManager:
             stats = self.stats.tiers[tier]
             stats.num_blocks, stats.used_bytes = len(index), index.used_bytes
             stats.capacity_bytes = index.capacity_bytes
+        for tier, health in self.health.items():
+            stats = self.stats.tiers[tier]
+            if tier in self._stores:
+                stats.health, stats.health_detail = health.state()
+                stats.faults_injected = dict(self._stores[tier].fault_counts())
+            else:
+                stats.health, stats.health_detail = "disabled", ""
 
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""
         for tier, store in self._stores.items():
             index = self._index[tier]
+            wrong_size: list[BlockHash] = []
             try:
                 for key, size in store.scan():
                     if size == self._block_size:
                         index.add(key, size)
-            except TierError:
+                    else:  # another layout or a torn write: unusable, and it takes space
+                        wrong_size.append(key)
+            except TierError as exc:
+                self.stats.tiers[tier].count_io_error(TierOp.SCAN)
+                self.health[tier].record_error(f"scan failed: {exc}")
                 logger.warning("could not scan the %s tier; starting empty", tier, exc_info=True)
+            if wrong_size:
+                self.stats.tiers[tier].wrong_size_blocks += len(wrong_size)
+                logger.warning(
+                    "%s tier: deleting %d entries of the wrong size (not %d bytes)",
+                    tier,
+                    len(wrong_size),
+                    self._block_size,
+                )
+                self._worker.submit(RemoveJob(tier, wrong_size))
             if index.used_bytes > index.capacity_bytes:
                 extra: list[BlockHash] = []
                 while index.used_bytes > index.capacity_bytes:
@@ -390,3 +538,13 @@ class CacheManager:
                 self._worker.submit(RemoveJob(tier, extra))
             logger.info("%s tier: %d blocks found at start-up", tier, len(index))
         self._refresh_occupancy()
+
+
+def _job_op(job: object) -> TierOp:
+    if isinstance(job, LoadJob):
+        return TierOp.LOAD
+    if isinstance(job, StoreJob):
+        return TierOp.STORE
+    if isinstance(job, DemoteJob):
+        return TierOp.DEMOTE
+    return TierOp.REMOVE

@@ -24,7 +24,7 @@ import numpy as np
 from cache.block_format import CorruptBlockError, decode_block
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
-from cache.stats import Tier
+from cache.stats import Tier, TierOp
 from cache.tiers.base import Buffer, StorageTier, TierError
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,36 @@ class RemoveJob:
     keys: list[BlockHash]
 
 
+class LoadGuard:
+    """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
+
+    The transfer thread copies each block under `lock` and only if the load is not
+    abandoned; `abandon()` (engine thread, at the load's deadline) takes the same lock,
+    so once it returns no byte of this load reaches HBM again and the slots can be
+    recomputed into. `statuses[i]` is OK once block i is in its slot.
+    """
+
+    __slots__ = ("lock", "abandoned", "statuses")
+
+    def __init__(self, num_items: int) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.statuses = [LoadStatus.MISSING] * num_items
+
+    def abandon(self) -> list[LoadStatus]:
+        """Stop the load; return the statuses as of now (OK blocks are in their slots)."""
+        with self.lock:
+            self.abandoned = True
+            return list(self.statuses)
+
+
 @dataclass(slots=True)
 class LoadJob:
     """Copy blocks from lower tiers into reserved HBM slots, validating every block."""
 
     ticket: int
     items: list[tuple[BlockHash, int, Tier]]  # (hash, HBM block id, source tier)
+    guard: LoadGuard | None = None  # None: never abandoned
 
 
 Job = StoreJob | DemoteJob | RemoveJob | LoadJob
@@ -71,7 +95,10 @@ Job = StoreJob | DemoteJob | RemoveJob | LoadJob
 
 @dataclass(slots=True)
 class JobResult:
-    """What a job did. `statuses` is per item for loads and stores (OK or IO_ERROR)."""
+    """What a job did. `statuses` is per item for loads and stores (OK or IO_ERROR).
+
+    `failures` lists each failed tier operation once, as (tier, operation).
+    """
 
     job: Job
     statuses: list[LoadStatus] = field(default_factory=list)
@@ -79,6 +106,11 @@ class JobResult:
     write_bytes: dict[Tier, int] = field(default_factory=dict)
     seconds: dict[Tier, float] = field(default_factory=dict)
     error: str | None = None
+    failures: list[tuple[Tier, TierOp]] = field(default_factory=list)
+
+    def fail(self, tier: Tier, op: TierOp, exc: Exception) -> None:
+        self.failures.append((tier, op))
+        self.error = f"{self.error}; {exc}" if self.error else str(exc)
 
 
 class TransferWorker:
@@ -156,7 +188,7 @@ class TransferWorker:
         try:
             self._tiers[job.tier].put_many(job.items)
         except TierError as exc:
-            result.error = str(exc)
+            result.fail(job.tier, TierOp.STORE, exc)
             result.statuses = [LoadStatus.IO_ERROR] * len(job.items)
             return result
         result.statuses = [LoadStatus.OK] * len(job.items)
@@ -175,14 +207,20 @@ class TransferWorker:
                 result.statuses[i] = LoadStatus.OK
 
         ddr, flash = self._tiers[Tier.DDR], self._tiers[Tier.FLASH]
+        for tier, step in (
+            (Tier.DDR, lambda: ddr.get_many(job.keys, keep)),
+            (Tier.FLASH, lambda: flash.put_many(payloads)),
+        ):
+            try:
+                step()
+            except TierError as exc:
+                result.fail(tier, TierOp.DEMOTE, exc)
+                result.statuses = [LoadStatus.IO_ERROR] * len(job.keys)
+                return result
         try:
-            ddr.get_many(job.keys, keep)
-            flash.put_many(payloads)
             ddr.remove_many(job.keys)
-        except TierError as exc:
-            result.error = str(exc)
-            result.statuses = [LoadStatus.IO_ERROR] * len(job.keys)
-            return result
+        except TierError as exc:  # flash holds them: the demotion stands, DDR keeps a copy
+            result.fail(Tier.DDR, TierOp.DEMOTE, exc)
         moved = sum(len(v) for _, v in payloads)
         result.read_bytes[Tier.DDR] = moved
         result.write_bytes[Tier.FLASH] = moved
@@ -193,18 +231,23 @@ class TransferWorker:
         try:
             self._tiers[job.tier].remove_many(job.keys)
         except TierError as exc:
-            result.error = str(exc)
+            result.fail(job.tier, TierOp.REMOVE, exc)
         return result
 
     def _load(self, job: LoadJob) -> JobResult:
-        result = JobResult(job, statuses=[LoadStatus.MISSING] * len(job.items))
+        guard = job.guard if job.guard is not None else LoadGuard(len(job.items))
+        result = JobResult(job, statuses=guard.statuses)
         for tier in (Tier.DDR, Tier.FLASH):
             indices = [i for i, item in enumerate(job.items) if item[2] is tier]
-            if indices:
-                self._load_from(tier, job, indices, result)
+            if indices and not guard.abandoned:
+                self._load_from(tier, job, guard, indices, result)
+        with guard.lock:
+            result.statuses = list(guard.statuses)
         return result
 
-    def _load_from(self, tier: Tier, job: LoadJob, indices: list[int], result: JobResult) -> None:
+    def _load_from(
+        self, tier: Tier, job: LoadJob, guard: LoadGuard, indices: list[int], result: JobResult
+    ) -> None:
         """One batched read from `tier`, each block checked and copied into its HBM slot."""
         shape, dtype = self._layout.block_shape, self._layout.np_dtype
         nbytes = 0
@@ -218,19 +261,24 @@ class TransferWorker:
                 block = decode_block(buf, shape, dtype, key=job.items[i][0])
             except CorruptBlockError as exc:
                 logger.warning("corrupt %s block %s: %s", tier, job.items[i][0].hex(), exc)
-                result.statuses[i] = LoadStatus.CORRUPT
+                with guard.lock:
+                    guard.statuses[i] = LoadStatus.CORRUPT
                 return
-            self._kv_pool[job.items[i][1]] = block
+            with guard.lock:  # see LoadGuard: never write a slot after abandonment
+                if guard.abandoned:
+                    return
+                self._kv_pool[job.items[i][1]] = block
+                guard.statuses[i] = LoadStatus.OK
             nbytes += len(memoryview(buf))
-            result.statuses[i] = LoadStatus.OK
 
         start = time.perf_counter()
         try:
             self._tiers[tier].get_many([job.items[i][0] for i in indices], consume)
         except TierError as exc:
-            result.error = str(exc)
-            for i in indices:
-                if result.statuses[i] is not LoadStatus.OK:
-                    result.statuses[i] = LoadStatus.IO_ERROR
+            result.fail(tier, TierOp.LOAD, exc)
+            with guard.lock:
+                for i in indices:
+                    if guard.statuses[i] is not LoadStatus.OK:
+                        guard.statuses[i] = LoadStatus.IO_ERROR
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes

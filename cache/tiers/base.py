@@ -84,6 +84,13 @@ class StorageTier(ABC):
     def close(self) -> None:
         """Release the store's resources (flushing what must be flushed).  Idempotent."""
 
+    def fault_counts(self) -> dict[str, int]:
+        """Faults injected so far, by kind (only fault-injecting wrappers have any).
+
+        May be read from another thread than the one using the tier (a copy is returned).
+        """
+        return {}
+
     def contains_many(self, keys: Sequence[BlockHash]) -> list[bool]:
         """``[contains(k) for k in keys]``, in one round trip where the store allows."""
         return [self.contains(k) for k in keys]
