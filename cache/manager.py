@@ -267,6 +267,50 @@ class CacheManager:
         self.poll()
         return moved
 
+    def write_back(self, timeout_s: float) -> int:
+        """Copy to flash what flash lacks, before a graceful shutdown; return blocks written.
+
+        Call after the engine stopped stepping. HBM blocks go first, then DDR's (an
+        embedded Redis dies with the server), each newest first: since chains are
+        touched leaf-first, "newest" puts shared prefixes (parents) before their
+        descendants. Writes at most flash's capacity (older flash blocks make room) and
+        stops submitting at `timeout_s`; DDR keeps its copies.
+        """
+        flash = self._index.get(Tier.FLASH)
+        if flash is None or timeout_s <= 0 or self.health[Tier.FLASH].is_down:
+            return 0
+        deadline = time.monotonic() + timeout_s
+        self.wait_transfers(timeout_s)
+        self.poll()
+        budget = flash.capacity_bytes // self._block_size
+        todo: list[tuple[BlockHash, int | None]] = [  # (hash, HBM block id or None: DDR)
+            (h, b) for h, b in self.pool.cached_blocks_newest_first() if h not in flash
+        ]
+        ddr = self._index.get(Tier.DDR)
+        if ddr is not None and not self.health[Tier.DDR].is_down:
+            queued = {h for h, _ in todo}
+            todo += [(h, None) for h in reversed(list(ddr)) if h not in flash and h not in queued]
+        todo = todo[:budget]
+        written = 0
+        for start in range(0, len(todo), 64):
+            if time.monotonic() >= deadline:
+                break
+            batch = todo[start : start + 64]
+            for block_hash, _ in batch:
+                self._make_room(Tier.FLASH, self._block_size)
+                flash.add(block_hash, self._block_size)
+            items = [(h, encode_block(self.pool.kv[b], key=h)) for h, b in batch if b is not None]
+            if items:
+                self._worker.submit(StoreJob(Tier.FLASH, items))
+            from_ddr = [h for h, b in batch if b is None]
+            if from_ddr:
+                self._worker.submit(DemoteJob(from_ddr, keep_source=True))
+            written += len(batch)
+            self.wait_transfers(max(0.0, deadline - time.monotonic()))
+        self.poll()
+        logger.info("write-back: %d blocks copied to flash before shutdown", written)
+        return written
+
     def quarantine(self, tier: Tier, detail: str) -> None:
         """Report that `tier`'s store was damaged at start-up and replaced by a fresh one."""
         self.health[tier].quarantine(detail)

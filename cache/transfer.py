@@ -47,9 +47,10 @@ class StoreJob:
 
 @dataclass(slots=True)
 class DemoteJob:
-    """Move blocks from DDR to flash (read, write, delete)."""
+    """Move blocks from DDR to flash (read, write, delete), or copy them (`keep_source`)."""
 
     keys: list[BlockHash]
+    keep_source: bool = False
 
 
 @dataclass(slots=True)
@@ -218,7 +219,8 @@ class TransferWorker:
                 result.statuses = [LoadStatus.IO_ERROR] * len(job.keys)
                 return result
         try:
-            ddr.remove_many(job.keys)
+            if not job.keep_source:
+                ddr.remove_many(job.keys)
         except TierError as exc:  # flash holds them: the demotion stands, DDR keeps a copy
             result.fail(Tier.DDR, TierOp.DEMOTE, exc)
         moved = sum(len(v) for _, v in payloads)

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cache.eviction import EVICTION_POLICIES
+from cache.tiers.faulty import parse_tier_faults
 from npu_sim.device import get_device
 from npu_sim.model_config import get_cost_model_config, get_model_config
 
@@ -50,9 +51,7 @@ class Settings(BaseSettings):
         1.0, gt=0, description="HBM given to this server: weights + KV block pool (GiB)."
     )
     ddr_gb: float = Field(4.0, ge=0, description="DDR (Redis) KV capacity in GiB; 0 disables.")
-    flash_gb: float = Field(
-        16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables."
-    )
+    flash_gb: float = Field(16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables.")
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
     pace: PaceMode = Field(PaceMode.REAL, description="real: steps last their modelled time.")
     max_num_seqs: int = Field(64, ge=1, description="Most requests in one batch.")
@@ -65,6 +64,24 @@ class Settings(BaseSettings):
     )
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    reload_timeout_ms: int = Field(
+        300,
+        ge=0,
+        description="Deadline of one KV reload from DDR/flash; past it the request "
+        "recomputes those tokens (0: wait for the tier).",
+    )
+    shutdown_drain_s: float = Field(
+        10.0,
+        ge=0,
+        description="On graceful shutdown, copy HBM and DDR blocks flash lacks to flash "
+        "for at most this long, so a restart is warm (0: skip).",
+    )
+    tier_faults: str = Field(
+        "",
+        description="Inject tier faults, e.g. 'ddr:latency_ms=5,drop=0.01;flash:corrupt=0.001' "
+        "(also down=1); empty: none.",
+    )
+    tier_faults_seed: int = Field(0, description="Seed of --tier-faults (deterministic).")
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -72,6 +89,7 @@ class Settings(BaseSettings):
         get_model_config(self.model)
         get_device(self.device)
         get_cost_model_config(self.cost_model or self.model)
+        parse_tier_faults(self.tier_faults)  # ValueError naming the bad part
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
             raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")
