@@ -107,3 +107,25 @@ def test_a_stalled_redis_does_not_stall_reloads(make_settings, data_dir) -> None
             os.kill(pid, signal.SIGCONT)
         assert text == cold and cached == 0  # abandoned at the deadline, recomputed
         assert server.metric("tierkv:tier_reload_timeouts_total", tier="ddr") == 1
+
+
+def test_injected_tier_faults_are_counted_and_never_change_tokens(make_settings) -> None:
+    prompts = [f"{n}: " + PROMPT for n in range(4)]
+    settings = make_settings(tier_faults="ddr:drop=0.3;flash:corrupt=0.5", tier_faults_seed=3)
+    with run_server(settings) as server:
+        cold = [answer(server, p)[0] for p in prompts]
+        for _ in range(2):
+            server.offload("hbm")
+            server.offload("ddr")
+            assert [answer(server, p)[0] for p in prompts] == cold
+        drops = server.metric("tierkv:tier_faults_injected_total", tier="ddr", kind="drop")
+        corrupt = server.metric("tierkv:tier_faults_injected_total", tier="flash", kind="corrupt")
+        assert drops > 0 and corrupt > 0
+        assert server.metric("tierkv:tier_checksum_failures_total", tier="flash") > 0
+        assert (
+            sum(
+                server.metric("tierkv:tier_io_errors_total", tier="ddr", op=op)
+                for op in ("load", "store", "demote", "remove", "scan")
+            )
+            >= drops
+        )
