@@ -166,3 +166,35 @@ def test_a_restarted_volatile_redis_empties_the_ddr_index(tmp_path):
     finally:
         m.close()
         server.stop()
+
+
+def test_a_stalled_redis_does_not_hold_up_flash_loads(tmp_path):
+    server = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
+    m = manager(server.url, tmp_path / "flash", hbm=8)
+    try:
+        in_flash, in_ddr = chain(2), chain(2, seed=9)
+        data = fill_and_cache(m, in_flash)
+        m.offload(Tier.HBM)
+        m.offload(Tier.DDR)
+        fill_and_cache(m, in_ddr, seed=2)
+        m.offload(Tier.HBM)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            stuck = m.acquire_prefix(m.match_prefix(in_ddr, 2), 2 * LAYOUT.block_size, 2)
+            assert stuck is not None and stuck.ticket is not None
+            fast = m.acquire_prefix(m.match_prefix(in_flash, 2), 2 * LAYOUT.block_size, 2)
+            assert fast is not None and fast.ticket is not None
+            (done,) = poll_until(m, timeout_s=5)  # the flash load, while DDR hangs
+            assert done.ticket == fast.ticket and done.num_loaded_blocks == 2
+            assert all(
+                m.kv[b].tobytes() == data[h].tobytes()
+                for b, h in zip(fast.block_ids, in_flash, strict=True)
+            )
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        (late,) = poll_until(m)
+        assert late.ticket == stuck.ticket and late.num_loaded_blocks == 2
+    finally:
+        m.close()
+        server.stop()
