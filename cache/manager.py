@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,18 +29,19 @@ from cache.block_hash import BlockHash
 from cache.hbm_pool import HbmBlockPool
 from cache.health import TierHealth
 from cache.layout import KVLayout
+from cache.load_deadlines import LoadDeadlines
 from cache.stats import CacheStats, Tier, TierOp
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
 from cache.transfer import (
     DemoteJob,
     JobResult,
-    LoadGuard,
     LoadJob,
     LoadStatus,
     RemoveJob,
     StoreJob,
     TransferWorker,
+    job_op,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,14 +56,6 @@ class CacheConfig:
     flash_capacity_bytes: int = 0  # 0 disables the flash tier
     eviction_policy: str = "lru"
     reload_timeout_s: float = 0.0  # a load not done by then is abandoned; 0: no deadline
-
-
-@dataclass(slots=True)
-class _PendingLoad:
-    guard: LoadGuard
-    items: list[tuple[BlockHash, int, Tier]]
-    deadline: float
-    timer: threading.Timer | None
 
 
 @dataclass(slots=True)
@@ -133,7 +125,7 @@ class CacheManager:
         self._notify = notify
         self._worker = TransferWorker(self._stores, layout, self.pool.kv, notify)
         self._tickets = itertools.count(1)
-        self._loads: dict[int, _PendingLoad] = {}
+        self._loads = LoadDeadlines(config.reload_timeout_s, notify)
         self._rebuild_indexes()
 
     @property
@@ -318,9 +310,7 @@ class CacheManager:
 
     def close(self) -> None:
         """Finish pending transfers and close the lower tiers."""
-        for pending in self._loads.values():
-            if pending.timer is not None:
-                pending.timer.cancel()
+        self._loads.cancel_all()
         self._worker.close()
         for store in self._stores.values():
             try:
@@ -407,28 +397,14 @@ class CacheManager:
             self._worker.submit(RemoveJob(Tier.DDR, dropped))
 
     def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
-        guard = LoadGuard(len(items))
-        timeout = self.config.reload_timeout_s
-        timer = None
-        if timeout > 0:  # wake the engine at the deadline, so poll() can abandon the load
-            timer = threading.Timer(timeout, self._notify)
-            timer.daemon = True
-            timer.start()
-        deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
-        self._loads[ticket] = _PendingLoad(guard, items, deadline, timer)
-        self._worker.submit(LoadJob(ticket, items, guard))
+        self._worker.submit(LoadJob(ticket, items, self._loads.add(ticket, items)))
 
     def _expire_loads(self) -> list[FinishedLoad]:
         """Abandon loads past their deadline: the request recomputes what did not arrive."""
-        now = time.monotonic()
         expired: list[FinishedLoad] = []
-        for ticket in [t for t, p in self._loads.items() if p.deadline <= now]:
-            pending = self._loads.pop(ticket)
-            statuses = pending.guard.abandon()  # after this, no byte reaches those slots
+        for ticket, items, statuses in self._loads.expire():
             late = {
-                t
-                for (_, _, t), s in zip(pending.items, statuses, strict=True)
-                if s is not LoadStatus.OK
+                t for (_, _, t), s in zip(items, statuses, strict=True) if s is not LoadStatus.OK
             }
             for tier in late:
                 self.stats.tiers[tier].reload_timeouts += 1
@@ -440,18 +416,15 @@ class CacheManager:
                 ticket,
                 ", ".join(sorted(late)),
             )
-            expired.append(self._register_loaded(ticket, pending.items, statuses, False))
+            expired.append(self._register_loaded(ticket, items, statuses, False))
         return expired
 
     def _finish_load(self, job: LoadJob, result: JobResult) -> FinishedLoad | None:
         """Register the blocks that arrived intact, up to the first one that did not.
 
         None if the load was already abandoned at its deadline (and reported then)."""
-        pending = self._loads.pop(job.ticket, None)
-        if pending is None and job.guard is not None:
+        if not self._loads.finish(job.ticket) and job.guard is not None:
             return None
-        if pending is not None and pending.timer is not None:
-            pending.timer.cancel()
         statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.items)
         return self._register_loaded(job.ticket, job.items, statuses, True)
 
@@ -527,7 +500,7 @@ class CacheManager:
         if result.error:
             if not result.failures:  # a bug in the job itself: blame the job's tier(s)
                 for tier in self._stores:
-                    self.stats.tiers[tier].count_io_error(_job_op(result.job))
+                    self.stats.tiers[tier].count_io_error(job_op(result.job))
             logger.warning("transfer %s failed: %s", type(result.job).__name__, result.error)
 
     def _refresh_occupancy(self) -> None:
@@ -582,13 +555,3 @@ class CacheManager:
                 self._worker.submit(RemoveJob(tier, extra))
             logger.info("%s tier: %d blocks found at start-up", tier, len(index))
         self._refresh_occupancy()
-
-
-def _job_op(job: object) -> TierOp:
-    if isinstance(job, LoadJob):
-        return TierOp.LOAD
-    if isinstance(job, StoreJob):
-        return TierOp.STORE
-    if isinstance(job, DemoteJob):
-        return TierOp.DEMOTE
-    return TierOp.REMOVE

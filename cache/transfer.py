@@ -404,3 +404,14 @@ class TransferWorker:
                         guard.statuses[i] = LoadStatus.IO_ERROR
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
+
+
+def job_op(job: Job) -> TierOp:
+    """The operation a job performs, for counting its failures."""
+    if isinstance(job, LoadJob):
+        return TierOp.LOAD
+    if isinstance(job, StoreJob):
+        return TierOp.STORE
+    if isinstance(job, DemoteJob):
+        return TierOp.DEMOTE
+    return TierOp.REMOVE
