@@ -38,14 +38,17 @@ class LoadDeadlines:
         self._notify = notify
         self._pending: dict[int, _Pending] = {}
 
-    def add(self, ticket: int, items: LoadItems) -> LoadGuard:
-        """Track a new load; returns the guard its job must carry."""
+    def add(self, ticket: int, items: LoadItems, *, now: bool = False) -> LoadGuard:
+        """Track a new load; returns the guard its job must carry.
+
+        `now`: the deadline is already due (a source tier is known to be down)."""
         guard = LoadGuard(len(items))
         timer = None
         deadline = float("inf")
-        if self.timeout_s > 0:
-            deadline = time.monotonic() + self.timeout_s
-            timer = threading.Timer(self.timeout_s, self._notify)
+        timeout = 0.0 if now else self.timeout_s
+        if timeout > 0 or now:
+            deadline = time.monotonic() + timeout
+            timer = threading.Timer(timeout, self._notify)
             timer.daemon = True
             timer.start()
         self._pending[ticket] = _Pending(guard, items, deadline, timer)

@@ -397,7 +397,10 @@ class CacheManager:
             self._worker.submit(RemoveJob(Tier.DDR, dropped))
 
     def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
-        self._worker.submit(LoadJob(ticket, items, self._loads.add(ticket, items)))
+        # From a tier the supervisor reports down, the load would only wait for its
+        # deadline: abandon it at once (the request recomputes).
+        down = any(self.health[t].is_down for _, _, t in items)
+        self._worker.submit(LoadJob(ticket, items, self._loads.add(ticket, items, now=down)))
 
     def _expire_loads(self) -> list[FinishedLoad]:
         """Abandon loads past their deadline: the request recomputes what did not arrive."""
@@ -408,9 +411,7 @@ class CacheManager:
             }
             for tier in late:
                 self.stats.tiers[tier].reload_timeouts += 1
-                self.health[tier].record_error(
-                    f"reload timed out after {self.config.reload_timeout_s * 1000:.0f} ms"
-                )
+                self.health[tier].record_error("reload abandoned (deadline, or tier down)")
             logger.warning(
                 "load %d abandoned at its deadline (%s slow); recomputing",
                 ticket,

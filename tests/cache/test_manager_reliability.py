@@ -198,3 +198,25 @@ def test_a_stalled_redis_does_not_hold_up_flash_loads(tmp_path):
     finally:
         m.close()
         server.stop()
+
+
+def test_a_load_from_a_tier_reported_down_is_abandoned_at_once(tmp_path):
+    server = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
+    m = manager(server.url, None, reload_timeout_s=60)
+    try:
+        hashes = chain(2)
+        fill_and_cache(m, hashes)
+        m.offload(Tier.HBM)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            m.health[Tier.DDR].mark_down("probe failed")
+            acquired = m.acquire_prefix(m.match_prefix(hashes, 2), 2 * LAYOUT.block_size, 2)
+            assert acquired is not None
+            (done,) = poll_until(m, timeout_s=5)  # not the 60 s deadline
+            assert done.ticket == acquired.ticket and done.num_loaded_blocks == 0
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+    finally:
+        m.close()
+        server.stop()
