@@ -123,7 +123,9 @@ class CacheManager:
                 self._index[tier] = TierIndex(capacity, config.eviction_policy)
         self.health: dict[Tier, TierHealth] = {t: TierHealth() for t in (Tier.DDR, Tier.FLASH)}
         self._notify = notify
-        self._worker = TransferWorker(self._stores, layout, self.pool.kv, notify)
+        self._worker = TransferWorker(
+            self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down
+        )
         self._tickets = itertools.count(1)
         self._loads = LoadDeadlines(config.reload_timeout_s, notify)
         self._rebuild_indexes()

@@ -116,10 +116,8 @@ class JobResult:
         self.error = f"{self.error}; {exc}" if self.error else str(exc)
 
 
-DEMOTE_HANDOFF_TIMEOUT_S = 1.0
-"""How long flash's half of a demotion waits for DDR's half before giving the blocks up.
-
-Bounds how long a stalled Redis can hold up the flash lane (see `TransferWorker`)."""
+HANDOFF_POLL_S = 0.05
+"""How often flash's half of a demotion re-checks whether DDR is down while it waits."""
 
 
 class _Lane:
@@ -178,9 +176,11 @@ class _Handoff:
             self.payloads, self.statuses = payloads, statuses
             self._ready.set()
 
-    def take(self, timeout: float) -> bool:
-        """Wait for the blocks; False (and the blocks are given up) after `timeout`."""
-        self._ready.wait(timeout)
+    def take(self, give_up: Callable[[], bool]) -> bool:
+        """Wait for the blocks; False (the blocks are given up) once `give_up()` is true."""
+        while not self._ready.wait(HANDOFF_POLL_S):
+            if give_up():
+                break
         with self._lock:
             self._given_up = not self._ready.is_set()
             return not self._given_up
@@ -195,8 +195,10 @@ class TransferWorker:
     tiers runs one part per lane and is posted when the last part finishes. A DDR ->
     flash demotion runs in two halves queued at once: DDR's lane reads (then deletes)
     the blocks and hands them to flash's lane, whose half waits for them at its place
-    in the flash FIFO, so a flash load submitted after the demotion finds them; it waits
-    at most `DEMOTE_HANDOFF_TIMEOUT_S`, then reports the blocks as failed.
+    in the flash FIFO, so a flash load submitted after the demotion finds them. It waits
+    as long as DDR works, however slowly, but gives the blocks up (reports them failed)
+    as soon as `is_down(Tier.DDR)` says DDR is down (the supervisor's verdict on a
+    stalled or dead Redis), so a stall holds up the flash lane for about one probe.
     """
 
     def __init__(
@@ -205,11 +207,13 @@ class TransferWorker:
         layout: KVLayout,
         kv_pool: np.ndarray,
         notify: Callable[[], None] = lambda: None,
+        is_down: Callable[[Tier], bool] = lambda tier: False,
     ) -> None:
         self._tiers = tiers
         self._layout = layout
         self._kv_pool = kv_pool
         self._notify = notify
+        self._is_down = is_down
         self._lanes = {tier: _Lane(tier) for tier in tiers}
         self._results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
         self._idle = threading.Condition()
@@ -343,8 +347,8 @@ class TransferWorker:
     def _demote_write(self, job: DemoteJob, handoff: _Handoff) -> JobResult:
         """Flash's half: wait (bounded) for DDR's half, then write what it read."""
         result = JobResult(job)
-        if not handoff.take(DEMOTE_HANDOFF_TIMEOUT_S):
-            result.fail(Tier.DDR, TierOp.DEMOTE, TierError("DDR read not done in time"))
+        if not handoff.take(lambda: self._is_down(Tier.DDR)):
+            result.fail(Tier.DDR, TierOp.DEMOTE, TierError("DDR went down during the demotion"))
             result.statuses = [LoadStatus.IO_ERROR] * len(job.keys)
             return result
         result.statuses = handoff.statuses

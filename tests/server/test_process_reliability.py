@@ -161,7 +161,7 @@ def test_kill_9_during_demotions_then_a_warm_restart(data_dir: Path) -> None:
     # Slow DDR operations (injected) keep the demotion's DDR half busy deleting after
     # flash's half has committed: the kill lands inside the demotion, before the manager
     # has accounted for it.
-    with serve(data_dir, "--flash-gb", "1", "--tier-faults", "ddr:latency_ms=1000") as server:
+    with serve(data_dir, "--flash-gb", "1", "--tier-faults", "ddr:latency_ms=1500") as server:
         cold = [server.complete(p)[0] for p in PROMPTS]
         r = server.client.post("/cache/offload", json={"tier": "hbm"})
         assert r.status_code == 200
