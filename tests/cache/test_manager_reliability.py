@@ -220,3 +220,22 @@ def test_a_load_from_a_tier_reported_down_is_abandoned_at_once(tmp_path):
     finally:
         m.close()
         server.stop()
+
+
+def test_spills_a_full_redis_refuses_fall_through_to_flash(tmp_path):
+    server = EmbeddedRedis(tmp_path / "r", 1).start()  # maxmemory ~1 byte: every SET is OOM
+    m = manager(server.url, tmp_path / "flash")
+    try:
+        hashes = chain(3)
+        data = fill_and_cache(m, hashes)
+        m.offload(Tier.HBM)
+        m.wait_transfers()
+        m.poll()
+        assert [t for _, t in m.match_prefix(hashes, 3).lower] == [Tier.FLASH] * 3
+        ids, loaded = reload(m, hashes)
+        assert loaded == 3
+        assert all(m.kv[b].tobytes() == data[h].tobytes() for b, h in zip(ids, hashes, strict=True))
+        assert m.stats.tiers[Tier.DDR].io_errors_by_op[TierOp.STORE] == 1
+    finally:
+        m.close()
+        server.stop()
