@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
@@ -72,13 +73,18 @@ def test_a_damaged_flash_header_is_quarantined_not_fatal(make_settings, data_dir
 
 
 def test_a_killed_embedded_redis_is_restarted_and_ddr_reused(make_settings, data_dir) -> None:
+    prompts = [f"{n}: " + PROMPT for n in range(6)]
     with run_server(make_settings(flash_gb=0)) as server:
-        cold, _ = answer(server)
+        cold = [answer(server, p)[0] for p in prompts]
         server.offload("hbm")
-        os.kill(redis_pid(data_dir), signal.SIGKILL)
-        text, _ = answer(server)  # reload fails: recomputed, same tokens
-        assert text == cold
-        assert server.metric("tierkv:tier_io_errors_total", tier="ddr", op="load") >= 1
+        pid = redis_pid(data_dir)
+        with ThreadPoolExecutor(len(prompts)) as pool:  # reloads in flight during the kill
+            futures = [pool.submit(answer, server, p) for p in prompts]
+            os.kill(pid, signal.SIGKILL)
+            texts = [f.result()[0] for f in futures]  # 0 failed requests
+        assert texts == cold  # 0 wrong tokens
+        text, _ = answer(server, prompts[0])
+        assert text == cold[0]
         wait_for(
             lambda: (
                 server.metric("tierkv:tier_up", tier="ddr") == 1
@@ -90,9 +96,9 @@ def test_a_killed_embedded_redis_is_restarted_and_ddr_reused(make_settings, data
         written = server.metric("tierkv:tier_write_bytes_total", tier="ddr")
         server.offload("hbm")
         assert server.metric("tierkv:tier_write_bytes_total", tier="ddr") > written
-        text, cached = answer(server)
-        assert text == cold and cached > 0
-        assert server.metric("tierkv:prefix_cache_hits_total", tier="ddr") == cached
+        text, cached = answer(server, prompts[0])
+        assert text == cold[0] and cached > 0
+        assert server.metric("tierkv:prefix_cache_hits_total", tier="ddr") >= cached
 
 
 def test_a_stalled_redis_does_not_stall_reloads(make_settings, data_dir) -> None:
