@@ -96,6 +96,15 @@ class HbmBlockPool:
     def can_allocate(self, num_blocks: int) -> bool:
         return num_blocks <= self.num_free_blocks
 
+    def can_allocate_after_acquiring(self, cached: Sequence[int], num_blocks: int) -> bool:
+        """Whether `num_blocks` could be allocated after `acquire_cached(cached)`.
+
+        Acquiring a cached-free block takes it out of the reclaimable ones, so a prefix
+        hit shrinks what `allocate` can hand out.
+        """
+        taken = sum(1 for block_id in set(cached) if self._refcount[block_id] == 0)
+        return num_blocks <= self.num_free_blocks - taken
+
     def cached_block(self, block_hash: BlockHash) -> int | None:
         return self._cached.get(block_hash)
 

@@ -9,9 +9,16 @@ a lower tier, and moves blocks down as HBM and DDR fill up:
 Lower tiers are inclusive: reloading a block into HBM keeps its DDR/flash copy, so a
 later HBM eviction of it costs no write.
 
+Admission is two calls: `match` (pure: no statistics, no LRU touches, no spills) and
+`admit`, which does everything a request needs (references, touches, allocation, load
+submission, statistics) or nothing at all.
+
 Threading: every method is called from the engine thread. I/O runs on the manager's
-`TransferWorker`; `poll()` collects what finished. Only `offload()` blocks (it is an
-explicit admin operation that waits for its transfers).
+`TransferWorker`. Finished transfers are applied in one place (`_apply_results`); the
+loads among them are kept until `poll()` hands them to the caller, so no path (not even
+`offload()`, the one method that blocks, waiting for its transfers) can lose one.
+A load still running at its deadline (`CacheConfig.reload_timeout_s`) is abandoned there
+and handed over with the blocks that had arrived; its late result is ignored.
 """
 
 from __future__ import annotations
@@ -71,17 +78,21 @@ class PrefixHit:
 
 
 @dataclass(slots=True)
-class AcquiredPrefix:
-    """Blocks a request now holds for its cached prefix.
+class Admission:
+    """Blocks a request holds after `admit`, in sequence order.
 
-    `block_ids` covers the whole hit: HBM hits, then slots reserved for lower-tier blocks.
-    While `ticket` is not None those slots are being filled; wait for the matching
-    `FinishedLoad` before reading them.
+    `block_ids`: the `num_hbm_blocks` HBM hits, then `num_loading_blocks` slots being
+    filled from lower tiers (wait for the `FinishedLoad` with the admission's key before
+    reading them), then the fresh blocks asked for.
     """
 
     block_ids: list[int]
     num_hbm_blocks: int
-    ticket: int | None
+    num_loading_blocks: int
+
+    @property
+    def is_loading(self) -> bool:
+        return self.num_loading_blocks > 0
 
 
 @dataclass(slots=True)
@@ -92,8 +103,14 @@ class FinishedLoad:
     plain blocks; their tokens must be recomputed.
     """
 
-    ticket: int
+    key: str
     num_loaded_blocks: int
+
+
+@dataclass(slots=True)
+class _PendingLoad:
+    key: str
+    cancelled_blocks: list[int] | None = None  # set by cancel_load: free these on arrival
 
 
 class CacheManager:
@@ -127,7 +144,9 @@ class CacheManager:
             self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down
         )
         self._tickets = itertools.count(1)
-        self._loads = LoadDeadlines(config.reload_timeout_s, notify)
+        self._loads: dict[int, _PendingLoad] = {}  # by ticket, until the load lands
+        self._finished_loads: list[FinishedLoad] = []  # landed, until poll() hands them over
+        self._deadlines = LoadDeadlines(config.reload_timeout_s, notify)
         self._rebuild_indexes()
 
     @property
@@ -137,8 +156,11 @@ class CacheManager:
 
     # -- lookup and admission ------------------------------------------------------------
 
-    def match_prefix(self, hashes: Sequence[BlockHash], max_blocks: int) -> PrefixHit:
-        """Longest run of leading `hashes` (at most `max_blocks`) cached in any tier."""
+    def match(self, hashes: Sequence[BlockHash], max_blocks: int) -> PrefixHit:
+        """Longest run of leading `hashes` (at most `max_blocks`) cached in any tier.
+
+        Free of side effects (no statistics, no LRU touches): call it as often as needed.
+        """
         hbm: list[int] = []
         for block_hash in hashes[:max_blocks]:
             block_id = self.pool.cached_block(block_hash)
@@ -156,37 +178,70 @@ class CacheManager:
     def can_allocate(self, num_blocks: int) -> bool:
         return self.pool.can_allocate(num_blocks)
 
-    def acquire_prefix(
-        self, hit: PrefixHit, num_query_tokens: int, num_query_blocks: int
-    ) -> AcquiredPrefix | None:
-        """Take the hit: reference its HBM blocks and start loading the lower-tier ones.
+    def can_admit(self, hit: PrefixHit, num_new_blocks: int) -> bool:
+        """Whether `admit(hit, ..., num_new_blocks)` would succeed now."""
+        needed = len(hit.lower) + num_new_blocks
+        return self.pool.can_allocate_after_acquiring(hit.hbm_block_ids, needed)
 
-        Returns None (changing nothing) when HBM cannot hold the lower-tier blocks.
-        Counts the query (`num_query_blocks` is the `max_blocks` it was matched with);
-        lower-tier hits count when their blocks arrive intact.
+    def admit(
+        self,
+        hit: PrefixHit,
+        key: str,
+        num_query_tokens: int,
+        num_query_blocks: int,
+        num_new_blocks: int = 0,
+    ) -> Admission | None:
+        """Take `hit` (from `match`, with nothing changed since) plus `num_new_blocks`.
+
+        All or nothing: either references the HBM hits, reserves slots for the lower-tier
+        blocks and starts reloading them (reported by `poll` under `key`), allocates the
+        fresh blocks and counts the query (`num_query_blocks` is the `max_blocks` it was
+        matched with; lower-tier hits count when their blocks arrive intact), or returns
+        None having changed nothing, not even LRU order or statistics.
         """
+        if not self.can_admit(hit, num_new_blocks):
+            return None
         self.pool.acquire_cached(hit.hbm_block_ids)
         # Blocks about to be loaded are in use: make them the most recent in their tier
         # (deepest first, so parents stay more recent than children) before allocating,
         # whose spills may evict from that tier.
         for block_hash, tier in reversed(hit.lower):
             self._index[tier].touch(block_hash)
-        allocation = self._allocate(len(hit.lower))
-        if allocation is None:
-            self.pool.free(hit.hbm_block_ids)
-            return None
+        allocation = self._allocate(len(hit.lower) + num_new_blocks)
+        if allocation is None:  # can_admit said it fits; the pool disagrees
+            raise RuntimeError("HBM pool refused an allocation can_admit allowed")
         self.stats.query_tokens += num_query_tokens
         self.stats.hit_tokens[Tier.HBM] += len(hit.hbm_block_ids) * self.layout.block_size
         self.stats.tiers[Tier.HBM].hit_blocks += len(hit.hbm_block_ids)
         if hit.num_blocks < num_query_blocks:  # the chain ended: every tier missed a block
             for tier in (Tier.HBM, *self._index):
                 self.stats.tiers[tier].miss_blocks += 1
-        ticket = None
         if hit.lower:
             ticket = next(self._tickets)
-            items = [(h, b, t) for (h, t), b in zip(hit.lower, allocation, strict=True)]
+            self._loads[ticket] = _PendingLoad(key)
+            slots = allocation[: len(hit.lower)]
+            items = [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
             self._submit_load(ticket, items)
-        return AcquiredPrefix(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), ticket)
+        return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
+
+    def cancel_load(self, key: str, block_ids: Sequence[int]) -> None:
+        """Give up on the load admitted under `key`; `block_ids` are all its admission's blocks.
+
+        The caller lets go of the request now. The blocks stay referenced until the load
+        lands (the transfer thread is writing into them); then its intact blocks are
+        cached for others and every block is freed. Nothing is reported for `key`.
+        """
+        for pending in self._loads.values():
+            if pending.key == key and pending.cancelled_blocks is None:
+                pending.cancelled_blocks = list(block_ids)
+                return
+        # Already finished but not yet polled: take it back out of the hand-over list.
+        for i, done in enumerate(self._finished_loads):
+            if done.key == key:
+                del self._finished_loads[i]
+                self.pool.free(block_ids)
+                return
+        raise KeyError(f"no load pending under {key!r}")
 
     def allocate(self, num_blocks: int) -> list[int] | None:
         """`num_blocks` fresh HBM blocks (spilling evicted cached blocks), or None."""
@@ -204,28 +259,12 @@ class CacheManager:
     # -- completion ----------------------------------------------------------------------
 
     def poll(self) -> list[FinishedLoad]:
-        """Apply finished transfers; return the loads that completed or were abandoned
-        at their deadline. Never blocks."""
-        finished: list[FinishedLoad] = []
-        self._apply_restarts()
-        for result in self._worker.poll():
-            self._account(result)
-            job = result.job
-            if isinstance(job, LoadJob):
-                done = self._finish_load(job, result)
-                if done is not None:
-                    finished.append(done)
-            elif isinstance(job, StoreJob) and result.error:
-                self._fall_through(job)
-            elif isinstance(job, DemoteJob):
-                statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.keys)
-                for block_hash, status in zip(job.keys, statuses, strict=True):
-                    if status is not LoadStatus.OK:
-                        self._index[Tier.FLASH].remove(block_hash)
-                    if status is LoadStatus.MISSING:  # DDR had lost it behind our back
-                        self.stats.tiers[Tier.DDR].index_repairs += 1
-        finished.extend(self._expire_loads())
-        self._refresh_occupancy()
+        """Apply finished transfers; hand over every load finished since the last poll.
+
+        The only way finished loads leave the manager. Never blocks.
+        """
+        self._apply_results()
+        finished, self._finished_loads = self._finished_loads, []
         return finished
 
     def snapshot_stats(self) -> CacheStats:
@@ -258,7 +297,7 @@ class CacheManager:
         else:
             raise ValueError("flash is the last tier; nothing to offload to")
         self.wait_transfers()
-        self.poll()
+        self._apply_results()  # loads that finished meanwhile wait for the next poll()
         return moved
 
     def write_back(self, timeout_s: float) -> int:
@@ -275,7 +314,7 @@ class CacheManager:
             return 0
         deadline = time.monotonic() + timeout_s
         self.wait_transfers(timeout_s)
-        self.poll()
+        self._apply_results()
         budget = flash.capacity_bytes // self._block_size
         todo: list[tuple[BlockHash, int | None]] = [  # (hash, HBM block id or None: DDR)
             (h, b) for h, b in self.pool.cached_blocks_newest_first() if h not in flash
@@ -301,7 +340,7 @@ class CacheManager:
                 self._worker.submit(DemoteJob(from_ddr, keep_source=True))
             written += len(batch)
             self.wait_transfers(max(0.0, deadline - time.monotonic()))
-        self.poll()
+        self._apply_results()
         logger.info("write-back: %d blocks copied to flash before shutdown", written)
         return written
 
@@ -312,7 +351,7 @@ class CacheManager:
 
     def close(self) -> None:
         """Finish pending transfers and close the lower tiers."""
-        self._loads.cancel_all()
+        self._deadlines.cancel_all()
         self._worker.close()
         for store in self._stores.values():
             try:
@@ -398,16 +437,51 @@ class CacheManager:
         if dropped:
             self._worker.submit(RemoveJob(Tier.DDR, dropped))
 
+    def _apply_results(self) -> None:
+        """Apply every finished transfer to the index, pool and statistics (one place),
+        then abandon loads past their deadline."""
+        self._apply_restarts()
+        for result in self._worker.poll():
+            self._account(result)
+            job = result.job
+            if isinstance(job, LoadJob):
+                if not self._deadlines.finish(job.ticket):
+                    continue  # abandoned at its deadline, and handed over then
+                statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.items)
+                self._land(job.ticket, self._register_loaded(job.items, statuses, True))
+            elif isinstance(job, StoreJob) and result.error:
+                self._fall_through(job)
+            elif isinstance(job, DemoteJob):
+                statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.keys)
+                for block_hash, status in zip(job.keys, statuses, strict=True):
+                    if status is not LoadStatus.OK:
+                        self._index[Tier.FLASH].remove(block_hash)
+                    if status is LoadStatus.MISSING:  # DDR had lost it behind our back
+                        self.stats.tiers[Tier.DDR].index_repairs += 1
+        self._expire_loads()
+        self._refresh_occupancy()
+
+    def _land(self, ticket: int, num_ok: int) -> None:
+        """A load is over (finished or abandoned): hand it over, or free a cancelled one."""
+        pending = self._loads.pop(ticket)
+        if pending.cancelled_blocks is not None:
+            self.pool.free(pending.cancelled_blocks)
+        else:
+            self._finished_loads.append(FinishedLoad(pending.key, num_ok))
+
     def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
         # deadline: abandon it at once (the request recomputes).
         down = any(self.health[t].is_down for _, _, t in items)
-        self._worker.submit(LoadJob(ticket, items, self._loads.add(ticket, items, now=down)))
+        guard = self._deadlines.add(ticket, items, now=down)
+        self._worker.submit(LoadJob(ticket, items, guard))
 
-    def _expire_loads(self) -> list[FinishedLoad]:
-        """Abandon loads past their deadline: the request recomputes what did not arrive."""
-        expired: list[FinishedLoad] = []
-        for ticket, items, statuses in self._loads.expire():
+    def _expire_loads(self) -> None:
+        """Abandon loads past their deadline: the request recomputes what did not arrive.
+
+        After `expire()` no byte of them reaches HBM (LoadGuard), so their slots can be
+        handed back (or freed, if cancelled) now."""
+        for ticket, items, statuses in self._deadlines.expire():
             late = {
                 t for (_, _, t), s in zip(items, statuses, strict=True) if s is not LoadStatus.OK
             }
@@ -419,25 +493,18 @@ class CacheManager:
                 ticket,
                 ", ".join(sorted(late)),
             )
-            expired.append(self._register_loaded(ticket, items, statuses, False))
-        return expired
-
-    def _finish_load(self, job: LoadJob, result: JobResult) -> FinishedLoad | None:
-        """Register the blocks that arrived intact, up to the first one that did not.
-
-        None if the load was already abandoned at its deadline (and reported then)."""
-        if not self._loads.finish(job.ticket) and job.guard is not None:
-            return None
-        statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.items)
-        return self._register_loaded(job.ticket, job.items, statuses, True)
+            self._land(ticket, self._register_loaded(items, statuses, False))
 
     def _register_loaded(
         self,
-        ticket: int,
         items: list[tuple[BlockHash, int, Tier]],
         statuses: list[LoadStatus],
         completed: bool,
-    ) -> FinishedLoad:
+    ) -> int:
+        """Register the blocks that arrived intact, up to the first one that did not.
+
+        Returns how many did. `completed`: the load finished (else it was abandoned, and
+        a block that had not arrived may be fine, only slow)."""
         num_ok = 0
         for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
             if status is not LoadStatus.OK:
@@ -457,7 +524,7 @@ class CacheManager:
             self.stats.tiers[tier].hit_blocks += 1
             self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
-        return FinishedLoad(ticket, num_ok)
+        return num_ok
 
     def _fall_through(self, job: StoreJob) -> None:
         """A tier refused or failed a spill: write the blocks one tier down instead."""

@@ -2,8 +2,10 @@
 
 Names are tierkv's (``tierkv:...``); vLLM's ``vllm:`` twins of the same names are read
 too, so a run against vLLM still reports its prefix-cache hits (vLLM's hits carry no
-tier label and are reported as ``hbm``). A server without ``/metrics`` or without a
-metric gives empty deltas, never an error.
+tier label and are reported as ``hbm``). A server that serves a name under both
+prefixes is read under ``tierkv:`` only (its series carry the tier label), never
+summed twice. A server without ``/metrics`` or without a metric gives empty deltas,
+never an error.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class MetricsSnapshot:
         values = [v for (sample, _), v in self.samples.items() if sample == name]
         return sum(values) if values else None
 
+    def label_sets(self, name: str) -> list[dict[str, str]]:
+        """The label sets `name` was served with (e.g. vLLM's ``cache_config_info``)."""
+        return [dict(labels) for sample, labels in self.samples if sample == name]
+
     def by_tier(self, name: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for (sample, labels), v in self.samples.items():
@@ -72,18 +78,30 @@ class MetricsSnapshot:
 
 
 def parse_metrics(text: str) -> MetricsSnapshot:
-    """Parse Prometheus text; unreadable text gives an empty snapshot with an error."""
-    samples: dict[tuple[str, Labels], float] = {}
+    """Parse Prometheus text; unreadable text gives an empty snapshot with an error.
+
+    Each sample name (without its prefix) is taken from the first prefix of
+    ``PREFIXES`` that has it, so a name served as both ``tierkv:`` and ``vllm:`` counts
+    once.
+    """
+    by_prefix: dict[str, dict[tuple[str, Labels], float]] = {p: {} for p in PREFIXES}
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 for prefix in PREFIXES:
                     if s.name.startswith(prefix):
-                        key = (s.name[len(prefix):], tuple(sorted(s.labels.items())))
-                        samples[key] = samples.get(key, 0.0) + float(s.value)
+                        found = by_prefix[prefix]
+                        key = (s.name[len(prefix) :], tuple(sorted(s.labels.items())))
+                        found[key] = found.get(key, 0.0) + float(s.value)
                         break
     except (ValueError, TypeError, IndexError) as exc:
         return MetricsSnapshot({}, f"unparsable /metrics: {exc}")
+    samples: dict[tuple[str, Labels], float] = {}
+    taken: set[str] = set()
+    for prefix in PREFIXES:
+        names = {name for name, _ in by_prefix[prefix]} - taken
+        samples.update((k, v) for k, v in by_prefix[prefix].items() if k[0] in names)
+        taken |= names
     return MetricsSnapshot(samples)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from load.client import ClientOptions, first_model_id, make_client, stream_request
+from load.metrics_sampler import DEFAULT_INTERVAL_S, MetricsSampler, server_timeline
 from load.metrics_scrape import scrape, server_deltas
 from load.stats import RequestRecord, RunStats, Slo, aggregate
 from load.workloads import Api, RequestSpec
@@ -90,10 +91,12 @@ class _Conversations:
     def finish(self, spec: RequestSpec, record: RequestRecord) -> None:
         if spec.api is Api.CHAT:
             # A failed turn leaves an empty answer; the conversation goes on.
-            self._history.setdefault(spec.session, []).extend([
-                {"role": "user", "content": spec.prompt},
-                {"role": "assistant", "content": record.text},
-            ])
+            self._history.setdefault(spec.session, []).extend(
+                [
+                    {"role": "user", "content": spec.prompt},
+                    {"role": "assistant", "content": record.text},
+                ]
+            )
         self._done[spec.index].set()
 
 
@@ -103,21 +106,26 @@ async def run_requests(
     specs: list[RequestSpec],
     arrival: Arrival,
     on_done: OnDone | None = None,
+    t0: float | None = None,
 ) -> list[RequestRecord]:
     """Send every spec; return one record per spec in spec order. Failed requests are
-    recorded, never raised."""
+    recorded, never raised. Times are relative to ``t0`` (a ``time.perf_counter()``
+    value; default: now)."""
     convs = _Conversations(specs)
     records: dict[int, RequestRecord] = {}
-    t0 = time.perf_counter()
+    if t0 is None:
+        t0 = time.perf_counter()
 
     async def send(spec: RequestSpec) -> None:
         try:
-            record = await stream_request(client, opts, spec.api, convs.payload(spec),
-                                          spec.max_tokens, spec.index, t0)
+            record = await stream_request(
+                client, opts, spec.api, convs.payload(spec), spec.max_tokens, spec.index, t0
+            )
         except Exception as exc:  # noqa: BLE001 - a bug in one request must not end the run
             now = time.perf_counter() - t0
-            record = RequestRecord(index=spec.index, start_s=now, end_s=now,
-                                   error=f"client error: {exc!r}")
+            record = RequestRecord(
+                index=spec.index, start_s=now, end_s=now, error=f"client error: {exc!r}"
+            )
         records[spec.index] = record
         convs.finish(spec, record)
         if on_done is not None:
@@ -142,8 +150,12 @@ async def run_requests(
     return [records[s.index] for s in specs]
 
 
-async def _closed_loop(specs: list[RequestSpec], concurrency: int, convs: _Conversations,
-                       send: Callable[[RequestSpec], Awaitable[None]]) -> None:
+async def _closed_loop(
+    specs: list[RequestSpec],
+    concurrency: int,
+    convs: _Conversations,
+    send: Callable[[RequestSpec], Awaitable[None]],
+) -> None:
     """``concurrency`` workers; each takes the first pending spec in order whose
     previous turn is done, or waits for a request to finish."""
     pending = list(specs)
@@ -174,6 +186,7 @@ class RunOutcome:
     stats: RunStats
     server: dict[str, Any]
     started_at: float  # unix time
+    server_timeline: dict[str, Any] | None = None  # see metrics_sampler.server_timeline
 
 
 async def run_workload(
@@ -186,17 +199,33 @@ async def run_workload(
     timeout_s: float = 600.0,
     api_key: str | None = None,
     on_done: OnDone | None = None,
+    sample_interval_s: float | None = DEFAULT_INTERVAL_S,
 ) -> RunOutcome:
     """Resolve the model (first of GET /v1/models unless given), scrape /metrics, send
-    the workload, scrape again. Raises ServerUnreachableError if the server does not
+    the workload while sampling /metrics every ``sample_interval_s`` (None: no
+    sampling), scrape again. Raises ServerUnreachableError if the server does not
     answer GET /v1/models; individual request failures are recorded instead."""
     async with make_client(timeout_s, api_key) as client:
         resolved = await first_model_id(client, base_url)
-        opts = ClientOptions(base_url=base_url, model=model or resolved, ignore_eos=ignore_eos,
-                             timeout_s=timeout_s, api_key=api_key)
+        opts = ClientOptions(
+            base_url=base_url,
+            model=model or resolved,
+            ignore_eos=ignore_eos,
+            timeout_s=timeout_s,
+            api_key=api_key,
+        )
         before = await scrape(client, base_url)
         started_at = time.time()
-        records = await run_requests(client, opts, specs, arrival, on_done)
+        t0 = time.perf_counter()
+        sampler = None
+        if sample_interval_s is not None and before.error is None:
+            sampler = MetricsSampler(client, base_url, t0, sample_interval_s)
+            sampler.start()
+        try:
+            records = await run_requests(client, opts, specs, arrival, on_done, t0)
+        finally:
+            if sampler is not None:
+                await sampler.stop()
         after = await scrape(client, base_url)
     return RunOutcome(
         model=opts.model,
@@ -204,4 +233,9 @@ async def run_workload(
         stats=aggregate(records, slo),
         server=server_deltas(before, after),
         started_at=started_at,
+        server_timeline=None
+        if sampler is None
+        else server_timeline(
+            sampler.points, sampler.interval_s, sampler.num_failed, sampler.last_error
+        ),
     )

@@ -22,9 +22,47 @@ TRACE_NAME = "mooncake_conversation_trace.jsonl"
 def default_trace_path() -> Path:
     """The Mooncake conversation trace in the ``shared/traces`` folder that sits beside
     the repository (as in CI), else at ``/work/shared/traces``."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "traces" / TRACE_NAME,
-                  Path("/work/shared/traces") / TRACE_NAME]
+    candidates = [
+        Path(__file__).resolve().parents[2] / "shared" / "traces" / TRACE_NAME,
+        Path("/work/shared/traces") / TRACE_NAME,
+    ]
     return next((p for p in candidates if p.exists()), candidates[0])
+
+
+TRACE_SOURCE = (
+    "public Mooncake traces: github.com/kvcache-ai/Mooncake, folder FAST25-release/traces "
+    "(Apache-2.0); the conversation trace ships in this project's shared/traces/"
+)
+
+
+def resolve_trace_path(path: str | Path | None) -> Path:
+    """The absolute path of a trace given as an absolute path, a path relative to the
+    working directory (``~`` expanded), a bare file name of the shipped traces folder,
+    or None for the shipped conversation trace.
+
+    Raises FileNotFoundError naming the absolute path that was tried (and where public
+    traces come from) when there is no such file, IsADirectoryError for a directory.
+    """
+    if path is None:
+        shipped = default_trace_path()
+        if not shipped.is_file():
+            raise FileNotFoundError(
+                f"no trace given and the shipped trace {shipped} is "
+                f"missing; pass --trace FILE ({TRACE_SOURCE})"
+            )
+        return shipped
+    given = Path(path).expanduser()
+    candidate = given.resolve()
+    if candidate.is_dir():
+        raise IsADirectoryError(f"trace path {candidate} is a directory, not a JSONL file")
+    if candidate.is_file():
+        return candidate
+    shipped = default_trace_path().parent / given.name
+    if given.name == str(path) and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"trace file not found: {candidate} (given as {str(path)!r}); {TRACE_SOURCE}"
+    )
 
 
 @dataclass(slots=True, frozen=True)

@@ -10,31 +10,32 @@ from npu_sim.device import DEVICE_PRESETS, DeviceSpec, get_device
 from npu_sim.executor import Executor, Pace, StepResult, StepSequence
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import DEFAULT_MODEL, MODEL_PRESETS, ModelConfig, get_model_config
-from npu_sim.ops import TILE_ROWS, tiled_matmul
+from npu_sim.ops import QuantizedLinear, attend, linear
 from npu_sim.sampling import Sampler, SamplingParams
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEVICE_PRESETS",
     "MODEL_PRESETS",
-    "TILE_ROWS",
     "DeviceSpec",
     "Executor",
     "Model",
     "ModelConfig",
     "Pace",
+    "QuantizedLinear",
     "Sampler",
     "SamplingParams",
     "SeqChunk",
     "StepCost",
     "StepResult",
     "StepSequence",
+    "attend",
     "blas_core_name",
     "get_device",
     "get_model_config",
     "limit_blas_threads",
+    "linear",
     "step_cost",
-    "tiled_matmul",
     "tokenizer",
     "transfer_seconds",
 ]

@@ -1,71 +1,154 @@
-"""Micro-benchmark of the numpy model: `python -m npu_sim.bench [--model M] [--blas-threads N]`.
+"""Micro-benchmark of the numpy model: `python -m npu_sim.bench [--model M] [--json]`.
 
-Reports the wall time of a long single-sequence prefill and of decode steps at batch 1 and
-16 over a given context, best/median of a few runs. Wall-clock numbers only; nothing here
-is used by the server.
+Reports, in CPU seconds of one BLAS thread (the model's default):
+* numpy's one-thread sgemm FLOP/s on 2048x2048 (the ceiling the model is compared to);
+* a cold prefill of each `--prefill-lens` length, in chunks of `--chunk` tokens (as the
+  server's token budget cuts it), with the model's FLOPs (linear layers 2 per weight and
+  token, lm_head once, attention 4 * heads * head_dim per query-key pair and layer) and
+  the fraction of the sgemm rate that makes;
+* decode tokens/s at each `--decode-batches` size over `--context` tokens of context.
+
+It only imports `npu_sim.model` and `npu_sim.model_config`, so the same file can time an
+older checkout: `PYTHONPATH=/path/to/old python npu_sim/bench.py` (run alternately with
+the new code to compare side by side on a noisy machine).
+
+`--fingerprint` instead prints a digest of the KV bytes and logits of a fixed 1,000-token
+prefill and three decodes (with two BLAS threads), next to the BLAS kernel in use: run it
+under several `OPENBLAS_CORETYPE` values to check that the kernel changes no bit.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import hashlib
+import json
 import time
 from collections.abc import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
-from npu_sim.blas import blas_core_name
 from npu_sim.model import Model, SeqChunk
-from npu_sim.model_config import DEFAULT_MODEL, get_model_config
+from npu_sim.model_config import get_model_config
 
 BLOCK_SIZE = 16
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    times = []
+def _cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Best of `repeats` CPU-time measurements of `fn` (CPU time: robust to a busy box)."""
+    best = float("inf")
     for _ in range(repeats):
-        started = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - started)
-    return min(times), statistics.median(times)
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def sgemm_flops() -> float:
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    seconds = _cpu_seconds(lambda: a @ a, 5)
+    return 2 * 2048**3 / seconds
+
+
+def prefill_flops(model: Model, n: int) -> float:
+    c = model.config
+    h, hd = c.hidden_size, c.head_dim
+    linear = h * (c.num_heads + 2 * c.num_kv_heads) * hd + c.num_heads * hd * h
+    linear += 3 * h * c.intermediate_size
+    attn_pairs = n * (n + 1) / 2
+    return (
+        2.0 * c.num_layers * linear * n
+        + 2.0 * h * c.vocab_size
+        + (4.0 * c.num_heads * hd * c.num_layers * attn_pairs)
+    )
+
+
+def fingerprint(model_name: str) -> str:
+    """Digest of the KV bytes and logits of a fixed prefill and three decodes."""
+    model = Model(get_model_config(model_name), blas_threads=2)
+    pool = np.zeros(model.kv_pool_shape(80, BLOCK_SIZE), dtype=np.float16)
+    ids = np.random.default_rng(0).integers(0, 256, 1000).tolist()
+    table = list(range(64))
+    digest = hashlib.sha256(model.forward([SeqChunk(ids, 0, table)], pool).tobytes())
+    for i in range(3):
+        digest.update(model.forward([SeqChunk([65 + i], 1000 + i, table)], pool).tobytes())
+    digest.update(pool.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--blas-threads", type=int, default=1, help="0 = leave BLAS alone")
-    parser.add_argument("--prefill-len", type=int, default=2000)
-    parser.add_argument("--context", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-llama")
+    parser.add_argument("--prefill-lens", default="1024,8192")
+    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--decode-batches", default="1,32")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="one JSON line instead of text")
+    parser.add_argument("--fingerprint", action="store_true", help="digest of result bits")
     args = parser.parse_args(argv)
-    model = Model(get_model_config(args.model), blas_threads=args.blas_threads or None)
-    rng = np.random.default_rng(0)
-    blocks_per_seq = -(-max(args.prefill_len, args.context + 1) // BLOCK_SIZE)
-    pool = np.zeros(model.kv_pool_shape(17 * blocks_per_seq, BLOCK_SIZE), dtype=np.float16)
-    tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(17)]
-    threads = args.blas_threads or "untouched"
-    print(f"model={args.model} blas={blas_core_name()} blas_threads={threads}")
-
-    prompt = rng.integers(0, 256, args.prefill_len).tolist()
-    best, median = _timed(lambda: model.forward([SeqChunk(prompt, 0, tables[16])], pool), 3)
-    print(
-        f"prefill {args.prefill_len} tokens: best {best * 1e3:.0f} ms, median {median * 1e3:.0f} ms"
-    )
-
-    for table in tables[:16]:
-        ctx = rng.integers(0, 256, args.context).tolist()
-        model.forward([SeqChunk(ctx, 0, table, needs_logits=False)], pool)
-    for batch_size in (1, 16):
-        batch = [SeqChunk([65], args.context, tables[i]) for i in range(batch_size)]
-
-        def decode_step(batch: list[SeqChunk] = batch) -> None:
-            model.forward(batch, pool)
-
-        best, median = _timed(decode_step, args.repeats * 4)
-        print(
-            f"decode batch {batch_size:2d} @ {args.context} ctx: "
-            f"best {best * 1e3:.1f} ms, median {median * 1e3:.1f} ms"
+    if args.fingerprint:
+        kernel = next(
+            (i.get("architecture") for i in threadpool_info() if i["user_api"] == "blas"), None
         )
+        print(f"blas kernel {kernel}: {args.model} {fingerprint(args.model)}")
+        return
+
+    threadpool_limits(1)
+    model = Model(get_model_config(args.model))
+    rng = np.random.default_rng(0)
+    result: dict[str, object] = {"model": args.model, "sgemm_flops": sgemm_flops()}
+    sgemm = float(result["sgemm_flops"])  # type: ignore[arg-type]
+    prefill: dict[str, dict[str, float]] = {}
+    for n in (int(x) for x in args.prefill_lens.split(",")):
+        nb = -(-n // BLOCK_SIZE)
+        pool = np.zeros(model.kv_pool_shape(nb, BLOCK_SIZE), dtype=np.float16)
+        table = list(range(nb))
+        ids = rng.integers(0, 256, n).tolist()
+
+        def run(ids: list[int] = ids, table: list[int] = table, pool: np.ndarray = pool) -> None:
+            for s in range(0, len(ids), args.chunk):
+                last = s + args.chunk >= len(ids)
+                model.forward([SeqChunk(ids[s : s + args.chunk], s, table, last)], pool)
+
+        seconds = _cpu_seconds(run, args.repeats if n <= 2048 else 1)
+        flops = prefill_flops(model, n)
+        prefill[str(n)] = {"seconds": seconds, "fraction_of_sgemm": flops / seconds / sgemm}
+    result["prefill"] = prefill
+
+    decode: dict[str, float] = {}
+    batches = [int(x) for x in args.decode_batches.split(",")]
+    nb = -(-(args.context + 64) // BLOCK_SIZE)
+    pool = np.zeros(model.kv_pool_shape(nb * max(batches), BLOCK_SIZE), dtype=np.float16)
+    tables = [list(range(i * nb, (i + 1) * nb)) for i in range(max(batches))]
+    for table in tables:
+        ctx = rng.integers(0, 256, args.context).tolist()
+        for s in range(0, args.context, args.chunk):
+            model.forward([SeqChunk(ctx[s : s + args.chunk], s, table, False)], pool)
+    steps = 8
+    for bsz in batches:
+
+        def decode_steps(bsz: int = bsz) -> None:
+            for i in range(steps):
+                model.forward(
+                    [SeqChunk([65], args.context + i, tables[b]) for b in range(bsz)], pool
+                )
+
+        seconds = _cpu_seconds(decode_steps, args.repeats)
+        decode[str(bsz)] = bsz * steps / seconds
+    result["decode_tokens_per_s"] = decode
+
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"model {args.model}: one-thread sgemm {sgemm / 1e9:.1f} GFLOP/s")
+    for length, r in prefill.items():
+        print(
+            f"prefill {length:>6} tokens: {r['seconds']:.3f} s CPU, "
+            f"{r['fraction_of_sgemm']:.0%} of sgemm FLOP/s"
+        )
+    for b, tps in decode.items():
+        print(f"decode batch {b:>3} @ {args.context} ctx: {tps:.0f} tokens/s")
 
 
 if __name__ == "__main__":

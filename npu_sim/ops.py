@@ -1,78 +1,176 @@
-"""Batch-invariant numpy kernels for the simulated model.
+"""Exact numpy kernels: every result bit is independent of how the work is split.
 
-The contract every function here keeps: the bits computed for one row (token) depend only
-on that row's inputs, never on how many other rows share the call or where the row sits.
-Plain `x @ W` does not keep it on OpenBLAS (M=1 takes a different kernel than M>=2, and
-the kernel choice depends on M), so:
+The guarantee, for every function here: the bits computed for one row (one token) depend
+only on that row's own inputs (its activations, its position, the KV bytes of its own
+context), never on the BLAS kernel family or thread count, on how many other rows share
+the call, on where the row sits in the batch, or on how a prompt was cut into chunks.
 
-* linear layers run on fixed tiles of `TILE_ROWS` rows: the activation matrix is padded
-  with zero rows to a multiple of `TILE_ROWS` and every BLAS call sees exactly that shape;
-* attention runs per query row over exactly its own context, so every reduction (the
-  softmax sum, the P@V contraction) has a length that depends only on the row's position;
-* elementwise ops are exact IEEE operations or run on rows whose width is a multiple of
-  the SIMD width, so no row ever lands in a vector-loop remainder.
+How (quantised arithmetic with integer-valued float operands, as Ascend's W8A8 does):
 
-Cross-machine bit equality is not promised: another CPU picks another BLAS kernel.
-All functions are pure (except `RopeTable`'s lazy cache) and compute in float32.
+* **Linear layers** (`QuantizedLinear`): weights are int8 per output channel
+  (`w = w_int * scale[n]`), activations int8 per row (`x = x_int * s[m]`). `x_int @ w_int`
+  is a sum of integers whose every partial sum stays below 2**24, so float32 BLAS gets it
+  *exactly*, whatever order, blocking or threading the kernel uses. The reduction axis is
+  cut into pieces of at most `_MAX_EXACT_K` so that bound holds for 8-bit operands; the
+  pieces' exact results are added in a fixed order. Scaling is elementwise IEEE
+  arithmetic, correctly rounded, hence the same everywhere.
+* **KV** (`quantize_kv`): K and V are stored as `q * 2**e` with `|q| <= 127` and one
+  power-of-two exponent per (token, KV head). Those values are exact in float16 (the pool
+  dtype), so what a reloaded block holds is exactly what was computed.
+* **Attention** (`attend`): queries are integers per (row, head), with as many bits as
+  keep `q_int @ K` exact in float32 (one exponent per key, integer sums < 2**24: 11 bits
+  at head_dim 64). Softmax weights are integers:
+  `p = EXP_TABLE[rint((max - score) * R)]` (a table of `rint(2**14 * exp(-i / R))`
+  computed in exact decimal arithmetic), so the denominator is an exact integer sum and
+  `p @ V` is exact in float64 (V exponents are clamped to a 16-wide window:
+  2**14 * 127 * 2**16 * MAX_CONTEXT stays below 2**53). One division per output.
+* **Elementwise** functions are IEEE operations on each element (add, multiply, divide,
+  sqrt, rint, ldexp: correctly rounded, so vector width and alignment do not matter) or
+  numpy's float32 `exp` on contiguous arrays (SiLU; one SIMD routine per CPU level, tails
+  by masked loads); row reductions (RMSNorm's mean of
+  squares, maxima) run over exactly one row of fixed length with numpy's pairwise sum,
+  whose association is fixed by its source code.
+
+Across machines: nothing here depends on the BLAS kernel (checked with several OpenBLAS
+core types on one CPU; see README). numpy's float32 exp (and float64 sin/cos) may differ in the
+last bit between its SIMD levels (AVX-512 and AVX2 use different routines), so
+`Model.numerics_id` keeps numpy's version and SIMD level, but not the BLAS kernel family.
+
+All functions are pure (except `RopeTable`'s lazy growth) and thread-safe.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal, getcontext
 from typing import Final
 
 import numpy as np
 
-TILE_ROWS: Final = 16
-_ROPE_BLOCK: Final = 1024  # RoPE table rows computed per (fixed-shape) call
+QMAX: Final = 127  # 8-bit symmetric range
+_F32_EXACT: Final = 1 << 24  # integers up to here are exact in float32
+# Longest reduction of two 8-bit operands whose every partial sum is exact in float32.
+_MAX_EXACT_K: Final = (_F32_EXACT - 1) // (QMAX * QMAX)  # 1040
+
+# Attention: softmax weights are integers in [0, 2**P_BITS].
+P_BITS: Final = 14
+EXP_RESOLUTION: Final = 1024  # table steps per unit of (max - score)
+# V exponents live in [V_EXP_MIN, V_EXP_MAX]: |v| <= 127 * 2**3, resolution 2**-13.
+V_EXP_MIN: Final = -13
+V_EXP_MAX: Final = 3
+K_EXP_MIN: Final = -24  # the smallest float16 subnormal step
+K_EXP_MAX: Final = 8  # 127 * 2**8 = 32512 < float16 max
+# p @ V in float64 is exact while 2**P_BITS * 127 * 2**(V window) * context < 2**53.
+MAX_CONTEXT: Final = (1 << 53) // ((1 << P_BITS) * QMAX * (1 << (V_EXP_MAX - V_EXP_MIN)))
 
 
-def padded_rows(num_rows: int) -> int:
-    """Smallest multiple of `TILE_ROWS` >= num_rows."""
-    return -(-num_rows // TILE_ROWS) * TILE_ROWS
+def _exp_table() -> np.ndarray:
+    """`rint(2**P_BITS * exp(-i / EXP_RESOLUTION))` until it reaches 0, then one 0.
 
-
-def pad_rows(x: np.ndarray) -> np.ndarray:
-    """`x` (M, K) as a new float32 array with zero rows appended up to `padded_rows(M)`."""
-    out = np.zeros((padded_rows(x.shape[0]), x.shape[1]), dtype=np.float32)
-    out[: x.shape[0]] = x
-    return out
-
-
-def tiled_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """`x @ w` computed as independent (TILE_ROWS, K) @ (K, N) products.
-
-    `x` is (M, K) float32 with M a multiple of `TILE_ROWS` (see `pad_rows`); `w` is (K, N)
-    float32. Each output row is bit-identical for any M and any row position.
+    Computed with `decimal` at 40 digits, so the table is the same on every machine (a
+    libm `exp` could round a near-tie differently).
     """
-    if x.ndim != 2 or x.shape[0] % TILE_ROWS:
-        raise ValueError(f"tiled_matmul needs (M, K) with M % {TILE_ROWS} == 0, got {x.shape}")
-    m, k = x.shape
-    tiles = np.ascontiguousarray(x, dtype=np.float32).reshape(m // TILE_ROWS, TILE_ROWS, k)
-    # A stacked matmul calls BLAS once per (TILE_ROWS, K) tile, always with the same shape.
-    return np.matmul(tiles, w).reshape(m, w.shape[1])
+    getcontext().prec = 40
+    scale, step = Decimal(1 << P_BITS), Decimal(1) / Decimal(EXP_RESOLUTION)
+    values: list[int] = []
+    i = 0
+    while True:
+        v = int((scale * (-(step * i)).exp()).to_integral_value())  # half-even, like rint
+        values.append(v)
+        if v == 0:
+            break
+        i += 1
+    table = np.array(values, dtype=np.float64)
+    table.flags.writeable = False
+    return table
 
 
-# fp16 -> fp32 by table look-up: exact (same bits as astype) and ~1.5-3x faster than numpy's
-# own half-precision cast on this machine, which dominates a long-context decode step.
-_F16_TO_F32: Final = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-_F16_TO_F32.flags.writeable = False
+EXP_TABLE: Final = _exp_table()
+_EXP_LAST: Final = len(EXP_TABLE) - 1  # index of the final 0
 
 
-def widen_to_f32(x: np.ndarray) -> np.ndarray:
-    """A new C-contiguous float32 copy of float `x` (exact conversion)."""
-    if x.dtype == np.float16:
-        return np.take(_F16_TO_F32, np.ascontiguousarray(x).view(np.uint16))
-    return np.array(x, dtype=np.float32, order="C")
+# -- linear layers --------------------------------------------------------------------
+
+
+def quantize_rows(x: np.ndarray, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row quantisation of float32 `x` (..., K).
+
+    Returns `(x_int, scale)`: `x_int` float32 integer-valued in [-qmax, qmax] and `scale`
+    (..., 1) float32 with `x ~= x_int * scale` (scale 0 for an all-zero row).
+    """
+    amax = np.max(np.abs(x), axis=-1, keepdims=True)
+    scale = amax / np.float32(qmax)
+    safe = np.where(scale > 0, scale, np.float32(1.0))
+    x_int = np.rint(x / safe)
+    np.clip(x_int, -qmax, qmax, out=x_int)
+    return x_int, scale
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizedLinear:
+    """An int8 weight matrix `(K, N)` with one float32 scale per output column.
+
+    `w_int` holds the integers as float32 (so BLAS multiplies them), cut along K into
+    pieces of at most 1040 rows.
+    """
+
+    pieces: tuple[np.ndarray, ...]
+    scale: np.ndarray  # (N,)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(p.shape[0] for p in self.pieces), self.scale.shape[0]
+
+    @classmethod
+    def from_float(cls, w: np.ndarray) -> QuantizedLinear:
+        """Quantise a float weight `(K, N)` (`x @ w` is the layer) per output column."""
+        if w.ndim != 2 or 0 in w.shape:
+            raise ValueError(f"weight must be a non-empty (K, N) matrix, got {w.shape}")
+        w32 = np.asarray(w, dtype=np.float32)
+        w_int_t, scale = quantize_rows(np.ascontiguousarray(w32.T))
+        w_int = np.ascontiguousarray(w_int_t.T)
+        k = w_int.shape[0]
+        num_pieces = -(-k // _MAX_EXACT_K)
+        bounds = [round(i * k / num_pieces) for i in range(num_pieces + 1)]
+        pieces = tuple(
+            np.ascontiguousarray(w_int[lo:hi]) for lo, hi in zip(bounds, bounds[1:], strict=False)
+        )
+        return cls(pieces, np.ascontiguousarray(scale[:, 0]))
+
+    def dequantized(self) -> np.ndarray:
+        """The float32 weight this layer computes with (for tests and references)."""
+        return np.concatenate(self.pieces) * self.scale
+
+
+def linear(x: np.ndarray, layer: QuantizedLinear) -> np.ndarray:
+    """`x @ W` for float32 `x` (M, K): exact integer products, then per-element scaling."""
+    x_int, x_scale = quantize_rows(np.asarray(x, dtype=np.float32))
+    acc: np.ndarray | None = None
+    start = 0
+    for piece in layer.pieces:
+        part = x_int[:, start : start + piece.shape[0]] @ piece  # exact: integers < 2**24
+        acc = part if acc is None else acc + part  # fixed order of exact partial sums
+        start += piece.shape[0]
+    assert acc is not None
+    return (acc * x_scale) * layer.scale
+
+
+# -- elementwise ----------------------------------------------------------------------
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """Row-wise RMSNorm of (M, H) `x` (each row reduced on its own, same length)."""
+    """Row-wise RMSNorm of (M, H) float32 `x`: one fixed-length reduction per row."""
     mean_sq = np.mean(np.square(x), axis=-1, keepdims=True)
     return (x / np.sqrt(mean_sq + np.float32(eps))) * weight
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """SwiGLU activation `silu(gate) * up`, elementwise."""
+    """SwiGLU `silu(gate) * up` in float32.
+
+    numpy's float32 `exp` is one SIMD routine per CPU level for contiguous input, with
+    partial vectors handled by masked loads, so each element's bits depend only on its
+    value (tests check this against element-by-element calls).
+    """
     g = np.ascontiguousarray(gate)
     with np.errstate(over="ignore"):  # exp(-g) -> inf for g << 0 gives silu -> -0, fine
         return (g / (np.float32(1.0) + np.exp(-g))) * up
@@ -86,6 +184,8 @@ class RopeTable:
     thread-safe (the model runs on one thread).
     """
 
+    _BLOCK: Final = 1024
+
     def __init__(self, head_dim: int, theta: float) -> None:
         exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
         self._inv_freq = np.float64(theta) ** -exponents
@@ -97,7 +197,7 @@ class RopeTable:
         needed = int(positions.max()) + 1 if positions.size else 0
         while self._cos.shape[0] < needed:
             start = self._cos.shape[0]
-            pos = np.arange(start, start + _ROPE_BLOCK, dtype=np.float64)
+            pos = np.arange(start, start + self._BLOCK, dtype=np.float64)
             angles = pos[:, None] * self._inv_freq[None, :]
             self._cos = np.concatenate([self._cos, np.cos(angles).astype(np.float32)])
             self._sin = np.concatenate([self._sin, np.sin(angles).astype(np.float32)])
@@ -115,30 +215,112 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return out
 
 
-def attend_rows(
-    q: np.ndarray, k_ctx_t: np.ndarray, v_ctx: np.ndarray, start_pos: int, out: np.ndarray
-) -> None:
-    """Causal grouped-query attention of a chunk's rows, one row at a time.
+# -- KV and attention -----------------------------------------------------------------
 
-    q: (n, num_heads, head_dim), already scaled by 1/sqrt(head_dim); query heads
-    [j*g, (j+1)*g) use KV head j. k_ctx_t: keys transposed, (num_kv_heads, head_dim, >= ctx);
-    v_ctx: (num_kv_heads, >= ctx, head_dim); ctx = start_pos + n; both float32 with unit
-    stride on their last axis. Row i (position start_pos + i) attends to keys
-    [0, start_pos + i] exactly, so its result depends only on its own inputs (the leading
-    dimension of the context arrays does not matter). Writes the (n, num_heads * head_dim)
-    result into `out`.
+
+def quantize_kv(x: np.ndarray, exp_min: int, exp_max: int) -> np.ndarray:
+    """Round float32 `x` (..., head_dim) to `q * 2**e`: |q| <= 127, one e per vector.
+
+    `e` is the smallest power of two with max|x| / 2**e below 128, clamped to
+    [exp_min, exp_max] (values then saturate or lose low bits). The result is exact in
+    float16 for exponents within [-24, 8].
     """
-    n, num_heads, head_dim = q.shape
-    num_kv_heads = k_ctx_t.shape[0]
-    qg = np.ascontiguousarray(q).reshape(n, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    for i in range(n):
-        ctx = start_pos + i + 1
-        # (kvh, group, hd) @ (kvh, hd, ctx): keys pre-transposed so BLAS runs its NN kernel,
-        # about 2.5x faster here than the transposed-view (NT) form.
-        scores = np.matmul(qg[i], k_ctx_t[:, :, :ctx])
-        np.subtract(scores, scores.max(axis=-1, keepdims=True), out=scores)
-        np.exp(scores, out=scores)
-        denom = np.add.reduce(scores, axis=-1, keepdims=True)
-        mixed = np.matmul(scores, v_ctx[:, :ctx])  # (kvh, group, hd)
-        np.divide(mixed, denom, out=mixed)
-        out[i] = mixed.reshape(-1)
+    amax = np.max(np.abs(x), axis=-1, keepdims=True)
+    _, e = np.frexp(amax / np.float32(QMAX))
+    np.clip(e, exp_min, exp_max, out=e)
+    q = np.rint(np.ldexp(x, -e))
+    np.clip(q, -QMAX, QMAX, out=q)
+    return np.ldexp(q, e).astype(np.float32)
+
+
+def quantize_k(x: np.ndarray) -> np.ndarray:
+    return quantize_kv(x, K_EXP_MIN, K_EXP_MAX)
+
+
+def quantize_v(x: np.ndarray) -> np.ndarray:
+    return quantize_kv(x, V_EXP_MIN, V_EXP_MAX)
+
+
+def attend(
+    q: np.ndarray,
+    k_ctx_t: np.ndarray,
+    v_ctx: np.ndarray,
+    query_pos: np.ndarray,
+    head_dim_scale: float,
+) -> np.ndarray:
+    """Causal grouped-query attention, exact (see the module docstring).
+
+    q: (B, n, num_heads, head_dim) float32, RoPE applied, not yet scaled.
+    k_ctx_t: (B, num_kv_heads, head_dim, T) float32 or float64 holding `quantize_k`
+        values (any strides BLAS accepts, e.g. a transposed view of token-major keys).
+        Both dtypes give the same bits: every score is exact in either.
+    v_ctx: (B, num_kv_heads, T, head_dim) float64 holding `quantize_v` values.
+    query_pos: (B, n) absolute position of each query row; row (b, i) attends to keys
+        [0, query_pos[b, i]] of its own sequence b. Rows of padding may repeat a
+        position; keys past a row's position are ignored, whatever they hold.
+    Returns (B, n, num_heads * head_dim) float32.
+    """
+    b, n, num_heads, hd = q.shape
+    kvh, t = k_ctx_t.shape[1], k_ctx_t.shape[3]
+    if t > MAX_CONTEXT:
+        raise ValueError(f"context {t} exceeds the exact-attention limit {MAX_CONTEXT}")
+    g = num_heads // kvh
+    # Queries get as many bits as keep q_int @ K exact: 1023 levels for head_dim <= 128.
+    q_int, q_scale = quantize_rows(q, min(2047, (_F32_EXACT - 1) // (QMAX * hd)))
+    # (B, kvh, n*g, hd): query head h uses KV head h // g.
+    qg = q_int.reshape(b, n, kvh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, n * g, hd)
+    scores = np.matmul(qg.astype(k_ctx_t.dtype), k_ctx_t).astype(np.float32, copy=False)
+    # Keys every row may see: [0, lo). Past them, a band where some rows are masked.
+    lo = int(query_pos.min()) + 1
+    blocked: np.ndarray | None = None
+    if lo < t:
+        beyond = np.arange(lo, t)[None, None, :] > query_pos[:, :, None]  # (B, n, T - lo)
+        blocked = np.repeat(beyond, g, axis=1)[:, None]  # (B, 1, n*g, T - lo)
+        np.copyto(scores[..., lo:], -np.inf, where=blocked)
+    top = scores.max(axis=-1, keepdims=True)
+    # Table index floor((top - score) * f + 1/2), as (top*f + 1/2) - score*f: two passes.
+    row_scale = q_scale.reshape(b, n, kvh, g, 1).transpose(0, 2, 1, 3, 4).reshape(b, kvh, n * g, 1)
+    factor = row_scale * np.float32(head_dim_scale * EXP_RESOLUTION)
+    offset = top * factor + np.float32(0.5)
+    np.multiply(scores, factor, out=scores)
+    np.subtract(offset, scores, out=scores)  # >= 0 where visible; inf or nan where masked
+    with np.errstate(invalid="ignore"):
+        steps = scores.astype(np.intp)
+    if blocked is not None:
+        np.copyto(steps[..., lo:], _EXP_LAST, where=blocked)
+    p = np.take(EXP_TABLE, steps, mode="clip")  # integers in [0, 2**P_BITS]; past the end 0
+    den = p.sum(axis=-1, keepdims=True)  # exact integer sum
+    num = np.matmul(p, v_ctx)  # exact in float64
+    out = (num / den).astype(np.float32)  # (B, kvh, n*g, hd)
+    return out.reshape(b, kvh, n, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, n, num_heads * hd)
+
+
+# fp16 -> wider by table look-up: exact (same bits as astype) and faster than numpy's cast.
+_F16_TO_F32: Final = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+_F16_TO_F32.flags.writeable = False
+
+
+def widen(x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """A new C-contiguous copy of float `x` as `dtype` (exact widening)."""
+    if x.dtype == np.float16 and dtype is np.float32:
+        return np.take(_F16_TO_F32, np.ascontiguousarray(x).view(np.uint16))
+    return np.array(x, dtype=dtype, order="C")
+
+
+__all__ = [
+    "EXP_TABLE",
+    "MAX_CONTEXT",
+    "QMAX",
+    "QuantizedLinear",
+    "RopeTable",
+    "apply_rope",
+    "attend",
+    "linear",
+    "quantize_k",
+    "quantize_kv",
+    "quantize_rows",
+    "quantize_v",
+    "rms_norm",
+    "silu_mul",
+    "widen",
+]

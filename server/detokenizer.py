@@ -7,15 +7,19 @@ shows a stop string (or a part of one) that then has to be taken back.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Sequence
-
-from npu_sim import tokenizer
+from collections.abc import Callable, Sequence
 
 
 class IncrementalDetokenizer:
-    """Feeds token ids, returns text that is safe to send; `done` once a stop string hit."""
+    """Feeds token ids, returns text that is safe to send; `done` once a stop string hit.
 
-    def __init__(self, stop: Sequence[str] = ()) -> None:
+    `token_bytes` maps a token id to the UTF-8 bytes it stands for (b"" for specials),
+    as `npu_sim.tokenizers.Tokenizer.token_bytes` does, so a character split across
+    tokens is released whole.
+    """
+
+    def __init__(self, token_bytes: Callable[[int], bytes], stop: Sequence[str] = ()) -> None:
+        self._token_bytes = token_bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = list(stop)
         self._holdback = max((len(s) for s in self._stop), default=1) - 1
@@ -26,7 +30,7 @@ class IncrementalDetokenizer:
     def feed(self, token_ids: Sequence[int]) -> str:
         if self.done:
             return ""
-        raw = bytes(t for t in token_ids if t < tokenizer.BOS)  # ids >= BOS are specials
+        raw = b"".join(self._token_bytes(t) for t in token_ids)
         self._pending += self._decoder.decode(raw)
         cut = self._find_stop()
         if cut is not None:

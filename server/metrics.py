@@ -1,6 +1,7 @@
 """Prometheus metrics, named after vLLM's (`vllm:` -> `tierkv:`).
 
-Latency histograms are observed on the event loop as outputs arrive. Engine and cache
+Latency histograms are observed on the event loop as outputs arrive; finishes (and their
+end-to-end latency) as the engine reports them, once per request. Engine and cache
 counters are not mirrored into prometheus objects on every change: a collector reads
 the latest stats snapshot the engine thread published, at scrape time.
 """
@@ -45,12 +46,24 @@ class ServerMetrics:
             buckets=ITL_BUCKETS, registry=self.registry,
         )
         self.e2e_latency = Histogram(
-            "tierkv:e2e_request_latency_seconds", "End-to-end request latency.",
+            "tierkv:e2e_request_latency_seconds",
+            "End-to-end latency of every finished request (aborts included).",
             buckets=E2E_BUCKETS, registry=self.registry,
         )
         self.request_success = Counter(
-            "tierkv:request_success", "Finished requests by finish reason.",
+            "tierkv:request_success",
+            "Finished requests by finish reason (stop, length, abort), each counted once.",
             ["finished_reason"], registry=self.registry,
+        )
+        # Refused before reaching the engine: queue_full, engine_dead, body_too_large,
+        # unauthorized. vLLM has no such counter; the name is ours.
+        self.request_rejected = Counter(
+            "tierkv:request_rejected", "Requests refused, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.injected_failures = Counter(
+            "tierkv:injected_failures", "Errors injected by --failure-injection-rate, by type.",
+            ["type"], registry=self.registry,
         )
 
     def attach(self, source: StatsSource) -> None:

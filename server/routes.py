@@ -9,14 +9,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cache.stats import Tier
+from cache.stats import CacheStats, Tier
 from server.engine.async_engine import AsyncEngine, engine_summary
 from server.errors import APIError
 from server.metrics import ServerMetrics
+from server.middleware import OffloadedJSONRoute
 from server.protocol import ChatCompletionRequest, CompletionRequest, OffloadRequest
 from server.serving import OpenAIServing
 
-router = APIRouter()
+# Large JSON bodies are parsed off the event loop (see server.middleware).
+router = APIRouter(route_class=OffloadedJSONRoute)
 
 
 def _serving(request: Request) -> OpenAIServing:
@@ -62,9 +64,33 @@ async def models(raw: Request, serving: Serving) -> dict[str, Any]:
 
 @router.get("/health")
 async def health(engine: Engine) -> JSONResponse:
+    """200 while the engine runs, even with a tier degraded (traffic still flows, the
+    cache falls back to recompute); 503 only when the engine thread is dead."""
     if not engine.is_healthy:
-        return JSONResponse({"status": "engine stopped"}, status_code=503)
-    return JSONResponse({"status": "ok", **engine_summary(engine)})
+        return JSONResponse({"status": "dead", "detail": "engine stopped"}, status_code=503)
+    tiers = tier_health(engine.cache_stats)
+    return JSONResponse({"status": overall_status(tiers), "tiers": tiers,
+                         **engine_summary(engine)})
+
+
+# Tier states that still mean "working as configured".
+HEALTHY_TIER_STATES = frozenset({"ok", "disabled"})
+
+
+def tier_health(stats: CacheStats) -> dict[str, dict[str, str]]:
+    """Per-tier state from the cache's `TierStats.health` / `health_detail`, read with
+    defaults so that a cache layer without them reports every tier "ok"."""
+    return {
+        tier.value: {"health": getattr(s, "health", "ok"),
+                     "detail": getattr(s, "health_detail", "")}
+        for tier, s in stats.tiers.items()
+    }
+
+
+def overall_status(tiers: dict[str, dict[str, str]]) -> str:
+    """"ok" when every tier is ok or disabled, else "degraded"."""
+    healthy = all(t["health"] in HEALTHY_TIER_STATES for t in tiers.values())
+    return "ok" if healthy else "degraded"
 
 
 @router.get("/metrics")

@@ -15,18 +15,21 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from cache.block_hash import root_hash
 from cache.layout import LAYOUT_VERSION
-from npu_sim import tokenizer
 from npu_sim.sampling import Sampler, SamplingParams
-from server.detokenizer import IncrementalDetokenizer
+from npu_sim.tokenizers import Tokenizer
+from server.config import TenantIsolation
 from server.engine.async_engine import (
     AsyncEngine,
     EngineDeadError,
     QueueFullError,
     RequestStream,
 )
-from server.engine.request import EngineRequest, FinishReason
+from server.engine.request import EngineRequest
 from server.errors import APIError
+from server.metrics import ServerMetrics
+from server.middleware import bearer_token
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
+from server.tenancy import cache_salt_for
 
 # How often a non-streaming request checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.5
@@ -45,12 +48,24 @@ class OpenAIServing:
     """The logic behind /v1/chat/completions and /v1/completions."""
 
     def __init__(
-        self, engine: AsyncEngine, model_name: str, max_model_len: int, numerics_id: str
+        self,
+        engine: AsyncEngine,
+        model_name: str,
+        max_model_len: int,
+        numerics_id: str,
+        tokenizer: Tokenizer,
+        metrics: ServerMetrics,
+        isolation: TenantIsolation = TenantIsolation.NONE,
+        tenant_secret: bytes = b"",
     ) -> None:
         self.engine = engine
+        self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.numerics_id = numerics_id  # block hashes are only valid for these numerics
+        self.metrics = metrics
+        self.isolation = isolation
+        self._tenant_secret = tenant_secret
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -61,8 +76,10 @@ class OpenAIServing:
         messages = [
             ("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
         ]
-        prompt = tokenizer.apply_chat_template(messages)
-        request = self._engine_request("chatcmpl", body, prompt, body.requested_max_tokens())
+        prompt = self.tokenizer.apply_chat_template(messages)
+        request = self._engine_request(
+            "chatcmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
+        )
         if body.stream:
             return self._stream(request, body, chat=True)
         return await self._respond(request, body, raw, chat=True)
@@ -74,7 +91,9 @@ class OpenAIServing:
         if body.suffix:
             raise APIError(400, "suffix is not supported by this server.", param="suffix")
         prompt = self._completion_prompt(body.prompt)
-        request = self._engine_request("cmpl", body, prompt, body.requested_max_tokens())
+        request = self._engine_request(
+            "cmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
+        )
         if body.stream:
             return self._stream(request, body, chat=False)
         return await self._respond(request, body, raw, chat=False)
@@ -103,20 +122,35 @@ class OpenAIServing:
                 raise APIError(400, "Send one prompt per request (batched prompts are not "
                                     "supported).", param="prompt")
             prompt = prompt[0]
+        tok = self.tokenizer
         if isinstance(prompt, str):
-            ids = [tokenizer.BOS, *tokenizer.encode(prompt)]
+            bos = [] if tok.bos_id is None else [tok.bos_id]
+            ids = [*bos, *tok.encode(prompt)]
         else:
             ids = list(prompt)  # type: ignore[arg-type]
-            bad = [t for t in ids if not 0 <= t < tokenizer.VOCAB_SIZE]
+            # A prompt over max_model_len gets its 400 from _engine_request: skip the
+            # per-id loop, which would hold the event loop for a huge list.
+            too_long = len(ids) >= self.max_model_len
+            bad = [] if too_long else [t for t in ids if not 0 <= t < tok.vocab_size]
             if bad:
                 raise APIError(400, f"Token id {bad[0]} is outside the vocabulary "
-                                    f"[0, {tokenizer.VOCAB_SIZE}).", param="prompt")
+                                    f"[0, {tok.vocab_size}).", param="prompt")
         if not ids:
             raise APIError(400, "The prompt is empty.", param="prompt")
         return ids
 
+    def _salt(self, body: _Sampling, raw: Request) -> str | None:
+        return cache_salt_for(
+            self.isolation, bearer_token(raw.scope), body.cache_salt, self._tenant_secret
+        )
+
     def _engine_request(
-        self, prefix: str, body: _Sampling, prompt: list[int], max_tokens: int | None
+        self,
+        prefix: str,
+        body: _Sampling,
+        prompt: list[int],
+        max_tokens: int | None,
+        salt: str | None,
     ) -> EngineRequest:
         room = self.max_model_len - len(prompt)
         if room < 1 or (max_tokens is not None and max_tokens > room):
@@ -133,10 +167,12 @@ class OpenAIServing:
         return EngineRequest(
             request_id=f"{prefix}-{uuid.uuid4().hex}",
             prompt_token_ids=prompt,
-            sampler=Sampler(params, tokenizer.sampleable_mask),
+            sampler=Sampler(params, self.tokenizer.sampleable_mask),
             max_tokens=max_tokens or room,
-            root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, body.cache_salt),
-            stop_token_ids=frozenset() if body.ignore_eos else tokenizer.stop_token_ids,
+            root_hash=root_hash(self.numerics_id, LAYOUT_VERSION, salt),
+            stop_token_ids=frozenset() if body.ignore_eos else self.tokenizer.stop_token_ids,
+            stop=tuple(body.stop_strings()),
+            token_bytes=self.tokenizer.token_bytes,
         )
 
     # -- responses -----------------------------------------------------------------------
@@ -145,35 +181,34 @@ class OpenAIServing:
         try:
             return self.engine.add(request)
         except (QueueFullError, EngineDeadError) as exc:
+            reason = "queue_full" if isinstance(exc, QueueFullError) else "engine_dead"
+            self.metrics.request_rejected.labels(reason).inc()
             raise _unavailable(exc) from exc
 
-    async def _generate_text(
-        self, stream: RequestStream, stop: list[str], result: _Result
-    ) -> AsyncIterator[str]:
-        """Yield text deltas of one request until it finishes or hits a stop string.
+    async def _generate_text(self, stream: RequestStream, result: _Result) -> AsyncIterator[str]:
+        """Yield text deltas of one request until it finishes.
 
-        Ending early (stop string, client gone) closes the stream, which aborts the request.
+        The engine decides every finish (stop strings included) and holds back text that
+        may be the start of a stop string. Ending early (client gone) closes the stream,
+        which aborts the request.
         """
-        detok = IncrementalDetokenizer(stop)
+        parts: list[str] = []
         try:
             async for out in stream:
                 result.num_cached_tokens = out.num_cached_tokens
                 result.num_output_tokens = out.num_output_tokens
-                text = detok.feed(out.new_token_ids)
-                if detok.done:
-                    result.finish_reason = FinishReason.STOP.value
-                elif out.is_finished:
+                if out.is_finished:
                     result.finish_reason = str(out.finish_reason)
-                    text += detok.flush()
-                if text:
-                    yield text
-                if detok.done or out.is_finished:
+                if out.new_text:
+                    parts.append(out.new_text)
+                    yield out.new_text
+                if out.is_finished:
                     break
         except EngineDeadError as exc:
             raise _unavailable(exc) from exc
         finally:
             stream.close()
-            result.text = detok.text
+            result.text = "".join(parts)
 
     async def _respond(
         self, request: EngineRequest, body: _Sampling, raw: Request, chat: bool
@@ -182,7 +217,7 @@ class OpenAIServing:
         stream = self._open(request)
 
         async def drain() -> None:
-            async for _ in self._generate_text(stream, body.stop_strings(), result):
+            async for _ in self._generate_text(stream, result):
                 pass
 
         task = asyncio.create_task(drain())
@@ -242,7 +277,7 @@ class OpenAIServing:
             if chat:
                 yield event([choice(None, None, role=True)])
             try:
-                async for text in self._generate_text(stream, body.stop_strings(), result):
+                async for text in self._generate_text(stream, result):
                     yield event([choice(text, None)])
             except APIError as exc:
                 yield f"data: {json.dumps(_error_payload(exc))}\n\n"

@@ -28,6 +28,8 @@ from npu_sim.device import get_device
 from npu_sim.executor import Executor, Pace
 from npu_sim.model import Model
 from npu_sim.model_config import get_cost_model_config, get_model_config
+from npu_sim.pretrained import is_pretrained, load_pretrained
+from npu_sim.tokenizers import ByteTokenizer, Tokenizer
 from server.config import Settings
 from server.engine.core import EngineCore
 from server.engine.scheduler import Scheduler, SchedulerConfig
@@ -53,6 +55,7 @@ class EngineStack:
     layout: KVLayout
     embedded_redis: EmbeddedRedis | None
     numerics_id: str  # goes into every block hash (see Model.numerics_id)
+    tokenizer: Tokenizer
     supervisor: RedisSupervisor | None = None
     shutdown_drain_s: float = 0.0
 
@@ -155,9 +158,8 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         if ddr is not None and url is not None:
             supervisor = RedisSupervisor(url, cache.health[Tier.DDR], embedded, wakeup).start()
             undo.callback(supervisor.stop)
-        model_config = get_model_config(settings.model)
+        model, tokenizer = load_model(settings)
         cost_config = get_cost_model_config(settings.cost_model or settings.model)
-        model = Model(model_config)
         executor = Executor(
             model, cost_config, get_device(settings.device),
             Pace(settings.pace.value), cache.kv,
@@ -182,8 +184,17 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     )
     return EngineStack(
         EngineCore(scheduler, executor, cache), cache, layout, embedded, model.numerics_id,
-        supervisor, settings.shutdown_drain_s,
+        tokenizer, supervisor, settings.shutdown_drain_s,
     )
+
+
+def load_model(settings: Settings) -> tuple[Model, Tokenizer]:
+    """The model and its tokenizer: trained weights (fetched once into model-cache-dir)
+    for a weighted preset, seeded random weights and the byte tokenizer otherwise."""
+    if is_pretrained(settings.model):
+        loaded = load_pretrained(settings.model, settings.model_cache_dir)
+        return Model(loaded.config, loaded.weights), loaded.tokenizer
+    return Model(get_model_config(settings.model)), ByteTokenizer()
 
 
 def open_flash(path: Path, map_size: int, namespace: str) -> tuple[LmdbTier, str | None]:

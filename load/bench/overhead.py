@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from load.argparser import OneLineErrorParser
 from load.bench._common import (
     add_common_args,
     fmt_ms,
@@ -31,14 +32,19 @@ from load.workloads import random_prompts
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tierkv-load bench overhead", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(
+        prog="tierkv-load bench overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--max-tokens", type=int, default=256, help="chunks per request")
     p.add_argument("--input-len", type=int, default=16, help="prompt tokens")
-    p.add_argument("--requests-per-stream", type=int, default=4,
-                   help="requests per concurrent stream")
-    p.add_argument("--concurrency", type=parse_sizes, default=[1, 4],
-                   help="comma-separated (default 1,4)")
+    p.add_argument(
+        "--requests-per-stream", type=int, default=4, help="requests per concurrent stream"
+    )
+    p.add_argument(
+        "--concurrency", type=parse_sizes, default=[1, 4], help="comma-separated (default 1,4)"
+    )
     add_common_args(p, "results/bench_overhead.json")
     return p
 
@@ -46,15 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 WARMUP_SEED = 987_654_321
 
 
-async def _measure(server: ManagedServer, concurrency: int, args: argparse.Namespace
-                   ) -> dict[str, Any]:
-    specs = random_prompts(concurrency * args.requests_per_stream, args.input_len,
-                           args.max_tokens, seed=concurrency)
+async def _measure(
+    server: ManagedServer, concurrency: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    specs = random_prompts(
+        concurrency * args.requests_per_stream, args.input_len, args.max_tokens, seed=concurrency
+    )
     # Warm-up, not measured, with a prompt of its own: re-sending specs[0] would put
     # the first measured request's prefix in the cache.
     warmup = random_prompts(1, args.input_len, args.max_tokens, seed=WARMUP_SEED)
-    await run_workload(server.base_url, warmup, Arrival(concurrency=1), Slo())
-    out = await run_workload(server.base_url, specs, Arrival(concurrency=concurrency), Slo())
+    # No /metrics sampling: its scrapes would be part of the overhead measured here.
+    await run_workload(
+        server.base_url, warmup, Arrival(concurrency=1), Slo(), sample_interval_s=None
+    )
+    out = await run_workload(
+        server.base_url, specs, Arrival(concurrency=concurrency), Slo(), sample_interval_s=None
+    )
     s = out.stats
     wall_busy = out.server.get("npu_wall_busy_s")
     return {
@@ -76,18 +89,34 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir or Path(tmp)
         servers: dict[str, Callable[[], ManagedServer]] = {
             "bare-sse": lambda: bare_sse_server(work / "bare.log"),
-            "tierkv": lambda: tierkv_server(work / "data", "--pace", "none", *server_flags(args),
-                                            log_path=work / "tierkv.log",
-                                            startup_timeout_s=args.startup_timeout),
+            "tierkv": lambda: tierkv_server(
+                work / "data",
+                "--pace",
+                "none",
+                *server_flags(args),
+                log_path=work / "tierkv.log",
+                startup_timeout_s=args.startup_timeout,
+            ),
         }
         for name, make in servers.items():
             console.print(f"measuring {name} ...")
             with make() as server:
                 rows[name] = [asyncio.run(_measure(server, c, args)) for c in args.concurrency]
-    table = Table(title=f"streaming overhead: {args.max_tokens} tokens per request "
-                  "(model busy: the server's numpy model wall time / run time)")
-    for col in ("server", "conc.", "output tok/s", "vs bare", "TTFT p50 ms",
-                "ITL p50 ms", "ITL p99 ms", "model busy", "errors"):
+    table = Table(
+        title=f"streaming overhead: {args.max_tokens} tokens per request "
+        "(model busy: the server's numpy model wall time / run time)"
+    )
+    for col in (
+        "server",
+        "conc.",
+        "output tok/s",
+        "vs bare",
+        "TTFT p50 ms",
+        "ITL p50 ms",
+        "ITL p99 ms",
+        "model busy",
+        "errors",
+    ):
         table.add_column(col, justify="left" if col == "server" else "right")
     for name, results in rows.items():
         for i, r in enumerate(results):
@@ -95,14 +124,30 @@ def main(argv: list[str] | None = None) -> int:
             ratio = r["output_tokens_per_s"] / bare if bare else 0.0
             fraction = r["model_busy_fraction"]
             busy = "-" if fraction is None else f"{fraction:.0%}"
-            table.add_row(name, str(r["concurrency"]), f"{r['output_tokens_per_s']:,.0f}",
-                          f"{ratio:.2f}x", fmt_ms(r["ttft_ms_p50"]), fmt_ms(r["itl_ms_p50"]),
-                          fmt_ms(r["itl_ms_p99"]), busy, str(r["num_errors"]))
+            table.add_row(
+                name,
+                str(r["concurrency"]),
+                f"{r['output_tokens_per_s']:,.0f}",
+                f"{ratio:.2f}x",
+                fmt_ms(r["ttft_ms_p50"]),
+                fmt_ms(r["itl_ms_p50"]),
+                fmt_ms(r["itl_ms_p99"]),
+                busy,
+                str(r["num_errors"]),
+            )
     console.print(table)
-    write_json(args.out, {"config": {"max_tokens": args.max_tokens, "input_len": args.input_len,
-                                     "requests_per_stream": args.requests_per_stream,
-                                     "server_args": args.server_args},
-                          "results": rows})
+    write_json(
+        args.out,
+        {
+            "config": {
+                "max_tokens": args.max_tokens,
+                "input_len": args.input_len,
+                "requests_per_stream": args.requests_per_stream,
+                "server_args": args.server_args,
+            },
+            "results": rows,
+        },
+    )
     console.print(f"wrote {args.out}")
     return 0
 

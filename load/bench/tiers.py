@@ -37,26 +37,33 @@ from cache.manager import CacheConfig, CacheManager
 from cache.stats import Tier
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
+from load.argparser import OneLineErrorParser
 from load.bench._common import write_json
 from load.report import make_console
 
 
 def tiny_llama_layout(block_size: int = 16) -> KVLayout:
     """tiny-llama's KV geometry (4 layers, 2 KV heads, head_dim 32, fp16): 1 KiB/token."""
-    return KVLayout("tiny-llama", num_layers=4, num_kv_heads=2, head_dim=32,
-                    block_size=block_size)
-
+    return KVLayout("tiny-llama", num_layers=4, num_kv_heads=2, head_dim=32, block_size=block_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tierkv-load bench tiers", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(
+        prog="tierkv-load bench tiers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--blocks", type=int, default=2048, help="blocks stored (default 2048)")
-    p.add_argument("--batch", type=int, default=128,
-                   help="blocks per reload, one request's prefix (default 128)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=128,
+        help="blocks per reload, one request's prefix (default 128)",
+    )
     p.add_argument("--rounds", type=int, default=5, help="timed passes over all blocks")
-    p.add_argument("--block-size", type=int, default=16,
-                   help="tokens per block (default 16: 16 KiB blocks)")
+    p.add_argument(
+        "--block-size", type=int, default=16, help="tokens per block (default 16: 16 KiB blocks)"
+    )
     p.add_argument("--out", type=Path, default=Path("results/bench_tiers.json"))
     return p
 
@@ -74,27 +81,29 @@ def _chains(layout: KVLayout, num_chains: int, length: int) -> list[list[BlockHa
     return out
 
 
-def _reload_samples(m: CacheManager, chains: list[list[BlockHash]], tier: Tier,
-                    rounds: int) -> list[tuple[int, float]]:
+def _reload_samples(
+    m: CacheManager, chains: list[list[BlockHash]], tier: Tier, rounds: int
+) -> list[tuple[int, float]]:
     samples = []
     for _ in range(rounds):
         for hashes in chains:
             m.offload(Tier.HBM)  # bytes already below: this only frees the HBM copies
-            hit = m.match_prefix(hashes, len(hashes))
+            hit = m.match(hashes, len(hashes))
             if [t for _, t in hit.lower] != [tier] * len(hashes):
                 raise RuntimeError(f"blocks are not all in {tier}: set-up error")
             start = time.perf_counter()
-            acquired = m.acquire_prefix(hit, 0, len(hashes))
-            if acquired is None or acquired.ticket is None:
+            admission = m.admit(hit, "bench", 0, len(hashes))
+            if admission is None or not admission.is_loading:
                 raise RuntimeError("HBM too small for one batch")
             m.wait_transfers()
             (done,) = m.poll()
             seconds = time.perf_counter() - start
             if done.num_loaded_blocks != len(hashes):
                 raise RuntimeError("reload lost blocks")
-            samples.append((len(hashes) * encoded_size(m.layout.block_shape, m.layout.np_dtype),
-                            seconds))
-            m.free(acquired.block_ids)
+            samples.append(
+                (len(hashes) * encoded_size(m.layout.block_shape, m.layout.np_dtype), seconds)
+            )
+            m.free(admission.block_ids)
     return samples
 
 
@@ -118,9 +127,11 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
     try:
         manager = CacheManager(
             layout,
-            CacheConfig(hbm_num_blocks=blocks + batch,
-                        ddr_capacity_bytes=2 * blocks * block_bytes + (1 << 20),
-                        flash_capacity_bytes=2 * blocks * block_bytes + (1 << 20)),
+            CacheConfig(
+                hbm_num_blocks=blocks + batch,
+                ddr_capacity_bytes=2 * blocks * block_bytes + (1 << 20),
+                flash_capacity_bytes=2 * blocks * block_bytes + (1 << 20),
+            ),
             ddr=RedisTier(connect_redis(redis_server.url), layout.namespace),
             flash=LmdbTier(work / "flash", 4 * blocks * block_bytes, layout.namespace),
         )
@@ -131,7 +142,8 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
             if ids is None:
                 raise RuntimeError("HBM too small to stage the blocks")
             manager.kv[ids] = rng.standard_normal((len(ids), *layout.block_shape)).astype(
-                layout.np_dtype)
+                layout.np_dtype
+            )
             manager.commit(ids, hashes)
             manager.free(ids)
         manager.offload(Tier.HBM)
@@ -155,8 +167,7 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
         results["ours_flash"] = _reload_samples(manager, chains, Tier.FLASH, rounds)
         manager.close()
 
-        env = lmdb.open(str(work / "flash"), max_dbs=8, readonly=True, lock=False,
-                        readahead=False)
+        env = lmdb.open(str(work / "flash"), max_dbs=8, readonly=True, lock=False, readahead=False)
         db = env.open_db(layout.namespace.encode(), create=False)
 
         def lmdb_get(i: int) -> int:
@@ -170,8 +181,9 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
         env.close()
 
         # As many distinct bytes as the stored blocks, copied batch by batch in turn.
-        src = np.random.default_rng(2).integers(0, 255, (len(chains), batch * stored),
-                                                dtype=np.uint8)
+        src = np.random.default_rng(2).integers(
+            0, 255, (len(chains), batch * stored), dtype=np.uint8
+        )
         dst = np.empty_like(src)
 
         def memcpy(i: int) -> int:
@@ -207,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     console = make_console()
     with tempfile.TemporaryDirectory(prefix="tkv-tiers-") as tmp:
         result = run(args.blocks, args.batch, args.rounds, Path(tmp), args.block_size)
-    table = Table(title=f"reload of {result['batch_blocks']} x {result['block_bytes_stored']} B "
-                        f"blocks ({result['blocks']} blocks, median of {result['rounds']} rounds)")
+    table = Table(
+        title=f"reload of {result['batch_blocks']} x {result['block_bytes_stored']} B "
+        f"blocks ({result['blocks']} blocks, median of {result['rounds']} rounds)"
+    )
     for col in ("path", "GB/s", "ms per batch"):
         table.add_column(col, justify="right" if col != "path" else "left")
     for name, gbps in result["gb_per_s"].items():

@@ -27,6 +27,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from load.argparser import PACE_HELP, OneLineErrorParser
 from load.bench._common import add_common_args, fmt_ms, parse_sizes, server_flags, write_json
 from load.bench._servers import tierkv_server
 from load.client import ClientOptions, first_model_id, make_client, root_url, stream_request
@@ -40,22 +41,33 @@ DEFAULT_MAX_MODEL_LEN = 8192
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tierkv-load bench ttft", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lengths", type=parse_sizes, default=parse_sizes("1k,2k,4k,8k"),
-                   help="prompt lengths in tokens, k = 1024 (default 1k,2k,4k,8k)")
+    p = OneLineErrorParser(
+        prog="tierkv-load bench ttft",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--lengths",
+        type=parse_sizes,
+        default=parse_sizes("1k,2k,4k,8k"),
+        help="prompt lengths in tokens, k = 1024 (default 1k,2k,4k,8k)",
+    )
     p.add_argument("--repeats", type=int, default=2, help="measurements per cell (median)")
-    p.add_argument("--pace", choices=("real", "none"), default="real")
-    p.add_argument("--base-url", help="use this running server instead of starting one "
-                   "(its whole cache is offloaded between measurements)")
+    p.add_argument("--pace", choices=("real", "none"), default="real", help=PACE_HELP)
+    p.add_argument(
+        "--base-url",
+        help="use this running server instead of starting one "
+        "(its whole cache is offloaded between measurements)",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_common_args(p, "results/bench_ttft.json")
     return p
 
 
 async def _offload(client: httpx.AsyncClient, base_url: str, tier: str) -> int:
-    resp = await client.post(f"{root_url(base_url)}/cache/offload", json={"tier": tier},
-                             timeout=600.0)
+    resp = await client.post(
+        f"{root_url(base_url)}/cache/offload", json={"tier": tier}, timeout=600.0
+    )
     if resp.status_code != 200:
         raise RuntimeError(f"POST /cache/offload {tier}: HTTP {resp.status_code} {resp.text}")
     return int(resp.json().get("moved_blocks", 0))
@@ -69,8 +81,9 @@ async def _ttft(client: httpx.AsyncClient, opts: ClientOptions, prompt: str) -> 
     return record.ttft_s * 1000.0, record.cached_tokens
 
 
-async def measure(base_url: str, lengths: list[int], repeats: int, seed: int,
-                  console: Console) -> dict[str, Any]:
+async def measure(
+    base_url: str, lengths: list[int], repeats: int, seed: int, console: Console
+) -> dict[str, Any]:
     samples: dict[str, dict[int, list[float]]] = {c: {n: [] for n in lengths} for c in CONDITIONS}
     cached: dict[str, dict[int, list[int]]] = {c: {n: [] for n in lengths} for c in CONDITIONS}
     moved: dict[str, int] = {"hbm": 0, "ddr": 0}
@@ -99,14 +112,17 @@ async def measure(base_url: str, lengths: list[int], repeats: int, seed: int,
                         impure.append({"length": n, "condition": cond, "hits_by_tier": by_tier})
                     samples[cond][n].append(hit_ms)
                     cached[cond][n].append(hit_cached)
-                console.print(f"  {n} tokens, repeat {r + 1}/{repeats}: " + ", ".join(
-                    f"{c} {samples[c][n][-1]:.0f} ms" for c in CONDITIONS))
+                console.print(
+                    f"  {n} tokens, repeat {r + 1}/{repeats}: "
+                    + ", ".join(f"{c} {samples[c][n][-1]:.0f} ms" for c in CONDITIONS)
+                )
     return {
         "lengths": lengths,
         "repeats": repeats,
         "ttft_ms": {c: [statistics.median(samples[c][n]) for n in lengths] for c in CONDITIONS},
-        "cached_tokens": {c: [statistics.median(cached[c][n]) for n in lengths]
-                          for c in CONDITIONS},
+        "cached_tokens": {
+            c: [statistics.median(cached[c][n]) for n in lengths] for c in CONDITIONS
+        },
         "samples_ms": {c: [samples[c][n] for n in lengths] for c in CONDITIONS},
         "moved_blocks": moved,
         "impure_hits": impure,
@@ -122,22 +138,30 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         table.add_column(f"{cond} cached", justify="right")
     for i, n in enumerate(result["lengths"]):
         ttft = result["ttft_ms"]
-        table.add_row(f"{n:,}", *(fmt_ms(ttft[c][i]) for c in CONDITIONS),
-                      *(f"{result['cached_tokens'][c][i]:,.0f}" for c in CONDITIONS[1:]))
+        table.add_row(
+            f"{n:,}",
+            *(fmt_ms(ttft[c][i]) for c in CONDITIONS),
+            *(f"{result['cached_tokens'][c][i]:,.0f}" for c in CONDITIONS[1:]),
+        )
     console.print(table)
     for bad in result.get("impure_hits", []):
-        console.print(f"[yellow]warning:[/] the {bad['condition']} hit at {bad['length']} tokens "
-                      f"was served from several tiers: {bad['hits_by_tier']}")
+        console.print(
+            f"[yellow]warning:[/] the {bad['condition']} hit at {bad['length']} tokens "
+            f"was served from several tiers: {bad['hits_by_tier']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = make_console()
-    config = {"lengths": args.lengths, "repeats": args.repeats, "pace": args.pace,
-              "server_args": args.server_args}
+    config = {
+        "lengths": args.lengths,
+        "repeats": args.repeats,
+        "pace": args.pace,
+        "server_args": args.server_args,
+    }
     if args.base_url:
-        result = asyncio.run(measure(args.base_url, args.lengths, args.repeats, args.seed,
-                                     console))
+        result = asyncio.run(measure(args.base_url, args.lengths, args.repeats, args.seed, console))
     else:
         flags = ["--pace", args.pace, *server_flags(args)]
         if max(args.lengths) + 64 > DEFAULT_MAX_MODEL_LEN and "--max-model-len" not in flags:
@@ -145,10 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="tierkv-ttft-") as tmp:
             work = args.work_dir or Path(tmp)
             console.print(f"starting tierkv server: {' '.join(flags)}")
-            with tierkv_server(work / "data", *flags, log_path=work / "server.log",
-                               startup_timeout_s=args.startup_timeout) as server:
-                result = asyncio.run(measure(server.base_url, args.lengths, args.repeats,
-                                             args.seed, console))
+            with tierkv_server(
+                work / "data",
+                *flags,
+                log_path=work / "server.log",
+                startup_timeout_s=args.startup_timeout,
+            ) as server:
+                result = asyncio.run(
+                    measure(server.base_url, args.lengths, args.repeats, args.seed, console)
+                )
     result["config"] = config
     print_table(result, console)
     write_json(args.out, result)

@@ -4,7 +4,8 @@ The event loop only enqueues commands and awaits per-request output queues. One
 dedicated engine thread owns the `EngineCore` (scheduler, cache manager, executor) and
 runs steps back to back while there is work, sleeping on an event otherwise (woken by
 new commands and by finished transfers). Outputs go back with `call_soon_threadsafe`,
-one callback per step.
+one callback per step, together with the requests that finished meanwhile: each finish
+(stop, length or abort) is counted there exactly once, whoever decided it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 from cache.stats import CacheStats
 from server.engine.core import EngineCore, EngineStats
-from server.engine.request import EngineRequest, RequestOutput
+from server.engine.request import EngineRequest, FinishedRequest, RequestOutput
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ class AsyncEngine:
         self._inbox: deque[Callable[[], None]] = deque()
         self._wakeup = wakeup
         self._streams: dict[str, asyncio.Queue[RequestOutput | Exception]] = {}
-        self._requests: dict[str, EngineRequest] = {}  # engine-thread view, by id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -99,7 +99,7 @@ class AsyncEngine:
         self.check_capacity()
         queue: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
         self._streams[request.request_id] = queue
-        self._submit(lambda: self._add(request))
+        self._submit(lambda: self._core.add(request))
         return RequestStream(self, request.request_id, queue)
 
     async def call(self, fn: Callable[[EngineCore], T]) -> T:
@@ -121,37 +121,22 @@ class AsyncEngine:
         self._inbox.append(command)
         self._wakeup.set()
 
-    def _add(self, request: EngineRequest) -> None:
-        # The inbox is FIFO: an abort for this request, if any, comes after this add.
-        self._requests[request.request_id] = request
-        self._core.add(request)
-
-    def _abort(self, request_id: str) -> None:
-        request = self._requests.pop(request_id, None)
-        if request is not None and request.finish_reason is None:
-            self._core.abort(request)
-
     def _run(self) -> None:
         try:
             while not self._stopping:
                 self._wakeup.clear()
-                while self._inbox:
+                while self._inbox:  # FIFO: an abort of a request comes after its add
                     self._inbox.popleft()()
                 self._core.poll_transfers()
-                if self._core.has_work():
-                    outputs = self._core.step()
-                    # Publish before dispatch: a client that sees a token and then asks
-                    # /metrics must find the stats of the step that made it.
-                    self._publish_stats()
-                    if outputs:
-                        for out in outputs:
-                            if out.is_finished:
-                                self._requests.pop(out.request_id, None)
-                        self._dispatch(outputs)
-                    if outputs or self._core.scheduler.running:
-                        continue
-                else:
-                    self._publish_stats()
+                outputs = self._core.step() if self._core.has_work() else []
+                # Publish before dispatch: a client that sees a token and then asks
+                # /metrics must find the stats of the step that made it.
+                self._publish_stats()
+                finished = self._core.take_finished()
+                if outputs or finished:
+                    self._dispatch(outputs, finished)
+                if outputs or self._core.scheduler.running:
+                    continue
                 self._wakeup.wait(timeout=1.0)
         except BaseException as exc:  # surface engine bugs to every waiting client
             logger.exception("engine thread crashed")
@@ -164,11 +149,16 @@ class AsyncEngine:
         self.engine_stats = copy.copy(self._core.refresh_stats())
         self.cache_stats = self._core.cache.snapshot_stats()
 
-    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+    def _dispatch(self, outputs: list[RequestOutput], finished: list[FinishedRequest]) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._deliver, outputs)
+        self._loop.call_soon_threadsafe(self._deliver, outputs, finished)
 
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
+    def _deliver(self, outputs: list[RequestOutput], finished: list[FinishedRequest]) -> None:
+        # Count finishes before handing out the outputs that carry them: a client that
+        # got its last token and then asks /metrics finds its request counted.
+        for done in finished:
+            self._metrics.e2e_latency.observe(done.e2e_seconds)
+            self._metrics.request_success.labels(done.reason.value).inc()
         for out in outputs:
             queue = self._streams.get(out.request_id)
             if queue is not None:
@@ -180,7 +170,7 @@ class AsyncEngine:
 
     def _close_stream(self, request_id: str, finished: bool) -> None:
         if self._streams.pop(request_id, None) is not None and not finished:
-            self._submit(lambda: self._abort(request_id))
+            self._submit(lambda: self._core.abort(request_id))
 
     def _fail_all(self, error: Exception) -> None:
         def fail() -> None:
@@ -194,7 +184,8 @@ class AsyncEngine:
 class RequestStream:
     """The outputs of one request, consumed on the event loop.
 
-    Observes TTFT, inter-token and end-to-end latency as outputs arrive. `close()` is
+    Observes TTFT and inter-token latency as outputs arrive (finishes and end-to-end
+    latency are counted by the engine side, see `AsyncEngine._deliver`). `close()` is
     idempotent; closing before the final output aborts the request in the engine.
     """
 
@@ -229,8 +220,6 @@ class RequestStream:
             self._last_token_time = now
         if item.is_finished:
             self._finished = True
-            metrics.e2e_latency.observe(now - self._arrival)
-            metrics.request_success.labels(str(item.finish_reason)).inc()
         return item
 
     def close(self) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cache.block_hash import BlockHash, hash_full_blocks
 from npu_sim.sampling import Sampler
+from npu_sim.tokenizers import ByteTokenizer
+from server.detokenizer import IncrementalDetokenizer
 
 
 class RequestStatus(StrEnum):
@@ -17,18 +21,19 @@ class RequestStatus(StrEnum):
 
 
 class FinishReason(StrEnum):
-    STOP = "stop"  # a stop token (or, decided by the front end, a stop string)
+    STOP = "stop"  # a stop token id or a stop string
     LENGTH = "length"  # max_tokens or max_model_len
-    ABORT = "abort"  # client went away or was cut by the front end
+    ABORT = "abort"  # the client went away (its stream was closed before the end)
 
 
 @dataclass(slots=True, eq=False)  # identity: the scheduler looks requests up in lists
 class EngineRequest:
     """One generation request as the engine thread sees it.
 
-    `block_ids` cover positions [0, num_computed_tokens) plus any slots reserved for the
-    next chunk; `block_hashes` are the hashes of every *full* block of all tokens so far.
-    Only the engine thread touches a request after it was handed over.
+    The front end builds it (the fields up to `stop`) and hands it over; from then on
+    only the scheduler writes it, on the engine thread. `block_ids` cover positions
+    [0, num_computed_tokens) plus any slots reserved for the next chunk; `block_hashes`
+    are the hashes of every *full* block of all tokens so far.
     """
 
     request_id: str
@@ -37,6 +42,9 @@ class EngineRequest:
     max_tokens: int
     root_hash: BlockHash
     stop_token_ids: frozenset[int] = frozenset()
+    stop: tuple[str, ...] = ()  # stop strings; the text before the first one is returned
+    token_bytes: Callable[[int], bytes] = ByteTokenizer().token_bytes  # for detokenizing
+    arrival_time: float = field(default_factory=time.perf_counter)
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     block_ids: list[int] = field(default_factory=list)
@@ -44,8 +52,11 @@ class EngineRequest:
     num_computed_tokens: int = 0
     num_committed_blocks: int = 0
     num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
-    is_aborted: bool = False
     finish_reason: FinishReason | None = None
+    detokenizer: IncrementalDetokenizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.detokenizer = IncrementalDetokenizer(self.token_bytes, self.stop)
 
     @property
     def num_tokens(self) -> int:
@@ -73,6 +84,7 @@ class RequestOutput:
 
     request_id: str
     new_token_ids: list[int]
+    new_text: str  # safe to show: never (part of) a stop string that may follow
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int
@@ -81,3 +93,12 @@ class RequestOutput:
     @property
     def is_finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRequest:
+    """One finish, recorded once where it was decided (for request metrics)."""
+
+    request_id: str
+    reason: FinishReason
+    e2e_seconds: float  # arrival (request built by the front end) to finish

@@ -1,21 +1,34 @@
 """Continuous batching with chunked prefill, prefix reuse across tiers, and preemption.
 
-Each step the scheduler spends a token budget: first on running requests (one token
-for a decode, a chunk for an unfinished prefill), then on admitting waiting requests.
-Admission looks the prompt up in every tier; blocks found in DDR or flash are reloaded
-while the request waits in LOADING_KV and the others keep running. When HBM runs out
-for a running request, the newest running request is preempted: its blocks are freed
-(full ones stay cached and spill to DDR when evicted) and it resumes later from cache.
+The scheduler is the one writer of request state. Each step it spends a token budget:
+first on running requests (one token for a decode, a chunk for an unfinished prefill),
+then on admitting waiting requests. Admission matches the prompt in every tier (no side
+effects) and admits it in one all-or-nothing call; blocks found in DDR or flash are
+reloaded while the request waits in LOADING_KV and the others keep running. When HBM
+runs out for a running request, the newest running request is preempted: its blocks are
+freed (full ones stay cached and spill to DDR when evicted) and it resumes later from
+cache. After the step, `update_from_output` appends the sampled tokens, decides every
+finish (stop token, stop string, max_tokens, max_model_len) and frees the request.
+
+A live request is in `requests` and in exactly one of `waiting` and `running`, or in
+neither while its KV is loading (the cache manager reports the load under its id).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from cache.manager import CacheManager
-from server.engine.request import EngineRequest, FinishReason, RequestStatus
+from server.engine.request import (
+    EngineRequest,
+    FinishedRequest,
+    FinishReason,
+    RequestOutput,
+    RequestStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,55 +54,61 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    """Owns the waiting, loading and running sets. Engine thread only."""
+    """Owns every live request and its state. Engine thread only."""
 
     def __init__(self, config: SchedulerConfig, cache: CacheManager) -> None:
         self.config = config
         self.cache = cache
+        self.requests: dict[str, EngineRequest] = {}  # every live request, by id
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
-        self.loading: dict[int, EngineRequest] = {}
         self.num_preemptions = 0
+        self._finished: list[FinishedRequest] = []  # until take_finished()
+
+    @property
+    def num_loading(self) -> int:
+        return len(self.requests) - len(self.waiting) - len(self.running)
 
     def has_schedulable_work(self) -> bool:
         return bool(self.running or self.waiting)
 
     def add(self, request: EngineRequest) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request {request.request_id} is already in the engine")
         request.update_block_hashes(self.config.block_size)
+        self.requests[request.request_id] = request
         self.waiting.append(request)
 
-    def abort(self, request: EngineRequest) -> None:
-        """Finish `request` now; a request whose KV is still loading is freed on arrival."""
-        request.is_aborted = True
-        request.finish_reason = request.finish_reason or FinishReason.ABORT
-        if request.status is RequestStatus.LOADING_KV:
+    def abort(self, request_id: str) -> None:
+        """Finish a live request now (`abort`); unknown or finished ids are ignored."""
+        request = self.requests.get(request_id)
+        if request is None:
             return
-        if request in self.running:
+        if request.status is RequestStatus.LOADING_KV:
+            # The transfer thread is writing into its slots: the manager frees them
+            # when the load lands.
+            self.cache.cancel_load(request_id, request.block_ids)
+            request.block_ids = []
+        elif request.status is RequestStatus.RUNNING:
             self.running.remove(request)
-        elif request in self.waiting:
+        else:
             self.waiting.remove(request)
-        self._finish(request)
+        self._finish(request, FinishReason.ABORT)
 
-    def finish(self, request: EngineRequest, reason: FinishReason) -> None:
-        request.finish_reason = reason
-        self.running.remove(request)
-        self._finish(request)
+    def take_finished(self) -> list[FinishedRequest]:
+        """Every finish since the last call, each exactly once."""
+        finished, self._finished = self._finished, []
+        return finished
 
-    def on_loads_finished(self) -> None:
-        """Move requests whose reloads finished to running (or release aborted ones)."""
+    def update_from_loads(self) -> None:
+        """Move requests whose reloads finished to running."""
+        bs = self.config.block_size
         for done in self.cache.poll():
-            request = self.loading.pop(done.ticket)
-            if request.is_aborted:
-                self._finish(request)
-                continue
-            num_hbm_blocks = request.num_computed_tokens // self.config.block_size
-            num_blocks = num_hbm_blocks + done.num_loaded_blocks
-            request.num_computed_tokens = num_blocks * self.config.block_size
+            request = self.requests[done.key]
+            num_blocks = request.num_computed_tokens // bs + done.num_loaded_blocks
+            request.num_computed_tokens = num_blocks * bs
             request.num_committed_blocks = num_blocks
-            if request.num_cached_tokens is None:
-                request.num_cached_tokens = request.num_computed_tokens
-            request.status = RequestStatus.RUNNING
-            self.running.append(request)
+            self._start_running(request)
 
     # -- the step ------------------------------------------------------------------------
 
@@ -108,51 +127,101 @@ class Scheduler:
             budget -= num_new
 
         while self.waiting and budget > 0 and not out.preempted:
-            if len(self.running) + len(self.loading) >= self.config.max_num_seqs:
+            if len(self.running) + self.num_loading >= self.config.max_num_seqs:
                 break
             request = self.waiting[0]
             if not self._admit(request, budget):
-                break
+                break  # never preempt for an admission: retry at a later step
             self.waiting.popleft()
             if request.status is RequestStatus.LOADING_KV:
                 continue
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._reserve(request, request.num_computed_tokens + num_new, out, False):
-                # Never preempt for an admission: give the prefix back and retry later.
-                self.cache.free(request.block_ids)
-                request.block_ids, request.num_computed_tokens = [], 0
-                request.status = RequestStatus.WAITING
-                self.waiting.appendleft(request)
-                break
-            self.running.append(request)
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
         return out
 
+    def update_from_output(
+        self, out: SchedulerOutput, sampled: dict[str, int]
+    ) -> list[RequestOutput]:
+        """Apply one executed step: advance each chunk, append its sampled token, finish.
+
+        Returns an output for every request that got a token or finished.
+        """
+        bs = self.config.block_size
+        outputs: list[RequestOutput] = []
+        for chunk in out.chunks:
+            req = chunk.request
+            req.num_computed_tokens += chunk.num_new_tokens
+            token = sampled.get(req.request_id)
+            if token is not None:
+                req.output_token_ids.append(token)
+            req.update_block_hashes(bs)
+            num_full = req.num_computed_tokens // bs
+            if num_full > req.num_committed_blocks:
+                lo = req.num_committed_blocks
+                self.cache.commit(req.block_ids[lo:num_full], req.block_hashes[lo:num_full])
+                req.num_committed_blocks = num_full
+            if token is None:
+                continue  # a prefill chunk short of the prompt's end
+            text = req.detokenizer.feed([token])
+            reason = self._stop_reason(req, token)
+            if reason is not None:
+                text += req.detokenizer.flush()  # nothing after a stop string
+                self.running.remove(req)
+                self._finish(req, reason)
+            outputs.append(
+                RequestOutput(
+                    request_id=req.request_id,
+                    new_token_ids=[token],
+                    new_text=text,
+                    num_prompt_tokens=len(req.prompt_token_ids),
+                    num_cached_tokens=req.num_cached_tokens or 0,
+                    num_output_tokens=len(req.output_token_ids),
+                    finish_reason=reason,
+                )
+            )
+        return outputs
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _stop_reason(self, req: EngineRequest, token: int) -> FinishReason | None:
+        if token in req.stop_token_ids or req.detokenizer.done:
+            return FinishReason.STOP
+        if (
+            len(req.output_token_ids) >= req.max_tokens
+            or req.num_tokens >= self.config.max_model_len
+        ):
+            return FinishReason.LENGTH
+        return None
+
     def _admit(self, request: EngineRequest, budget: int) -> bool:
-        """Match the request's cached prefix and take it (starting reloads if needed)."""
+        """Admit `request` with its cached prefix and its first chunk's blocks, or not at all."""
         bs = self.config.block_size
         # Keep at least the last token to compute: its logits give the next token.
         max_blocks = (request.num_tokens - 1) // bs
-        hit = self.cache.match_prefix(request.block_hashes, max_blocks)
-        first_chunk = min(request.num_tokens - hit.num_blocks * bs, budget)
-        blocks_for_chunk = -(-(hit.num_blocks * bs + first_chunk) // bs) - hit.num_blocks
-        if not self.cache.can_allocate(len(hit.lower) + blocks_for_chunk):
+        hit = self.cache.match(request.block_hashes, max_blocks)
+        num_cached = hit.num_blocks * bs
+        first_chunk = min(request.num_tokens - num_cached, budget)
+        num_new_blocks = -(-(num_cached + first_chunk) // bs) - hit.num_blocks
+        admission = self.cache.admit(
+            hit, request.request_id, request.num_tokens, max_blocks, num_new_blocks
+        )
+        if admission is None:
             return False
-        acquired = self.cache.acquire_prefix(hit, request.num_tokens, max_blocks)
-        if acquired is None:
-            return False
-        request.block_ids = acquired.block_ids
-        request.num_computed_tokens = acquired.num_hbm_blocks * bs
-        request.num_committed_blocks = acquired.num_hbm_blocks
-        if acquired.ticket is not None:
+        request.block_ids = admission.block_ids
+        request.num_computed_tokens = admission.num_hbm_blocks * bs
+        request.num_committed_blocks = admission.num_hbm_blocks
+        if admission.is_loading:
             request.status = RequestStatus.LOADING_KV
-            self.loading[acquired.ticket] = request
-            return True
-        if request.num_cached_tokens is None:
+        else:
+            self._start_running(request)
+        return True
+
+    def _start_running(self, request: EngineRequest) -> None:
+        if request.num_cached_tokens is None:  # a resumed request keeps its first figure
             request.num_cached_tokens = request.num_computed_tokens
         request.status = RequestStatus.RUNNING
-        return True
+        self.running.append(request)
 
     def _reserve(
         self,
@@ -193,8 +262,13 @@ class Scheduler:
         out.preempted.append(request)
         logger.debug("preempted %s at %d tokens", request.request_id, request.num_tokens)
 
-    def _finish(self, request: EngineRequest) -> None:
+    def _finish(self, request: EngineRequest, reason: FinishReason) -> None:
+        """The one place a request ends: free its blocks, forget it, record the finish."""
         request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
         if request.block_ids:
             self.cache.free(request.block_ids)
             request.block_ids = []
+        del self.requests[request.request_id]
+        elapsed = time.perf_counter() - request.arrival_time
+        self._finished.append(FinishedRequest(request.request_id, reason, elapsed))

@@ -65,16 +65,16 @@ def fill_and_cache(m: CacheManager, hashes: list[BlockHash], seed: int = 1) -> d
 
 
 def reload(m: CacheManager, hashes: list[BlockHash]) -> tuple[list[int], int]:
-    hit = m.match_prefix(hashes, len(hashes))
-    acquired = m.acquire_prefix(hit, len(hashes) * LAYOUT.block_size, len(hashes))
-    assert acquired is not None
-    loaded = acquired.num_hbm_blocks
-    if acquired.ticket is not None:
+    hit = m.match(hashes, len(hashes))
+    admission = m.admit(hit, "r", len(hashes) * LAYOUT.block_size, len(hashes))
+    assert admission is not None
+    loaded = admission.num_hbm_blocks
+    if admission.is_loading:
         m.wait_transfers()
         (done,) = m.poll()
-        assert done.ticket == acquired.ticket
+        assert done.key == "r"
         loaded += done.num_loaded_blocks
-    return acquired.block_ids, loaded
+    return admission.block_ids, loaded
 
 
 def push_out_of_hbm(m: CacheManager) -> None:
@@ -90,7 +90,7 @@ def test_hbm_eviction_spills_to_ddr_and_reload_is_byte_identical(manager_factory
     hashes = chain(4)
     data = fill_and_cache(m, hashes)
     push_out_of_hbm(m)
-    hit = m.match_prefix(hashes, 4)
+    hit = m.match(hashes, 4)
     assert hit.hbm_block_ids == [] and [t for _, t in hit.lower] == [Tier.DDR] * 4
 
     ids, loaded = reload(m, hashes)
@@ -101,7 +101,7 @@ def test_hbm_eviction_spills_to_ddr_and_reload_is_byte_identical(manager_factory
     assert m.stats.tiers[Tier.DDR].read_bytes == 4 * BLOCK
     # Reloaded blocks are HBM-cached again: a second lookup is an HBM hit.
     m.free(ids)
-    assert len(m.match_prefix(hashes, 4).hbm_block_ids) == 4
+    assert len(m.match(hashes, 4).hbm_block_ids) == 4
 
 
 def test_ddr_over_capacity_demotes_to_flash_and_everything_reloads(manager_factory):
@@ -109,7 +109,7 @@ def test_ddr_over_capacity_demotes_to_flash_and_everything_reloads(manager_facto
     hashes = chain(4)
     data = fill_and_cache(m, hashes)
     push_out_of_hbm(m)
-    tiers = [t for _, t in m.match_prefix(hashes, 4).lower]
+    tiers = [t for _, t in m.match(hashes, 4).lower]
     assert tiers.count(Tier.DDR) == 2 and tiers.count(Tier.FLASH) == 2
     # Children are evicted before parents: the root block stays in the faster tier.
     assert tiers[0] is Tier.DDR
@@ -126,9 +126,9 @@ def test_offload_moves_hbm_to_ddr_and_ddr_to_flash(manager_factory):
     hashes = chain(3)
     data = fill_and_cache(m, hashes)
     assert m.offload(Tier.HBM) == 3
-    assert [t for _, t in m.match_prefix(hashes, 3).lower] == [Tier.DDR] * 3
+    assert [t for _, t in m.match(hashes, 3).lower] == [Tier.DDR] * 3
     assert m.offload(Tier.DDR) == 3
-    assert [t for _, t in m.match_prefix(hashes, 3).lower] == [Tier.FLASH] * 3
+    assert [t for _, t in m.match(hashes, 3).lower] == [Tier.FLASH] * 3
     ids, loaded = reload(m, hashes)
     assert loaded == 3
     assert all(m.kv[b].tobytes() == data[h].tobytes() for b, h in zip(ids, hashes, strict=True))
@@ -149,7 +149,7 @@ def test_corrupt_ddr_block_cuts_the_prefix_and_is_dropped(manager_factory):
     assert m.stats.tiers[Tier.DDR].checksum_failures == 1
     m.wait_transfers()
     assert not ddr.contains(hashes[1])  # never served again
-    assert len(m.match_prefix(hashes, 3).lower) <= 1
+    assert len(m.match(hashes, 3).lower) <= 1
 
 
 def test_flash_blocks_survive_a_restart(redis_url, tmp_path):
@@ -162,7 +162,7 @@ def test_flash_blocks_survive_a_restart(redis_url, tmp_path):
 
     second = make_manager(None, tmp_path / "flash", hbm=4, ddr_blocks=0, flash_blocks=8)
     try:
-        hit = second.match_prefix(hashes, 3)
+        hit = second.match(hashes, 3)
         assert [t for _, t in hit.lower] == [Tier.FLASH] * 3
         ids, loaded = reload(second, hashes)
         assert loaded == 3
@@ -184,11 +184,11 @@ def test_dead_redis_degrades_to_recompute(tmp_path):
         _, loaded = reload(m, hashes)
         assert loaded == 0
         assert m.stats.tiers[Tier.DDR].io_errors == 1
-        assert m.match_prefix(hashes, 2).num_blocks == 0  # index repaired
+        assert m.match(hashes, 2).num_blocks == 0  # index repaired
         # Spilling to a dead Redis fails quietly and leaves no stale index entries.
         fill_and_cache(m, chain(2, seed=5))
         m.offload(Tier.HBM)
-        assert m.match_prefix(chain(2, seed=5), 2).num_blocks == 0
+        assert m.match(chain(2, seed=5), 2).num_blocks == 0
     finally:
         m.close()
         server.stop()
@@ -240,3 +240,67 @@ def test_demoting_into_a_full_flash_leaves_no_untracked_blocks(manager_factory):
     stored = {key for key, _ in m._stores[Tier.FLASH].scan()}
     assert stored == set(m._index[Tier.FLASH])
     assert len(stored) == 2
+
+
+def test_offload_during_a_reload_keeps_the_finished_load_for_poll(manager_factory):
+    # Issue #7 defect 1: offload() applied finished transfers itself and dropped the
+    # loads among them, so their requests waited in LOADING_KV forever.
+    m = manager_factory(hbm=8)
+    hashes = chain(3)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    admission = m.admit(m.match(hashes, 3), "r1", 3 * LAYOUT.block_size, 3)
+    assert admission is not None and admission.num_loading_blocks == 3
+    m.offload(Tier.HBM)  # waits for every transfer, the load included
+    (done,) = m.poll()
+    assert (done.key, done.num_loaded_blocks) == ("r1", 3)
+    assert m.poll() == []  # handed over once
+    m.free(admission.block_ids)
+    assert m.pool.num_active_blocks == 0
+
+
+def test_admit_that_does_not_fit_changes_nothing(manager_factory):
+    m = manager_factory(hbm=4)
+    hashes = chain(3)
+    fill_and_cache(m, hashes)  # 3 cached-free HBM blocks, 1 free
+    hit = m.match(hashes, 3)
+    assert len(hit.hbm_block_ids) == 3
+    before = (m.stats.snapshot(), m.pool.num_free_blocks, list(m.pool._evictable))
+    # The hit takes its 3 blocks out of the reclaimable ones: 2 more do not fit.
+    assert m.admit(hit, "r", 4 * LAYOUT.block_size, 3, num_new_blocks=2) is None
+    after = (m.stats.snapshot(), m.pool.num_free_blocks, list(m.pool._evictable))
+    assert after == before
+    admission = m.admit(hit, "r", 4 * LAYOUT.block_size, 3, num_new_blocks=1)
+    assert admission is not None and len(admission.block_ids) == 4
+    assert m.stats.query_tokens == 4 * LAYOUT.block_size
+    assert m.stats.hit_tokens[Tier.HBM] == 3 * LAYOUT.block_size
+
+
+def test_cancelled_load_frees_its_blocks_when_it_lands(manager_factory):
+    m = manager_factory(hbm=8)
+    hashes = chain(3)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    free_at_start = m.pool.num_free_blocks
+    admission = m.admit(m.match(hashes, 3), "r1", 3 * LAYOUT.block_size, 3, num_new_blocks=1)
+    assert admission is not None and admission.is_loading
+    m.cancel_load("r1", admission.block_ids)
+    m.wait_transfers()
+    assert m.poll() == []  # nothing to report: the request is gone
+    assert m.pool.num_active_blocks == 0
+    assert m.pool.num_free_blocks == free_at_start
+    # What arrived intact is cached for the next request.
+    assert len(m.match(hashes, 3).hbm_block_ids) == 3
+
+
+def test_cancelling_a_load_that_landed_during_an_offload_frees_its_blocks(manager_factory):
+    m = manager_factory(hbm=8)
+    hashes = chain(3)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    admission = m.admit(m.match(hashes, 3), "r1", 3 * LAYOUT.block_size, 3)
+    assert admission is not None and admission.is_loading
+    m.offload(Tier.HBM)  # the load lands and waits for poll()
+    m.cancel_load("r1", admission.block_ids)
+    assert m.poll() == []
+    assert m.pool.num_active_blocks == 0

@@ -55,11 +55,11 @@ def test_a_stalled_redis_load_is_abandoned_at_its_deadline_and_never_writes_late
         assert server.pid is not None
         os.kill(server.pid, signal.SIGSTOP)
         try:
-            hit = m.match_prefix(hashes, 3)
-            acquired = m.acquire_prefix(hit, 3 * LAYOUT.block_size, 3)
-            assert acquired is not None and acquired.ticket is not None
+            hit = m.match(hashes, 3)
+            acquired = m.admit(hit, "slow", 3 * LAYOUT.block_size, 3)
+            assert acquired is not None and acquired.is_loading
             (done,) = poll_until(m)
-            assert done.ticket == acquired.ticket and done.num_loaded_blocks == 0
+            assert done.key == "slow" and done.num_loaded_blocks == 0
             # The request now recomputes into its slots.
             for block_id in acquired.block_ids:
                 m.kv[block_id] = 7
@@ -108,7 +108,7 @@ def test_spills_a_dead_redis_refuses_fall_through_to_flash(tmp_path):
         m.offload(Tier.HBM)  # the DDR write fails; the blocks must land in flash
         m.wait_transfers()
         m.poll()
-        assert [t for _, t in m.match_prefix(hashes, 3).lower] == [Tier.FLASH] * 3
+        assert [t for _, t in m.match(hashes, 3).lower] == [Tier.FLASH] * 3
         ids, loaded = reload(m, hashes)
         assert loaded == 3
         assert all(m.kv[b].tobytes() == data[h].tobytes() for b, h in zip(ids, hashes, strict=True))
@@ -181,12 +181,12 @@ def test_a_stalled_redis_does_not_hold_up_flash_loads(tmp_path):
         assert server.pid is not None
         os.kill(server.pid, signal.SIGSTOP)
         try:
-            stuck = m.acquire_prefix(m.match_prefix(in_ddr, 2), 2 * LAYOUT.block_size, 2)
-            assert stuck is not None and stuck.ticket is not None
-            fast = m.acquire_prefix(m.match_prefix(in_flash, 2), 2 * LAYOUT.block_size, 2)
-            assert fast is not None and fast.ticket is not None
+            stuck = m.admit(m.match(in_ddr, 2), "stuck", 2 * LAYOUT.block_size, 2)
+            assert stuck is not None and stuck.is_loading
+            fast = m.admit(m.match(in_flash, 2), "fast", 2 * LAYOUT.block_size, 2)
+            assert fast is not None and fast.is_loading
             (done,) = poll_until(m, timeout_s=5)  # the flash load, while DDR hangs
-            assert done.ticket == fast.ticket and done.num_loaded_blocks == 2
+            assert done.key == "fast" and done.num_loaded_blocks == 2
             assert all(
                 m.kv[b].tobytes() == data[h].tobytes()
                 for b, h in zip(fast.block_ids, in_flash, strict=True)
@@ -194,7 +194,7 @@ def test_a_stalled_redis_does_not_hold_up_flash_loads(tmp_path):
         finally:
             os.kill(server.pid, signal.SIGCONT)
         (late,) = poll_until(m)
-        assert late.ticket == stuck.ticket and late.num_loaded_blocks == 2
+        assert late.key == "stuck" and late.num_loaded_blocks == 2
     finally:
         m.close()
         server.stop()
@@ -211,10 +211,10 @@ def test_a_load_from_a_tier_reported_down_is_abandoned_at_once(tmp_path):
         os.kill(server.pid, signal.SIGSTOP)
         try:
             m.health[Tier.DDR].mark_down("probe failed")
-            acquired = m.acquire_prefix(m.match_prefix(hashes, 2), 2 * LAYOUT.block_size, 2)
-            assert acquired is not None
+            acquired = m.admit(m.match(hashes, 2), "down", 2 * LAYOUT.block_size, 2)
+            assert acquired is not None and acquired.is_loading
             (done,) = poll_until(m, timeout_s=5)  # not the 60 s deadline
-            assert done.ticket == acquired.ticket and done.num_loaded_blocks == 0
+            assert done.key == "down" and done.num_loaded_blocks == 0
         finally:
             os.kill(server.pid, signal.SIGCONT)
     finally:
@@ -231,7 +231,7 @@ def test_spills_a_full_redis_refuses_fall_through_to_flash(tmp_path):
         m.offload(Tier.HBM)
         m.wait_transfers()
         m.poll()
-        assert [t for _, t in m.match_prefix(hashes, 3).lower] == [Tier.FLASH] * 3
+        assert [t for _, t in m.match(hashes, 3).lower] == [Tier.FLASH] * 3
         ids, loaded = reload(m, hashes)
         assert loaded == 3
         assert all(m.kv[b].tobytes() == data[h].tobytes() for b, h in zip(ids, hashes, strict=True))

@@ -65,10 +65,14 @@ def test_other_servers_and_garbage_give_empty_deltas():
 
 
 def test_vllm_names_are_read_as_hbm():
-    before = parse_metrics("# TYPE vllm:prefix_cache_hits_total counter\n"
-                           "vllm:prefix_cache_hits_total{model_name=\"m\"} 5.0\n")
-    after = parse_metrics("# TYPE vllm:prefix_cache_hits_total counter\n"
-                          "vllm:prefix_cache_hits_total{model_name=\"m\"} 15.0\n")
+    before = parse_metrics(
+        "# TYPE vllm:prefix_cache_hits_total counter\n"
+        'vllm:prefix_cache_hits_total{model_name="m"} 5.0\n'
+    )
+    after = parse_metrics(
+        "# TYPE vllm:prefix_cache_hits_total counter\n"
+        'vllm:prefix_cache_hits_total{model_name="m"} 15.0\n'
+    )
     assert server_deltas(before, after)["prefix_cache_hits"] == {"hbm": 10.0}
 
 
@@ -78,9 +82,9 @@ def test_metrics_url_is_at_the_root():
 
 
 def test_scalar_counters_are_summed_over_labels_like_vllms_model_name():
-    text = '''# TYPE vllm:num_preemptions counter
+    text = """# TYPE vllm:num_preemptions counter
 vllm:num_preemptions_total{model_name="m"} 3.0
-'''
+"""
     before = parse_metrics(text.replace("3.0", "1.0"))
     after = parse_metrics(text)
     assert after.total("num_preemptions_total") == 3.0  # prefixes are stripped
@@ -90,7 +94,33 @@ vllm:num_preemptions_total{model_name="m"} 3.0
 
 def test_a_counter_that_went_down_was_reset():
     before = parse_metrics(
-        '# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 10.0\n')
+        "# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 10.0\n"
+    )
     after = parse_metrics(
-        '# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 4.0\n')
+        "# TYPE tierkv:num_preemptions counter\ntierkv:num_preemptions_total 4.0\n"
+    )
     assert server_deltas(before, after)["preemptions"] == 4.0
+
+
+def test_a_name_served_under_both_prefixes_counts_once():
+    # tierkv serves vLLM's names too: the tierkv: series (with tiers) win, nothing is
+    # summed twice, and names only vLLM has are still read.
+    text = """\
+# TYPE tierkv:prefix_cache_queries counter
+tierkv:prefix_cache_queries_total 100.0
+# TYPE tierkv:prefix_cache_hits counter
+tierkv:prefix_cache_hits_total{tier="hbm"} 30.0
+tierkv:prefix_cache_hits_total{tier="ddr"} 10.0
+# TYPE vllm:prefix_cache_queries counter
+vllm:prefix_cache_queries_total{model_name="m"} 100.0
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{model_name="m"} 40.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{model_name="m"} 0.25
+"""
+    snap = parse_metrics(text)
+    assert snap.total("prefix_cache_queries_total") == 100.0
+    assert snap.by_tier("prefix_cache_hits_total") == {"hbm": 30.0, "ddr": 10.0}
+    assert snap.total("kv_cache_usage_perc") == 0.25
+    d = server_deltas(parse_metrics(""), snap)
+    assert d["hit_rate"] == pytest.approx(0.4)

@@ -36,8 +36,11 @@ def test_prompt_longer_than_its_blocks_is_filled_uniquely():
 
 
 def test_trace_replay_scales_lengths_times_and_keeps_sharing():
-    records = [record(1000, 1024, 100, [0, 1]), record(3000, 1300, 50, [0, 1, 2]),
-               record(4000, 700, 10, [5, 6])]
+    records = [
+        record(1000, 1024, 100, [0, 1]),
+        record(3000, 1300, 50, [0, 1, 2]),
+        record(4000, 700, 10, [5, 6]),
+    ]
     scale = TraceScale(length=0.25, output=0.5, time=0.5)
     assert scale.block_tokens == 128
     specs = trace_replay(records, scale, seed=0)
@@ -63,8 +66,9 @@ def test_bad_scale_is_rejected():
 
 def test_read_trace_limit_offset_and_errors(tmp_path):
     path = tmp_path / "t.jsonl"
-    lines = [{"timestamp": i, "input_length": 10, "output_length": 1, "hash_ids": [i]}
-             for i in range(5)]
+    lines = [
+        {"timestamp": i, "input_length": 10, "output_length": 1, "hash_ids": [i]} for i in range(5)
+    ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     assert [r.hash_ids for r in read_trace(path, limit=2, offset=1)] == [(1,), (2,)]
     assert len(read_trace(path)) == 5
@@ -80,5 +84,42 @@ def test_real_trace_head_shares_prefixes():
     # the first requests of the conversation trace all start with hash id 0
     assert records[0].hash_ids[0] == records[1].hash_ids[0] == 0
     assert specs[0].prompt[:25] == specs[1].prompt[:25]
-    assert all(len(s.prompt) == round(r.input_length * 0.05)
-               for s, r in zip(specs, records, strict=True))
+    assert all(
+        len(s.prompt) == round(r.input_length * 0.05) for s, r in zip(specs, records, strict=True)
+    )
+
+
+def test_trace_paths_absolute_relative_shipped_and_missing(tmp_path, monkeypatch):
+    from load.trace import TRACE_NAME, resolve_trace_path
+
+    trace = tmp_path / "sub" / "t.jsonl"
+    trace.parent.mkdir()
+    trace.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1]}\n')
+    assert resolve_trace_path(str(trace)) == trace
+    monkeypatch.chdir(tmp_path)
+    assert resolve_trace_path("sub/t.jsonl") == trace
+    assert resolve_trace_path(None) == default_trace_path()
+    assert resolve_trace_path(TRACE_NAME) == default_trace_path()  # a shipped name
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_trace_path("../nowhere/x.jsonl")
+    assert str((tmp_path / "../nowhere/x.jsonl").resolve()) in str(exc.value)
+    assert "kvcache-ai/Mooncake" in str(exc.value)
+    with pytest.raises(IsADirectoryError):
+        resolve_trace_path("sub")
+
+
+def test_policy_command_finds_a_relative_trace_and_names_a_missing_one(
+    tmp_path, monkeypatch, capsys
+):
+    from load.cli import main
+
+    (tmp_path / "t.jsonl").write_text(
+        "".join(
+            f'{{"timestamp": {i}, "input_length": 5, "output_length": 1, "hash_ids": [1, {i}]}}\n'
+            for i in range(4)
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["policy", "--trace", "t.jsonl", "--capacity-blocks", "2"]) == 0
+    assert main(["policy", "--trace", "gone.jsonl", "--capacity-blocks", "2"]) == 2
+    assert str(tmp_path / "gone.jsonl") in capsys.readouterr().out.replace("\n", "")

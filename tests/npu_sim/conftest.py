@@ -1,12 +1,21 @@
-"""Shared fixtures for the npu_sim tests: the real tiny-llama preset and fresh KV pools."""
+"""Shared fixtures for the npu_sim tests: the real tiny-llama preset, fresh KV pools, and
+the real SmolLM2-135M file (fetched once per session; CI can reach PyPI, so a failed
+fetch fails these tests loudly instead of skipping them)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from npu_sim.llama_gguf import load_llama_gguf
 from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_model_config
+from npu_sim.tokenizers import BPETokenizer, load_gguf_tokenizer
+from npu_sim.weights import LlamaWeights
+from npu_sim.weights_fetch import fetch_model_file
 from tests.npu_sim.pools import BLOCK_SIZE, PoolFactory
 
 
@@ -29,3 +38,29 @@ def new_pool(model: Model) -> PoolFactory:
         return np.full(shape, np.nan, dtype=np.dtype(model.config.kv_dtype))
 
     return make
+
+
+SMOLLM = "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    """Where tests keep fetched weights: TIERKV_TEST_MODEL_CACHE or ~/.cache/tierkv."""
+    return Path(os.environ.get("TIERKV_TEST_MODEL_CACHE", "~/.cache/tierkv")).expanduser()
+
+
+@pytest.fixture(scope="session")
+def smollm_path(model_cache_dir: Path) -> Path:
+    """The verified SmolLM2-135M GGUF (fetched on first use)."""
+    return fetch_model_file(SMOLLM, model_cache_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_path: Path) -> BPETokenizer:
+    return load_gguf_tokenizer(smollm_path, SMOLLM)
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_path: Path) -> tuple[ModelConfig, LlamaWeights]:
+    """Config and fp32 weights (~540 MB; loaded once per session)."""
+    return load_llama_gguf(smollm_path, get_model_config(SMOLLM))

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from npu_sim.model_config import get_model_config
@@ -31,6 +32,7 @@ class LiveServer:
     url: str
     settings: Settings
     client: httpx.Client
+    app: FastAPI | None = None  # the running app (for tests that reach into app.state)
 
     def complete(self, prompt: str, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
         body = {"model": self.settings.model, "prompt": prompt, "max_tokens": max_tokens,
@@ -71,7 +73,8 @@ def run_server(settings: Settings) -> Iterator[LiveServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(settings), log_level="warning"))
+    app = build_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -89,7 +92,7 @@ def run_server(settings: Settings) -> Iterator[LiveServer]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S}s")
             time.sleep(0.02)  # poll interval, not a stand-in for work
-        yield LiveServer(url, settings, client)
+        yield LiveServer(url, settings, client, app)
     finally:
         client.close()
         server.should_exit = True

@@ -1,12 +1,24 @@
-"""The correctness oracle: a cache hit from any tier gives exactly the cold-run tokens."""
+"""The correctness oracle: a cache hit from any tier gives exactly the cold-run tokens.
+
+Runs on the seeded tiny model and on the trained SmolLM2-135M (fetched once into the
+model cache; CI reaches PyPI, so it is never skipped).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cache.block_hash import hash_full_blocks, root_hash
 from cache.layout import LAYOUT_VERSION
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
-from npu_sim import tokenizer
+from npu_sim.model_config import get_model_config
+from npu_sim.pretrained import get_tokenizer
+from server.config import GB, Settings
 from server.stack import kv_layout
 from tests.server.live import LiveServer, run_server
 
@@ -14,9 +26,26 @@ PROMPT = "".join(f"Line {i}: the tiered cache keeps every block it can. " for i 
 MAX_TOKENS = 24
 
 
-def expected_cached(prompt: str, block_size: int = 16) -> int:
-    n = len(tokenizer.encode(prompt)) + 1  # + BOS
-    return (n - 1) // block_size * block_size
+@pytest.fixture(params=["tiny-llama", "smollm2-135m"])
+def make_settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]):
+    """The server fixture's settings for each model, with HBM for its weights."""
+    model = request.param
+    hbm_gb = get_model_config(model).weight_bytes / GB + (0.05 if model == "tiny-llama" else 0.15)
+
+    def make(**overrides: Any) -> Settings:
+        return make_settings(model=model, hbm_gb=hbm_gb, **overrides)
+
+    return make
+
+
+def prompt_ids(settings: Settings) -> list[int]:
+    tok = get_tokenizer(settings.model, Path(settings.model_cache_dir).expanduser())
+    return ([] if tok.bos_id is None else [tok.bos_id]) + tok.encode(PROMPT)
+
+
+def expected_cached(settings: Settings) -> int:
+    n = len(prompt_ids(settings))
+    return (n - 1) // settings.block_size * settings.block_size
 
 
 def run(server: LiveServer) -> tuple[str, int]:
@@ -26,14 +55,14 @@ def run(server: LiveServer) -> tuple[str, int]:
 
 
 def prompt_block_hashes(server: LiveServer) -> list[bytes]:
-    ids = [tokenizer.BOS, *tokenizer.encode(PROMPT)]
+    ids = prompt_ids(server.settings)
     root = root_hash(server.cache_stats()["numerics_id"], LAYOUT_VERSION, None)
     return hash_full_blocks(ids, server.settings.block_size, root)
 
 
 def test_hits_from_hbm_ddr_and_flash_after_restart_match_the_cold_run(make_settings):
     settings = make_settings()
-    full = expected_cached(PROMPT)
+    full = expected_cached(settings)
     with run_server(settings) as server:
         cold, cached = run(server)
         assert cached == 0 and cold
@@ -69,8 +98,9 @@ def test_corrupt_ddr_block_is_detected_recomputed_and_output_unchanged(make_sett
         cold, _ = run(server)
         server.offload("hbm")
         layout = kv_layout(server.settings)
-        ddr = RedisTier(connect_redis(f"unix://{server.settings.data_dir}/redis.sock"),
-                        layout.namespace)
+        ddr = RedisTier(
+            connect_redis(f"unix://{server.settings.data_dir}/redis.sock"), layout.namespace
+        )
         victim = prompt_block_hashes(server)[3]
         payload = bytearray(ddr.get(victim))
         payload[len(payload) // 2] ^= 0x01

