@@ -239,3 +239,30 @@ def test_spills_a_full_redis_refuses_fall_through_to_flash(tmp_path):
     finally:
         m.close()
         server.stop()
+
+
+def test_a_cancelled_load_stuck_on_redis_frees_its_blocks_at_the_deadline(tmp_path):
+    server = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
+    m = manager(server.url, None, reload_timeout_s=0.2)
+    try:
+        hashes = chain(2)
+        fill_and_cache(m, hashes)
+        m.offload(Tier.HBM)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            admission = m.admit(m.match(hashes, 2), "gone", 2 * LAYOUT.block_size, 2)
+            assert admission is not None and admission.is_loading
+            m.cancel_load("gone", admission.block_ids)  # the client went away
+            deadline = time.monotonic() + 10
+            while m.pool.num_active_blocks:  # freed once the load is abandoned
+                assert m.poll() == []  # nothing is reported for a cancelled load
+                assert time.monotonic() < deadline, "blocks of the cancelled load leaked"
+                time.sleep(0.005)  # poll interval
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert m.wait_transfers(timeout=30)
+        assert m.poll() == [] and m.pool.num_active_blocks == 0
+    finally:
+        m.close()
+        server.stop()
