@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache.block_hash import BlockHash
-from cache.eviction import make_policy
 from cache.layout import KVLayout
+from cache.policies.eviction import make_policy
 
 
 def _resident_zeros(nbytes: int) -> mmap.mmap:

@@ -35,10 +35,12 @@ from cache.block_format import encode_block, encoded_size
 from cache.block_hash import BlockHash
 from cache.hbm_pool import HbmBlockPool
 from cache.health import TierHealth
+from cache.index_rebuild import rebuild_index
 from cache.layout import KVLayout
 from cache.load_deadlines import LoadDeadlines
+from cache.policies.admission import make_admission_policy
 from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
-from cache.stats import CacheStats, Tier, TierOp
+from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
 from cache.transfer import (
@@ -86,6 +88,10 @@ class CacheManager:
             if store is not None and capacity >= self._block_size:
                 self._stores[tier] = store
                 self._index[tier] = TierIndex(capacity, config.eviction_policy)
+        lower_blocks = sum(i.capacity_bytes for i in self._index.values()) // self._block_size
+        self._admission = make_admission_policy(
+            config.admission_policy, max(lower_blocks, config.hbm_num_blocks)
+        )
         self.health: dict[Tier, TierHealth] = {t: TierHealth() for t in (Tier.DDR, Tier.FLASH)}
         self._notify = notify
         self._worker = TransferWorker(
@@ -159,6 +165,10 @@ class CacheManager:
         if allocation is None:  # can_admit said it fits; the pool disagrees
             raise RuntimeError("HBM pool refused an allocation can_admit allowed")
         self.stats.query_tokens += num_query_tokens
+        hbm_hashes = [self.pool.block_hash(b) for b in hit.hbm_block_ids]
+        self._record_accesses([h for h in hbm_hashes if h is not None])
+        self._record_accesses([h for h, _ in hit.lower])
+        self._write_through(hit.hbm_block_ids)
         self.stats.hit_tokens[Tier.HBM] += len(hit.hbm_block_ids) * self.layout.block_size
         self.stats.tiers[Tier.HBM].hit_blocks += len(hit.hbm_block_ids)
         if hit.num_blocks < num_query_blocks:  # the chain ended: every tier missed a block
@@ -199,6 +209,7 @@ class CacheManager:
         """Register computed full blocks so later requests can reuse them."""
         for block_id, block_hash in zip(block_ids, hashes, strict=True):
             self.pool.register(block_id, block_hash)
+        self._record_accesses(hashes)
 
     def free(self, block_ids: Sequence[int]) -> None:
         """Release a request's blocks (in sequence order); cached ones stay reusable."""
@@ -332,6 +343,9 @@ class CacheManager:
             if held:
                 self._index[held[0]].touch(block_hash)
                 continue
+            if not self._admission.should_admit(block_hash):
+                self.stats.tiers[target].admission_rejects += 1
+                continue
             if items and not self._index[target].has_room(self._block_size):
                 # Making room may demote a block of this very batch: store it first, so
                 # the FIFO transfer thread writes it before it reads it back to demote.
@@ -344,6 +358,34 @@ class CacheManager:
         if items:
             self._worker.submit(StoreJob(target, items))
         return len(evicted)
+
+    def _record_accesses(self, hashes: Sequence[BlockHash]) -> None:
+        for block_hash in hashes:
+            self._admission.record_access(block_hash)
+
+    def _write_through(self, block_ids: Sequence[int]) -> None:
+        """Store HBM hits a write-through admission policy now admits (HBM keeps them)."""
+        if not self._admission.writes_through or not block_ids:
+            return
+        hashes = [self.pool.block_hash(b) for b in block_ids]
+        target = next((t for t in (Tier.DDR, Tier.FLASH) if t in self._index), None)
+        if target is None:
+            return
+        items: list[tuple[BlockHash, bytes]] = []
+        for block_hash, block_id in zip(hashes, block_ids, strict=True):
+            if block_hash is None or any(block_hash in idx for idx in self._index.values()):
+                continue
+            if not self._admission.should_admit(block_hash):
+                continue
+            if items and not self._index[target].has_room(self._block_size):
+                self._worker.submit(StoreJob(target, items))
+                items = []
+            if not self._make_room(target, self._block_size):
+                continue
+            items.append((block_hash, encode_block(self.pool.kv[block_id], key=block_hash)))
+            self._index[target].add(block_hash, self._block_size)
+        if items:
+            self._worker.submit(StoreJob(target, items))
 
     def _make_room(self, tier: Tier, size: int) -> bool:
         """Evict from `tier` (demoting DDR victims to flash) until `size` more bytes fit."""
@@ -542,34 +584,13 @@ class CacheManager:
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""
         for tier, store in self._stores.items():
-            index = self._index[tier]
-            wrong_size: list[BlockHash] = []
-            try:
-                for key, size in store.scan():
-                    if size == self._block_size:
-                        index.add(key, size)
-                    else:  # another layout or a torn write: unusable, and it takes space
-                        wrong_size.append(key)
-            except TierError as exc:
-                self.stats.tiers[tier].count_io_error(TierOp.SCAN)
-                self.health[tier].record_error(f"scan failed: {exc}")
-                logger.warning("could not scan the %s tier; starting empty", tier, exc_info=True)
-            if wrong_size:
-                self.stats.tiers[tier].wrong_size_blocks += len(wrong_size)
-                logger.warning(
-                    "%s tier: deleting %d entries of the wrong size (not %d bytes)",
-                    tier,
-                    len(wrong_size),
-                    self._block_size,
-                )
-                self._worker.submit(RemoveJob(tier, wrong_size))
-            if index.used_bytes > index.capacity_bytes:
-                extra: list[BlockHash] = []
-                while index.used_bytes > index.capacity_bytes:
-                    victim = index.pop_victim()
-                    if victim is None:
-                        break
-                    extra.append(victim)
-                self._worker.submit(RemoveJob(tier, extra))
-            logger.info("%s tier: %d blocks found at start-up", tier, len(index))
+            rebuild_index(
+                tier,
+                store,
+                self._index[tier],
+                self._block_size,
+                self.stats.tiers[tier],
+                self.health[tier],
+                self._worker.submit,
+            )
         self._refresh_occupancy()

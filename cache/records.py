@@ -16,6 +16,7 @@ class CacheConfig:
     ddr_capacity_bytes: int = 0  # 0 disables the DDR tier
     flash_capacity_bytes: int = 0  # 0 disables the flash tier
     eviction_policy: str = "lru"
+    admission_policy: str = "always"  # see cache.policies.admission
     reload_timeout_s: float = 0.0  # a load not done by then is abandoned; 0: no deadline
 
 

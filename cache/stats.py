@@ -81,6 +81,7 @@ class TierStats:
 
     hit_blocks: int = 0
     miss_blocks: int = 0
+    admission_rejects: int = 0  # evicted HBM blocks the admission policy kept out of here
     read_bytes: int = 0
     write_bytes: int = 0
     used_bytes: int = 0

@@ -241,6 +241,13 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-requests", type=_positive_int, help="use only the first N records")
     p.add_argument("--trace-offset", type=int, default=0)
+    p.add_argument(
+        "--hbm-fraction",
+        type=float,
+        default=0.0,
+        help="share of each capacity that is HBM (always holds what requests use) over a "
+        "lower tier whose admission policy filters HBM's evictions; 0 (default): one cache",
+    )
     p.add_argument("--out", type=Path, help="JSON file for the table")
 
 
@@ -395,12 +402,17 @@ def cmd_policy(args: argparse.Namespace, console: Console) -> int:
         records = read_trace(
             resolve_trace_path(args.trace), limit=args.num_requests, offset=args.trace_offset
         )
-        table = policy_sim.simulate([r.hash_ids for r in records], args.capacity_blocks, names)
+        table = policy_sim.simulate(
+            [r.hash_ids for r in records],
+            args.capacity_blocks,
+            names,
+            hbm_fraction=args.hbm_fraction,
+        )
     except (ValueError, OSError, policy_sim.PolicyUnavailableError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     out = Table(
-        title=f"block hit rate, {len(records)} requests, {table.num_accesses} block "
+        title=f"prefix hit rate, {len(records)} requests, {table.num_accesses} block "
         f"accesses, {table.num_distinct} distinct"
     )
     out.add_column("capacity (blocks)", justify="right")

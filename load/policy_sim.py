@@ -1,15 +1,24 @@
 """Offline cache-policy simulator over a trace's block sequence (no server).
 
 Model: requests arrive in trace order; each request looks up its (distinct) blocks in
-order, a hit is counted per block found (and the policy is touched), then the
-request's missing blocks are inserted, evicting as the policy chooses. Capacity is in
-blocks.
+order. **Hit rate counts prefix hits only**, as the server does: a request's hits are
+its leading blocks found in the cache, up to the first missing one; a cached block
+after that miss is recomputed (a prefix cache cannot use it) and is not a hit. Hit rate
+= prefix hits / block accesses. Then the request's blocks are touched, leaf first (so
+a parent stays more recent than its children, as in the server), and its missing blocks
+are inserted if the admission policy admits them, evicting as the eviction policy
+chooses. Capacity is in blocks.
 
-Online policies come from ``cache.eviction`` (``make_policy(name)``); ``belady`` is
-implemented here: with knowledge of the future it keeps, after each request, the
-blocks whose next use is nearest (bypassing a block used later than everything kept),
-which is the optimum for this model (tests check it against exhaustive search) and so
-an upper bound for every online policy.
+Online policies are the server's own classes: eviction from ``cache.policies.eviction``
+(``lru``, ``fifo``, ``lfu``), admission from ``cache.policies.admission``; a policy name
+``EVICTION+ADMISSION`` (e.g. ``lru+second-hit``) combines them, a bare name admits
+``always``. The simulator models one cache, so admission decides which blocks enter it
+at all (in the server it decides which evicted HBM blocks enter DDR and flash).
+``belady`` is implemented here: with knowledge of the future it keeps, after each
+request, the blocks whose next use is nearest (bypassing a block used later than
+everything kept). Counting every cached block as a hit (``prefix_only=False``) that is
+the optimum (tests check it against exhaustive search); counting prefix hits it is a
+clairvoyant reference, not a proven optimum.
 """
 
 from __future__ import annotations
@@ -17,15 +26,17 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from cache.policies.admission import AdmissionPolicy
 
 BELADY = "belady"
 REQUIRED_POLICIES = ("lru", BELADY)
 
 
 class EvictionPolicy(Protocol):
-    """The interface of ``cache.eviction`` policies, as used here."""
+    """The interface of ``cache.policies.eviction`` policies, as used here."""
 
     def insert(self, key: int) -> None: ...
     def touch(self, key: int) -> None: ...
@@ -35,11 +46,12 @@ class EvictionPolicy(Protocol):
     def __len__(self) -> int: ...
 
 
-PolicyFactory = Callable[[], EvictionPolicy]
+PolicyFactory = Callable[[int], tuple[EvictionPolicy, "AdmissionPolicy | None"]]
+"""Builds the (eviction, admission) pair for a cache of the given capacity in blocks."""
 
 
 class PolicyUnavailableError(RuntimeError):
-    """A policy name that neither ``cache.eviction`` nor this module provides."""
+    """A policy name that neither ``cache.policies`` nor this module provides."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,30 +64,114 @@ class PolicyTable:
     num_distinct: int
 
     def to_json(self) -> dict[str, object]:
-        return {"capacities": self.capacities, "hit_rate": self.hit_rate,
-                "num_accesses": self.num_accesses, "num_distinct_blocks": self.num_distinct}
+        return {
+            "capacities": self.capacities,
+            "hit_rate": self.hit_rate,
+            "num_accesses": self.num_accesses,
+            "num_distinct_blocks": self.num_distinct,
+        }
 
 
-def simulate_online(requests: Sequence[Sequence[int]], policy: EvictionPolicy,
-                    capacity: int) -> int:
-    """Number of block hits of ``policy`` (fresh, empty) at ``capacity`` blocks."""
+def simulate_online(
+    requests: Sequence[Sequence[int]],
+    policy: EvictionPolicy,
+    capacity: int,
+    admission: AdmissionPolicy | None = None,
+    *,
+    prefix_only: bool = True,
+) -> int:
+    """Number of block hits of ``policy`` (fresh, empty) at ``capacity`` blocks, with
+    ``admission`` (default: admit every block) deciding what enters the cache."""
     _check_capacity(capacity)
     hits = 0
     for blocks in distinct_blocks(requests):
-        missing = []
-        for key in blocks:
+        if admission is not None:
+            for key in blocks:
+                admission.record_access(key)
+        hits += _count_hits(blocks, policy, prefix_only)
+        for key in reversed(blocks):  # leaf first: parents end up more recent
             if key in policy:
-                hits += 1
                 policy.touch(key)
-            else:
-                missing.append(key)
-        for key in missing:
+                continue
+            if admission is not None and not admission.should_admit(key):
+                continue
             while len(policy) >= capacity:
                 if policy.pop_victim() is None:
                     break
             if len(policy) < capacity:
                 policy.insert(key)
     return hits
+
+
+def simulate_tiered(
+    requests: Sequence[Sequence[int]],
+    policy: EvictionPolicy,
+    capacity: int,
+    admission: AdmissionPolicy,
+    hbm_blocks: int,
+) -> int:
+    """Prefix hits of the server's two-level shape: ``hbm_blocks`` of LRU "HBM" that
+    holds every block a request uses, over a lower tier of ``capacity - hbm_blocks``
+    blocks run by ``policy``, which HBM's evicted blocks enter only if ``admission``
+    admits them (write-back), or, for a write-through admission, as soon as a hit makes
+    it admit them. Lower-tier hits are copied up (the lower tier keeps its copy)."""
+    _check_capacity(capacity)
+    if not 1 <= hbm_blocks < capacity:
+        raise ValueError(f"hbm_blocks must be in [1, capacity), got {hbm_blocks}")
+    from cache.policies.eviction import LruPolicy
+
+    hbm: LruPolicy[int] = LruPolicy()
+    lower_capacity = capacity - hbm_blocks
+    hits = 0
+
+    def store(key: int) -> None:
+        while len(policy) >= lower_capacity:
+            if policy.pop_victim() is None:
+                return
+        policy.insert(key)
+
+    for blocks in distinct_blocks(requests):
+        for key in blocks:
+            admission.record_access(key)
+        n = 0
+        for key in blocks:
+            if key not in hbm and key not in policy:
+                break
+            n += 1
+        hits += n
+        for i, key in enumerate(reversed(blocks)):  # leaf first, as the server frees
+            if key in policy:
+                policy.touch(key)
+            elif (
+                admission.writes_through and len(blocks) - i <= n and (admission.should_admit(key))
+            ):
+                store(key)
+            if key in hbm:
+                hbm.touch(key)
+                continue
+            while len(hbm) >= hbm_blocks:
+                victim = hbm.pop_victim()
+                if victim is None or victim in policy:
+                    continue
+                if admission.should_admit(victim):
+                    store(victim)
+            hbm.insert(key)
+    return hits
+
+
+def _count_hits(
+    blocks: Sequence[int], cached: EvictionPolicy | dict[int, int], prefix_only: bool
+) -> int:
+    """Prefix hits: leading blocks in ``cached`` up to the first missing one (or, with
+    ``prefix_only=False``, every block in ``cached``)."""
+    if not prefix_only:
+        return sum(1 for key in blocks if key in cached)
+    n = 0
+    for key in blocks:
+        if key not in cached:
+            break
+        n += 1
+    return n
 
 
 def distinct_blocks(requests: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -98,8 +194,13 @@ def next_use_index(requests: Sequence[Sequence[int]]) -> list[dict[int, int]]:
     return out
 
 
-def simulate_belady(requests: Sequence[Sequence[int]], capacity: int,
-                    next_use: list[dict[int, int]] | None = None) -> int:
+def simulate_belady(
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    next_use: list[dict[int, int]] | None = None,
+    *,
+    prefix_only: bool = True,
+) -> int:
     """Number of block hits of the clairvoyant policy; O(log n) per access.
 
     After each request it keeps the ``capacity`` blocks, among those cached and those
@@ -116,11 +217,11 @@ def simulate_belady(requests: Sequence[Sequence[int]], capacity: int,
     heap: list[tuple[int, int]] = []  # (-next use, key); stale entries skipped lazily
     hits = 0
     for i, blocks in enumerate(requests):
+        hits += _count_hits(blocks, cached, prefix_only)
         missing = []
         for key in blocks:
             nxt = next_use[i][key]
             if key in cached:
-                hits += 1
                 cached[key] = nxt
                 heapq.heappush(heap, (-nxt, key))
             else:
@@ -141,34 +242,53 @@ def simulate_belady(requests: Sequence[Sequence[int]], capacity: int,
 
 
 def registered_policy_names() -> list[str]:
-    """Names from ``cache.eviction.EVICTION_POLICIES`` plus ``belady``."""
-    eviction = _eviction_module()
-    return [*list(eviction.EVICTION_POLICIES), BELADY]
+    """Eviction policy names, each eviction policy combined with every admission policy
+    but ``always`` (``lru+second-hit`` ...), plus ``belady``."""
+    from cache.policies import admission, eviction  # the one non-HTTP dependency of load/
+
+    combined = [
+        f"{e}+{a}"
+        for e in eviction.EVICTION_POLICIES
+        for a in admission.ADMISSION_POLICIES
+        if a != admission.DEFAULT_ADMISSION_POLICY
+    ]
+    return [*eviction.EVICTION_POLICIES, *combined, BELADY]
 
 
 def online_factory(name: str) -> PolicyFactory:
-    eviction = _eviction_module()
-    if name not in eviction.EVICTION_POLICIES:
+    """A constructor of ``(eviction, admission)`` for a cache of ``capacity`` blocks, for
+    a name ``EVICTION`` or ``EVICTION+ADMISSION``."""
+    from cache.policies import admission, eviction
+
+    evict_name, _, admit_name = name.partition("+")
+    admit_name = admit_name or admission.DEFAULT_ADMISSION_POLICY
+    if evict_name not in eviction.EVICTION_POLICIES or (
+        admit_name not in admission.ADMISSION_POLICIES
+    ):
         known = ", ".join([*eviction.EVICTION_POLICIES, BELADY])
-        raise PolicyUnavailableError(f"unknown policy {name!r}; known: {known}")
-    return lambda: eviction.make_policy(name)
-
-
-def _eviction_module() -> ModuleType:
-    try:
-        import cache.eviction as eviction  # the one non-HTTP dependency of load/
-    except ImportError as exc:
+        admits = ", ".join(admission.ADMISSION_POLICIES)
         raise PolicyUnavailableError(
-            f"online policies need cache.eviction, which cannot be imported ({exc})"
-        ) from exc
-    return eviction
+            f"unknown policy {name!r}; known: {known}, optionally +ADMISSION from {admits}"
+        )
+    return lambda capacity: (
+        eviction.make_policy(evict_name),
+        admission.make_admission_policy(admit_name, capacity),
+    )
 
 
-def simulate(requests: Sequence[Sequence[int]], capacities: Sequence[int],
-             policies: Sequence[str],
-             factory: Callable[[str], PolicyFactory] = online_factory) -> PolicyTable:
-    """Hit rate of every policy at every capacity. ``factory`` maps an online policy
-    name to a constructor (default: ``cache.eviction``)."""
+def simulate(
+    requests: Sequence[Sequence[int]],
+    capacities: Sequence[int],
+    policies: Sequence[str],
+    factory: Callable[[str], PolicyFactory] = online_factory,
+    hbm_fraction: float = 0.0,
+) -> PolicyTable:
+    """Prefix hit rate of every policy at every capacity. ``factory`` maps an online
+    policy name to a constructor (default: ``cache.policies``). With ``hbm_fraction``
+    > 0, online policies run in the server's two-level shape (:func:`simulate_tiered`,
+    that share of each capacity being HBM); otherwise as one cache."""
+    if not 0.0 <= hbm_fraction < 1.0:
+        raise ValueError(f"hbm_fraction must be in [0, 1), got {hbm_fraction}")
     for c in capacities:
         _check_capacity(c)
     requests = distinct_blocks(requests)
@@ -182,7 +302,12 @@ def simulate(requests: Sequence[Sequence[int]], capacities: Sequence[int],
             if make is None:
                 hits = simulate_belady(requests, capacity, next_use)
             else:
-                hits = simulate_online(requests, make(), capacity)
+                policy, admission = make(capacity)
+                hbm_blocks = int(capacity * hbm_fraction)
+                if hbm_blocks >= 1 and admission is not None:
+                    hits = simulate_tiered(requests, policy, capacity, admission, hbm_blocks)
+                else:
+                    hits = simulate_online(requests, policy, capacity, admission)
             rates.append(hits / num_accesses if num_accesses else 0.0)
         table[name] = rates
     distinct = len({k for blocks in requests for k in blocks})

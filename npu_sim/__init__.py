@@ -5,9 +5,10 @@ Never imports `server` or `cache` (see docs/architecture.md).
 
 from npu_sim import tokenizer
 from npu_sim.blas import blas_core_name, limit_blas_threads
-from npu_sim.cost_model import StepCost, step_cost, transfer_seconds
+from npu_sim.cost_model import StepCost, step_cost
 from npu_sim.device import DEVICE_PRESETS, DeviceSpec, get_device
 from npu_sim.executor import Executor, Pace, StepResult, StepSequence
+from npu_sim.links import LinkSpec, get_media, transfer_seconds
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import DEFAULT_MODEL, MODEL_PRESETS, ModelConfig, get_model_config
 from npu_sim.ops import QuantizedLinear, attend, linear
@@ -18,6 +19,7 @@ __all__ = [
     "DEVICE_PRESETS",
     "MODEL_PRESETS",
     "DeviceSpec",
+    "LinkSpec",
     "Executor",
     "Model",
     "ModelConfig",
@@ -32,6 +34,7 @@ __all__ = [
     "attend",
     "blas_core_name",
     "get_device",
+    "get_media",
     "get_model_config",
     "limit_blas_threads",
     "linear",

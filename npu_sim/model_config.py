@@ -158,6 +158,32 @@ COST_ONLY_PRESETS: Final = MappingProxyType(
             intermediate_size=14336,
             vocab_size=128256,
         ),
+        # Meta Llama 3.1 8B (config.json of meta-llama/Llama-3.1-8B): Llama 3's shape with
+        # rope_theta 500,000 (the llama3 RoPE scaling does not change the cost).
+        "llama-3.1-8b": ModelConfig(
+            name="llama-3.1-8b",
+            num_layers=32,
+            hidden_size=4096,
+            num_heads=32,
+            num_kv_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+            rope_theta=500000.0,
+        ),
+        # Qwen3 8B (config.json of Qwen/Qwen3-8B: 36 layers, hidden 4096, 32 heads / 8 KV
+        # heads of 128, intermediate 12288, vocab 151936, untied lm_head). Its per-head
+        # q/k RMSNorm weights (2 x 128 per layer) are too small to matter and are left out.
+        "qwen3-8b": ModelConfig(
+            name="qwen3-8b",
+            num_layers=36,
+            hidden_size=4096,
+            num_heads=32,
+            num_kv_heads=8,
+            intermediate_size=12288,
+            vocab_size=151936,
+            rope_theta=1000000.0,
+            rms_eps=1e-6,
+        ),
         # Qwen2.5 7B (config.json of Qwen/Qwen2.5-7B).
         "qwen2.5-7b": ModelConfig(
             name="qwen2.5-7b",

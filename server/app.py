@@ -43,7 +43,7 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.stack = stack
         app.state.serving = OpenAIServing(
             engine,
-            settings.model,
+            settings.served_model,
             settings.max_model_len,
             stack.numerics_id,
             stack.tokenizer,

@@ -12,9 +12,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cache.eviction import EVICTION_POLICIES
+from cache.policies.admission import ADMISSION_POLICIES
+from cache.policies.eviction import EVICTION_POLICIES
 from cache.tiers.faulty import parse_tier_faults
 from npu_sim.device import get_device
+from npu_sim.emulated import DEFAULT_KV_BYTES_FRACTION, stored_head_dim
+from npu_sim.links import DEFAULT_DDR_MEDIA, DEFAULT_FLASH_MEDIA, get_media
 from npu_sim.model_config import get_cost_model_config, get_model_config
 
 GB = 1024**3
@@ -63,8 +66,31 @@ class Settings(BaseSettings):
         description="Model shape the device time is modelled for (e.g. llama-3-8b); "
         "unset: --model. Tokens and KV bytes always come from --model.",
     )
-    hbm_gb: float = Field(
-        1.0, gt=0, description="HBM given to this server: weights + KV block pool (GiB)."
+    emulate: str | None = Field(
+        None,
+        description="Emulate this model shape (e.g. llama-3-8b) instead of running the "
+        "numpy --model: KV blocks of its real layout and size, steps of its modelled time, "
+        "synthetic tokens (see npu_sim.emulated). Capacities count its bytes.",
+    )
+    kv_bytes_fraction: float = Field(
+        DEFAULT_KV_BYTES_FRACTION,
+        gt=0,
+        le=1,
+        description="With --emulate: fraction of each KV block's logical bytes really "
+        "stored and moved (head_dim x fraction must be whole); clock and capacities count "
+        "the full size.",
+    )
+    ddr_media: str = Field(
+        DEFAULT_DDR_MEDIA, description="Medium of the DDR tier on the modelled clock."
+    )
+    flash_media: str = Field(
+        DEFAULT_FLASH_MEDIA, description="Medium of the flash tier on the modelled clock."
+    )
+    hbm_gb: float | None = Field(
+        None,
+        gt=0,
+        description="HBM given to this server: weights + KV block pool (GiB). Unset: 1, "
+        "or the device's whole HBM with --emulate.",
     )
     ddr_gb: float = Field(4.0, ge=0, description="DDR (Redis) KV capacity in GiB; 0 disables.")
     flash_gb: float = Field(16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables.")
@@ -79,6 +105,9 @@ class Settings(BaseSettings):
         512, ge=0, description="Requests that may wait beyond the batch; more get 503."
     )
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
+    admission_policy: str = Field(
+        "always", description="Which evicted HBM blocks are written to DDR/flash."
+    )
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
     max_request_body_bytes: int = Field(
         4 * 1024**2, ge=1, description="Largest request body accepted; larger ones get 413."
@@ -135,6 +164,13 @@ class Settings(BaseSettings):
         get_model_config(self.model)
         get_device(self.device)
         get_cost_model_config(self.cost_model or self.model)
+        get_media(self.ddr_media)
+        get_media(self.flash_media)
+        if self.emulate is not None:
+            if self.cost_model is not None:
+                raise ValueError("--cost-model does not apply with --emulate (it sets both)")
+            shape = get_cost_model_config(self.emulate)
+            stored_head_dim(shape, self.kv_bytes_fraction)
         parse_tier_faults(self.tier_faults)  # ValueError naming the bad part
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
@@ -146,7 +182,17 @@ class Settings(BaseSettings):
             )
         if self.api_key is not None and not self.api_keys:
             raise ValueError("api_key is set but holds no key")
+        if self.admission_policy not in ADMISSION_POLICIES:
+            choices = ", ".join(sorted(ADMISSION_POLICIES))
+            raise ValueError(
+                f"unknown admission policy {self.admission_policy!r}; choose: {choices}"
+            )
         return self
+
+    @property
+    def served_model(self) -> str:
+        """The model name clients ask for: the emulated shape, else --model."""
+        return self.emulate or self.model
 
     @property
     def api_keys(self) -> tuple[str, ...]:
@@ -164,7 +210,11 @@ class Settings(BaseSettings):
 
     @property
     def hbm_bytes(self) -> int:
-        return int(self.hbm_gb * GB)
+        if self.hbm_gb is not None:
+            return int(self.hbm_gb * GB)
+        if self.emulate is not None:
+            return get_device(self.device).hbm_bytes
+        return GB
 
     @property
     def ddr_bytes(self) -> int:

@@ -25,12 +25,14 @@ from cache.tiers.lmdb_check import check_environment, move_aside
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
 from npu_sim.device import get_device
-from npu_sim.executor import Executor, Pace
+from npu_sim.emulated import EmulatedModel, stored_head_dim
+from npu_sim.executor import Executor, Pace, StepModel
+from npu_sim.links import TierPaths, TransferClock, get_media
 from npu_sim.model import Model
-from npu_sim.model_config import get_cost_model_config, get_model_config
+from npu_sim.model_config import ModelConfig, get_cost_model_config, get_model_config
 from npu_sim.pretrained import is_pretrained, load_pretrained
 from npu_sim.tokenizers import ByteTokenizer, Tokenizer
-from server.config import Settings
+from server.config import GB, Settings
 from server.engine.core import EngineCore
 from server.engine.scheduler import Scheduler, SchedulerConfig
 
@@ -58,6 +60,9 @@ class EngineStack:
     tokenizer: Tokenizer
     supervisor: RedisSupervisor | None = None
     shutdown_drain_s: float = 0.0
+    # Modelled cost of tier transfers (npu_sim.links). Not charged yet: its `finish` is
+    # to be handed to the transfer threads once cache/transfer.py's rewrite lands.
+    transfer_clock: TransferClock | None = None
 
     def close(self) -> None:
         """Graceful: write back to flash (bounded), then stop. Call after the engine stopped."""
@@ -71,33 +76,66 @@ class EngineStack:
                 self.embedded_redis.stop()
 
 
+def model_shape(settings: Settings) -> ModelConfig:
+    """The shape whose KV layout, weights and capacities the server uses."""
+    if settings.emulate is not None:
+        return get_cost_model_config(settings.emulate)
+    return get_model_config(settings.model)
+
+
 def kv_layout(settings: Settings) -> KVLayout:
-    model = get_model_config(settings.model)
+    """The stored KV layout. Under --emulate, heads keep `stored_head_dim` elements."""
+    model = model_shape(settings)
+    head_dim = model.head_dim
+    if settings.emulate is not None:
+        head_dim = stored_head_dim(model, settings.kv_bytes_fraction)
     return KVLayout(
         model_id=model.name,
         num_layers=model.num_layers,
         num_kv_heads=model.num_kv_heads,
-        head_dim=model.head_dim,
+        head_dim=head_dim,
         block_size=settings.block_size,
         dtype=model.kv_dtype,
     )
 
 
+def logical_block_bytes(settings: Settings) -> int:
+    """Bytes of one KV block of the model's real shape (what capacities count)."""
+    return model_shape(settings).kv_bytes_per_token * settings.block_size
+
+
+def stored_fraction(settings: Settings) -> float:
+    """Stored bytes per logical byte: 1 for the numpy model, ~kv-bytes-fraction emulated."""
+    return kv_layout(settings).block_bytes / logical_block_bytes(settings)
+
+
+def transfer_clock(settings: Settings) -> TransferClock:
+    """The modelled clock of HBM <-> DDR/flash transfers for these settings."""
+    paths = TierPaths(
+        host_link=get_device(settings.device).host_link,
+        ddr=get_media(settings.ddr_media),
+        flash=get_media(settings.flash_media),
+    )
+    return TransferClock(
+        paths, logical_per_stored=1 / stored_fraction(settings), pace=settings.pace == "real"
+    )
+
+
 def hbm_num_blocks(settings: Settings) -> int:
-    """KV blocks that fit in the server's HBM after the model weights."""
+    """KV blocks that fit in the server's HBM after the model weights (logical bytes)."""
     device = get_device(settings.device)
-    model = get_model_config(settings.model)
+    model = model_shape(settings)
     if settings.hbm_bytes > device.hbm_bytes:
         raise ConfigError(
-            f"hbm-gb {settings.hbm_gb} exceeds the {device.name}'s HBM "
+            f"hbm-gb {settings.hbm_bytes / GB:g} exceeds the {device.name}'s HBM "
             f"({device.hbm_bytes / 1024**3:.0f} GiB)"
         )
     free = settings.hbm_bytes - model.weight_bytes
-    num_blocks = max(0, free // kv_layout(settings).block_bytes)
+    num_blocks = max(0, free // logical_block_bytes(settings))
     needed = -(-settings.max_model_len // settings.block_size)
     if num_blocks < needed:
         raise ConfigError(
-            f"hbm-gb {settings.hbm_gb} leaves {num_blocks} KV blocks after "
+            f"hbm-gb {settings.hbm_bytes / GB:g} leaves {num_blocks} KV blocks after "
             f"{model.weight_bytes / 1024**2:.1f} MiB of weights, but one max-model-len "
             f"({settings.max_model_len}) sequence needs {needed}: raise --hbm-gb or lower "
             "--max-model-len"
@@ -109,6 +147,9 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     """Start tiers and build the engine; `wakeup` is called when a transfer finishes."""
     layout = kv_layout(settings)
     num_blocks = hbm_num_blocks(settings)
+    # Capacities are given in logical bytes; the manager counts the bytes really stored.
+    ddr_stored = int(settings.ddr_bytes * stored_fraction(settings))
+    flash_stored = int(settings.flash_bytes * stored_fraction(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedRedis | None = None
     ddr: StorageTier | None = None
@@ -120,13 +161,13 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         # Flash first: a damaged LMDB file must be caught before anything else (a Redis
         # child) is started, and is quarantined rather than taking the server down.
         if settings.flash_bytes > 0:
-            map_size = max(int(settings.flash_bytes * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
+            map_size = max(int(flash_stored * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
             flash, quarantined = open_flash(settings.data_dir / "flash", map_size, layout.namespace)
             undo.callback(flash.close)
         if settings.ddr_bytes > 0:
             url = settings.redis_url
             if url is None:
-                memory = max(int(settings.ddr_bytes * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
+                memory = max(int(ddr_stored * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
                 embedded = EmbeddedRedis(settings.data_dir, memory).start()
                 undo.callback(embedded.stop)
                 url = embedded.url
@@ -142,10 +183,11 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
             layout,
             CacheConfig(
                 hbm_num_blocks=num_blocks,
-                ddr_capacity_bytes=settings.ddr_bytes,
-                flash_capacity_bytes=settings.flash_bytes,
+                ddr_capacity_bytes=ddr_stored,
+                flash_capacity_bytes=flash_stored,
                 eviction_policy=settings.eviction_policy,
                 reload_timeout_s=settings.reload_timeout_ms / 1000,
+                admission_policy=settings.admission_policy,
             ),
             ddr=ddr,
             flash=flash,
@@ -158,11 +200,21 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         if ddr is not None and url is not None:
             supervisor = RedisSupervisor(url, cache.health[Tier.DDR], embedded, wakeup).start()
             undo.callback(supervisor.stop)
-        model, tokenizer = load_model(settings)
-        cost_config = get_cost_model_config(settings.cost_model or settings.model)
+        model: StepModel
+        tokenizer: Tokenizer
+        if settings.emulate is not None:
+            cost_config = model_shape(settings)
+            model = EmulatedModel(cost_config, settings.kv_bytes_fraction)
+            tokenizer = ByteTokenizer()
+        else:
+            model, tokenizer = load_model(settings)
+            cost_config = get_cost_model_config(settings.cost_model or settings.model)
         executor = Executor(
-            model, cost_config, get_device(settings.device),
-            Pace(settings.pace.value), cache.kv,
+            model,
+            cost_config,
+            get_device(settings.device),
+            Pace(settings.pace.value),
+            cache.kv,
         )
         scheduler = Scheduler(
             SchedulerConfig(
@@ -176,15 +228,26 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         undo.pop_all()
     logger.info(
         "tierkv: model %s (device time of %s) on %s, HBM %d blocks x %d tokens "
-        "(%.1f MiB KV), DDR %s, flash %s",
-        settings.model, settings.cost_model or settings.model, settings.device,
-        num_blocks, settings.block_size, num_blocks * layout.block_bytes / 1024**2,
+        "(%.1f MiB KV stored), DDR %s, flash %s",
+        settings.served_model,
+        cost_config.name,
+        settings.device,
+        num_blocks,
+        settings.block_size,
+        num_blocks * layout.block_bytes / 1024**2,
         "off" if ddr is None else (settings.redis_url or "embedded redis"),
         "off" if flash is None else settings.data_dir / "flash",
     )
     return EngineStack(
-        EngineCore(scheduler, executor, cache), cache, layout, embedded, model.numerics_id,
-        tokenizer, supervisor, settings.shutdown_drain_s,
+        EngineCore(scheduler, executor, cache),
+        cache,
+        layout,
+        embedded,
+        model.numerics_id,
+        tokenizer,
+        supervisor=supervisor,
+        shutdown_drain_s=settings.shutdown_drain_s,
+        transfer_clock=transfer_clock(settings),
     )
 
 
@@ -202,7 +265,7 @@ def open_flash(path: Path, map_size: int, namespace: str) -> tuple[LmdbTier, str
 
     Returns the tier and, when it had to be quarantined, why (for health and the log).
     """
-    problem = check_environment(path)
+    problem = check_environment(path) or check_environment(path / "meta")
     if problem is None:
         try:
             return LmdbTier(path, map_size, namespace), None

@@ -80,6 +80,20 @@ class StorageTier(ABC):
         (a stored block is never empty).
         """
 
+    def scan_keys_of_size(
+        self, size: int, other_sizes: list[BlockHash] | None = None
+    ) -> list[BlockHash]:
+        """Keys whose stored value is ``size`` bytes, in ``scan`` order; the start-up
+        rebuild's bulk form of ``scan`` (LMDB overrides it with a vectorised one).
+        Keys of any other size are appended to ``other_sizes`` when it is given."""
+        found: list[BlockHash] = []
+        for key, stored in self.scan():
+            if stored == size:
+                found.append(key)
+            elif other_sizes is not None:
+                other_sizes.append(key)
+        return found
+
     @abstractmethod
     def close(self) -> None:
         """Release the store's resources (flushing what must be flushed).  Idempotent."""

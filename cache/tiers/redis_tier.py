@@ -158,10 +158,22 @@ class RedisTier(StorageTier):
     def get_many(
         self, keys: Sequence[BlockHash], consume: Callable[[int, Buffer | None], None]
     ) -> None:
-        replies = self._pipelined("pipelined GET", "GET", [(self._key(k),) for k in keys])
+        replies = self._mget([self._key(k) for k in keys])
         # consume runs outside the error wrapper: its exceptions are the caller's own.
         for i, value in enumerate(replies):
             consume(i, value)
+
+    def _mget(self, keys: list[bytes]) -> list[Any]:
+        """Values of ``keys`` (None where absent) by MGET: at 16 KiB values one MGET was
+        ~1.3x the throughput of a pipeline of GETs (``tierkv-load bench tiers``). A
+        cluster's MGET may not span hash slots; redis-py's ``mget_nonatomic`` splits it
+        per slot and runs the parts in one pipeline."""
+        if not keys:
+            return []
+        with _wrap_errors("MGET"):
+            if isinstance(self._client, redis.cluster.RedisCluster):
+                return list(self._client.mget_nonatomic(keys))
+            return list(self._client.mget(keys))
 
     def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
         self._pipelined("pipelined SET", "SET", [(self._key(k), v) for k, v in items])

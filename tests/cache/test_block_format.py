@@ -144,3 +144,41 @@ def test_checksum_binds_the_block_to_its_key():
     assert np.array_equal(decode_block(encoded, block.shape, block.dtype, key=b"A" * 16), block)
     with pytest.raises(CorruptBlockError, match="wrong key"):
         decode_block(encoded, block.shape, block.dtype, key=b"B" * 16)
+
+
+def test_decode_blocks_copies_valid_blocks_and_agrees_with_decode_block() -> None:
+    from cache.block_format import decode_block, decode_blocks, encode_block
+
+    rng = np.random.default_rng(7)
+    shape = (2, 3, 4)
+    blocks = [rng.standard_normal(shape).astype(np.float16) for _ in range(5)]
+    keys = [bytes([i]) * 16 for i in range(5)]
+    bufs: list[bytes | memoryview | None] = [
+        encode_block(b, key=k) for b, k in zip(blocks, keys, strict=True)
+    ]
+    damaged = bytearray(bufs[1])  # type: ignore[arg-type]
+    damaged[-1] ^= 1
+    bufs[1] = bytes(damaged)
+    bufs[2] = memoryview(bufs[2])[:-1]  # truncated: the checked decoder's path
+    bufs[3] = None
+    out = np.zeros((8, *shape), np.float16)
+    slots = [6, 0, 1, 2, 3]
+    assert decode_blocks(bufs, keys, out, slots) == [True, False, False, False, True]
+    assert out[6].tobytes() == blocks[0].tobytes() and out[3].tobytes() == blocks[4].tobytes()
+    assert not out[0].any() and not out[1].any() and not out[2].any()
+    for buf, key in zip(bufs, keys, strict=True):
+        if buf is not None:
+            try:
+                decode_block(buf, shape, np.float16, key=key)
+                expected = True
+            except CorruptBlockError:
+                expected = False
+            assert decode_blocks([buf], [key], out, [7]) == [expected]
+
+
+def test_decode_blocks_rejects_a_block_under_another_key() -> None:
+    from cache.block_format import decode_blocks, encode_block
+
+    block = np.ones((2, 2), np.float16)
+    out = np.zeros((1, 2, 2), np.float16)
+    assert decode_blocks([encode_block(block, key=b"a")], [b"b"], out, [0]) == [False]

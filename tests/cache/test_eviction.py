@@ -219,3 +219,17 @@ def test_lfu_bookkeeping_stays_bounded_without_victim_lookups() -> None:
         p.touch(1)  # every touch opens a new frequency bucket
     assert len(p._heap) <= 2 * len(p._buckets) + 17
     assert p.pop_victim() == 1
+
+
+@pytest.mark.parametrize("name", sorted(EVICTION_POLICIES))
+@pytest.mark.parametrize("start", [[], [3, 9]])
+@pytest.mark.parametrize("keys", [[5, 1, 4, 2], [5, 1, 5, 3, 9]])
+def test_insert_many_is_insert_in_order(name: str, start: list[int], keys: list[int]) -> None:
+    bulk, one_by_one = make_policy(name), make_policy(name)
+    for key in start:
+        bulk.insert(key)
+        one_by_one.insert(key)
+    bulk.insert_many(keys)
+    for key in keys:
+        one_by_one.insert(key)
+    assert list(bulk) == list(one_by_one)

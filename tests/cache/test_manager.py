@@ -304,3 +304,58 @@ def test_cancelling_a_load_that_landed_during_an_offload_frees_its_blocks(manage
     m.cancel_load("r1", admission.block_ids)
     assert m.poll() == []
     assert m.pool.num_active_blocks == 0
+
+
+def make_with_admission(redis_url: str, tmp_path: Path, admission: str) -> CacheManager:
+    ddr = RedisTier(connect_redis(redis_url), f"t-{uuid.uuid4().hex}")
+    config = CacheConfig(4, 64 * BLOCK, 0, admission_policy=admission)
+    return CacheManager(LAYOUT, config, ddr=ddr)
+
+
+def test_second_hit_admission_spills_only_blocks_asked_for_twice(redis_url, tmp_path):
+    m = make_with_admission(redis_url, tmp_path, "second-hit")
+    try:
+        once, twice = chain(2, seed=1), chain(2, seed=2)
+        fill_and_cache(m, twice)
+        assert reload(m, twice)[1] == 2  # second request for the same blocks: HBM hit
+        m.free(m.match(twice, 2).hbm_block_ids)
+        fill_and_cache(m, once)
+        push_out_of_hbm(m)
+        assert m.match(once, 2).num_blocks == 0
+        assert [t for _, t in m.match(twice, 2).lower] == [Tier.DDR, Tier.DDR]
+        assert m.stats.tiers[Tier.DDR].admission_rejects == 2
+    finally:
+        m.close()
+
+
+def test_write_through_selective_stores_a_block_hit_twice_while_in_hbm(redis_url, tmp_path):
+    m = make_with_admission(redis_url, tmp_path, "write-through-selective")
+    try:
+        hashes = chain(2, seed=3)
+        fill_and_cache(m, hashes)
+        for _ in range(2):
+            ids, loaded = reload(m, hashes)
+            assert loaded == 2
+            m.free(ids)
+        m.wait_transfers()
+        m.poll()
+        hit = m.match(hashes, 2)
+        assert len(hit.hbm_block_ids) == 2  # still in HBM ...
+        assert all(h in m._index[Tier.DDR] for h in hashes)  # ... and already in DDR
+    finally:
+        m.close()
+
+
+def test_restart_keeps_the_flash_eviction_order(tmp_path):
+    old, new = chain(3, seed=4), chain(3, seed=5)
+    written = [*sorted(old, reverse=True), *new]  # write order is not key order
+    with LmdbTier(tmp_path / "flash", 64 << 20, LAYOUT.namespace) as flash:
+        for h in written:
+            flash.put(h, b"\0" * BLOCK)
+    m = make_manager(None, tmp_path / "flash", hbm=4, ddr_blocks=0, flash_blocks=4)
+    try:
+        # 6 blocks for 4 places: the 2 least recently written go at start-up, and the
+        # rest keep their write order as eviction order
+        assert list(m._index[Tier.FLASH]) == written[2:]
+    finally:
+        m.close()

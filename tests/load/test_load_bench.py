@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from cache.bench_tiers import RATIOS
 from load.bench import ttft
 from load.bench._common import parse_floats, parse_sizes
 from load.bench.capacity import TierConfig
@@ -32,9 +33,12 @@ def test_bench_tiers_short(tmp_path):
     assert main(["bench", "tiers", "--blocks", "64", "--batch", "16", "--rounds", "1",
                  "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["gb_per_s"]) == {"ours_ddr", "raw_redis_pipelined_get", "ours_flash",
-                                       "raw_lmdb_get", "memcpy"}
-    assert all(v > 0 for v in result["gb_per_s"].values())
+    assert set(result["gb_per_s"]) == {"ours_ddr", "raw_redis_mget", "raw_redis_pipelined_get",
+                                       "ours_flash", "raw_lmdb_get", "memcpy"}
+    assert all(0 < v["min"] <= v["median"] <= v["max"] for v in result["gb_per_s"].values())
+    # every ratio is either a figure at most 1.0 or flagged as a measurement error
+    assert set(result["ratios"]) | set(result["measurement_errors"]) == set(RATIOS)
+    assert all(r["max"] <= 1.0 for r in result["ratios"].values())
     assert result["blocks"] == 64 and result["batch_blocks"] == 16
 
 

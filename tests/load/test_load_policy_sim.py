@@ -8,12 +8,14 @@ import random
 import pytest
 
 from cache.eviction import EVICTION_POLICIES, make_policy
+from cache.policies.admission import make_admission_policy
 from load.cli import main
 from load.policy_sim import (
     next_use_index,
     simulate,
     simulate_belady,
     simulate_online,
+    simulate_tiered,
 )
 from load.trace import default_trace_path, read_trace
 
@@ -40,6 +42,38 @@ def test_repeats_within_a_request_are_one_access():
     assert table.num_accesses == 2 and table.hit_rate["belady"] == [0.5]
 
 
+def test_a_block_after_a_miss_is_not_a_hit():
+    # 1 and 3 are cached, 2 is not: only 1 counts (3 follows the miss)
+    requests = [[1, 3], [1, 2, 3]]
+    assert simulate_online(requests, make_policy("lru"), 8) == 1
+    assert simulate_online(requests, make_policy("lru"), 8, prefix_only=False) == 2
+    assert simulate_belady(requests, 8) == 1
+    assert simulate_belady(requests, 8, prefix_only=False) == 2
+
+
+def test_lru_keeps_parents_more_recent_than_children():
+    # capacity 2 after [1, 2]: 1 (the parent) is the more recent, so inserting 3
+    # evicts 2 and the next request still hits its prefix [1]
+    assert simulate_online([[1, 2], [3], [1, 4]], make_policy("lru"), 2) == 1
+
+
+def test_admission_keeps_first_seen_blocks_out_of_a_single_cache():
+    second_hit = make_admission_policy("second-hit", 8)
+    assert simulate_online([[1], [1], [1]], make_policy("lru"), 8, second_hit) == 1
+
+
+def test_tiered_model_admits_only_from_hbm_evictions():
+    requests = [[1], [2], [1], [2], [1]]
+    # HBM 1 block + lower 1 block: with always-admit, 1 and 2 alternate between them
+    always = simulate_tiered(requests, make_policy("lru"), 2, make_admission_policy("always", 2), 1)
+    assert always == 3
+    # second-hit: 1 is evicted from HBM before its second access, so not admitted
+    second = simulate_tiered(
+        requests, make_policy("lru"), 2, make_admission_policy("second-hit", 2), 1
+    )
+    assert second < always
+
+
 def test_a_request_hits_only_what_was_cached_before_it():
     # capacity 1: the request's second block evicts its first, so the next request
     # (same blocks) hits only the one left
@@ -57,8 +91,11 @@ def _optimum(requests, capacity):
         blocks = requests[i]
         hits = sum(1 for k in set(blocks) if k in state)
         pool = sorted(state | set(blocks))
-        options = (frozenset(c) for r in range(min(capacity, len(pool)) + 1)
-                   for c in itertools.combinations(pool, r))
+        options = (
+            frozenset(c)
+            for r in range(min(capacity, len(pool)) + 1)
+            for c in itertools.combinations(pool, r)
+        )
         return hits + max(best(i + 1, s) for s in options)
 
     return best(0, frozenset())
@@ -69,7 +106,8 @@ def test_belady_is_the_optimum_on_tiny_traces(seed):
     rng = random.Random(seed)
     requests = tuple(tuple(rng.sample("abcde", rng.randint(1, 3))) for _ in range(7))
     for capacity in (1, 2, 3):
-        assert simulate_belady(requests, capacity) == _optimum(requests, capacity)
+        optimum = _optimum(requests, capacity)
+        assert simulate_belady(requests, capacity, prefix_only=False) == optimum
 
 
 def _prefix_trace(seed, num_requests=300):
@@ -96,8 +134,8 @@ def _prefix_trace(seed, num_requests=300):
 def test_belady_beats_every_online_policy_on_random_traces(policy, seed):
     requests = _prefix_trace(seed)
     for capacity in (1, 4, 16, 64, 256):
-        online = simulate_online(requests, make_policy(policy), capacity)
-        assert simulate_belady(requests, capacity) >= online
+        online = simulate_online(requests, make_policy(policy), capacity, prefix_only=False)
+        assert simulate_belady(requests, capacity, prefix_only=False) >= online
 
 
 def test_belady_beats_every_online_policy_on_the_real_trace():
@@ -115,8 +153,22 @@ def test_belady_beats_every_online_policy_on_the_real_trace():
 
 def test_policy_command_on_a_real_trace_slice(tmp_path, capsys):
     out = tmp_path / "policy.json"
-    code = main(["policy", "--trace", REAL_TRACE, "--num-requests", "500",
-                 "--capacity-blocks", "200", "2000", "--policies", "fifo", "--out", str(out)])
+    code = main(
+        [
+            "policy",
+            "--trace",
+            REAL_TRACE,
+            "--num-requests",
+            "500",
+            "--capacity-blocks",
+            "200",
+            "2000",
+            "--policies",
+            "fifo",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     data = json.loads(out.read_text())
     assert data["capacities"] == [200, 2000]
@@ -126,7 +178,18 @@ def test_policy_command_on_a_real_trace_slice(tmp_path, capsys):
 
 
 def test_policy_command_rejects_unknown_policy(capsys):
-    code = main(["policy", "--trace", REAL_TRACE, "--num-requests", "10",
-                 "--capacity-blocks", "10", "--policies", "nope"])
+    code = main(
+        [
+            "policy",
+            "--trace",
+            REAL_TRACE,
+            "--num-requests",
+            "10",
+            "--capacity-blocks",
+            "10",
+            "--policies",
+            "nope",
+        ]
+    )
     assert code == 2
     assert "unknown policy" in capsys.readouterr().out

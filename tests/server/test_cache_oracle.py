@@ -1,7 +1,9 @@
 """The correctness oracle: a cache hit from any tier gives exactly the cold-run tokens.
 
-Runs on the seeded tiny model and on the trained SmolLM2-135M (fetched once into the
-model cache; CI reaches PyPI, so it is never skipped).
+Runs on the seeded tiny model, on the trained SmolLM2-135M (fetched once into the
+model cache; CI reaches PyPI, so it is never skipped), and emulating llama-3-8b (real-size
+block layout at the default stored fraction, synthetic tokens that depend on the KV bytes
+read; see npu_sim.emulated).
 """
 
 from __future__ import annotations
@@ -26,9 +28,20 @@ PROMPT = "".join(f"Line {i}: the tiered cache keeps every block it can. " for i 
 MAX_TOKENS = 24
 
 
-@pytest.fixture(params=["tiny-llama", "smollm2-135m"])
+# llama-3-8b's ~15 GiB of weights count against HBM: 17 GiB leaves ~1,000 blocks of 2 MiB
+# (32 KiB stored each at the default fraction); DDR and flash in logical GiB.
+EMULATED: dict[str, Any] = dict(emulate="llama-3-8b", hbm_gb=17.0, ddr_gb=1.0, flash_gb=2.0)
+
+
+@pytest.fixture(params=["tiny-llama", "smollm2-135m", "emulated-llama-3-8b"])
 def make_settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]):
     """The server fixture's settings for each model, with HBM for its weights."""
+    if request.param == "emulated-llama-3-8b":
+
+        def make_emulated(**overrides: Any) -> Settings:
+            return make_settings(**{**EMULATED, **overrides})
+
+        return make_emulated
     model = request.param
     hbm_gb = get_model_config(model).weight_bytes / GB + (0.05 if model == "tiny-llama" else 0.15)
 

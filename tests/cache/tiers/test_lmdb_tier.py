@@ -104,3 +104,35 @@ def test_closed_tier_raises_even_while_env_is_shared(tmp_path: Path) -> None:
         tier.close()
         with pytest.raises(TierError, match="closed"):
             tier.put(key(1), b"x")
+
+
+def test_scan_lists_blocks_least_recently_written_first(tmp_path: Path) -> None:
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as tier:
+        tier.put_many([(key(i), b"v" * i) for i in (5, 1, 3)])
+        tier.put(key(2), b"vv")
+        tier.put(key(5), b"v" * 5)  # rewritten: now the most recent
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as reopened:
+        assert list(reopened.scan()) == [(key(1), 1), (key(3), 3), (key(2), 2), (key(5), 5)]
+
+
+def test_scan_reads_meta_records_not_values(tmp_path: Path) -> None:
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as tier:
+        tier.put_many([(key(1), b"a" * 10), (key(2), b"b" * 20)])
+        # Change a value behind the tier's back: the scan still reports the size in
+        # its meta record, so it did not look at the value.
+        with tier._env.begin(db=tier._db, write=True) as txn:
+            txn.put(key(2), b"c" * 7)
+        assert dict(tier.scan()) == {key(1): 10, key(2): 20}
+
+
+def test_namespace_without_meta_records_is_scanned_once_and_backfilled(tmp_path: Path) -> None:
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as tier:
+        # Written as before meta records existed: values only.
+        with tier._env.begin(db=tier._db, write=True) as txn:
+            for i in (3, 1, 2):
+                txn.put(key(i), b"x" * i)
+        assert list(tier.scan()) == [(key(1), 1), (key(2), 2), (key(3), 3)]
+        with tier._meta_env.begin(db=tier._meta_db) as txn:
+            assert txn.stat(tier._meta_db)["entries"] == 3
+        tier.remove(key(2))
+        assert dict(tier.scan()) == {key(1): 1, key(3): 3}

@@ -148,3 +148,10 @@ def test_closed_tier_raises_tier_error(tier: StorageTier) -> None:
         tier.put(key(1), b"x")
     with pytest.raises(TierError, match="closed"):
         tier.get(key(1))
+
+
+def test_scan_keys_of_size_is_scan_filtered_by_size(tier: StorageTier) -> None:
+    tier.put_many([(key(1), b"a" * 8), (key(2), b"b" * 5), (key(3), b"c" * 8)])
+    assert sorted(tier.scan_keys_of_size(8)) == [key(1), key(3)]
+    assert sorted(k for k, size in tier.scan() if size == 8) == sorted(tier.scan_keys_of_size(8))
+    assert tier.scan_keys_of_size(7) == []

@@ -1,0 +1,225 @@
+"""Reload throughput of the cache manager next to the raw stores, interleaved batch by batch.
+
+For the same blocks (tiny-llama's 16-token KV blocks, 16 KiB plus a 52-byte header) it
+times request-sized batches (default 128 blocks = a 2k-token prefix) of each path:
+
+* ``ours_ddr`` / ``ours_flash``: the manager's reload path (prefix match, HBM slot
+  reservation, one job on the transfer thread, header + checksum check, copy into the
+  HBM pool), from ``admit`` to the finished load. Two managers, one with DDR only and
+  one with flash only, so each path reads from its own tier.
+* ``raw_redis_mget``: one MGET of the batch's keys (the fastest raw read we found at
+  16 KiB) and ``raw_redis_pipelined_get``: one pipeline of GETs, both copying every
+  value into a preallocated destination, as a reload must;
+* ``raw_lmdb_get``: one read transaction, zero-copy views copied into a destination;
+* ``memcpy``: numpy copy of the same number of bytes.
+
+Interleaving: in every round, every batch is read by every path in turn (the path
+order rotates from batch to batch), so a burst of load on this shared machine hits all
+paths alike. Per round, a path's throughput is its bytes over its summed batch time;
+ratios ours / raw are taken per round and reported as min / median / max over rounds.
+Ours is raw plus work, so a ratio above 1.0 is a measurement error: it is flagged, not
+reported as a figure.
+
+``tierkv-load bench tiers`` is the command-line entry (``load/bench/tiers.py``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cache.block_format import encoded_size
+from cache.block_hash import BlockHash, hash_full_blocks, root_hash
+from cache.embedded_redis import EmbeddedRedis
+from cache.layout import KVLayout
+from cache.manager import CacheConfig, CacheManager
+from cache.stats import Tier
+from cache.tiers.lmdb_tier import LmdbTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
+
+PATHS = (
+    "ours_ddr",
+    "raw_redis_mget",
+    "raw_redis_pipelined_get",
+    "ours_flash",
+    "raw_lmdb_get",
+    "memcpy",
+)
+RATIOS = {
+    "ours_ddr / raw_redis_mget": ("ours_ddr", "raw_redis_mget"),
+    "ours_flash / raw_lmdb_get": ("ours_flash", "raw_lmdb_get"),
+    "raw_lmdb_get / memcpy": ("raw_lmdb_get", "memcpy"),
+}
+"""Ratios reported, each path over the path it cannot beat (ours uses MGET too, so
+pipelined GET is no bound for it and is only listed beside it)."""
+
+
+def tiny_llama_layout(block_size: int = 16) -> KVLayout:
+    """tiny-llama's KV geometry (4 layers, 2 KV heads, head_dim 32, fp16): 1 KiB/token."""
+    return KVLayout("tiny-llama", num_layers=4, num_kv_heads=2, head_dim=32, block_size=block_size)
+
+
+def _chains(layout: KVLayout, num_chains: int, length: int) -> list[list[BlockHash]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(num_chains):
+        tokens = rng.integers(0, 256, length * layout.block_size).tolist()
+        out.append(hash_full_blocks(tokens, layout.block_size, root_hash("bench", 1, f"c{i}")))
+    return out
+
+
+def _stage(manager: CacheManager, chains: list[list[BlockHash]], seed: int) -> None:
+    """Compute (random) KV for every chain in HBM and push it down to the lower tier."""
+    layout = manager.layout
+    rng = np.random.default_rng(seed)
+    for hashes in chains:
+        ids = manager.allocate(len(hashes))
+        if ids is None:
+            raise RuntimeError("HBM too small to stage the blocks")
+        shape = (len(ids), *layout.block_shape)
+        manager.kv[ids] = rng.standard_normal(shape).astype(layout.np_dtype)
+        manager.commit(ids, hashes)
+        manager.free(ids)
+    manager.offload(Tier.HBM)
+
+
+def _reload(manager: CacheManager, hashes: list[BlockHash], tier: Tier, nbytes: int) -> float:
+    """Seconds to reload ``hashes`` from ``tier`` into HBM through the manager."""
+    manager.offload(Tier.HBM)  # bytes already below: this only frees the HBM copies
+    hit = manager.match(hashes, len(hashes))
+    if [t for _, t in hit.lower] != [tier] * len(hashes):
+        raise RuntimeError(f"blocks are not all in {tier}: set-up error")
+    start = time.perf_counter()
+    admission = manager.admit(hit, "bench", 0, len(hashes))
+    if admission is None or not admission.is_loading:
+        raise RuntimeError("HBM too small for one batch")
+    manager.wait_transfers()
+    (done,) = manager.poll()
+    seconds = time.perf_counter() - start
+    if done.num_loaded_blocks != len(hashes):
+        raise RuntimeError("reload lost blocks")
+    manager.free(admission.block_ids)
+    return seconds
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) -> dict[str, Any]:
+    """Run the benchmark with its stores under ``work``; return the result record."""
+    layout = tiny_llama_layout(block_size)
+    chains = _chains(layout, max(1, blocks // batch), batch)
+    stored = encoded_size(layout.block_shape, layout.np_dtype)
+    batch_bytes = batch * stored
+    capacity = 2 * len(chains) * batch_bytes + (1 << 20)
+    redis_server = EmbeddedRedis(work / "redis", maxmemory_bytes=2 * capacity).start()
+    managers: list[CacheManager] = []
+    try:
+        ddr_manager = CacheManager(
+            layout,
+            CacheConfig(hbm_num_blocks=2 * batch, ddr_capacity_bytes=capacity),
+            ddr=RedisTier(connect_redis(redis_server.url), layout.namespace),
+        )
+        managers.append(ddr_manager)
+        flash_tier = LmdbTier(work / "flash", 2 * capacity, layout.namespace)
+        flash_manager = CacheManager(
+            layout,
+            CacheConfig(hbm_num_blocks=2 * batch, flash_capacity_bytes=capacity),
+            flash=flash_tier,
+        )
+        managers.append(flash_manager)
+        _stage(ddr_manager, chains, seed=1)
+        _stage(flash_manager, chains, seed=1)
+
+        raw_redis = connect_redis(redis_server.url)
+        prefix = layout.namespace.encode() + b":"
+        redis_keys = [[prefix + h for h in hashes] for hashes in chains]
+        dst = np.empty((batch, stored), dtype=np.uint8)
+        # LMDB opens an environment once per process: read through the tier's own.
+        env, db = flash_tier._env, flash_tier._db
+        src = np.random.default_rng(2).integers(0, 255, (len(chains), batch_bytes), np.uint8)
+        flat_dst = dst.reshape(-1)
+
+        def copy_all(values: list[Any]) -> int:
+            for j, value in enumerate(values):
+                if value is None:
+                    raise RuntimeError("a raw read missed a block")
+                dst[j] = np.frombuffer(value, np.uint8)
+            return len(values) * stored
+
+        def raw_mget(i: int) -> float:
+            start = time.perf_counter()
+            copy_all(raw_redis.mget(redis_keys[i]))
+            return time.perf_counter() - start
+
+        def raw_pipelined_get(i: int) -> float:
+            start = time.perf_counter()
+            pipe = raw_redis.pipeline(transaction=False)
+            for key in redis_keys[i]:
+                pipe.get(key)
+            copy_all(pipe.execute())
+            return time.perf_counter() - start
+
+        def raw_lmdb(i: int) -> float:
+            start = time.perf_counter()
+            with env.begin(db=db, buffers=True) as txn:
+                copy_all([txn.get(h) for h in chains[i]])
+            return time.perf_counter() - start
+
+        def memcpy(i: int) -> float:
+            start = time.perf_counter()
+            np.copyto(flat_dst, src[i])
+            return time.perf_counter() - start
+
+        timers: dict[str, Callable[[int], float]] = {
+            "ours_ddr": lambda i: _reload(ddr_manager, chains[i], Tier.DDR, batch_bytes),
+            "raw_redis_mget": raw_mget,
+            "raw_redis_pipelined_get": raw_pipelined_get,
+            "ours_flash": lambda i: _reload(flash_manager, chains[i], Tier.FLASH, batch_bytes),
+            "raw_lmdb_get": raw_lmdb,
+            "memcpy": memcpy,
+        }
+        for i in range(len(chains)):  # warm-up pass: connections, page cache, HBM pages
+            for fn in timers.values():
+                fn(i)
+        per_round: list[dict[str, float]] = []  # GB/s of each path in each round
+        batch_seconds: dict[str, list[float]] = {p: [] for p in PATHS}
+        for r in range(rounds):
+            totals = dict.fromkeys(PATHS, 0.0)
+            for i in range(len(chains)):
+                shift = (r * len(chains) + i) % len(PATHS)
+                for name in PATHS[shift:] + PATHS[:shift]:
+                    seconds = timers[name](i)
+                    totals[name] += seconds
+                    batch_seconds[name].append(seconds)
+            per_round.append({p: len(chains) * batch_bytes / s / 1e9 for p, s in totals.items()})
+    finally:
+        for manager in managers:
+            manager.close()
+        redis_server.stop()
+
+    ratios: dict[str, dict[str, float]] = {}
+    errors: dict[str, list[float]] = {}
+    for label, (ours, base) in RATIOS.items():
+        values = [rnd[ours] / rnd[base] for rnd in per_round]
+        bad = [v for v in values if v > 1.0]
+        if bad:
+            errors[label] = bad  # measurement error: not a figure
+        else:
+            ratios[label] = _spread(values)
+    return {
+        "block_bytes_stored": stored,
+        "batch_blocks": batch,
+        "blocks": len(chains) * batch,
+        "rounds": rounds,
+        "gb_per_s": {p: _spread([rnd[p] for rnd in per_round]) for p in PATHS},
+        "ratios": ratios,
+        "measurement_errors": errors,
+        "median_batch_ms": {p: statistics.median(s) * 1e3 for p, s in batch_seconds.items()},
+    }
