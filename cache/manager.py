@@ -23,6 +23,7 @@ and handed over with the blocks that had arrived; its late result is ignored.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -33,6 +34,7 @@ import numpy as np
 
 from cache.block_format import encode_block, encoded_size
 from cache.block_hash import BlockHash
+from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
 from cache.hbm_pool import HbmBlockPool
 from cache.health import TierHealth
 from cache.index_rebuild import rebuild_index
@@ -53,6 +55,7 @@ from cache.transfer import (
     TransferWorker,
     job_op,
 )
+from cache.write_back import plan_write_back
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,12 @@ class CacheManager:
         ddr: StorageTier | None = None,
         flash: StorageTier | None = None,
         notify: Callable[[], None] = lambda: None,
+        on_event: EventCallback = ignore_event,
     ) -> None:
+        """`on_event` hears every block entering or leaving a tier (HBM: the prefix cache;
+        DDR, flash: the index), on the engine thread: it must not block (cache.events)."""
         self.layout = layout
+        self._on_event = on_event
         self.config = config
         self.pool = HbmBlockPool(layout, config.hbm_num_blocks, config.eviction_policy)
         self.stats = CacheStats()
@@ -87,7 +94,9 @@ class CacheManager:
         ):
             if store is not None and capacity >= self._block_size:
                 self._stores[tier] = store
-                self._index[tier] = TierIndex(capacity, config.eviction_policy)
+                self._index[tier] = TierIndex(
+                    capacity, config.eviction_policy, functools.partial(self._index_changed, tier)
+                )
         lower_blocks = sum(i.capacity_bytes for i in self._index.values()) // self._block_size
         self._admission = make_admission_policy(
             config.admission_policy, max(lower_blocks, config.hbm_num_blocks)
@@ -207,8 +216,13 @@ class CacheManager:
 
     def commit(self, block_ids: Sequence[int], hashes: Sequence[BlockHash]) -> None:
         """Register computed full blocks so later requests can reuse them."""
-        for block_id, block_hash in zip(block_ids, hashes, strict=True):
-            self.pool.register(block_id, block_hash)
+        stored = [
+            block_hash
+            for block_id, block_hash in zip(block_ids, hashes, strict=True)
+            if self.pool.register(block_id, block_hash)
+        ]
+        if stored:
+            self._on_event(BlocksStored(Tier.HBM, tuple(stored)))
         self._record_accesses(hashes)
 
     def free(self, block_ids: Sequence[int]) -> None:
@@ -262,11 +276,9 @@ class CacheManager:
     def write_back(self, timeout_s: float) -> int:
         """Copy to flash what flash lacks, before a graceful shutdown; return blocks written.
 
-        Call after the engine stopped stepping. HBM blocks go first, then DDR's (an
-        embedded Redis dies with the server), each newest first: since chains are
-        touched leaf-first, "newest" puts shared prefixes (parents) before their
-        descendants. Writes at most flash's capacity (older flash blocks make room) and
-        stops submitting at `timeout_s`; DDR keeps its copies.
+        Call after the engine stopped stepping. Order: `plan_write_back`. Writes at most
+        flash's capacity (older flash blocks make room), stops submitting at `timeout_s`;
+        DDR keeps its copies.
         """
         flash = self._index.get(Tier.FLASH)
         if flash is None or timeout_s <= 0 or self.health[Tier.FLASH].is_down:
@@ -274,15 +286,10 @@ class CacheManager:
         deadline = time.monotonic() + timeout_s
         self.wait_transfers(timeout_s)
         self._apply_results()
-        budget = flash.capacity_bytes // self._block_size
-        todo: list[tuple[BlockHash, int | None]] = [  # (hash, HBM block id or None: DDR)
-            (h, b) for h, b in self.pool.cached_blocks_newest_first() if h not in flash
-        ]
         ddr = self._index.get(Tier.DDR)
-        if ddr is not None and not self.health[Tier.DDR].is_down:
-            queued = {h for h, _ in todo}
-            todo += [(h, None) for h in reversed(list(ddr)) if h not in flash and h not in queued]
-        todo = todo[:budget]
+        ddr_keys = [] if ddr is None or self.health[Tier.DDR].is_down else reversed(list(ddr))
+        budget = flash.capacity_bytes // self._block_size
+        todo = plan_write_back(self.pool.cached_blocks_newest_first(), ddr_keys, flash, budget)
         written = 0
         for start in range(0, len(todo), 64):
             if time.monotonic() >= deadline:
@@ -302,11 +309,6 @@ class CacheManager:
         self._apply_results()
         logger.info("write-back: %d blocks copied to flash before shutdown", written)
         return written
-
-    def quarantine(self, tier: Tier, detail: str) -> None:
-        """Report that `tier`'s store was damaged at start-up and replaced by a fresh one."""
-        self.health[tier].quarantine(detail)
-        self._refresh_occupancy()
 
     def close(self) -> None:
         """Finish pending transfers and close the lower tiers."""
@@ -331,6 +333,8 @@ class CacheManager:
     def _spill(self, evicted: Sequence[tuple[BlockHash, int]]) -> int:
         """Write evicted HBM blocks to the highest lower tier that lacks them."""
         self.stats.tiers[Tier.HBM].evictions += len(evicted)
+        if evicted:
+            self._on_event(BlocksRemoved(Tier.HBM, tuple(h for h, _ in evicted)))
         target = next(
             (t for t in (Tier.DDR, Tier.FLASH) if t in self._index and not self.health[t].is_down),
             None,
@@ -510,7 +514,8 @@ class CacheManager:
                 elif status is LoadStatus.MISSING:  # the store lost it behind our back
                     self.stats.tiers[tier].index_repairs += 1
                 break
-            self.pool.register(block_id, block_hash)
+            if self.pool.register(block_id, block_hash):
+                self._on_event(BlocksStored(Tier.HBM, (block_hash,)))
             self.stats.tiers[tier].hit_blocks += 1
             self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
@@ -581,16 +586,13 @@ class CacheManager:
             else:
                 stats.health, stats.health_detail = "disabled", ""
 
+    def _index_changed(self, tier: Tier, block_hash: BlockHash, added: bool) -> None:
+        event = BlocksStored if added else BlocksRemoved
+        self._on_event(event(tier, (block_hash,)))
+
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""
         for tier, store in self._stores.items():
-            rebuild_index(
-                tier,
-                store,
-                self._index[tier],
-                self._block_size,
-                self.stats.tiers[tier],
-                self.health[tier],
-                self._worker.submit,
-            )
+            args = (self._block_size, self.stats.tiers[tier], self.health[tier])
+            rebuild_index(tier, store, self._index[tier], *args, self._worker.submit)
         self._refresh_occupancy()

@@ -7,7 +7,7 @@ so Redis never has to drop a block on its own. Owned by the engine thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cache.block_hash import BlockHash
 from cache.policies.eviction import make_policy
@@ -16,8 +16,15 @@ from cache.policies.eviction import make_policy
 class TierIndex:
     """Which blocks a tier holds, their stored sizes, and their eviction order."""
 
-    def __init__(self, capacity_bytes: int, eviction_policy: str = "lru") -> None:
+    def __init__(
+        self,
+        capacity_bytes: int,
+        eviction_policy: str = "lru",
+        on_change: Callable[[BlockHash, bool], None] | None = None,
+    ) -> None:
+        """`on_change(block_hash, added)` is called after a block enters or leaves."""
         self.capacity_bytes = capacity_bytes
+        self._on_change = on_change
         self.used_bytes = 0
         self._sizes: dict[BlockHash, int] = {}
         self._policy = make_policy(eviction_policy)
@@ -50,6 +57,8 @@ class TierIndex:
         self._sizes[block_hash] = size
         self.used_bytes += size
         self._policy.insert(block_hash)
+        if self._on_change is not None:
+            self._on_change(block_hash, True)
 
     def add_many(self, block_hashes: list[BlockHash], size: int) -> None:
         """``add(h, size)`` for each of ``block_hashes`` in order (first = next victim);
@@ -73,10 +82,14 @@ class TierIndex:
             return False
         self.used_bytes -= size
         self._policy.remove(block_hash)
+        if self._on_change is not None:
+            self._on_change(block_hash, False)
         return True
 
     def pop_victim(self) -> BlockHash | None:
         block_hash = self._policy.pop_victim()
         if block_hash is not None:
             self.used_bytes -= self._sizes.pop(block_hash)
+            if self._on_change is not None:
+                self._on_change(block_hash, False)
         return block_hash

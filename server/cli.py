@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from npu_sim.weights_fetch import MODEL_SOURCES, FetchError, fetch_model_file
 from server.config import Settings
+from server.router.cli import add_route_parser, route
 from server.stack import ConfigError, hbm_num_blocks
 
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch a model's pinned weights file into the model cache directory "
         "(already there and verified: nothing is downloaded).",
     )
+    add_route_parser(sub)
     fetch.add_argument("name", choices=sorted(MODEL_SOURCES), help="model preset")
     fetch.add_argument(
         "--cache-dir",
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "fetch-model":
         fetch_model(args.name, args.cache_dir)
+        return
+    if args.command == "route":
+        route(args)
         return
     try:
         settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})

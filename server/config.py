@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     failure_injection_seed: int | None = Field(
         None, description="Seed of the failure injection draw (unset: random)."
     )
+    kv_events_endpoint: str | None = Field(
+        None,
+        description="Publish KV events (vLLM's ZMQ/msgpack format) on this bound endpoint, "
+        "e.g. tcp://127.0.0.1:5557 (port * picks one). Unset: no events.",
+    )
+    kv_events_replay_endpoint: str | None = Field(
+        None,
+        description="Bound ZMQ ROUTER endpoint answering replay requests for KV events "
+        "(needs --kv-events-endpoint).",
+    )
     reload_timeout_ms: int = Field(
         300,
         ge=0,
@@ -171,6 +181,8 @@ class Settings(BaseSettings):
                 raise ValueError("--cost-model does not apply with --emulate (it sets both)")
             shape = get_cost_model_config(self.emulate)
             stored_head_dim(shape, self.kv_bytes_fraction)
+        if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
+            raise ValueError("kv-events-replay-endpoint needs kv-events-endpoint")
         parse_tier_faults(self.tier_faults)  # ValueError naming the bad part
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))

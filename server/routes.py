@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cache.events import KVEventPublisher
 from cache.stats import CacheStats, Tier
 from server.engine.async_engine import AsyncEngine, engine_summary
 from server.errors import APIError
@@ -99,7 +100,7 @@ async def metrics(m: Metrics) -> Response:
 
 
 @router.get("/cache/stats")
-async def cache_stats(engine: Engine, serving: Serving) -> dict[str, Any]:
+async def cache_stats(engine: Engine, serving: Serving, request: Request) -> dict[str, Any]:
     stats = engine.cache_stats
     return {
         # Replicas can share KV blocks only if these match (see Model.numerics_id).
@@ -118,7 +119,16 @@ async def cache_stats(engine: Engine, serving: Serving) -> dict[str, Any]:
             for t, s in stats.tiers.items()
         },
         "engine": engine_summary(engine),
+        "block_size": request.app.state.settings.block_size,
+        "kv_events": kv_events_info(request.app.state.stack.events),
     }
+
+
+def kv_events_info(events: KVEventPublisher | None) -> dict[str, Any] | None:
+    """Where this server publishes KV events (None: it does not), for routers."""
+    if events is None:
+        return None
+    return {"endpoint": events.endpoint, "replay_endpoint": events.replay_endpoint}
 
 
 @router.post("/cache/offload")

@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from cache.embedded_redis import EmbeddedRedis
+from cache.events import KVEventPublisher, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheConfig, CacheManager
 from cache.stats import Tier
@@ -63,6 +64,7 @@ class EngineStack:
     # Modelled cost of tier transfers (npu_sim.links). Not charged yet: its `finish` is
     # to be handed to the transfer threads once cache/transfer.py's rewrite lands.
     transfer_clock: TransferClock | None = None
+    events: KVEventPublisher | None = None  # set when --kv-events-endpoint is
 
     def close(self) -> None:
         """Graceful: write back to flash (bounded), then stop. Call after the engine stopped."""
@@ -72,6 +74,8 @@ class EngineStack:
             self.cache.write_back(self.shutdown_drain_s)
         finally:
             self.cache.close()
+            if self.events is not None:
+                self.events.close()
             if self.embedded_redis is not None:
                 self.embedded_redis.stop()
 
@@ -158,6 +162,14 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     url: str | None = None
     faults = parse_tier_faults(settings.tier_faults)
     with contextlib.ExitStack() as undo:
+        events: KVEventPublisher | None = None
+        if settings.kv_events_endpoint:
+            events = KVEventPublisher(
+                settings.kv_events_endpoint,
+                settings.kv_events_replay_endpoint,
+                settings.block_size,
+            )
+            undo.callback(events.close)
         # Flash first: a damaged LMDB file must be caught before anything else (a Redis
         # child) is started, and is quarantined rather than taking the server down.
         if settings.flash_bytes > 0:
@@ -192,10 +204,11 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
             ddr=ddr,
             flash=flash,
             notify=wakeup,
+            on_event=ignore_event if events is None else events.publish,
         )
         undo.callback(cache.close)
         if quarantined is not None:
-            cache.quarantine(Tier.FLASH, quarantined)
+            cache.health[Tier.FLASH].quarantine(quarantined)
         supervisor = None
         if ddr is not None and url is not None:
             supervisor = RedisSupervisor(url, cache.health[Tier.DDR], embedded, wakeup).start()
@@ -248,6 +261,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         supervisor=supervisor,
         shutdown_drain_s=settings.shutdown_drain_s,
         transfer_clock=transfer_clock(settings),
+        events=events,
     )
 
 

@@ -1,0 +1,217 @@
+"""The router app: OpenAI pass-through to the replica a `Router` policy picks.
+
+Requests are forwarded unchanged (body, headers but hop-by-hop ones); responses come back
+unchanged, status and errors included, and streams are relayed chunk by chunk. The
+router parses a request only to route it: if it cannot (bad JSON, a schema error), the
+request still goes to a replica (by load) and the replica's error comes back. A replica
+that refuses the connection is skipped for the next best one; when none answers, the
+client gets a 502 in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.router.config import RouterConfig
+from server.router.policy import Decision, Router, RouteRequest
+from server.router.replica import InFlight, Replica, discover
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+        "content-encoding",
+    }
+)  # fmt: skip
+
+
+def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def route_request(path: str, body: bytes, replica: Replica) -> RouteRequest:
+    """The routing view of a request (token_ids None when it cannot be tokenized)."""
+    try:
+        data = json.loads(body)
+        tok = replica.tokenizer
+        if tok is None:
+            raise ValueError("no tokenizer")
+        if path.endswith("chat/completions"):
+            chat = ChatCompletionRequest.model_validate(data)
+            messages = [
+                ("system" if m.role == "developer" else m.role, m.text()) for m in chat.messages
+            ]
+            ids = tok.apply_chat_template(messages)
+            salt, max_tokens = chat.cache_salt, chat.requested_max_tokens()
+        else:
+            cmpl = CompletionRequest.model_validate(data)
+            # As OpenAIServing._completion_prompt: text gets the BOS token, ids do not.
+            prompt = cmpl.prompt
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+                prompt = prompt[0]
+            if isinstance(prompt, str):
+                ids = ([] if tok.bos_id is None else [tok.bos_id]) + tok.encode(prompt)
+            elif prompt and all(isinstance(t, int) for t in prompt):
+                ids = [int(t) for t in prompt]  # type: ignore[arg-type]
+            else:
+                raise ValueError("batched prompt")
+            salt, max_tokens = cmpl.cache_salt, cmpl.requested_max_tokens()
+        return RouteRequest(list(ids), salt, max_tokens or 16)
+    except Exception:  # anything unroutable goes by load; the replica judges it
+        return RouteRequest(None, None, 16)
+
+
+class Proxy:
+    """Forwards requests; owns the HTTP client and the in-flight bookkeeping."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.replicas = [Replica(url.rstrip("/")) for url in config.replicas]
+        self.router = Router(self.replicas, config.policy, config.overlap_weight)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        )
+        self._ids = itertools.count()
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        for replica in self.replicas:
+            while True:
+                try:
+                    if (await self.client.get(f"{replica.url}/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {replica.url} did not become healthy")
+                await asyncio.sleep(0.2)
+            await discover(self.client, replica, self.config.model_cache_dir)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        for replica in self.replicas:
+            await asyncio.to_thread(replica.close)
+
+    async def forward(self, request: Request, path: str) -> Response:
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        # Tokenize with the first replica's tokenizer: the policy compares replicas that
+        # share a model (a replica with another numerics id just shows no overlap).
+        probe = next((r for r in self.replicas if r.tokenizer is not None), self.replicas[0])
+        routed = route_request(path, body, probe)
+        tried: set[str] = set()
+        while True:
+            decision = self.router.pick(routed, frozenset(tried))
+            replica = decision.replica
+            tried.add(replica.url)
+            key = next(self._ids)
+            replica.in_flight[key] = _in_flight(decision, routed)
+            replica.num_routed += 1
+            upstream = self.client.build_request(
+                request.method,
+                f"{replica.url}/{path}",
+                content=body,
+                headers=headers,
+                params=request.query_params,
+            )
+            try:
+                response = await self.client.send(upstream, stream=True)
+            except httpx.TransportError as exc:
+                replica.in_flight.pop(key, None)
+                replica.num_routed -= 1
+                logger.warning("replica %s failed: %s", replica.url, exc)
+                if len(tried) >= len(self.replicas):
+                    return _error(502, f"no replica answered: {exc}", "bad_gateway")
+                continue
+            return self._relay(response, replica, key)
+
+    def _relay(self, response: httpx.Response, replica: Replica, key: int) -> Response:
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    flight = replica.in_flight.get(key)
+                    if flight is not None:
+                        flight.is_prefilling = False
+                    yield chunk
+            finally:
+                replica.in_flight.pop(key, None)
+                await response.aclose()
+
+        return StreamingResponse(
+            body(),
+            status_code=response.status_code,
+            headers=headers,
+            media_type=response.headers.get("content-type"),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "policy": self.router.policy,
+            "replicas": [
+                {
+                    "url": r.url,
+                    "cache_aware": r.is_cache_aware,
+                    "routed": r.num_routed,
+                    "in_flight": len(r.in_flight),
+                    "events_last_seq": None if r.events is None else r.events.last_seq,
+                    "blocks": None
+                    if r.events is None
+                    else {t.value: n for t, n in r.events.counts().items()},
+                }
+                for r in self.replicas
+            ],
+        }
+
+
+def _in_flight(decision: Decision, routed: RouteRequest) -> InFlight:
+    size = decision.replica.block_size or 16
+    num_blocks = decision.num_prompt_blocks + -(-routed.max_tokens // size)
+    return InFlight(num_blocks, decision.num_prompt_blocks - decision.num_cached_blocks)
+
+
+def build_router_app(config: RouterConfig) -> FastAPI:
+    """A new router app for `config`; the proxy lives on `app.state.proxy`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        proxy = Proxy(config)
+        app.state.proxy = proxy
+        try:
+            await proxy.start()
+            yield
+        finally:
+            await proxy.close()
+
+    app = FastAPI(title="tierkv router", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/router/stats")
+    async def router_stats(request: Request) -> dict[str, Any]:
+        return request.app.state.proxy.stats()
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST"])
+    async def openai(rest: str, request: Request) -> Response:
+        return await request.app.state.proxy.forward(request, f"v1/{rest}")
+
+    return app
