@@ -120,6 +120,11 @@ class EmbeddedRedis:
         return f"unix://{self.socket_path}"
 
     @property
+    def pid(self) -> int | None:
+        """Process id of the running redis-server (None when not started)."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -167,22 +172,45 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         try:
-            self._clear_leftovers()
-            conf = self.data_dir / _CONF_NAME
-            conf.write_text(self._config())
-            with open(self.data_dir / _OUT_NAME, "wb") as out:
-                self._process = process = subprocess.Popen(
-                    [redis_server_executable(), str(conf)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.data_dir,
-                )
-            self._wait_ready(process)
+            self._launch()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def restart(self) -> EmbeddedRedis:
+        """Start a new server after this one's process exited (it comes back empty).
+
+        Keeps the data-dir lock throughout. Raises :class:`EmbeddedRedisError` if the
+        server is still running, was never started, or does not come up.
+        """
+        process = self._process
+        if process is None or self._lock_fd is None:
+            raise EmbeddedRedisError("not started")
+        if process.poll() is None:
+            raise EmbeddedRedisError("still running")
+        self._process = None
+        try:
+            self._launch()
+        except BaseException:
+            if self._process is None:  # keep the dead one: the next restart tries again
+                self._process = process
+            raise
+        return self
+
+    def _launch(self) -> None:
+        self._clear_leftovers()
+        conf = self.data_dir / _CONF_NAME
+        conf.write_text(self._config())
+        with open(self.data_dir / _OUT_NAME, "wb") as out:
+            self._process = process = subprocess.Popen(
+                [redis_server_executable(), str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+            )
+        self._wait_ready(process)
 
     def _lock_data_dir(self) -> None:
         """Hold an exclusive flock on the data dir while this instance is started.

@@ -179,6 +179,13 @@ class HbmBlockPool:
         self._hash[block_id] = block_hash
         return True
 
+    def cached_blocks_newest_first(self) -> list[tuple[BlockHash, int]]:
+        """Every registered block: those in use first, then the evictable ones from the
+        most recently used (the next victim comes last). Changes nothing."""
+        evictable = list(self._evictable)
+        in_use = [(h, b) for h, b in self._cached.items() if self._refcount[b] > 0]
+        return in_use + [(h, self._cached[h]) for h in reversed(evictable)]
+
     def evict_all_cached(self) -> list[tuple[BlockHash, int]]:
         """Reclaim every cached-free block (for an explicit offload).
 

@@ -17,6 +17,8 @@ Threading: every method is called from the engine thread. I/O runs on the manage
 `TransferWorker`. Finished transfers are applied in one place (`_apply_results`); the
 loads among them are kept until `poll()` hands them to the caller, so no path (not even
 `offload()`, the one method that blocks, waiting for its transfers) can lose one.
+A load still running at its deadline (`CacheConfig.reload_timeout_s`) is abandoned there
+and handed over with the blocks that had arrived; its late result is ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,8 +36,12 @@ from cache.block_format import encode_block, encoded_size
 from cache.block_hash import BlockHash
 from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
 from cache.hbm_pool import HbmBlockPool
+from cache.health import TierHealth
+from cache.index_rebuild import rebuild_index
 from cache.layout import KVLayout
+from cache.load_deadlines import LoadDeadlines
 from cache.policies.admission import make_admission_policy
+from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
 from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
@@ -46,62 +53,11 @@ from cache.transfer import (
     RemoveJob,
     StoreJob,
     TransferWorker,
+    job_op,
 )
+from cache.write_back import plan_write_back
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    """Sizes and policy of the cache manager (built by the server from its settings)."""
-
-    hbm_num_blocks: int
-    ddr_capacity_bytes: int = 0  # 0 disables the DDR tier
-    flash_capacity_bytes: int = 0  # 0 disables the flash tier
-    eviction_policy: str = "lru"
-    admission_policy: str = "always"  # see cache.policies.admission
-
-
-@dataclass(slots=True)
-class PrefixHit:
-    """The longest cached prefix of a block-hash chain: HBM blocks first, then lower tiers."""
-
-    hbm_block_ids: list[int]
-    lower: list[tuple[BlockHash, Tier]]
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.hbm_block_ids) + len(self.lower)
-
-
-@dataclass(slots=True)
-class Admission:
-    """Blocks a request holds after `admit`, in sequence order.
-
-    `block_ids`: the `num_hbm_blocks` HBM hits, then `num_loading_blocks` slots being
-    filled from lower tiers (wait for the `FinishedLoad` with the admission's key before
-    reading them), then the fresh blocks asked for.
-    """
-
-    block_ids: list[int]
-    num_hbm_blocks: int
-    num_loading_blocks: int
-
-    @property
-    def is_loading(self) -> bool:
-        return self.num_loading_blocks > 0
-
-
-@dataclass(slots=True)
-class FinishedLoad:
-    """A load finished: the first `num_loaded_blocks` reserved slots hold valid KV.
-
-    Slots after them (a block was missing or corrupt) stay allocated to the request as
-    plain blocks; their tokens must be recomputed.
-    """
-
-    key: str
-    num_loaded_blocks: int
 
 
 @dataclass(slots=True)
@@ -145,10 +101,15 @@ class CacheManager:
         self._admission = make_admission_policy(
             config.admission_policy, max(lower_blocks, config.hbm_num_blocks)
         )
-        self._worker = TransferWorker(self._stores, layout, self.pool.kv, notify)
+        self.health: dict[Tier, TierHealth] = {t: TierHealth() for t in (Tier.DDR, Tier.FLASH)}
+        self._notify = notify
+        self._worker = TransferWorker(
+            self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down
+        )
         self._tickets = itertools.count(1)
         self._loads: dict[int, _PendingLoad] = {}  # by ticket, until the load lands
         self._finished_loads: list[FinishedLoad] = []  # landed, until poll() hands them over
+        self._deadlines = LoadDeadlines(config.reload_timeout_s, notify)
         self._rebuild_indexes()
 
     @property
@@ -227,7 +188,7 @@ class CacheManager:
             self._loads[ticket] = _PendingLoad(key)
             slots = allocation[: len(hit.lower)]
             items = [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
-            self._worker.submit(LoadJob(ticket, items))
+            self._submit_load(ticket, items)
         return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
 
     def cancel_load(self, key: str, block_ids: Sequence[int]) -> None:
@@ -312,8 +273,46 @@ class CacheManager:
         self._apply_results()  # loads that finished meanwhile wait for the next poll()
         return moved
 
+    def write_back(self, timeout_s: float) -> int:
+        """Copy to flash what flash lacks, before a graceful shutdown; return blocks written.
+
+        Call after the engine stopped stepping. Order: `plan_write_back`. Writes at most
+        flash's capacity (older flash blocks make room), stops submitting at `timeout_s`;
+        DDR keeps its copies.
+        """
+        flash = self._index.get(Tier.FLASH)
+        if flash is None or timeout_s <= 0 or self.health[Tier.FLASH].is_down:
+            return 0
+        deadline = time.monotonic() + timeout_s
+        self.wait_transfers(timeout_s)
+        self._apply_results()
+        ddr = self._index.get(Tier.DDR)
+        ddr_keys = [] if ddr is None or self.health[Tier.DDR].is_down else reversed(list(ddr))
+        budget = flash.capacity_bytes // self._block_size
+        todo = plan_write_back(self.pool.cached_blocks_newest_first(), ddr_keys, flash, budget)
+        written = 0
+        for start in range(0, len(todo), 64):
+            if time.monotonic() >= deadline:
+                break
+            batch = todo[start : start + 64]
+            for block_hash, _ in batch:
+                self._make_room(Tier.FLASH, self._block_size)
+                flash.add(block_hash, self._block_size)
+            items = [(h, encode_block(self.pool.kv[b], key=h)) for h, b in batch if b is not None]
+            if items:
+                self._worker.submit(StoreJob(Tier.FLASH, items))
+            from_ddr = [h for h, b in batch if b is None]
+            if from_ddr:
+                self._worker.submit(DemoteJob(from_ddr, keep_source=True))
+            written += len(batch)
+            self.wait_transfers(max(0.0, deadline - time.monotonic()))
+        self._apply_results()
+        logger.info("write-back: %d blocks copied to flash before shutdown", written)
+        return written
+
     def close(self) -> None:
         """Finish pending transfers and close the lower tiers."""
+        self._deadlines.cancel_all()
         self._worker.close()
         for store in self._stores.values():
             try:
@@ -336,7 +335,10 @@ class CacheManager:
         self.stats.tiers[Tier.HBM].evictions += len(evicted)
         if evicted:
             self._on_event(BlocksRemoved(Tier.HBM, tuple(h for h, _ in evicted)))
-        target = next((t for t in (Tier.DDR, Tier.FLASH) if t in self._index), None)
+        target = next(
+            (t for t in (Tier.DDR, Tier.FLASH) if t in self._index and not self.health[t].is_down),
+            None,
+        )
         if target is None:
             return 0
         items: list[tuple[BlockHash, bytes]] = []
@@ -430,41 +432,87 @@ class CacheManager:
             self._worker.submit(RemoveJob(Tier.DDR, dropped))
 
     def _apply_results(self) -> None:
-        """Apply every finished transfer to the index, pool and statistics (one place)."""
+        """Apply every finished transfer to the index, pool and statistics (one place),
+        then abandon loads past their deadline."""
+        self._apply_restarts()
         for result in self._worker.poll():
             self._account(result)
-            if isinstance(result.job, LoadJob):
-                num_ok = self._finish_load(result.job, result)
-                pending = self._loads.pop(result.job.ticket)
-                if pending.cancelled_blocks is not None:
-                    self.pool.free(pending.cancelled_blocks)
-                else:
-                    self._finished_loads.append(FinishedLoad(pending.key, num_ok))
-            elif isinstance(result.job, StoreJob) and result.error:
-                for block_hash, _ in result.job.items:
-                    self._index[result.job.tier].remove(block_hash)
-            elif isinstance(result.job, DemoteJob):
-                for block_hash, status in zip(result.job.keys, result.statuses, strict=True):
+            job = result.job
+            if isinstance(job, LoadJob):
+                if not self._deadlines.finish(job.ticket):
+                    continue  # abandoned at its deadline, and handed over then
+                statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.items)
+                self._land(job.ticket, self._register_loaded(job.items, statuses, True))
+            elif isinstance(job, StoreJob) and result.error:
+                self._fall_through(job)
+            elif isinstance(job, DemoteJob):
+                statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.keys)
+                for block_hash, status in zip(job.keys, statuses, strict=True):
                     if status is not LoadStatus.OK:
                         self._index[Tier.FLASH].remove(block_hash)
+                    if status is LoadStatus.MISSING:  # DDR had lost it behind our back
+                        self.stats.tiers[Tier.DDR].index_repairs += 1
+        self._expire_loads()
         self._refresh_occupancy()
 
-    def _finish_load(self, job: LoadJob, result: JobResult) -> int:
+    def _land(self, ticket: int, num_ok: int) -> None:
+        """A load is over (finished or abandoned): hand it over, or free a cancelled one."""
+        pending = self._loads.pop(ticket)
+        if pending.cancelled_blocks is not None:
+            self.pool.free(pending.cancelled_blocks)
+        else:
+            self._finished_loads.append(FinishedLoad(pending.key, num_ok))
+
+    def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
+        # From a tier the supervisor reports down, the load would only wait for its
+        # deadline: abandon it at once (the request recomputes).
+        down = any(self.health[t].is_down for _, _, t in items)
+        guard = self._deadlines.add(ticket, items, now=down)
+        self._worker.submit(LoadJob(ticket, items, guard))
+
+    def _expire_loads(self) -> None:
+        """Abandon loads past their deadline: the request recomputes what did not arrive.
+
+        After `expire()` no byte of them reaches HBM (LoadGuard), so their slots can be
+        handed back (or freed, if cancelled) now."""
+        for ticket, items, statuses in self._deadlines.expire():
+            late = {
+                t for (_, _, t), s in zip(items, statuses, strict=True) if s is not LoadStatus.OK
+            }
+            for tier in late:
+                self.stats.tiers[tier].reload_timeouts += 1
+                self.health[tier].record_error("reload abandoned (deadline, or tier down)")
+            logger.warning(
+                "load %d abandoned at its deadline (%s slow); recomputing",
+                ticket,
+                ", ".join(sorted(late)),
+            )
+            self._land(ticket, self._register_loaded(items, statuses, False))
+
+    def _register_loaded(
+        self,
+        items: list[tuple[BlockHash, int, Tier]],
+        statuses: list[LoadStatus],
+        completed: bool,
+    ) -> int:
         """Register the blocks that arrived intact, up to the first one that did not.
 
-        Returns how many did."""
+        Returns how many did. `completed`: the load finished (else it was abandoned, and
+        a block that had not arrived may be fine, only slow)."""
         num_ok = 0
-        for (block_hash, block_id, tier), status in zip(job.items, result.statuses, strict=True):
+        for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
             if status is not LoadStatus.OK:
                 # The prefix ends here. Later blocks may be fine, but their tokens are
                 # recomputed into these slots, so they are not registered.
+                if not completed:
+                    break  # abandoned: the block may be fine, only slow; keep its entry
                 self._index[tier].remove(block_hash)
                 self.stats.tiers[tier].miss_blocks += 1
                 if status is LoadStatus.CORRUPT:
                     self.stats.tiers[tier].checksum_failures += 1
                     self._worker.submit(RemoveJob(tier, [block_hash]))
-                elif status is LoadStatus.IO_ERROR:
-                    self.stats.tiers[tier].io_errors += 1
+                elif status is LoadStatus.MISSING:  # the store lost it behind our back
+                    self.stats.tiers[tier].index_repairs += 1
                 break
             if self.pool.register(block_id, block_hash):
                 self._on_event(BlocksStored(Tier.HBM, (block_hash,)))
@@ -472,6 +520,36 @@ class CacheManager:
             self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
         return num_ok
+
+    def _fall_through(self, job: StoreJob) -> None:
+        """A tier refused or failed a spill: write the blocks one tier down instead."""
+        for block_hash, _ in job.items:
+            self._index[job.tier].remove(block_hash)
+        if job.tier is not Tier.DDR or Tier.FLASH not in self._index:
+            return
+        items: list[tuple[BlockHash, bytes]] = []
+        for block_hash, payload in job.items:
+            if block_hash in self._index[Tier.FLASH]:
+                continue
+            if items and not self._index[Tier.FLASH].has_room(self._block_size):
+                self._worker.submit(StoreJob(Tier.FLASH, items))  # FIFO: see _spill
+                items = []
+            if self._make_room(Tier.FLASH, self._block_size):
+                self._index[Tier.FLASH].add(block_hash, self._block_size)
+                items.append((block_hash, payload))
+        if items:
+            logger.info("DDR refused %d blocks; writing them to flash", len(items))
+            self._worker.submit(StoreJob(Tier.FLASH, items))
+
+    def _apply_restarts(self) -> None:
+        """A volatile store (embedded Redis) came back empty: forget what it held."""
+        for tier, health in self.health.items():
+            if health.take_restarts() and tier in self._index:
+                index = self._index[tier]
+                lost = list(index)
+                for block_hash in lost:
+                    index.remove(block_hash)
+                logger.warning("%s tier restarted empty: dropped %d index entries", tier, len(lost))
 
     def _account(self, result: JobResult) -> None:
         for tier, n in result.read_bytes.items():
@@ -481,7 +559,13 @@ class CacheManager:
         if isinstance(result.job, LoadJob):
             for tier, seconds in result.seconds.items():
                 self.stats.tiers[tier].reload_latency.observe(seconds)
+        for tier, op in result.failures:
+            self.stats.tiers[tier].count_io_error(op)
+            self.health[tier].record_error(f"{op} failed")
         if result.error:
+            if not result.failures:  # a bug in the job itself: blame the job's tier(s)
+                for tier in self._stores:
+                    self.stats.tiers[tier].count_io_error(job_op(result.job))
             logger.warning("transfer %s failed: %s", type(result.job).__name__, result.error)
 
     def _refresh_occupancy(self) -> None:
@@ -494,6 +578,13 @@ class CacheManager:
             stats = self.stats.tiers[tier]
             stats.num_blocks, stats.used_bytes = len(index), index.used_bytes
             stats.capacity_bytes = index.capacity_bytes
+        for tier, health in self.health.items():
+            stats = self.stats.tiers[tier]
+            if tier in self._stores:
+                stats.health, stats.health_detail = health.state()
+                stats.faults_injected = dict(self._stores[tier].fault_counts())
+            else:
+                stats.health, stats.health_detail = "disabled", ""
 
     def _index_changed(self, tier: Tier, block_hash: BlockHash, added: bool) -> None:
         event = BlocksStored if added else BlocksRemoved
@@ -502,19 +593,6 @@ class CacheManager:
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""
         for tier, store in self._stores.items():
-            index = self._index[tier]
-            try:
-                found = store.scan_keys_of_size(self._block_size)
-                index.add_many(found, self._block_size)
-            except TierError:
-                logger.warning("could not scan the %s tier; starting empty", tier, exc_info=True)
-            if index.used_bytes > index.capacity_bytes:
-                extra: list[BlockHash] = []
-                while index.used_bytes > index.capacity_bytes:
-                    victim = index.pop_victim()
-                    if victim is None:
-                        break
-                    extra.append(victim)
-                self._worker.submit(RemoveJob(tier, extra))
-            logger.info("%s tier: %d blocks found at start-up", tier, len(index))
+            args = (self._block_size, self.stats.tiers[tier], self.health[tier])
+            rebuild_index(tier, store, self._index[tier], *args, self._worker.submit)
         self._refresh_occupancy()

@@ -18,10 +18,38 @@ class Tier(StrEnum):
     FLASH = "flash"
 
 
+class TierOp(StrEnum):
+    """Tier operations whose failures are counted (`TierStats.io_errors_by_op`)."""
+
+    LOAD = "load"  # reload into HBM
+    STORE = "store"  # spill from HBM, write-back at shutdown
+    DEMOTE = "demote"  # DDR -> flash
+    REMOVE = "remove"
+    SCAN = "scan"  # index rebuild at start-up
+
+
+HEALTH_STATES = ("ok", "degraded", "down", "quarantined", "disabled")
+"""Values of `TierStats.health`: ok and degraded serve traffic; down, quarantined
+(its store was moved aside at start-up; a fresh one may serve) and disabled do not count
+as up in `tierkv:tier_up`."""
+
+
 # Reload latency buckets (seconds): a 16 KiB block from a local Redis takes ~50 us, a
 # 2k-token prefix (125 blocks) a few ms; flash on a cold page cache can take longer.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0001,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 
 
@@ -62,11 +90,31 @@ class TierStats:
     active_blocks: int = 0  # HBM only: blocks referenced by requests
     evictions: int = 0
     checksum_failures: int = 0
-    io_errors: int = 0
+    io_errors: int = 0  # every failed operation; by operation in io_errors_by_op
+    io_errors_by_op: dict[TierOp, int] = field(default_factory=lambda: {o: 0 for o in TierOp})
+    wrong_size_blocks: int = 0  # entries of the wrong size found (and deleted) at start-up
+    index_repairs: int = 0  # index entries dropped because the store no longer had them
+    reload_timeouts: int = 0  # loads abandoned at their deadline (the request recomputed)
+    faults_injected: dict[str, int] = field(default_factory=dict)  # by kind (--tier-faults)
     reload_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    health: str = "ok"  # one of HEALTH_STATES
+    health_detail: str = ""
+
+    def count_io_error(self, op: TierOp, num: int = 1) -> None:
+        self.io_errors += num
+        self.io_errors_by_op[op] += num
+
+    @property
+    def is_up(self) -> bool:
+        return self.health in ("ok", "degraded")
 
     def copy(self) -> TierStats:
-        return dataclasses.replace(self, reload_latency=self.reload_latency.copy())
+        return dataclasses.replace(
+            self,
+            io_errors_by_op=dict(self.io_errors_by_op),
+            faults_injected=dict(self.faults_injected),
+            reload_latency=self.reload_latency.copy(),
+        )
 
 
 @dataclass(slots=True)

@@ -1,9 +1,11 @@
-"""The transfer thread: every Redis and LMDB operation of the cache manager runs here.
+"""The transfer threads: every Redis and LMDB operation of the cache manager runs here.
 
 The engine thread submits jobs and later polls their results; it never waits on I/O.
-Jobs run one at a time in submission order (FIFO), which is what keeps the manager's
-optimistic index right: a load submitted after a spill of the same block sees the
-spilled bytes, a demotion runs after the spill it demotes.
+Each lower tier has its own thread running that tier's jobs in submission order (FIFO),
+which is what keeps the manager's optimistic index right: a load submitted after a
+spill of the same block sees the spilled bytes, a demotion runs after the spill it
+demotes. One thread per tier means a stalled Redis never holds up flash loads (see
+`TransferWorker` for the demotion, the one job that crosses tiers).
 
 A job never raises into the engine: store failures (`TierError`) and bad blocks are
 reported in the result, and the manager repairs its index and recomputes.
@@ -24,7 +26,7 @@ import numpy as np
 from cache.block_format import CorruptBlockError, decode_block
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
-from cache.stats import Tier
+from cache.stats import Tier, TierOp
 from cache.tiers.base import Buffer, StorageTier, TierError
 
 logger = logging.getLogger(__name__)
@@ -47,9 +49,10 @@ class StoreJob:
 
 @dataclass(slots=True)
 class DemoteJob:
-    """Move blocks from DDR to flash (read, write, delete)."""
+    """Move blocks from DDR to flash (read, write, delete), or copy them (`keep_source`)."""
 
     keys: list[BlockHash]
+    keep_source: bool = False
 
 
 @dataclass(slots=True)
@@ -58,12 +61,36 @@ class RemoveJob:
     keys: list[BlockHash]
 
 
+class LoadGuard:
+    """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
+
+    The transfer thread copies each block under `lock` and only if the load is not
+    abandoned; `abandon()` (engine thread, at the load's deadline) takes the same lock,
+    so once it returns no byte of this load reaches HBM again and the slots can be
+    recomputed into. `statuses[i]` is OK once block i is in its slot.
+    """
+
+    __slots__ = ("lock", "abandoned", "statuses")
+
+    def __init__(self, num_items: int) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.statuses = [LoadStatus.MISSING] * num_items
+
+    def abandon(self) -> list[LoadStatus]:
+        """Stop the load; return the statuses as of now (OK blocks are in their slots)."""
+        with self.lock:
+            self.abandoned = True
+            return list(self.statuses)
+
+
 @dataclass(slots=True)
 class LoadJob:
     """Copy blocks from lower tiers into reserved HBM slots, validating every block."""
 
     ticket: int
     items: list[tuple[BlockHash, int, Tier]]  # (hash, HBM block id, source tier)
+    guard: LoadGuard | None = None  # None: never abandoned
 
 
 Job = StoreJob | DemoteJob | RemoveJob | LoadJob
@@ -71,7 +98,10 @@ Job = StoreJob | DemoteJob | RemoveJob | LoadJob
 
 @dataclass(slots=True)
 class JobResult:
-    """What a job did. `statuses` is per item for loads and stores (OK or IO_ERROR)."""
+    """What a job did. `statuses` is per item for loads and stores (OK or IO_ERROR).
+
+    `failures` lists each failed tier operation once, as (tier, operation).
+    """
 
     job: Job
     statuses: list[LoadStatus] = field(default_factory=list)
@@ -79,10 +109,97 @@ class JobResult:
     write_bytes: dict[Tier, int] = field(default_factory=dict)
     seconds: dict[Tier, float] = field(default_factory=dict)
     error: str | None = None
+    failures: list[tuple[Tier, TierOp]] = field(default_factory=list)
+
+    def fail(self, tier: Tier, op: TierOp, exc: Exception) -> None:
+        self.failures.append((tier, op))
+        self.error = f"{self.error}; {exc}" if self.error else str(exc)
+
+
+HANDOFF_POLL_S = 0.05
+"""How often flash's half of a demotion re-checks whether DDR is down while it waits."""
+
+
+class _Lane:
+    """One tier's transfer thread, running that tier's tasks FIFO."""
+
+    def __init__(self, tier: Tier) -> None:
+        self.tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(
+            target=self._run, name=f"tierkv-transfer-{tier}", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            task()  # never raises: see TransferWorker._task
+
+
+class _Parts:
+    """The parts of one job run on several lanes; the last part to finish posts it."""
+
+    def __init__(self, job: Job, num_parts: int, post: Callable[[JobResult], None]) -> None:
+        self._lock = threading.Lock()
+        self._left = num_parts
+        self._post = post
+        self.result = JobResult(job)
+
+    def add(self, part: JobResult) -> None:
+        with self._lock:
+            result = self.result
+            result.read_bytes.update(part.read_bytes)
+            result.write_bytes.update(part.write_bytes)
+            result.seconds.update(part.seconds)
+            result.failures.extend(part.failures)
+            if part.error:
+                result.error = f"{result.error}; {part.error}" if result.error else part.error
+            if part.statuses:
+                result.statuses = part.statuses
+            self._left -= 1
+            done = self._left == 0
+        if done:
+            self._post(result)
+
+
+class _Handoff:
+    """DDR's half of a demotion hands the blocks it read to flash's half."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._given_up = False
+        self.payloads: list[tuple[BlockHash, bytes]] = []
+        self.statuses: list[LoadStatus] = []
+
+    def give(self, payloads: list[tuple[BlockHash, bytes]], statuses: list[LoadStatus]) -> None:
+        with self._lock:
+            self.payloads, self.statuses = payloads, statuses
+            self._ready.set()
+
+    def take(self, give_up: Callable[[], bool]) -> bool:
+        """Wait for the blocks; False (the blocks are given up) once `give_up()` is true."""
+        while not self._ready.wait(HANDOFF_POLL_S):
+            if give_up():
+                break
+        with self._lock:
+            self._given_up = not self._ready.is_set()
+            return not self._given_up
 
 
 class TransferWorker:
-    """One daemon thread executing transfer jobs FIFO against the lower tiers."""
+    """One daemon thread per lower tier ("lane"), each running its tier's jobs FIFO.
+
+    A store, remove or load of one tier runs on that tier's lane, so a load submitted
+    after a spill of the same block to the same tier sees the spilled bytes, and a stuck
+    Redis call holds up DDR jobs only: flash loads keep flowing. A load that spans
+    tiers runs one part per lane and is posted when the last part finishes. A DDR ->
+    flash demotion runs in two halves queued at once: DDR's lane reads (then deletes)
+    the blocks and hands them to flash's lane, whose half waits for them at its place
+    in the flash FIFO, so a flash load submitted after the demotion finds them. It waits
+    as long as DDR works, however slowly, but gives the blocks up (reports them failed)
+    as soon as `is_down(Tier.DDR)` says DDR is down (the supervisor's verdict on a
+    stalled or dead Redis), so a stall holds up the flash lane for about one probe.
+    """
 
     def __init__(
         self,
@@ -90,22 +207,36 @@ class TransferWorker:
         layout: KVLayout,
         kv_pool: np.ndarray,
         notify: Callable[[], None] = lambda: None,
+        is_down: Callable[[Tier], bool] = lambda tier: False,
     ) -> None:
         self._tiers = tiers
         self._layout = layout
         self._kv_pool = kv_pool
         self._notify = notify
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._is_down = is_down
+        self._lanes = {tier: _Lane(tier) for tier in tiers}
         self._results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._pending = 0
-        self._thread = threading.Thread(target=self._run, name="tierkv-transfer", daemon=True)
-        self._thread.start()
 
     def submit(self, job: Job) -> None:
         with self._idle:
             self._pending += 1
-        self._jobs.put(job)
+        if isinstance(job, LoadJob):
+            self._submit_load(job)
+        elif isinstance(job, DemoteJob):
+            handoff = _Handoff()
+            parts = _Parts(job, 2, self._post)
+            self._lanes[Tier.DDR].tasks.put(
+                self._task(job, parts, lambda: self._demote_read(job, handoff))
+            )
+            self._lanes[Tier.FLASH].tasks.put(
+                self._task(job, parts, lambda: self._demote_write(job, handoff))
+            )
+        else:
+            run = self._store if isinstance(job, StoreJob) else self._remove
+            parts = _Parts(job, 1, self._post)
+            self._lanes[job.tier].tasks.put(self._task(job, parts, lambda: run(job)))  # type: ignore[arg-type]
 
     def poll(self) -> list[JobResult]:
         """Results of finished jobs, in completion order. Never blocks."""
@@ -122,33 +253,54 @@ class TransferWorker:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self) -> None:
-        """Finish queued jobs, then stop the thread. Tiers are closed by their owner."""
-        self._jobs.put(None)
-        self._thread.join()
+        """Finish queued jobs, then stop the threads. Tiers are closed by their owner."""
+        for lane in self._lanes.values():
+            lane.tasks.put(None)
+        for lane in self._lanes.values():
+            lane.thread.join()
 
-    # -- worker thread -------------------------------------------------------------------
+    # -- lanes ---------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+    def _submit_load(self, job: LoadJob) -> None:
+        guard = job.guard if job.guard is not None else LoadGuard(len(job.items))
+
+        def post(result: JobResult) -> None:
+            with guard.lock:
+                result.statuses = list(guard.statuses)
+            self._post(result)
+
+        tiers = [t for t in (Tier.DDR, Tier.FLASH) if any(item[2] is t for item in job.items)]
+        parts = _Parts(job, len(tiers), post)
+        if not tiers:
+            post(parts.result)
+        for tier in tiers:
+            indices = [i for i, item in enumerate(job.items) if item[2] is tier]
+
+            def part(tier: Tier = tier, indices: list[int] = indices) -> JobResult:
+                result = JobResult(job)
+                if not guard.abandoned:
+                    self._load_from(tier, job, guard, indices, result)
+                return result
+
+            self._lanes[tier].tasks.put(self._task(job, parts, part))
+
+    def _task(self, job: Job, parts: _Parts, fn: Callable[[], JobResult]) -> Callable[[], None]:
+        def run() -> None:
             try:
-                result = self._execute(job)
-            except Exception as exc:  # a bug must not kill the thread and hang the engine
+                part = fn()
+            except Exception as exc:  # a bug must not kill the lane and hang the engine
                 logger.exception("transfer job failed")
-                result = JobResult(job, error=f"{type(exc).__name__}: {exc}")
-            self._results.put(result)
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
-            self._notify()
+                part = JobResult(job, error=f"{type(exc).__name__}: {exc}")
+            parts.add(part)
 
-    def _execute(self, job: Job) -> JobResult:
-        if isinstance(job, LoadJob):
-            return self._load(job)
-        if isinstance(job, StoreJob):
-            return self._store(job)
-        if isinstance(job, DemoteJob):
-            return self._demote(job)
-        return self._remove(job)
+        return run
+
+    def _post(self, result: JobResult) -> None:
+        self._results.put(result)
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+        self._notify()
 
     def _store(self, job: StoreJob) -> JobResult:
         result = JobResult(job)
@@ -156,7 +308,7 @@ class TransferWorker:
         try:
             self._tiers[job.tier].put_many(job.items)
         except TierError as exc:
-            result.error = str(exc)
+            result.fail(job.tier, TierOp.STORE, exc)
             result.statuses = [LoadStatus.IO_ERROR] * len(job.items)
             return result
         result.statuses = [LoadStatus.OK] * len(job.items)
@@ -164,28 +316,51 @@ class TransferWorker:
         result.seconds[job.tier] = time.perf_counter() - start
         return result
 
-    def _demote(self, job: DemoteJob) -> JobResult:
-        """DDR -> flash. Blocks gone from DDR are reported MISSING and not written."""
-        result = JobResult(job, statuses=[LoadStatus.MISSING] * len(job.keys))
+    def _demote_read(self, job: DemoteJob, handoff: _Handoff) -> JobResult:
+        """DDR's half: read the blocks, hand them over, delete them (unless kept)."""
+        result = JobResult(job)
+        statuses = [LoadStatus.MISSING] * len(job.keys)
         payloads: list[tuple[BlockHash, bytes]] = []
 
         def keep(i: int, buf: Buffer | None) -> None:
             if buf is not None:
                 payloads.append((job.keys[i], bytes(buf)))
-                result.statuses[i] = LoadStatus.OK
+                statuses[i] = LoadStatus.OK
 
-        ddr, flash = self._tiers[Tier.DDR], self._tiers[Tier.FLASH]
         try:
-            ddr.get_many(job.keys, keep)
-            flash.put_many(payloads)
-            ddr.remove_many(job.keys)
+            self._tiers[Tier.DDR].get_many(job.keys, keep)
         except TierError as exc:
-            result.error = str(exc)
+            result.fail(Tier.DDR, TierOp.DEMOTE, exc)
+            handoff.give([], [LoadStatus.IO_ERROR] * len(job.keys))
+            return result
+        handoff.give(payloads, statuses)
+        result.read_bytes[Tier.DDR] = sum(len(v) for _, v in payloads)
+        if not job.keep_source:
+            # Deleted even if flash's half fails: the manager already dropped them from
+            # the DDR index, so a copy left in Redis would be untracked.
+            try:
+                self._tiers[Tier.DDR].remove_many(job.keys)
+            except TierError as exc:
+                result.fail(Tier.DDR, TierOp.DEMOTE, exc)
+        return result
+
+    def _demote_write(self, job: DemoteJob, handoff: _Handoff) -> JobResult:
+        """Flash's half: wait (bounded) for DDR's half, then write what it read."""
+        result = JobResult(job)
+        if not handoff.take(lambda: self._is_down(Tier.DDR)):
+            result.fail(Tier.DDR, TierOp.DEMOTE, TierError("DDR went down during the demotion"))
             result.statuses = [LoadStatus.IO_ERROR] * len(job.keys)
             return result
-        moved = sum(len(v) for _, v in payloads)
-        result.read_bytes[Tier.DDR] = moved
-        result.write_bytes[Tier.FLASH] = moved
+        result.statuses = handoff.statuses
+        if not handoff.payloads:
+            return result
+        try:
+            self._tiers[Tier.FLASH].put_many(handoff.payloads)
+        except TierError as exc:
+            result.fail(Tier.FLASH, TierOp.DEMOTE, exc)
+            result.statuses = [LoadStatus.IO_ERROR] * len(job.keys)
+            return result
+        result.write_bytes[Tier.FLASH] = sum(len(v) for _, v in handoff.payloads)
         return result
 
     def _remove(self, job: RemoveJob) -> JobResult:
@@ -193,18 +368,12 @@ class TransferWorker:
         try:
             self._tiers[job.tier].remove_many(job.keys)
         except TierError as exc:
-            result.error = str(exc)
+            result.fail(job.tier, TierOp.REMOVE, exc)
         return result
 
-    def _load(self, job: LoadJob) -> JobResult:
-        result = JobResult(job, statuses=[LoadStatus.MISSING] * len(job.items))
-        for tier in (Tier.DDR, Tier.FLASH):
-            indices = [i for i, item in enumerate(job.items) if item[2] is tier]
-            if indices:
-                self._load_from(tier, job, indices, result)
-        return result
-
-    def _load_from(self, tier: Tier, job: LoadJob, indices: list[int], result: JobResult) -> None:
+    def _load_from(
+        self, tier: Tier, job: LoadJob, guard: LoadGuard, indices: list[int], result: JobResult
+    ) -> None:
         """One batched read from `tier`, each block checked and copied into its HBM slot."""
         shape, dtype = self._layout.block_shape, self._layout.np_dtype
         nbytes = 0
@@ -218,19 +387,35 @@ class TransferWorker:
                 block = decode_block(buf, shape, dtype, key=job.items[i][0])
             except CorruptBlockError as exc:
                 logger.warning("corrupt %s block %s: %s", tier, job.items[i][0].hex(), exc)
-                result.statuses[i] = LoadStatus.CORRUPT
+                with guard.lock:
+                    guard.statuses[i] = LoadStatus.CORRUPT
                 return
-            self._kv_pool[job.items[i][1]] = block
+            with guard.lock:  # see LoadGuard: never write a slot after abandonment
+                if guard.abandoned:
+                    return
+                self._kv_pool[job.items[i][1]] = block
+                guard.statuses[i] = LoadStatus.OK
             nbytes += len(memoryview(buf))
-            result.statuses[i] = LoadStatus.OK
 
         start = time.perf_counter()
         try:
             self._tiers[tier].get_many([job.items[i][0] for i in indices], consume)
         except TierError as exc:
-            result.error = str(exc)
-            for i in indices:
-                if result.statuses[i] is not LoadStatus.OK:
-                    result.statuses[i] = LoadStatus.IO_ERROR
+            result.fail(tier, TierOp.LOAD, exc)
+            with guard.lock:
+                for i in indices:
+                    if guard.statuses[i] is not LoadStatus.OK:
+                        guard.statuses[i] = LoadStatus.IO_ERROR
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
+
+
+def job_op(job: Job) -> TierOp:
+    """The operation a job performs, for counting its failures."""
+    if isinstance(job, LoadJob):
+        return TierOp.LOAD
+    if isinstance(job, StoreJob):
+        return TierOp.STORE
+    if isinstance(job, DemoteJob):
+        return TierOp.DEMOTE
+    return TierOp.REMOVE

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cache.policies.admission import ADMISSION_POLICIES
 from cache.policies.eviction import EVICTION_POLICIES
+from cache.tiers.faulty import parse_tier_faults
 from npu_sim.device import get_device
 from npu_sim.emulated import DEFAULT_KV_BYTES_FRACTION, stored_head_dim
 from npu_sim.links import DEFAULT_DDR_MEDIA, DEFAULT_FLASH_MEDIA, get_media
@@ -164,6 +165,24 @@ class Settings(BaseSettings):
         description="Bound ZMQ ROUTER endpoint answering replay requests for KV events "
         "(needs --kv-events-endpoint).",
     )
+    reload_timeout_ms: int = Field(
+        300,
+        ge=0,
+        description="Deadline of one KV reload from DDR/flash; past it the request "
+        "recomputes those tokens (0: wait for the tier).",
+    )
+    shutdown_drain_s: float = Field(
+        10.0,
+        ge=0,
+        description="On graceful shutdown, copy HBM and DDR blocks flash lacks to flash "
+        "for at most this long, so a restart is warm (0: skip).",
+    )
+    tier_faults: str = Field(
+        "",
+        description="Inject tier faults, e.g. 'ddr:latency_ms=5,drop=0.01;flash:corrupt=0.001' "
+        "(also down=1); empty: none.",
+    )
+    tier_faults_seed: int = Field(0, description="Seed of --tier-faults (deterministic).")
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -180,6 +199,7 @@ class Settings(BaseSettings):
             stored_head_dim(shape, self.kv_bytes_fraction)
         if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
             raise ValueError("kv-events-replay-endpoint needs kv-events-endpoint")
+        parse_tier_faults(self.tier_faults)  # ValueError naming the bad part
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
             raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")

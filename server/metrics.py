@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from cache.stats import LATENCY_BUCKETS, CacheStats, Tier
+from cache.stats import LATENCY_BUCKETS, CacheStats, Tier, TierOp
 from server.engine.core import EngineStats
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -114,13 +114,39 @@ class _StatsCollector(Collector):
                                lambda t: cache.tiers[t].evictions),
             "tier_checksum_failures": ("Blocks that failed their checksum on reload.",
                                        lambda t: cache.tiers[t].checksum_failures),
-            "tier_io_errors": ("Failed tier operations.", lambda t: cache.tiers[t].io_errors),
+            "tier_index_repairs": ("Index entries dropped because the tier had lost the block.",
+                                   lambda t: cache.tiers[t].index_repairs),
+            "tier_reload_timeouts": ("Reloads abandoned at --reload-timeout-ms (recomputed).",
+                                     lambda t: cache.tiers[t].reload_timeouts),
+            "tier_wrong_size_blocks": ("Wrong-sized entries found and deleted at start-up.",
+                                       lambda t: cache.tiers[t].wrong_size_blocks),
         }
         for name, (doc, value) in per_tier.items():
             family = CounterMetricFamily(f"tierkv:{name}", doc, labels=["tier"])
             for tier in Tier:
                 family.add_metric([tier.value], value(tier))
             yield family
+        io_errors = CounterMetricFamily(
+            "tierkv:tier_io_errors", "Failed tier operations, by tier and operation.",
+            labels=["tier", "op"],
+        )
+        faults = CounterMetricFamily(
+            "tierkv:tier_faults_injected", "Faults injected by --tier-faults, by kind.",
+            labels=["tier", "kind"],
+        )
+        up = GaugeMetricFamily(
+            "tierkv:tier_up", "1 when the tier's health is ok or degraded.", labels=["tier"]
+        )
+        for tier in Tier:
+            stats = cache.tiers[tier]
+            for op in TierOp:
+                io_errors.add_metric([tier.value, op.value], stats.io_errors_by_op[op])
+            for kind, n in sorted(stats.faults_injected.items()):
+                faults.add_metric([tier.value, kind], n)
+            up.add_metric([tier.value], 1.0 if stats.is_up else 0.0)
+        yield io_errors
+        yield faults
+        yield up
         for name, doc, attr in (
             ("tier_used_bytes", "Bytes held in each tier.", "used_bytes"),
             ("tier_capacity_bytes", "Capacity of each tier (0: disabled).", "capacity_bytes"),

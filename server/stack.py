@@ -10,12 +10,19 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import redis
 
 from cache.embedded_redis import EmbeddedRedis
 from cache.events import KVEventPublisher, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheConfig, CacheManager
-from cache.tiers.base import StorageTier
+from cache.stats import Tier
+from cache.supervisor import RedisSupervisor
+from cache.tiers.base import StorageTier, TierError
+from cache.tiers.faulty import FaultyTier, parse_tier_faults
+from cache.tiers.lmdb_check import check_environment, move_aside
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
 from npu_sim.device import get_device
@@ -52,17 +59,25 @@ class EngineStack:
     embedded_redis: EmbeddedRedis | None
     numerics_id: str  # goes into every block hash (see Model.numerics_id)
     tokenizer: Tokenizer
+    supervisor: RedisSupervisor | None = None
+    shutdown_drain_s: float = 0.0
     # Modelled cost of tier transfers (npu_sim.links). Not charged yet: its `finish` is
     # to be handed to the transfer threads once cache/transfer.py's rewrite lands.
     transfer_clock: TransferClock | None = None
     events: KVEventPublisher | None = None  # set when --kv-events-endpoint is
 
     def close(self) -> None:
-        self.cache.close()
-        if self.events is not None:
-            self.events.close()
-        if self.embedded_redis is not None:
-            self.embedded_redis.stop()
+        """Graceful: write back to flash (bounded), then stop. Call after the engine stopped."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        try:
+            self.cache.write_back(self.shutdown_drain_s)
+        finally:
+            self.cache.close()
+            if self.events is not None:
+                self.events.close()
+            if self.embedded_redis is not None:
+                self.embedded_redis.stop()
 
 
 def model_shape(settings: Settings) -> ModelConfig:
@@ -143,6 +158,9 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     embedded: EmbeddedRedis | None = None
     ddr: StorageTier | None = None
     flash: StorageTier | None = None
+    quarantined: str | None = None
+    url: str | None = None
+    faults = parse_tier_faults(settings.tier_faults)
     with contextlib.ExitStack() as undo:
         events: KVEventPublisher | None = None
         if settings.kv_events_endpoint:
@@ -152,6 +170,12 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 settings.block_size,
             )
             undo.callback(events.close)
+        # Flash first: a damaged LMDB file must be caught before anything else (a Redis
+        # child) is started, and is quarantined rather than taking the server down.
+        if settings.flash_bytes > 0:
+            map_size = max(int(flash_stored * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
+            flash, quarantined = open_flash(settings.data_dir / "flash", map_size, layout.namespace)
+            undo.callback(flash.close)
         if settings.ddr_bytes > 0:
             url = settings.redis_url
             if url is None:
@@ -159,12 +183,14 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 embedded = EmbeddedRedis(settings.data_dir, memory).start()
                 undo.callback(embedded.stop)
                 url = embedded.url
+            else:
+                warn_unless_noeviction(url)
             ddr = RedisTier(connect_redis(url), layout.namespace)
             undo.callback(ddr.close)  # idempotent: cache.close() closes it again
-        if settings.flash_bytes > 0:
-            map_size = max(int(flash_stored * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
-            flash = LmdbTier(settings.data_dir / "flash", map_size, layout.namespace)
-            undo.callback(flash.close)
+        if ddr is not None and "ddr" in faults:
+            ddr = FaultyTier(ddr, faults["ddr"], settings.tier_faults_seed)
+        if flash is not None and "flash" in faults:
+            flash = FaultyTier(flash, faults["flash"], settings.tier_faults_seed)
         cache = CacheManager(
             layout,
             CacheConfig(
@@ -172,6 +198,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 ddr_capacity_bytes=ddr_stored,
                 flash_capacity_bytes=flash_stored,
                 eviction_policy=settings.eviction_policy,
+                reload_timeout_s=settings.reload_timeout_ms / 1000,
                 admission_policy=settings.admission_policy,
             ),
             ddr=ddr,
@@ -180,6 +207,12 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
             on_event=ignore_event if events is None else events.publish,
         )
         undo.callback(cache.close)
+        if quarantined is not None:
+            cache.health[Tier.FLASH].quarantine(quarantined)
+        supervisor = None
+        if ddr is not None and url is not None:
+            supervisor = RedisSupervisor(url, cache.health[Tier.DDR], embedded, wakeup).start()
+            undo.callback(supervisor.stop)
         model: StepModel
         tokenizer: Tokenizer
         if settings.emulate is not None:
@@ -225,8 +258,10 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         embedded,
         model.numerics_id,
         tokenizer,
-        transfer_clock(settings),
-        events,
+        supervisor=supervisor,
+        shutdown_drain_s=settings.shutdown_drain_s,
+        transfer_clock=transfer_clock(settings),
+        events=events,
     )
 
 
@@ -237,3 +272,40 @@ def load_model(settings: Settings) -> tuple[Model, Tokenizer]:
         loaded = load_pretrained(settings.model, settings.model_cache_dir)
         return Model(loaded.config, loaded.weights), loaded.tokenizer
     return Model(get_model_config(settings.model)), ByteTokenizer()
+
+
+def open_flash(path: Path, map_size: int, namespace: str) -> tuple[LmdbTier, str | None]:
+    """Open the flash tier; a damaged one is moved aside and a fresh one opened.
+
+    Returns the tier and, when it had to be quarantined, why (for health and the log).
+    """
+    problem = check_environment(path) or check_environment(path / "meta")
+    if problem is None:
+        try:
+            return LmdbTier(path, map_size, namespace), None
+        except TierError as exc:  # e.g. MDB_INVALID, MDB_VERSION_MISMATCH
+            problem = str(exc)
+    aside = move_aside(path)
+    detail = f"{problem}; moved to {aside}, started empty"
+    logger.error("flash tier quarantined: %s", detail)
+    return LmdbTier(path, map_size, namespace), detail
+
+
+def warn_unless_noeviction(url: str) -> None:
+    """An external Redis that evicts on its own drops blocks behind the index's back."""
+    client = connect_redis(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        reply = client.config_get("maxmemory-policy")
+        policies = {v for k, v in reply.items() if k in (b"maxmemory-policy", "maxmemory-policy")}
+        policy = next(iter(policies), b"?")
+        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+        if policy != "noeviction":
+            logger.warning(
+                "external Redis %s has maxmemory-policy %s, not noeviction: it may evict "
+                "blocks the index still lists (counted in tierkv:tier_index_repairs_total)",
+                url, policy,
+            )
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("could not read maxmemory-policy of %s: %s", url, exc)
+    finally:
+        client.close()

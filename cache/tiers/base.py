@@ -80,14 +80,30 @@ class StorageTier(ABC):
         (a stored block is never empty).
         """
 
-    def scan_keys_of_size(self, size: int) -> list[BlockHash]:
+    def scan_keys_of_size(
+        self, size: int, other_sizes: list[BlockHash] | None = None
+    ) -> list[BlockHash]:
         """Keys whose stored value is ``size`` bytes, in ``scan`` order; the start-up
-        rebuild's bulk form of ``scan`` (LMDB overrides it with a vectorised one)."""
-        return [key for key, stored in self.scan() if stored == size]
+        rebuild's bulk form of ``scan`` (LMDB overrides it with a vectorised one).
+        Keys of any other size are appended to ``other_sizes`` when it is given."""
+        found: list[BlockHash] = []
+        for key, stored in self.scan():
+            if stored == size:
+                found.append(key)
+            elif other_sizes is not None:
+                other_sizes.append(key)
+        return found
 
     @abstractmethod
     def close(self) -> None:
         """Release the store's resources (flushing what must be flushed).  Idempotent."""
+
+    def fault_counts(self) -> dict[str, int]:
+        """Faults injected so far, by kind (only fault-injecting wrappers have any).
+
+        May be read from another thread than the one using the tier (a copy is returned).
+        """
+        return {}
 
     def contains_many(self, keys: Sequence[BlockHash]) -> list[bool]:
         """``[contains(k) for k in keys]``, in one round trip where the store allows."""

@@ -263,15 +263,24 @@ class LmdbTier(StorageTier):
         keys, sizes = meta
         yield from zip(keys, sizes.tolist(), strict=True)
 
-    def scan_keys_of_size(self, size: int) -> list[BlockHash]:
-        """``scan``'s keys whose value is ``size`` bytes, selected with numpy."""
+    def scan_keys_of_size(
+        self, size: int, other_sizes: list[BlockHash] | None = None
+    ) -> list[BlockHash]:
+        """``scan``'s keys whose value is ``size`` bytes, selected with numpy (others are
+        appended to ``other_sizes`` when it is given)."""
         meta = self._read_meta()
         if meta is None:
-            return [key for key, stored in self._scan_values_and_backfill() if stored == size]
+            pairs = list(self._scan_values_and_backfill())
+            if other_sizes is not None:
+                other_sizes.extend(key for key, stored in pairs if stored != size)
+            return [key for key, stored in pairs if stored == size]
         keys, sizes = meta
         if bool((sizes == size).all()):
             return keys
-        return [key for key, ok in zip(keys, (sizes == size).tolist(), strict=True) if ok]
+        matches = (sizes == size).tolist()
+        if other_sizes is not None:
+            other_sizes.extend(key for key, ok in zip(keys, matches, strict=True) if not ok)
+        return [key for key, ok in zip(keys, matches, strict=True) if ok]
 
     def _read_meta(self) -> tuple[list[BlockHash], np.ndarray] | None:
         """Every key, least recently written first, and its value sizes; ``None`` if the

@@ -20,11 +20,12 @@ import redis
 
 from cache.embedded_redis import EmbeddedRedis, redis_server_executable
 from cache.tiers.base import StorageTier
+from cache.tiers.faulty import FaultSpec, FaultyTier
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
 
 LMDB_MAP_SIZE = 64 << 20
-TIER_KINDS = ["redis", "redis-cluster", "lmdb"]
+TIER_KINDS = ["redis", "redis-cluster", "lmdb", "faulty-redis", "faulty-lmdb"]
 
 OpenTier = Callable[[str], StorageTier]
 """Opens a tier of the parametrized kind on the test's backing store, by namespace."""
@@ -162,21 +163,25 @@ def lmdb_path(tmp_path: Path) -> Path:
 def open_tier(request: pytest.FixtureRequest, lmdb_path: Path) -> Iterator[OpenTier]:
     """Factory for tiers sharing one backing store; every tier opened is cleaned up."""
     opened: list[StorageTier] = []
+    kind = request.param.removeprefix("faulty-")
+    # The fault-injecting wrapper with no faults configured must keep the whole contract.
+    wrap = request.param.startswith("faulty-")
 
-    if request.param.startswith("redis"):
-        fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
+    if kind.startswith("redis"):
+        fixture = "redis_url" if kind == "redis" else "redis_cluster_url"
         url: str = request.getfixturevalue(fixture)
 
-        def open_(namespace: str) -> StorageTier:
-            tier = RedisTier(connect_redis(url), namespace)
-            opened.append(tier)
-            return tier
+        def make(namespace: str) -> StorageTier:
+            return RedisTier(connect_redis(url), namespace)
     else:
 
-        def open_(namespace: str) -> StorageTier:
-            tier = LmdbTier(lmdb_path, LMDB_MAP_SIZE, namespace)
-            opened.append(tier)
-            return tier
+        def make(namespace: str) -> StorageTier:
+            return LmdbTier(lmdb_path, LMDB_MAP_SIZE, namespace)
+
+    def open_(namespace: str) -> StorageTier:
+        tier = make(namespace)
+        opened.append(tier)
+        return FaultyTier(tier, FaultSpec(), seed=1) if wrap else tier
 
     yield open_
     for tier in opened:
