@@ -52,6 +52,7 @@ from cache.transfer import (
     LoadStatus,
     RemoveJob,
     StoreJob,
+    TransferCharge,
     TransferWorker,
     job_op,
 )
@@ -77,9 +78,11 @@ class CacheManager:
         flash: StorageTier | None = None,
         notify: Callable[[], None] = lambda: None,
         on_event: EventCallback = ignore_event,
+        charge: TransferCharge | None = None,
     ) -> None:
         """`on_event` hears every block entering or leaving a tier (HBM: the prefix cache;
-        DDR, flash: the index), on the engine thread: it must not block (cache.events)."""
+        DDR, flash: the index), on the engine thread: it must not block (cache.events).
+        `charge` is handed to the transfer lanes (see `TransferWorker`)."""
         self.layout = layout
         self._on_event = on_event
         self.config = config
@@ -104,7 +107,7 @@ class CacheManager:
         self.health: dict[Tier, TierHealth] = {t: TierHealth() for t in (Tier.DDR, Tier.FLASH)}
         self._notify = notify
         self._worker = TransferWorker(
-            self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down
+            self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down, charge
         )
         self._tickets = itertools.count(1)
         self._loads: dict[int, _PendingLoad] = {}  # by ticket, until the load lands

@@ -186,6 +186,10 @@ class _Handoff:
             return not self._given_up
 
 
+TransferCharge = Callable[[Tier, int, float, bool], object]
+"""Charges one finished transfer: (tier, stored bytes, start time, is a write)."""
+
+
 class TransferWorker:
     """One daemon thread per lower tier ("lane"), each running its tier's jobs FIFO.
 
@@ -208,7 +212,12 @@ class TransferWorker:
         kv_pool: np.ndarray,
         notify: Callable[[], None] = lambda: None,
         is_down: Callable[[Tier], bool] = lambda tier: False,
+        charge: TransferCharge | None = None,
     ) -> None:
+        """`charge(tier, stored_bytes, started, write)` is called on the lane after every
+        successful read from or write to a tier, with `time.perf_counter()` at the start;
+        it may sleep (the server paces lanes to the modelled link, see npu_sim.links)."""
+        self._charge = charge
         self._tiers = tiers
         self._layout = layout
         self._kv_pool = kv_pool
@@ -313,14 +322,20 @@ class TransferWorker:
             return result
         result.statuses = [LoadStatus.OK] * len(job.items)
         result.write_bytes[job.tier] = sum(len(v) for _, v in job.items)
+        self._charged(job.tier, result.write_bytes[job.tier], start, write=True)
         result.seconds[job.tier] = time.perf_counter() - start
         return result
+
+    def _charged(self, tier: Tier, num_bytes: int, started: float, *, write: bool) -> None:
+        if self._charge is not None and num_bytes:
+            self._charge(tier, num_bytes, started, write)
 
     def _demote_read(self, job: DemoteJob, handoff: _Handoff) -> JobResult:
         """DDR's half: read the blocks, hand them over, delete them (unless kept)."""
         result = JobResult(job)
         statuses = [LoadStatus.MISSING] * len(job.keys)
         payloads: list[tuple[BlockHash, bytes]] = []
+        start = time.perf_counter()
 
         def keep(i: int, buf: Buffer | None) -> None:
             if buf is not None:
@@ -333,8 +348,9 @@ class TransferWorker:
             result.fail(Tier.DDR, TierOp.DEMOTE, exc)
             handoff.give([], [LoadStatus.IO_ERROR] * len(job.keys))
             return result
-        handoff.give(payloads, statuses)
         result.read_bytes[Tier.DDR] = sum(len(v) for _, v in payloads)
+        self._charged(Tier.DDR, result.read_bytes[Tier.DDR], start, write=False)
+        handoff.give(payloads, statuses)
         if not job.keep_source:
             # Deleted even if flash's half fails: the manager already dropped them from
             # the DDR index, so a copy left in Redis would be untracked.
@@ -354,6 +370,7 @@ class TransferWorker:
         result.statuses = handoff.statuses
         if not handoff.payloads:
             return result
+        start = time.perf_counter()
         try:
             self._tiers[Tier.FLASH].put_many(handoff.payloads)
         except TierError as exc:
@@ -361,6 +378,7 @@ class TransferWorker:
             result.statuses = [LoadStatus.IO_ERROR] * len(job.keys)
             return result
         result.write_bytes[Tier.FLASH] = sum(len(v) for _, v in handoff.payloads)
+        self._charged(Tier.FLASH, result.write_bytes[Tier.FLASH], start, write=True)
         return result
 
     def _remove(self, job: RemoveJob) -> JobResult:
@@ -406,6 +424,7 @@ class TransferWorker:
                 for i in indices:
                     if guard.statuses[i] is not LoadStatus.OK:
                         guard.statuses[i] = LoadStatus.IO_ERROR
+        self._charged(tier, nbytes, start, write=False)  # the load ends on the modelled link
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
 

@@ -41,6 +41,8 @@ def build_app(settings: Settings) -> FastAPI:
             stack.core, settings.max_num_seqs + settings.max_waiting, metrics, wakeup
         )
         metrics.attach(lambda: (engine.engine_stats, engine.cache_stats))
+        if stack.transfer_clock is not None:
+            metrics.attach_transfer_clock(stack.transfer_clock.totals)
         engine.vllm_metrics = VllmMetrics(
             metrics.registry,
             model_name=(settings.served_model_name or [settings.model])[0],

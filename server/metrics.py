@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from cache.stats import LATENCY_BUCKETS, CacheStats, Tier, TierOp
+from npu_sim.links import TransferTotals
 from server.engine.core import EngineStats
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -69,6 +70,30 @@ class ServerMetrics:
     def attach(self, source: StatsSource) -> None:
         """Export the engine's and cache manager's counters, read from `source` per scrape."""
         self.registry.register(_StatsCollector(source))
+
+    def attach_transfer_clock(self, totals: Callable[[], dict[str, TransferTotals]]) -> None:
+        """Export the modelled vs real seconds of tier transfers (npu_sim.links)."""
+        self.registry.register(_TransferCollector(totals))
+
+
+class _TransferCollector(Collector):
+    def __init__(self, totals: Callable[[], dict[str, TransferTotals]]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._totals()
+        for name, doc, attr in (
+            ("tier_transfer_modelled_seconds", "Modelled time of transfers to and from each "
+             "tier (media + host link).", "modelled_seconds"),
+            ("tier_transfer_wall_seconds", "Real time of the same transfers on this host.",
+             "wall_seconds"),
+            ("tier_transfer_logical_bytes", "Logical KV bytes moved (the modelled model's).",
+             "logical_bytes"),
+        ):
+            family = CounterMetricFamily(f"tierkv:{name}", doc, labels=["tier"])
+            for tier in ("ddr", "flash"):
+                family.add_metric([tier], getattr(totals.get(tier, TransferTotals()), attr))
+            yield family
 
 
 class _StatsCollector(Collector):

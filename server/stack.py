@@ -7,6 +7,7 @@ app's lifespan runs `build_stack` in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,8 +62,7 @@ class EngineStack:
     tokenizer: Tokenizer
     supervisor: RedisSupervisor | None = None
     shutdown_drain_s: float = 0.0
-    # Modelled cost of tier transfers (npu_sim.links). Not charged yet: its `finish` is
-    # to be handed to the transfer threads once cache/transfer.py's rewrite lands.
+    # Modelled cost of tier transfers (npu_sim.links), charged by the transfer lanes.
     transfer_clock: TransferClock | None = None
     events: KVEventPublisher | None = None  # set when --kv-events-endpoint is
 
@@ -113,6 +113,12 @@ def stored_fraction(settings: Settings) -> float:
     return kv_layout(settings).block_bytes / logical_block_bytes(settings)
 
 
+def _charge_transfer(
+    clock: TransferClock, tier: Tier, stored_bytes: int, started: float, write: bool
+) -> None:
+    clock.finish(tier.value, stored_bytes, started, write=write)
+
+
 def transfer_clock(settings: Settings) -> TransferClock:
     """The modelled clock of HBM <-> DDR/flash transfers for these settings."""
     paths = TierPaths(
@@ -161,6 +167,9 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
     quarantined: str | None = None
     url: str | None = None
     faults = parse_tier_faults(settings.tier_faults)
+    # Every tier read and write is charged at the media + host link's modelled cost; with
+    # --pace real a transfer's lane waits it out (the real time stands if it is longer).
+    clock = transfer_clock(settings)
     with contextlib.ExitStack() as undo:
         events: KVEventPublisher | None = None
         if settings.kv_events_endpoint:
@@ -205,6 +214,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
             flash=flash,
             notify=wakeup,
             on_event=ignore_event if events is None else events.publish,
+            charge=functools.partial(_charge_transfer, clock),
         )
         undo.callback(cache.close)
         if quarantined is not None:
@@ -260,7 +270,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         tokenizer,
         supervisor=supervisor,
         shutdown_drain_s=settings.shutdown_drain_s,
-        transfer_clock=transfer_clock(settings),
+        transfer_clock=clock,
         events=events,
     )
 
