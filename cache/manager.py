@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cache.accounting import account_result, refresh_occupancy
 from cache.block_format import encode_block, encoded_size
 from cache.block_hash import BlockHash
 from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
@@ -54,7 +55,6 @@ from cache.transfer import (
     StoreJob,
     TransferCharge,
     TransferWorker,
-    job_op,
 )
 from cache.write_back import plan_write_back
 
@@ -555,39 +555,10 @@ class CacheManager:
                 logger.warning("%s tier restarted empty: dropped %d index entries", tier, len(lost))
 
     def _account(self, result: JobResult) -> None:
-        for tier, n in result.read_bytes.items():
-            self.stats.tiers[tier].read_bytes += n
-        for tier, n in result.write_bytes.items():
-            self.stats.tiers[tier].write_bytes += n
-        if isinstance(result.job, LoadJob):
-            for tier, seconds in result.seconds.items():
-                self.stats.tiers[tier].reload_latency.observe(seconds)
-        for tier, op in result.failures:
-            self.stats.tiers[tier].count_io_error(op)
-            self.health[tier].record_error(f"{op} failed")
-        if result.error:
-            if not result.failures:  # a bug in the job itself: blame the job's tier(s)
-                for tier in self._stores:
-                    self.stats.tiers[tier].count_io_error(job_op(result.job))
-            logger.warning("transfer %s failed: %s", type(result.job).__name__, result.error)
+        account_result(self.stats, self.health, self._stores, result)
 
     def _refresh_occupancy(self) -> None:
-        hbm = self.stats.tiers[Tier.HBM]
-        hbm.num_blocks = self.pool.num_used_blocks
-        hbm.active_blocks = self.pool.num_active_blocks
-        hbm.used_bytes = hbm.num_blocks * self.layout.block_bytes
-        hbm.capacity_bytes = self.pool.num_blocks * self.layout.block_bytes
-        for tier, index in self._index.items():
-            stats = self.stats.tiers[tier]
-            stats.num_blocks, stats.used_bytes = len(index), index.used_bytes
-            stats.capacity_bytes = index.capacity_bytes
-        for tier, health in self.health.items():
-            stats = self.stats.tiers[tier]
-            if tier in self._stores:
-                stats.health, stats.health_detail = health.state()
-                stats.faults_injected = dict(self._stores[tier].fault_counts())
-            else:
-                stats.health, stats.health_detail = "disabled", ""
+        refresh_occupancy(self.stats, self.pool, self._index, self.health, self._stores)
 
     def _index_changed(self, tier: Tier, block_hash: BlockHash, added: bool) -> None:
         event = BlocksStored if added else BlocksRemoved

@@ -1,0 +1,69 @@
+"""The cache manager's bookkeeping: transfer results into counters, occupancy into gauges.
+
+Plain functions over the manager's records, called on the engine thread (the counters'
+only writer); split out of `cache.manager` so that module keeps to placement.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from cache.hbm_pool import HbmBlockPool
+from cache.health import TierHealth
+from cache.stats import CacheStats, Tier
+from cache.tier_index import TierIndex
+from cache.tiers.base import StorageTier
+from cache.transfer import JobResult, LoadJob, job_op
+
+logger = logging.getLogger(__name__)
+
+
+def account_result(
+    stats: CacheStats,
+    health: Mapping[Tier, TierHealth],
+    stores: Mapping[Tier, StorageTier],
+    result: JobResult,
+) -> None:
+    """Add a finished transfer's bytes, latency and failures to `stats` and `health`."""
+    for tier, n in result.read_bytes.items():
+        stats.tiers[tier].read_bytes += n
+    for tier, n in result.write_bytes.items():
+        stats.tiers[tier].write_bytes += n
+    if isinstance(result.job, LoadJob):
+        for tier, seconds in result.seconds.items():
+            stats.tiers[tier].reload_latency.observe(seconds)
+    for tier, op in result.failures:
+        stats.tiers[tier].count_io_error(op)
+        health[tier].record_error(f"{op} failed")
+    if result.error:
+        if not result.failures:  # a bug in the job itself: blame the job's tier(s)
+            for tier in stores:
+                stats.tiers[tier].count_io_error(job_op(result.job))
+        logger.warning("transfer %s failed: %s", type(result.job).__name__, result.error)
+
+
+def refresh_occupancy(
+    stats: CacheStats,
+    pool: HbmBlockPool,
+    indexes: Mapping[Tier, TierIndex],
+    health: Mapping[Tier, TierHealth],
+    stores: Mapping[Tier, StorageTier],
+) -> None:
+    """Bring the occupancy gauges and per-tier health in `stats` up to date."""
+    hbm = stats.tiers[Tier.HBM]
+    hbm.num_blocks = pool.num_used_blocks
+    hbm.active_blocks = pool.num_active_blocks
+    hbm.used_bytes = hbm.num_blocks * pool.layout.block_bytes
+    hbm.capacity_bytes = pool.num_blocks * pool.layout.block_bytes
+    for tier, index in indexes.items():
+        tier_stats = stats.tiers[tier]
+        tier_stats.num_blocks, tier_stats.used_bytes = len(index), index.used_bytes
+        tier_stats.capacity_bytes = index.capacity_bytes
+    for tier, tier_health in health.items():
+        tier_stats = stats.tiers[tier]
+        if tier in stores:
+            tier_stats.health, tier_stats.health_detail = tier_health.state()
+            tier_stats.faults_injected = dict(stores[tier].fault_counts())
+        else:
+            tier_stats.health, tier_stats.health_detail = "disabled", ""
