@@ -45,20 +45,22 @@ _FIXED = struct.Struct("<4sHBBQQ")  # magic, version, dtype code, ndim, length, 
 _MAX_NDIM = 255
 _MAX_DIM = 0xFFFFFFFF
 
-DTYPE_CODES: Mapping[str, int] = MappingProxyType({
-    "float16": 1,
-    "float32": 2,
-    # numpy has no bfloat16: bf16 KV is held as its raw bit pattern in uint16 arrays and
-    # stored under code 3.  A real bfloat16 dtype (ml_dtypes) also maps here by name.
-    "uint16": 3,
-    "bfloat16": 3,
-    "uint8": 4,
-    "int8": 5,
-    "float64": 6,
-    "int32": 7,
-    "uint32": 8,
-    "int64": 9,
-})
+DTYPE_CODES: Mapping[str, int] = MappingProxyType(
+    {
+        "float16": 1,
+        "float32": 2,
+        # numpy has no bfloat16: bf16 KV is held as its raw bit pattern in uint16 arrays and
+        # stored under code 3.  A real bfloat16 dtype (ml_dtypes) also maps here by name.
+        "uint16": 3,
+        "bfloat16": 3,
+        "uint8": 4,
+        "int8": 5,
+        "float64": 6,
+        "int32": 7,
+        "uint32": 8,
+        "int64": 9,
+    }
+)
 """Stable on-disk codes, keyed by numpy dtype name.  Never renumber an existing code."""
 
 
@@ -91,9 +93,7 @@ def _checksum(key: bytes, payload: memoryview | bytes) -> int:
     return hasher.intdigest()
 
 
-def _pack_header(
-    shape: tuple[int, ...], code: int, payload: memoryview, key: bytes = b""
-) -> bytes:
+def _pack_header(shape: tuple[int, ...], code: int, payload: memoryview, key: bytes = b"") -> bytes:
     if len(shape) > _MAX_NDIM or any(d > _MAX_DIM for d in shape):
         raise ValueError(f"block shape {shape} does not fit the header")
     fixed = _FIXED.pack(
@@ -139,8 +139,11 @@ def _expected(shape: tuple[int, ...], dtype_str: str) -> _Expected:
     header = _pack_header(shape, _dtype_code(dt), memoryview(bytes(length)))
     checksum_at = _FIXED.size - 8
     return _Expected(
-        head=header[:checksum_at], tail=header[_FIXED.size :], header_size=len(header),
-        total_size=len(header) + length, dtype=dt.newbyteorder("<"),
+        head=header[:checksum_at],
+        tail=header[_FIXED.size :],
+        header_size=len(header),
+        total_size=len(header) + length,
+        dtype=dt.newbyteorder("<"),
     )
 
 

@@ -68,8 +68,9 @@ async def first_model_id(client: httpx.AsyncClient, base_url: str) -> str:
         raise ServerUnreachableError(f"GET {url}: no model listed ({resp.text[:200]!r})") from exc
 
 
-def request_body(opts: ClientOptions, api: Api, prompt_or_messages: str | list[dict[str, str]],
-                 max_tokens: int) -> dict[str, Any]:
+def request_body(
+    opts: ClientOptions, api: Api, prompt_or_messages: str | list[dict[str, str]], max_tokens: int
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": opts.model,
         "max_tokens": max_tokens,
@@ -120,13 +121,14 @@ async def stream_request(
     return record
 
 
-async def _consume_stream(resp: httpx.Response, record: RequestRecord, pieces: list[str],
-                          t0: float) -> None:
+async def _consume_stream(
+    resp: httpx.Response, record: RequestRecord, pieces: list[str], t0: float
+) -> None:
     finished = False
     async for line in resp.aiter_lines():
         if not line.startswith("data:"):
             continue
-        data = line[len("data:"):].strip()
+        data = line[len("data:") :].strip()
         if data == "[DONE]":
             finished = True
             break

@@ -147,8 +147,9 @@ def errors_by_status(records: Iterable[RequestRecord]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def build_timeline(records: Sequence[RequestRecord], duration_s: float,
-                   bucket_s: float | None = None) -> Timeline:
+def build_timeline(
+    records: Sequence[RequestRecord], duration_s: float, bucket_s: float | None = None
+) -> Timeline:
     """Output tokens/s (by chunk time), completed requests/s (by end time) and mean
     TTFT (by send time) per bucket. The default bucket gives about 60 buckets."""
     if bucket_s is None:

@@ -69,24 +69,27 @@ def multiturn(
     Turns are interleaved across users (turn 0 of every user, then turn 1, ...), so
     other users' requests come between two turns of one conversation.
     """
-    _check_positive(num_users=num_users, num_turns=num_turns, user_len=user_len,
-                    max_tokens=max_tokens)
+    _check_positive(
+        num_users=num_users, num_turns=num_turns, user_len=user_len, max_tokens=max_tokens
+    )
     system = synth_text(f"{seed}:system", system_len)
     requests: list[RequestSpec] = []
     last_of_user: dict[int, int] = {}
     for turn in range(num_turns):
         for user in range(num_users):
             index = len(requests)
-            requests.append(RequestSpec(
-                index=index,
-                api=Api.CHAT,
-                prompt=synth_text(f"{seed}:user:{user}:{turn}", user_len),
-                max_tokens=max_tokens,
-                input_tokens=system_len + (turn + 1) * user_len + turn * max_tokens,
-                session=user,
-                system=system,
-                previous=last_of_user.get(user),
-            ))
+            requests.append(
+                RequestSpec(
+                    index=index,
+                    api=Api.CHAT,
+                    prompt=synth_text(f"{seed}:user:{user}:{turn}", user_len),
+                    max_tokens=max_tokens,
+                    input_tokens=system_len + (turn + 1) * user_len + turn * max_tokens,
+                    session=user,
+                    system=system,
+                    previous=last_of_user.get(user),
+                )
+            )
             last_of_user[user] = index
     return _cap(requests, num_requests)
 
@@ -102,8 +105,13 @@ def shared_prefix(
 ) -> list[RequestSpec]:
     """Long-document QA: each prompt is one of ``num_docs`` documents followed by one of
     its questions; the order is shuffled by the seed."""
-    _check_positive(num_docs=num_docs, questions_per_doc=questions_per_doc, doc_len=doc_len,
-                    question_len=question_len, max_tokens=max_tokens)
+    _check_positive(
+        num_docs=num_docs,
+        questions_per_doc=questions_per_doc,
+        doc_len=doc_len,
+        question_len=question_len,
+        max_tokens=max_tokens,
+    )
     pairs = [(d, q) for d in range(num_docs) for q in range(questions_per_doc)]
     random.Random(seed).shuffle(pairs)
     docs = [synth_text(f"{seed}:doc:{d}", doc_len) for d in range(num_docs)]
@@ -121,8 +129,9 @@ def shared_prefix(
     return _cap(requests, num_requests)
 
 
-def random_prompts(num_requests: int, input_len: int, max_tokens: int, seed: int
-                   ) -> list[RequestSpec]:
+def random_prompts(
+    num_requests: int, input_len: int, max_tokens: int, seed: int
+) -> list[RequestSpec]:
     """Independent prompts with no shared prefix: the no-reuse baseline."""
     _check_positive(num_requests=num_requests, input_len=input_len, max_tokens=max_tokens)
     return [
@@ -157,13 +166,15 @@ def trace_replay(
         output = scale.output_tokens(record)
         if max_tokens is not None:
             output = min(output, max_tokens)
-        requests.append(RequestSpec(
-            index=i,
-            api=Api.COMPLETIONS,
-            prompt=synth.prompt(record.hash_ids, num_tokens, filler_key=str(i)),
-            max_tokens=output,
-            input_tokens=num_tokens,
-            session=i,
-            arrival_s=max(0.0, (record.timestamp_ms - t0) / 1000.0 * scale.time),
-        ))
+        requests.append(
+            RequestSpec(
+                index=i,
+                api=Api.COMPLETIONS,
+                prompt=synth.prompt(record.hash_ids, num_tokens, filler_key=str(i)),
+                max_tokens=output,
+                input_tokens=num_tokens,
+                session=i,
+                arrival_s=max(0.0, (record.timestamp_ms - t0) / 1000.0 * scale.time),
+            )
+        )
     return requests

@@ -36,10 +36,29 @@ def free_port() -> int:
 def start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[bytes], httpx.Client]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port), "--pace", "none",
-         "--data-dir", str(data_dir), "--hbm-gb", "0.05", "--ddr-gb", "0.05",
-         "--flash-gb", "0.1", "--log-level", "warning", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--port",
+            str(port),
+            "--pace",
+            "none",
+            "--data-dir",
+            str(data_dir),
+            "--hbm-gb",
+            "0.05",
+            "--ddr-gb",
+            "0.05",
+            "--flash-gb",
+            "0.1",
+            "--log-level",
+            "warning",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     while True:
@@ -121,8 +140,11 @@ def redis_recovery_and_warm_restart() -> dict[str, float]:
                 restarted = redis_pid(data_dir) != old_pid
             except (redis.RedisError, OSError):
                 restarted = False
-            if restarted and metric(client, "tierkv:tier_up", tier="ddr") == 1 and \
-                    metric(client, "tierkv:tier_blocks", tier="ddr") == 0:
+            if (
+                restarted
+                and metric(client, "tierkv:tier_up", tier="ddr") == 1
+                and metric(client, "tierkv:tier_blocks", tier="ddr") == 0
+            ):
                 break
             time.sleep(0.02)
         figures["ddr_up_after_kill_s"] = time.monotonic() - t0
@@ -149,8 +171,10 @@ def redis_recovery_and_warm_restart() -> dict[str, float]:
 def main() -> None:
     for timeout_ms in (300, 0):
         figures = stalled_reloads(timeout_ms, repeats=3 if timeout_ms else 1)
-        print(f"reload-timeout-ms {timeout_ms}: " + ", ".join(
-            f"{k} {v * 1000:.0f} ms" for k, v in figures.items()))
+        print(
+            f"reload-timeout-ms {timeout_ms}: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in figures.items())
+        )
     print(redis_recovery_and_warm_restart())
 
 

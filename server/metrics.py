@@ -23,12 +23,66 @@ from cache.stats import LATENCY_BUCKETS, CacheStats, Tier, TierOp
 from npu_sim.links import TransferTotals
 from server.engine.core import EngineStats
 
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
-               0.5, 0.75, 1.0, 2.5, 5.0)
-E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
-               40.0, 50.0, 60.0, 120.0, 240.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
+E2E_BUCKETS = (
+    0.01,
+    0.05,
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+)
 
 StatsSource = Callable[[], tuple[EngineStats, CacheStats]]
 
@@ -39,32 +93,42 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.time_to_first_token = Histogram(
-            "tierkv:time_to_first_token_seconds", "Time to first token.",
-            buckets=TTFT_BUCKETS, registry=self.registry,
+            "tierkv:time_to_first_token_seconds",
+            "Time to first token.",
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
         )
         self.inter_token_latency = Histogram(
-            "tierkv:inter_token_latency_seconds", "Time between consecutive output tokens.",
-            buckets=ITL_BUCKETS, registry=self.registry,
+            "tierkv:inter_token_latency_seconds",
+            "Time between consecutive output tokens.",
+            buckets=ITL_BUCKETS,
+            registry=self.registry,
         )
         self.e2e_latency = Histogram(
             "tierkv:e2e_request_latency_seconds",
             "End-to-end latency of every finished request (aborts included).",
-            buckets=E2E_BUCKETS, registry=self.registry,
+            buckets=E2E_BUCKETS,
+            registry=self.registry,
         )
         self.request_success = Counter(
             "tierkv:request_success",
             "Finished requests by finish reason (stop, length, abort), each counted once.",
-            ["finished_reason"], registry=self.registry,
+            ["finished_reason"],
+            registry=self.registry,
         )
         # Refused before reaching the engine: queue_full, engine_dead, body_too_large,
         # unauthorized. vLLM has no such counter; the name is ours.
         self.request_rejected = Counter(
-            "tierkv:request_rejected", "Requests refused, by reason.",
-            ["reason"], registry=self.registry,
+            "tierkv:request_rejected",
+            "Requests refused, by reason.",
+            ["reason"],
+            registry=self.registry,
         )
         self.injected_failures = Counter(
-            "tierkv:injected_failures", "Errors injected by --failure-injection-rate, by type.",
-            ["type"], registry=self.registry,
+            "tierkv:injected_failures",
+            "Errors injected by --failure-injection-rate, by type.",
+            ["type"],
+            registry=self.registry,
         )
 
     def attach(self, source: StatsSource) -> None:
@@ -83,12 +147,21 @@ class _TransferCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         totals = self._totals()
         for name, doc, attr in (
-            ("tier_transfer_modelled_seconds", "Modelled time of transfers to and from each "
-             "tier (media + host link).", "modelled_seconds"),
-            ("tier_transfer_wall_seconds", "Real time of the same transfers on this host.",
-             "wall_seconds"),
-            ("tier_transfer_logical_bytes", "Logical KV bytes moved (the modelled model's).",
-             "logical_bytes"),
+            (
+                "tier_transfer_modelled_seconds",
+                "Modelled time of transfers to and from each tier (media + host link).",
+                "modelled_seconds",
+            ),
+            (
+                "tier_transfer_wall_seconds",
+                "Real time of the same transfers on this host.",
+                "wall_seconds",
+            ),
+            (
+                "tier_transfer_logical_bytes",
+                "Logical KV bytes moved (the modelled model's).",
+                "logical_bytes",
+            ),
         ):
             family = CounterMetricFamily(f"tierkv:{name}", doc, labels=["tier"])
             for tier in ("ddr", "flash"):
@@ -111,40 +184,70 @@ class _StatsCollector(Collector):
 
         yield gauge("num_requests_running", "Requests in the running batch.", engine.num_running)
         yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", engine.num_waiting)
-        yield gauge("num_requests_loading_kv", "Requests waiting for KV reloads.",
-                    engine.num_loading)
-        yield counter("num_preemptions", "Requests preempted for lack of HBM.",
-                      engine.num_preemptions)
-        yield counter("prompt_tokens", "Prompt tokens computed (prefill, not cached).",
-                      engine.num_prompt_tokens_computed)
+        yield gauge(
+            "num_requests_loading_kv", "Requests waiting for KV reloads.", engine.num_loading
+        )
+        yield counter(
+            "num_preemptions", "Requests preempted for lack of HBM.", engine.num_preemptions
+        )
+        yield counter(
+            "prompt_tokens",
+            "Prompt tokens computed (prefill, not cached).",
+            engine.num_prompt_tokens_computed,
+        )
         yield counter("generation_tokens", "Generated tokens.", engine.num_generated_tokens)
-        yield counter("npu_modelled_busy_seconds", "Modelled device time of all steps.",
-                      engine.modelled_busy_seconds)
-        yield counter("npu_wall_busy_seconds", "Wall time of all steps on this host.",
-                      engine.wall_busy_seconds)
+        yield counter(
+            "npu_modelled_busy_seconds",
+            "Modelled device time of all steps.",
+            engine.modelled_busy_seconds,
+        )
+        yield counter(
+            "npu_wall_busy_seconds",
+            "Wall time of all steps on this host.",
+            engine.wall_busy_seconds,
+        )
         yield counter("engine_steps", "Engine steps run.", engine.num_steps)
-        yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-                      cache.query_tokens)
+        yield counter(
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            cache.query_tokens,
+        )
 
         per_tier: dict[str, tuple[str, Callable[[Tier], float]]] = {
-            "prefix_cache_hits": ("Prompt tokens served from each tier.",
-                                  lambda t: cache.hit_tokens[t]),
+            "prefix_cache_hits": (
+                "Prompt tokens served from each tier.",
+                lambda t: cache.hit_tokens[t],
+            ),
             "tier_hit_blocks": ("Blocks found in each tier.", lambda t: cache.tiers[t].hit_blocks),
-            "tier_miss_blocks": ("Lookups that missed in each tier.",
-                                 lambda t: cache.tiers[t].miss_blocks),
+            "tier_miss_blocks": (
+                "Lookups that missed in each tier.",
+                lambda t: cache.tiers[t].miss_blocks,
+            ),
             "tier_read_bytes": ("Bytes read from each tier.", lambda t: cache.tiers[t].read_bytes),
-            "tier_write_bytes": ("Bytes written to each tier.",
-                                 lambda t: cache.tiers[t].write_bytes),
-            "tier_evictions": ("Blocks evicted from each tier.",
-                               lambda t: cache.tiers[t].evictions),
-            "tier_checksum_failures": ("Blocks that failed their checksum on reload.",
-                                       lambda t: cache.tiers[t].checksum_failures),
-            "tier_index_repairs": ("Index entries dropped because the tier had lost the block.",
-                                   lambda t: cache.tiers[t].index_repairs),
-            "tier_reload_timeouts": ("Reloads abandoned at --reload-timeout-ms (recomputed).",
-                                     lambda t: cache.tiers[t].reload_timeouts),
-            "tier_wrong_size_blocks": ("Wrong-sized entries found and deleted at start-up.",
-                                       lambda t: cache.tiers[t].wrong_size_blocks),
+            "tier_write_bytes": (
+                "Bytes written to each tier.",
+                lambda t: cache.tiers[t].write_bytes,
+            ),
+            "tier_evictions": (
+                "Blocks evicted from each tier.",
+                lambda t: cache.tiers[t].evictions,
+            ),
+            "tier_checksum_failures": (
+                "Blocks that failed their checksum on reload.",
+                lambda t: cache.tiers[t].checksum_failures,
+            ),
+            "tier_index_repairs": (
+                "Index entries dropped because the tier had lost the block.",
+                lambda t: cache.tiers[t].index_repairs,
+            ),
+            "tier_reload_timeouts": (
+                "Reloads abandoned at --reload-timeout-ms (recomputed).",
+                lambda t: cache.tiers[t].reload_timeouts,
+            ),
+            "tier_wrong_size_blocks": (
+                "Wrong-sized entries found and deleted at start-up.",
+                lambda t: cache.tiers[t].wrong_size_blocks,
+            ),
         }
         for name, (doc, value) in per_tier.items():
             family = CounterMetricFamily(f"tierkv:{name}", doc, labels=["tier"])
@@ -152,11 +255,13 @@ class _StatsCollector(Collector):
                 family.add_metric([tier.value], value(tier))
             yield family
         io_errors = CounterMetricFamily(
-            "tierkv:tier_io_errors", "Failed tier operations, by tier and operation.",
+            "tierkv:tier_io_errors",
+            "Failed tier operations, by tier and operation.",
             labels=["tier", "op"],
         )
         faults = CounterMetricFamily(
-            "tierkv:tier_faults_injected", "Faults injected by --tier-faults, by kind.",
+            "tierkv:tier_faults_injected",
+            "Faults injected by --tier-faults, by kind.",
             labels=["tier", "kind"],
         )
         up = GaugeMetricFamily(
@@ -183,14 +288,14 @@ class _StatsCollector(Collector):
                 g.add_metric([tier.value], getattr(cache.tiers[tier], attr))
             yield g
         hist = HistogramMetricFamily(
-            "tierkv:tier_reload_latency_seconds", "Latency of one reload batch per tier.",
+            "tierkv:tier_reload_latency_seconds",
+            "Latency of one reload batch per tier.",
             labels=["tier"],
         )
         for tier in (Tier.DDR, Tier.FLASH):
             h = cache.tiers[tier].reload_latency
             cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), h.bucket_counts,
-                                    strict=True):
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), h.bucket_counts, strict=True):
                 cumulative += count
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
             hist.add_metric([tier.value], buckets, h.total_seconds)

@@ -63,8 +63,10 @@ async def completions(body: CompletionRequest, raw: Request, serving: Serving) -
 @router.get("/v1/models")
 async def models(raw: Request, serving: Serving) -> dict[str, Any]:
     created = int(raw.app.state.started_at)
-    return {"object": "list", "data": [_model_card(serving, n, created)
-                                       for n in serving.served_model_names]}
+    return {
+        "object": "list",
+        "data": [_model_card(serving, n, created) for n in serving.served_model_names],
+    }
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -74,9 +76,15 @@ async def model(model_id: str, raw: Request, serving: Serving) -> dict[str, Any]
 
 
 def _model_card(serving: OpenAIServing, name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "tierkv",
-            "root": serving.served_model_names[0], "parent": None,
-            "max_model_len": serving.max_model_len}
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "tierkv",
+        "root": serving.served_model_names[0],
+        "parent": None,
+        "max_model_len": serving.max_model_len,
+    }
 
 
 @router.post("/tokenize")
@@ -111,8 +119,7 @@ async def health(engine: Engine) -> JSONResponse:
     if not engine.is_healthy:
         return JSONResponse({"status": "dead", "detail": "engine stopped"}, status_code=503)
     tiers = tier_health(engine.cache_stats)
-    return JSONResponse({"status": overall_status(tiers), "tiers": tiers,
-                         **engine_summary(engine)})
+    return JSONResponse({"status": overall_status(tiers), "tiers": tiers, **engine_summary(engine)})
 
 
 # Tier states that still mean "working as configured".
@@ -123,14 +130,16 @@ def tier_health(stats: CacheStats) -> dict[str, dict[str, str]]:
     """Per-tier state from the cache's `TierStats.health` / `health_detail`, read with
     defaults so that a cache layer without them reports every tier "ok"."""
     return {
-        tier.value: {"health": getattr(s, "health", "ok"),
-                     "detail": getattr(s, "health_detail", "")}
+        tier.value: {
+            "health": getattr(s, "health", "ok"),
+            "detail": getattr(s, "health_detail", ""),
+        }
         for tier, s in stats.tiers.items()
     }
 
 
 def overall_status(tiers: dict[str, dict[str, str]]) -> str:
-    """"ok" when every tier is ok or disabled, else "degraded"."""
+    """ "ok" when every tier is ok or disabled, else "degraded"."""
     healthy = all(t["health"] in HEALTHY_TIER_STATES for t in tiers.values())
     return "ok" if healthy else "degraded"
 
@@ -150,12 +159,17 @@ async def cache_stats(engine: Engine, serving: Serving, request: Request) -> dic
         "hit_tokens": {t.value: n for t, n in stats.hit_tokens.items()},
         "tiers": {
             t.value: {
-                "blocks": s.num_blocks, "active_blocks": s.active_blocks,
+                "blocks": s.num_blocks,
+                "active_blocks": s.active_blocks,
                 "used_bytes": s.used_bytes,
-                "capacity_bytes": s.capacity_bytes, "hit_blocks": s.hit_blocks,
-                "miss_blocks": s.miss_blocks, "read_bytes": s.read_bytes,
-                "write_bytes": s.write_bytes, "evictions": s.evictions,
-                "checksum_failures": s.checksum_failures, "io_errors": s.io_errors,
+                "capacity_bytes": s.capacity_bytes,
+                "hit_blocks": s.hit_blocks,
+                "miss_blocks": s.miss_blocks,
+                "read_bytes": s.read_bytes,
+                "write_bytes": s.write_bytes,
+                "evictions": s.evictions,
+                "checksum_failures": s.checksum_failures,
+                "io_errors": s.io_errors,
             }
             for t, s in stats.tiers.items()
         },
@@ -181,5 +195,8 @@ async def cache_offload(body: OffloadRequest, engine: Engine) -> dict[str, Any]:
         moved = await engine.call(lambda core: core.cache.offload(tier))
     except ValueError as exc:
         raise APIError(400, str(exc), param="tier") from exc
-    return {"tier": tier.value, "moved_blocks": moved,
-            "seconds": round(time.perf_counter() - start, 6)}
+    return {
+        "tier": tier.value,
+        "moved_blocks": moved,
+        "seconds": round(time.perf_counter() - start, 6),
+    }

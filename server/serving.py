@@ -81,7 +81,8 @@ class OpenAIServing:
             for j, part in enumerate(m.content if isinstance(m.content, list) else []):
                 if part.type != "text" or part.text is None:
                     raise APIError(
-                        400, f"Content part type {part.type!r} (messages.{i}.content.{j}) is "
+                        400,
+                        f"Content part type {part.type!r} (messages.{i}.content.{j}) is "
                         "not supported: this server accepts text parts only.",
                         param=f"messages.{i}.content.{j}.type",
                     )
@@ -115,8 +116,11 @@ class OpenAIServing:
         if model is not None and model not in self.served_model_names:
             names = ", ".join(f"`{n}`" for n in self.served_model_names)
             raise APIError(
-                404, f"The model `{model}` does not exist. This server serves {names}.",
-                type="not_found_error", param="model", code="model_not_found",
+                404,
+                f"The model `{model}` does not exist. This server serves {names}.",
+                type="not_found_error",
+                param="model",
+                code="model_not_found",
             )
 
     def _check_common(self, body: _Sampling) -> None:
@@ -132,8 +136,11 @@ class OpenAIServing:
     ) -> list[int]:
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
             if len(prompt) != 1:
-                raise APIError(400, "Send one prompt per request (batched prompts are not "
-                                    "supported).", param="prompt")
+                raise APIError(
+                    400,
+                    "Send one prompt per request (batched prompts are not supported).",
+                    param="prompt",
+                )
             prompt = prompt[0]
         tok = self.tokenizer
         if isinstance(prompt, str):
@@ -146,8 +153,11 @@ class OpenAIServing:
             too_long = len(ids) >= self.max_model_len
             bad = [] if too_long else [t for t in ids if not 0 <= t < tok.vocab_size]
             if bad:
-                raise APIError(400, f"Token id {bad[0]} is outside the vocabulary "
-                                    f"[0, {tok.vocab_size}).", param="prompt")
+                raise APIError(
+                    400,
+                    f"Token id {bad[0]} is outside the vocabulary [0, {tok.vocab_size}).",
+                    param="prompt",
+                )
         if not ids:
             raise APIError(400, "The prompt is empty.", param="prompt")
         return ids
@@ -258,17 +268,23 @@ class OpenAIServing:
             }
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": result.text, "logprobs": None,
-                      "finish_reason": result.finish_reason}
+            choice = {
+                "index": 0,
+                "text": result.text,
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
             obj = "text_completion"
-        return JSONResponse({
-            "id": response_id,
-            "object": obj,
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [choice],
-            "usage": _usage(result),
-        })
+        return JSONResponse(
+            {
+                "id": response_id,
+                "object": obj,
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [choice],
+                "usage": _usage(result),
+            }
+        )
 
     def _stream(
         self, request: EngineRequest, response_id: str, body: _Sampling, chat: bool
@@ -282,9 +298,13 @@ class OpenAIServing:
         result = _Result(num_prompt_tokens=len(request.prompt_token_ids))
 
         def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-            payload: dict[str, Any] = {"id": response_id, "object": obj,
-                                       "created": created, "model": self.model_name,
-                                       "choices": choices}
+            payload: dict[str, Any] = {
+                "id": response_id,
+                "object": obj,
+                "created": created,
+                "model": self.model_name,
+                "choices": choices,
+            }
             if continuous and choices:
                 payload["usage"] = _usage(result)
             elif include_usage or continuous:
@@ -316,8 +336,9 @@ class OpenAIServing:
                 yield event([], _usage(result))
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
 
 def _usage(result: _Result) -> dict[str, Any]:
@@ -331,11 +352,17 @@ def _usage(result: _Result) -> dict[str, Any]:
 
 def _unavailable(exc: Exception) -> APIError:
     if isinstance(exc, QueueFullError):
-        return APIError(503, f"Server is busy ({exc}); retry later.", type="server_busy",
-                        code="queue_full", headers={"Retry-After": "1"})
+        return APIError(
+            503,
+            f"Server is busy ({exc}); retry later.",
+            type="server_busy",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        )
     return APIError(503, str(exc), type="server_error", code="engine_dead")
 
 
 def _error_payload(exc: APIError) -> dict[str, Any]:
-    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param,
-                      "code": exc.code}}
+    return {
+        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    }

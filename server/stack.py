@@ -313,7 +313,8 @@ def warn_unless_noeviction(url: str) -> None:
             logger.warning(
                 "external Redis %s has maxmemory-policy %s, not noeviction: it may evict "
                 "blocks the index still lists (counted in tierkv:tier_index_repairs_total)",
-                url, policy,
+                url,
+                policy,
             )
     except (redis.RedisError, OSError) as exc:
         logger.warning("could not read maxmemory-policy of %s: %s", url, exc)

@@ -51,6 +51,16 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_is_clean():
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (it comes with the dev extra)")
+    result = subprocess.run(
+        [ruff, "format", "--check", *PACKAGES, "tests"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_is_clean():
     mypy = shutil.which("mypy")
     if mypy is None:

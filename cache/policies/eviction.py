@@ -197,11 +197,13 @@ class LfuPolicy(EvictionPolicy[K]):
             yield from self._buckets[freq]
 
 
-EVICTION_POLICIES: Mapping[str, type[EvictionPolicy[Any]]] = MappingProxyType({
-    "lru": LruPolicy,
-    "fifo": FifoPolicy,
-    "lfu": LfuPolicy,
-})
+EVICTION_POLICIES: Mapping[str, type[EvictionPolicy[Any]]] = MappingProxyType(
+    {
+        "lru": LruPolicy,
+        "fifo": FifoPolicy,
+        "lfu": LfuPolicy,
+    }
+)
 """Registered online policies by name (lower case)."""
 
 

@@ -36,14 +36,23 @@ def parse_floats(text: str) -> list[float]:
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--out", type=Path, default=Path(default_out),
-                        help=f"JSON result file (default: {default_out})")
-    parser.add_argument("--work-dir", type=Path,
-                        help="where server data dirs and logs go (default: a temp dir)")
-    parser.add_argument("--server-args", default="",
-                        help="extra flags for every `python -m server serve`, one string")
-    parser.add_argument("--startup-timeout", type=float, default=180.0,
-                        help="seconds to wait for GET /health")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(default_out),
+        help=f"JSON result file (default: {default_out})",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="where server data dirs and logs go (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="extra flags for every `python -m server serve`, one string",
+    )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=180.0, help="seconds to wait for GET /health"
+    )
 
 
 def server_flags(args: argparse.Namespace) -> list[str]:

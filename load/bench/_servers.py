@@ -36,9 +36,15 @@ class ManagedServer:
     leaving sends SIGTERM to the group, then SIGKILL after ``stop_timeout_s``.
     """
 
-    def __init__(self, argv: list[str], port: int, log_path: Path,
-                 startup_timeout_s: float = 180.0, stop_timeout_s: float = 20.0,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        log_path: Path,
+        startup_timeout_s: float = 180.0,
+        stop_timeout_s: float = 20.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = argv
         self.port = port
         self.log_path = log_path
@@ -55,8 +61,13 @@ class ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=self.env)
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
+            )
         try:
             self._wait_healthy()
         except BaseException:
@@ -72,7 +83,8 @@ class ManagedServer:
             while True:
                 if self._proc.poll() is not None:
                     raise ServerStartError(
-                        f"{self.argv[:4]} exited with {self._proc.returncode}\n{self.log_tail()}")
+                        f"{self.argv[:4]} exited with {self._proc.returncode}\n{self.log_tail()}"
+                    )
                 try:
                     if client.get(url).status_code == 200:
                         return
@@ -80,8 +92,8 @@ class ManagedServer:
                     pass
                 if time.monotonic() > deadline:
                     raise ServerStartError(
-                        f"{url} not healthy after {self.startup_timeout_s:.0f}s\n"
-                        f"{self.log_tail()}")
+                        f"{url} not healthy after {self.startup_timeout_s:.0f}s\n{self.log_tail()}"
+                    )
                 time.sleep(0.1)  # poll interval, not a wait for readiness
 
     def stop(self) -> None:
@@ -110,24 +122,54 @@ class ManagedServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
-def tierkv_server(data_dir: Path, *flags: str, port: int | None = None,
-                  log_path: Path | None = None, startup_timeout_s: float = 180.0
-                  ) -> ManagedServer:
+def tierkv_server(
+    data_dir: Path,
+    *flags: str,
+    port: int | None = None,
+    log_path: Path | None = None,
+    startup_timeout_s: float = 180.0,
+) -> ManagedServer:
     """``python -m server serve`` on 127.0.0.1 with ``--data-dir`` and extra ``flags``."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--data-dir", str(data_dir), *flags]
+    argv = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        *flags,
+    ]
     return ManagedServer(argv, port, log_path or data_dir / "server.log", startup_timeout_s)
 
 
 def bare_sse_server(log_path: Path, port: int | None = None) -> ManagedServer:
     """The bare FastAPI SSE app of ``load.bench.bare_sse`` under uvicorn."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "load.bench.bare_sse:build_app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "load.bench.bare_sse:build_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     return ManagedServer(argv, port, log_path, startup_timeout_s=60.0)

@@ -29,8 +29,13 @@ def _chunks(kind: str, body: dict[str, Any]) -> AsyncIterator[str]:
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
     def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        payload: dict[str, Any] = {"id": "bare", "object": obj, "created": created,
-                                   "model": MODEL_ID, "choices": choices}
+        payload: dict[str, Any] = {
+            "id": "bare",
+            "object": obj,
+            "created": created,
+            "model": MODEL_ID,
+            "choices": choices,
+        }
         if usage is not None:
             payload["usage"] = usage
         return f"data: {json.dumps(payload)}\n\n"
@@ -43,9 +48,15 @@ def _chunks(kind: str, body: dict[str, Any]) -> AsyncIterator[str]:
             else:
                 choice = {"index": 0, "text": "a", "finish_reason": finish}
             yield event([choice])
-        yield event([], {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens,
-                         "total_tokens": prompt_tokens + max_tokens,
-                         "prompt_tokens_details": {"cached_tokens": 0}})
+        yield event(
+            [],
+            {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": max_tokens,
+                "total_tokens": prompt_tokens + max_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+        )
         yield "data: [DONE]\n\n"
 
     return gen()
@@ -64,12 +75,14 @@ def build_app() -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> StreamingResponse:
-        return StreamingResponse(_chunks("completions", await request.json()),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _chunks("completions", await request.json()), media_type="text/event-stream"
+        )
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> StreamingResponse:
-        return StreamingResponse(_chunks("chat", await request.json()),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _chunks("chat", await request.json()), media_type="text/event-stream"
+        )
 
     return app

@@ -146,4 +146,3 @@ def test_an_orphan_of_a_killed_owner_is_shut_down_and_replaced(tmp_path):
         assert second._admin_client(1.0).ping()
     finally:
         second.stop()
-

@@ -23,18 +23,45 @@ def test_parse_sizes_and_floats():
 
 def test_tier_config_flags_disable_missing_tiers():
     assert TierConfig("hbm", 0.02, 0.5, 1.0).flags() == [
-        "--hbm-gb", "0.02", "--ddr-gb", "0", "--flash-gb", "0"]
+        "--hbm-gb",
+        "0.02",
+        "--ddr-gb",
+        "0",
+        "--flash-gb",
+        "0",
+    ]
     assert TierConfig("hbm+ddr", 0.02, 0.5, 1.0).flags()[-2:] == ["--flash-gb", "0"]
     assert TierConfig("hbm+ddr+flash", 0.02, 0.5, 1.0).label == "hbm=0.02 ddr=0.5 flash=1"
 
 
 def test_bench_tiers_short(tmp_path):
     out = tmp_path / "tiers.json"
-    assert main(["bench", "tiers", "--blocks", "64", "--batch", "16", "--rounds", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "tiers",
+                "--blocks",
+                "64",
+                "--batch",
+                "16",
+                "--rounds",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
-    assert set(result["gb_per_s"]) == {"ours_ddr", "raw_redis_mget", "raw_redis_pipelined_get",
-                                       "ours_flash", "raw_lmdb_get", "memcpy"}
+    assert set(result["gb_per_s"]) == {
+        "ours_ddr",
+        "raw_redis_mget",
+        "raw_redis_pipelined_get",
+        "ours_flash",
+        "raw_lmdb_get",
+        "memcpy",
+    }
     assert all(0 < v["min"] <= v["median"] <= v["max"] for v in result["gb_per_s"].values())
     # every ratio is either a figure at most 1.0 or flagged as a measurement error
     assert set(result["ratios"]) | set(result["measurement_errors"]) == set(RATIOS)
@@ -44,8 +71,9 @@ def test_bench_tiers_short(tmp_path):
 
 def test_bench_ttft_against_a_running_server(tierkv, tmp_path):
     out = tmp_path / "ttft.json"
-    code = ttft.main(["--base-url", tierkv.base_url, "--lengths", "96,160", "--repeats", "1",
-                      "--out", str(out)])
+    code = ttft.main(
+        ["--base-url", tierkv.base_url, "--lengths", "96,160", "--repeats", "1", "--out", str(out)]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert result["lengths"] == [96, 160]
@@ -53,19 +81,36 @@ def test_bench_ttft_against_a_running_server(tierkv, tmp_path):
         assert all(v > 0 for v in result["ttft_ms"][cond])
     # every hit condition reused all full blocks but the last one
     for cond in ("hbm", "ddr", "flash"):
-        assert all(c >= n - 32 for c, n in zip(result["cached_tokens"][cond], [96, 160],
-                                               strict=True))
+        assert all(
+            c >= n - 32 for c, n in zip(result["cached_tokens"][cond], [96, 160], strict=True)
+        )
     assert result["cached_tokens"]["cold"] == [0, 0]
     assert result["moved_blocks"]["hbm"] > 0 and result["moved_blocks"]["ddr"] > 0
 
 
 def test_bench_overhead_short(tmp_path):
     out = tmp_path / "overhead.json"
-    code = main(["bench", "overhead", "--max-tokens", "8", "--concurrency", "1",
-                 "--requests-per-stream", "1", "--out", str(out), "--work-dir",
-                 str(tmp_path / "work")])
+    code = main(
+        [
+            "bench",
+            "overhead",
+            "--max-tokens",
+            "8",
+            "--concurrency",
+            "1",
+            "--requests-per-stream",
+            "1",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"bare-sse", "tierkv"}
-    assert all(r["num_errors"] == 0 and r["output_tokens_per_s"] > 0
-               for rows in results.values() for r in rows)
+    assert all(
+        r["num_errors"] == 0 and r["output_tokens_per_s"] > 0
+        for rows in results.values()
+        for r in rows
+    )

@@ -55,8 +55,16 @@ def test_meets_slo():
 
 
 def rec(index, start, ttft, chunks, end, out, **kw):
-    return RequestRecord(index=index, start_s=start, end_s=end, ttft_s=ttft,
-                         chunk_times_s=chunks, output_tokens=out, status=200, **kw)
+    return RequestRecord(
+        index=index,
+        start_s=start,
+        end_s=end,
+        ttft_s=ttft,
+        chunk_times_s=chunks,
+        output_tokens=out,
+        status=200,
+        **kw,
+    )
 
 
 def test_aggregate_hand_computed():

@@ -33,8 +33,9 @@ def test_generators_are_deterministic_from_seed(name):
 
 
 def test_multiturn_structure():
-    specs = workloads.multiturn(num_users=3, num_turns=4, system_len=50, user_len=20,
-                                max_tokens=8, seed=1)
+    specs = workloads.multiturn(
+        num_users=3, num_turns=4, system_len=50, user_len=20, max_tokens=8, seed=1
+    )
     assert len(specs) == 12
     assert all(s.api is Api.CHAT for s in specs)
     assert len({s.system for s in specs}) == 1 and len(specs[0].system) == 50
@@ -50,8 +51,9 @@ def test_multiturn_structure():
 
 
 def test_shared_prefix_shares_documents():
-    specs = workloads.shared_prefix(num_docs=3, questions_per_doc=4, doc_len=100,
-                                    question_len=10, max_tokens=8, seed=2)
+    specs = workloads.shared_prefix(
+        num_docs=3, questions_per_doc=4, doc_len=100, question_len=10, max_tokens=8, seed=2
+    )
     assert len(specs) == 12
     assert all(len(s.prompt) == 110 and s.input_tokens == 110 for s in specs)
     docs = {s.prompt[:100] for s in specs}
@@ -69,12 +71,15 @@ def test_random_prompts_share_no_prefix():
     assert len({s.prompt[:8] for s in specs}) == 20
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: workloads.multiturn(0, 1, 1, 1, 1, 0),
-    lambda: workloads.shared_prefix(1, 1, 0, 1, 1, 0),
-    lambda: workloads.random_prompts(1, 1, 0, 0),
-    lambda: workloads.multiturn(1, 1, 1, 1, 1, 0, num_requests=0),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: workloads.multiturn(0, 1, 1, 1, 1, 0),
+        lambda: workloads.shared_prefix(1, 1, 0, 1, 1, 0),
+        lambda: workloads.random_prompts(1, 1, 0, 0),
+        lambda: workloads.multiturn(1, 1, 1, 1, 1, 0, num_requests=0),
+    ],
+)
 def test_bad_lengths_are_rejected(bad):
     with pytest.raises(ValueError):
         bad()

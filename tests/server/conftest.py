@@ -27,7 +27,11 @@ def data_dir() -> Iterator[Path]:
 def make_settings(data_dir: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         base: dict[str, Any] = dict(
-            data_dir=data_dir, pace="none", hbm_gb=0.05, ddr_gb=0.05, flash_gb=0.1,
+            data_dir=data_dir,
+            pace="none",
+            hbm_gb=0.05,
+            ddr_gb=0.05,
+            flash_gb=0.1,
             max_model_len=2048,
         )
         base.update(overrides)

@@ -35,8 +35,14 @@ class LiveServer:
     app: FastAPI | None = None  # the running app (for tests that reach into app.state)
 
     def complete(self, prompt: str, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
-        body = {"model": self.settings.served_model, "prompt": prompt, "max_tokens": max_tokens,
-                "temperature": 0, "ignore_eos": True, **extra}
+        body = {
+            "model": self.settings.served_model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+            **extra,
+        }
         r = self.client.post("/v1/completions", json=body)
         assert r.status_code == 200, r.text
         return r.json()

@@ -28,8 +28,13 @@ def engine_idle(server: LiveServer) -> bool:
 
 
 def test_disconnected_stream_is_aborted_and_frees_its_blocks(server: LiveServer):
-    body = {"model": "tiny-llama", "stream": True, "ignore_eos": True, "max_tokens": 1500,
-            "messages": [{"role": "user", "content": "a long story " * 20}]}
+    body = {
+        "model": "tiny-llama",
+        "stream": True,
+        "ignore_eos": True,
+        "max_tokens": 1500,
+        "messages": [{"role": "user", "content": "a long story " * 20}],
+    }
     with httpx.Client(base_url=server.url, timeout=30) as client:
         with client.stream("POST", CHAT, json=body) as response:
             lines = response.iter_lines()
@@ -44,7 +49,10 @@ def test_disconnected_stream_is_aborted_and_frees_its_blocks(server: LiveServer)
 def test_32_concurrent_streams_complete(server: LiveServer):
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, str | None]:
         stream = await client.chat.completions.create(
-            model="tiny-llama", stream=True, max_tokens=24, temperature=0,
+            model="tiny-llama",
+            stream=True,
+            max_tokens=24,
+            temperature=0,
             messages=[{"role": "user", "content": f"request number {i}: tell me something"}],
             extra_body={"ignore_eos": True},
         )
@@ -67,14 +75,20 @@ def test_32_concurrent_streams_complete(server: LiveServer):
 
 
 def test_preemption_under_tiny_hbm_keeps_outputs_correct(make_settings):
-    prompts = [f"Request {i}: " + "all work and no play makes a dull model. " * 6
-               for i in range(6)]
+    prompts = [f"Request {i}: " + "all work and no play makes a dull model. " * 6 for i in range(6)]
 
     def complete_all(server: LiveServer) -> list[str]:
         async def one(client: httpx.AsyncClient, prompt: str) -> str:
-            r = await client.post("/v1/completions", json={
-                "model": "tiny-llama", "prompt": prompt, "max_tokens": 120,
-                "temperature": 0, "ignore_eos": True})
+            r = await client.post(
+                "/v1/completions",
+                json={
+                    "model": "tiny-llama",
+                    "prompt": prompt,
+                    "max_tokens": 120,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                },
+            )
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]["text"]
 

@@ -22,8 +22,11 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
 
 
 def test_malformed_json(server: LiveServer):
-    r = server.client.post(CHAT, content=b'{"model": "tiny-llama", "messages": [',
-                           headers={"content-type": "application/json"})
+    r = server.client.post(
+        CHAT,
+        content=b'{"model": "tiny-llama", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert "JSON" in assert_error(r, 400)["message"]
 
 
@@ -67,12 +70,13 @@ def test_prompt_over_max_model_len(server: LiveServer):
 
 def test_completion_prompt_errors(server: LiveServer):
     base = {"model": "tiny-llama", "max_tokens": 2}
-    assert_error(server.client.post("/v1/completions", json={**base, "prompt": [1, 99999]}),
-                 400, "prompt")
-    assert_error(server.client.post("/v1/completions", json={**base, "prompt": ["a", "b"]}),
-                 400, "prompt")
-    assert_error(server.client.post("/v1/completions", json={**base, "prompt": []}),
-                 400, "prompt")
+    assert_error(
+        server.client.post("/v1/completions", json={**base, "prompt": [1, 99999]}), 400, "prompt"
+    )
+    assert_error(
+        server.client.post("/v1/completions", json={**base, "prompt": ["a", "b"]}), 400, "prompt"
+    )
+    assert_error(server.client.post("/v1/completions", json={**base, "prompt": []}), 400, "prompt")
 
 
 def test_unknown_route_and_bad_offload(server: LiveServer):

@@ -20,8 +20,11 @@ def test_models(client: openai.OpenAI):
 
 def test_chat_non_stream(client: openai.OpenAI):
     r = client.chat.completions.create(
-        model="tiny-llama", messages=[{"role": "user", "content": "Say hi"}],
-        max_tokens=12, temperature=0, extra_body={"ignore_eos": True},
+        model="tiny-llama",
+        messages=[{"role": "user", "content": "Say hi"}],
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True},
     )
     choice = r.choices[0]
     assert choice.message.role == "assistant"
@@ -35,11 +38,19 @@ def test_chat_non_stream(client: openai.OpenAI):
 
 def test_chat_stream_matches_non_stream(client: openai.OpenAI):
     content = "Count to ten, slowly, one number per line please."
-    kwargs = dict(model="tiny-llama", messages=[{"role": "user", "content": content}],
-                  max_completion_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model="tiny-llama",
+        messages=[{"role": "user", "content": content}],
+        max_completion_tokens=10,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     full = client.chat.completions.create(**kwargs).choices[0].message.content
-    chunks = list(client.chat.completions.create(
-        stream=True, stream_options={"include_usage": True}, **kwargs))
+    chunks = list(
+        client.chat.completions.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full
@@ -51,28 +62,51 @@ def test_chat_stream_matches_non_stream(client: openai.OpenAI):
 
 
 def test_seeded_sampling_is_reproducible(client: openai.OpenAI):
-    kwargs = dict(model="tiny-llama", prompt="Once upon a time", max_tokens=16,
-                  temperature=0.9, top_p=0.9, seed=1234, extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model="tiny-llama",
+        prompt="Once upon a time",
+        max_tokens=16,
+        temperature=0.9,
+        top_p=0.9,
+        seed=1234,
+        extra_body={"ignore_eos": True},
+    )
     a = client.completions.create(**kwargs).choices[0].text
     b = client.completions.create(**kwargs).choices[0].text
     assert a == b
 
 
 def test_completions_and_stop_strings(client: openai.OpenAI):
-    base = client.completions.create(model="tiny-llama", prompt="abc", max_tokens=20,
-                                     temperature=0, extra_body={"ignore_eos": True})
+    base = client.completions.create(
+        model="tiny-llama",
+        prompt="abc",
+        max_tokens=20,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     text = base.choices[0].text
     assert base.object == "text_completion" and len(text) >= 8
     stop = text[5:7]
     cut = text[: text.index(stop)]
-    stopped = client.completions.create(model="tiny-llama", prompt="abc", max_tokens=20,
-                                        temperature=0, stop=[stop],
-                                        extra_body={"ignore_eos": True})
+    stopped = client.completions.create(
+        model="tiny-llama",
+        prompt="abc",
+        max_tokens=20,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    )
     assert stopped.choices[0].text == cut
     assert stopped.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model="tiny-llama", prompt="abc", max_tokens=20,
-                                         temperature=0, stop=stop, stream=True,
-                                         extra_body={"ignore_eos": True})
+    streamed = client.completions.create(
+        model="tiny-llama",
+        prompt="abc",
+        max_tokens=20,
+        temperature=0,
+        stop=stop,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
     parts = list(streamed)
     assert "".join(p.choices[0].text for p in parts) == cut
     assert parts[-1].choices[0].finish_reason == "stop"
@@ -80,8 +114,14 @@ def test_completions_and_stop_strings(client: openai.OpenAI):
 
 def test_token_id_prompt(client: openai.OpenAI):
     ids = [256, *b"hello"]
-    by_ids = client.completions.create(model="tiny-llama", prompt=ids, max_tokens=8,
-                                       temperature=0, extra_body={"ignore_eos": True})
-    by_text = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=8,
-                                        temperature=0, extra_body={"ignore_eos": True})
+    by_ids = client.completions.create(
+        model="tiny-llama", prompt=ids, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+    )
+    by_text = client.completions.create(
+        model="tiny-llama",
+        prompt="hello",
+        max_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert by_ids.choices[0].text == by_text.choices[0].text

@@ -16,5 +16,3 @@ def test_real_pace_charges_the_cost_model(make_settings):
     assert steps >= 20
     assert modelled >= 0.009 * steps
     assert wall >= modelled  # pacing: no step finished before its modelled time
-
-
