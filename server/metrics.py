@@ -22,67 +22,10 @@ from prometheus_client.registry import Collector
 from cache.stats import LATENCY_BUCKETS, CacheStats, Tier, TierOp
 from npu_sim.links import TransferTotals
 from server.engine.core import EngineStats
+from server.vllm_metrics import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 
-TTFT_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-)
-ITL_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-)
-E2E_BUCKETS = (
-    0.01,
-    0.05,
-    0.1,
-    0.3,
-    0.5,
-    0.8,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    40.0,
-    50.0,
-    60.0,
-    120.0,
-    240.0,
-)
+# The same buckets as the vllm: series (vLLM's loggers.py), so both read alike.
+E2E_BUCKETS = REQUEST_LATENCY_BUCKETS
 
 StatsSource = Callable[[], tuple[EngineStats, CacheStats]]
 
