@@ -67,7 +67,8 @@ class LoadGuard:
     The transfer thread copies each block under `lock` and only if the load is not
     abandoned; `abandon()` (engine thread, at the load's deadline) takes the same lock,
     so once it returns no byte of this load reaches HBM again and the slots can be
-    recomputed into. `statuses[i]` is OK once block i is in its slot.
+    recomputed into. `statuses[i]` is OK once block i is in its slot and its transfer has
+    been charged (with pacing, once the modelled link has carried it).
     """
 
     __slots__ = ("lock", "abandoned", "statuses")
@@ -396,6 +397,9 @@ class TransferWorker:
         shape, dtype = self._layout.block_shape, self._layout.np_dtype
         nbytes = 0
 
+        copied: list[int] = []  # in their slots, not yet arrived on the modelled link
+        copied_set: set[int] = set()
+
         def consume(j: int, buf: Buffer | None) -> None:
             nonlocal nbytes
             i = indices[j]
@@ -412,7 +416,8 @@ class TransferWorker:
                 if guard.abandoned:
                     return
                 self._kv_pool[job.items[i][1]] = block
-                guard.statuses[i] = LoadStatus.OK
+            copied.append(i)
+            copied_set.add(i)
             nbytes += len(memoryview(buf))
 
         start = time.perf_counter()
@@ -422,9 +427,15 @@ class TransferWorker:
             result.fail(tier, TierOp.LOAD, exc)
             with guard.lock:
                 for i in indices:
-                    if guard.statuses[i] is not LoadStatus.OK:
+                    if guard.statuses[i] is LoadStatus.MISSING and i not in copied_set:
                         guard.statuses[i] = LoadStatus.IO_ERROR
-        self._charged(tier, nbytes, start, write=False)  # the load ends on the modelled link
+        # The blocks arrive when the modelled link has carried them: a load abandoned at
+        # its deadline before then recomputes them, as it would on the modelled device.
+        self._charged(tier, nbytes, start, write=False)
+        with guard.lock:
+            if not guard.abandoned:
+                for i in copied:
+                    guard.statuses[i] = LoadStatus.OK
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
 

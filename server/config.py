@@ -29,6 +29,11 @@ class PaceMode(StrEnum):
     NONE = "none"  # as fast as this CPU goes (tests, throughput ceilings)
 
 
+class LoadPolicy(StrEnum):
+    ALWAYS = "always"  # reload every block a lower tier holds
+    COST = "cost"  # reload a hit only where that beats recomputing it on the modelled clock
+
+
 class TenantIsolation(StrEnum):
     NONE = "none"  # one cache for every client (a client may still send cache_salt)
     API_KEY = "api-key"  # each bearer key gets its own cache namespace
@@ -121,6 +126,11 @@ class Settings(BaseSettings):
     eviction_policy: str = Field("lru", description="Eviction policy of every tier.")
     admission_policy: str = Field(
         "always", description="Which evicted HBM blocks are written to DDR/flash."
+    )
+    load_policy: LoadPolicy = Field(
+        LoadPolicy.ALWAYS,
+        description="always: reload every lower-tier hit; cost: reload a hit (per run of "
+        "one tier's blocks) only where that beats recomputing it on the modelled clock.",
     )
     log_level: str = Field("info", description="Log level.")
     max_request_body_bytes: int = Field(

@@ -34,8 +34,9 @@ from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_cost_model_config, get_model_config
 from npu_sim.pretrained import is_pretrained, load_pretrained
 from npu_sim.tokenizers import ByteTokenizer, Tokenizer
-from server.config import GB, Settings
+from server.config import GB, LoadPolicy, Settings
 from server.engine.core import EngineCore
+from server.engine.load_planner import LoadPlanner
 from server.engine.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,22 @@ def logical_block_bytes(settings: Settings) -> int:
 def stored_fraction(settings: Settings) -> float:
     """Stored bytes per logical byte: 1 for the numpy model, ~kv-bytes-fraction emulated."""
     return kv_layout(settings).block_bytes / logical_block_bytes(settings)
+
+
+def load_planner(
+    settings: Settings, cost_config: ModelConfig, clock: TransferClock
+) -> LoadPlanner | None:
+    """The load-vs-recompute planner of `--load-policy cost` (None: always reload)."""
+    if settings.load_policy is not LoadPolicy.COST:
+        return None
+    return LoadPlanner(
+        model=cost_config,
+        device=get_device(settings.device),
+        paths=clock.paths,
+        logical_block_bytes=logical_block_bytes(settings),
+        block_size=settings.block_size,
+        chunk_tokens=settings.max_num_batched_tokens,
+    )
 
 
 def _charge_transfer(
@@ -247,6 +264,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 block_size=settings.block_size,
             ),
             cache,
+            load_planner(settings, cost_config, clock),
         )
         undo.pop_all()
     logger.info(

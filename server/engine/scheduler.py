@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from cache.manager import CacheManager
+from cache.records import PrefixHit
+from server.engine.load_planner import LoadPlanner
 from server.engine.request import (
     EngineRequest,
     FinishedRequest,
@@ -56,9 +58,14 @@ class SchedulerOutput:
 class Scheduler:
     """Owns every live request and its state. Engine thread only."""
 
-    def __init__(self, config: SchedulerConfig, cache: CacheManager) -> None:
+    def __init__(
+        self, config: SchedulerConfig, cache: CacheManager, planner: LoadPlanner | None = None
+    ) -> None:
+        """`planner`: decides how much of a lower-tier hit to reload rather than recompute
+        (None: reload every block found)."""
         self.config = config
         self.cache = cache
+        self._planner = planner
         self.requests: dict[str, EngineRequest] = {}  # every live request, by id
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
@@ -210,6 +217,10 @@ class Scheduler:
         # Keep at least the last token to compute: its logits give the next token.
         max_blocks = (request.num_tokens - 1) // bs
         hit = self.cache.match(request.block_hashes, max_blocks)
+        if self._planner is not None and hit.lower:
+            tiers = [tier for _, tier in hit.lower]
+            k = self._planner.blocks_to_load(len(hit.hbm_block_ids), tiers, request.num_tokens)
+            hit = PrefixHit(hit.hbm_block_ids, hit.lower[:k])
         num_cached = hit.num_blocks * bs
         first_chunk = min(request.num_tokens - num_cached, budget)
         num_new_blocks = -(-(num_cached + first_chunk) // bs) - hit.num_blocks

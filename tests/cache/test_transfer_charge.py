@@ -56,3 +56,39 @@ def test_spills_demotions_and_reloads_are_charged(redis_url: str, tmp_path: Path
         assert all(name.startswith("tierkv-") for *_, name in charge.calls)  # on the lanes
     finally:
         m.close()
+
+
+def test_a_load_abandoned_before_its_modelled_arrival_is_not_counted_loaded(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Bytes copied into HBM count as arrived only once the modelled link carried them:
+    a load abandoned at its deadline while its lane waits out the link is recomputed."""
+    from cache.transfer import LoadGuard, LoadJob, LoadStatus, TransferWorker
+
+    released = threading.Event()
+    charged = threading.Event()
+
+    def slow_link(tier: Tier, num_bytes: int, started: float, write: bool) -> None:
+        if not write:
+            charged.set()
+            released.wait(10)
+
+    ddr = RedisTier(connect_redis(redis_url), f"t-{uuid.uuid4().hex}")
+    config = CacheConfig(4, 64 * BLOCK, 0)
+    m = CacheManager(LAYOUT, config, ddr=ddr)
+    try:
+        hashes = chain(2)
+        fill_and_cache(m, hashes)
+        push_out_of_hbm(m)  # both blocks now in DDR
+        worker = TransferWorker({Tier.DDR: ddr}, LAYOUT, m.kv, charge=slow_link)
+        guard = LoadGuard(2)
+        worker.submit(LoadJob(1, [(h, i, Tier.DDR) for i, h in enumerate(hashes)], guard))
+        assert charged.wait(10)  # copied into HBM, the lane is waiting out the link
+        assert guard.abandon() == [LoadStatus.MISSING] * 2  # the deadline strikes
+        released.set()
+        assert worker.wait_idle(10)
+        (result,) = worker.poll()
+        assert result.statuses == [LoadStatus.MISSING] * 2  # recomputed, not served
+        worker.close()
+    finally:
+        m.close()

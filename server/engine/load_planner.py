@@ -1,0 +1,84 @@
+"""Load or recompute: how much of a lower-tier prefix hit is worth reloading.
+
+A hit found in DDR or flash is not free: its bytes cross the media and the host link
+before the request can compute. Where that costs more than recomputing the same tokens
+on the device (a slow media preset such as `nfs`, a fast device, short blocks), loading
+makes TTFT worse: SGLang issue 12809 and UCM PR 757 measured exactly that in the field.
+
+`LoadPlanner.blocks_to_load` compares, on the modelled clock, the TTFT of loading the
+first `k` lower-tier blocks and recomputing the rest, for `k` at every boundary between
+runs of blocks of one tier (all-or-nothing per run, Cake-style head/tail split), and
+keeps the cheapest. Loads from different tiers run in parallel (one transfer lane per
+tier); the recompute is the chunked prefill of the remaining prompt. The decision uses
+modelled costs only, so it is meaningful where steps and transfers run on the device's
+clock (`--emulate`, `--pace real`); the numpy model's own compute is far slower than its
+modelled time. Pure and cheap (a few cost evaluations per admission); engine thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cache.stats import Tier
+from npu_sim.cost_model import step_cost
+from npu_sim.device import DeviceSpec
+from npu_sim.links import TierPaths
+from npu_sim.model_config import ModelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPlanner:
+    """Modelled TTFT of load-vs-recompute splits for one model on one device."""
+
+    model: ModelConfig  # the shape whose compute the device is charged for
+    device: DeviceSpec
+    paths: TierPaths
+    logical_block_bytes: int
+    block_size: int
+    chunk_tokens: int  # the step's token budget (long prompts prefill in chunks)
+
+    def load_seconds(self, tiers: Sequence[Tier]) -> float:
+        """Modelled time to reload blocks from `tiers` (one entry per block)."""
+        per_tier: dict[Tier, int] = {}
+        for tier in tiers:
+            per_tier[tier] = per_tier.get(tier, 0) + 1
+        return max(
+            (
+                self.paths.seconds(t.value, n * self.logical_block_bytes)
+                for t, n in per_tier.items()
+            ),
+            default=0.0,
+        )
+
+    def compute_seconds(self, start: int, num_tokens: int) -> float:
+        """Modelled time to prefill positions [start, num_tokens) alone, in chunks."""
+        total, pos = 0.0, start
+        while pos < num_tokens:
+            n = min(self.chunk_tokens, num_tokens - pos)
+            total += step_cost(self.model, self.device, [(n, pos + n)]).seconds
+            pos += n
+        return total
+
+    def blocks_to_load(
+        self, num_hbm_blocks: int, lower_tiers: Sequence[Tier], num_tokens: int
+    ) -> int:
+        """How many leading lower-tier blocks to reload (the rest is recomputed)."""
+        if not lower_tiers:
+            return 0
+        candidates = [0] + [
+            k for k in range(1, len(lower_tiers)) if lower_tiers[k] is not lower_tiers[k - 1]
+        ]
+        candidates.append(len(lower_tiers))
+        # On a tie, load: a hit also spares this host's real compute.
+        return min(
+            candidates,
+            key=lambda k: (self.ttft_seconds(num_hbm_blocks, lower_tiers, k, num_tokens), -k),
+        )
+
+    def ttft_seconds(
+        self, num_hbm_blocks: int, lower_tiers: Sequence[Tier], k: int, num_tokens: int
+    ) -> float:
+        """Modelled TTFT when the first `k` lower blocks are loaded and the rest computed."""
+        start = (num_hbm_blocks + k) * self.block_size
+        return self.load_seconds(lower_tiers[:k]) + self.compute_seconds(start, num_tokens)
