@@ -397,8 +397,7 @@ class TransferWorker:
         shape, dtype = self._layout.block_shape, self._layout.np_dtype
         nbytes = 0
 
-        copied: list[int] = []  # in their slots, not yet arrived on the modelled link
-        copied_set: set[int] = set()
+        copied: set[int] = set()  # in their slots, not yet arrived on the modelled link
 
         def consume(j: int, buf: Buffer | None) -> None:
             nonlocal nbytes
@@ -416,8 +415,7 @@ class TransferWorker:
                 if guard.abandoned:
                     return
                 self._kv_pool[job.items[i][1]] = block
-            copied.append(i)
-            copied_set.add(i)
+            copied.add(i)
             nbytes += len(memoryview(buf))
 
         start = time.perf_counter()
@@ -427,7 +425,7 @@ class TransferWorker:
             result.fail(tier, TierOp.LOAD, exc)
             with guard.lock:
                 for i in indices:
-                    if guard.statuses[i] is LoadStatus.MISSING and i not in copied_set:
+                    if guard.statuses[i] is LoadStatus.MISSING and i not in copied:
                         guard.statuses[i] = LoadStatus.IO_ERROR
         # The blocks arrive when the modelled link has carried them: a load abandoned at
         # its deadline before then recomputes them, as it would on the modelled device.

@@ -93,8 +93,7 @@ def random_weights(config: ModelConfig) -> LlamaWeights:
         )
         for _ in range(config.num_layers)
     )
-    tied = getattr(config, "tied_embeddings", False)
-    lm_head = None if tied else dense(h, config.vocab_size)
+    lm_head = None if config.tied_embeddings else dense(h, config.vocab_size)
     return LlamaWeights(embed, layers, np.ones(h, dtype=np.float32), lm_head)
 
 
