@@ -344,14 +344,31 @@ class CacheManager:
         )
         if target is None:
             return 0
-        items: list[tuple[BlockHash, bytes]] = []
-        for block_hash, block_id in evicted:
+
+        def should_store(block_hash: BlockHash) -> bool:
             held = [t for t in self._index if block_hash in self._index[t]]
             if held:
                 self._index[held[0]].touch(block_hash)
-                continue
+                return False
             if not self._admission.should_admit(block_hash):
                 self.stats.tiers[target].admission_rejects += 1
+                return False
+            return True
+
+        self._store_blocks(target, evicted, should_store)
+        return len(evicted)
+
+    def _store_blocks(
+        self,
+        target: Tier,
+        blocks: Sequence[tuple[BlockHash, int]],
+        should_store: Callable[[BlockHash], bool],
+    ) -> None:
+        """Encode HBM blocks (in order, each if `should_store`) and store them in `target`,
+        making room there as the batch grows."""
+        items: list[tuple[BlockHash, bytes]] = []
+        for block_hash, block_id in blocks:
+            if not should_store(block_hash):
                 continue
             if items and not self._index[target].has_room(self._block_size):
                 # Making room may demote a block of this very batch: store it first, so
@@ -364,7 +381,6 @@ class CacheManager:
             self._index[target].add(block_hash, self._block_size)
         if items:
             self._worker.submit(StoreJob(target, items))
-        return len(evicted)
 
     def _record_accesses(self, hashes: Sequence[BlockHash]) -> None:
         for block_hash in hashes:
@@ -378,21 +394,14 @@ class CacheManager:
         target = next((t for t in (Tier.DDR, Tier.FLASH) if t in self._index), None)
         if target is None:
             return
-        items: list[tuple[BlockHash, bytes]] = []
-        for block_hash, block_id in zip(hashes, block_ids, strict=True):
-            if block_hash is None or any(block_hash in idx for idx in self._index.values()):
-                continue
-            if not self._admission.should_admit(block_hash):
-                continue
-            if items and not self._index[target].has_room(self._block_size):
-                self._worker.submit(StoreJob(target, items))
-                items = []
-            if not self._make_room(target, self._block_size):
-                continue
-            items.append((block_hash, encode_block(self.pool.kv[block_id], key=block_hash)))
-            self._index[target].add(block_hash, self._block_size)
-        if items:
-            self._worker.submit(StoreJob(target, items))
+
+        def should_store(block_hash: BlockHash) -> bool:
+            if any(block_hash in idx for idx in self._index.values()):
+                return False
+            return self._admission.should_admit(block_hash)
+
+        blocks = [(h, b) for h, b in zip(hashes, block_ids, strict=True) if h is not None]
+        self._store_blocks(target, blocks, should_store)
 
     def _make_room(self, tier: Tier, size: int) -> bool:
         """Evict from `tier` (demoting DDR victims to flash) until `size` more bytes fit."""
