@@ -266,10 +266,7 @@ def _other_workloads_options(workload: str) -> set[str]:
 
 
 def _policy_choices() -> str:
-    try:
-        return ", ".join(policy_sim.registered_policy_names())
-    except policy_sim.PolicyUnavailableError:
-        return policy_sim.BELADY
+    return ", ".join(policy_sim.registered_policy_names())
 
 
 def build_specs(args: argparse.Namespace) -> list[workloads.RequestSpec]:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from load.report import LATENCIES, percentile_warnings, summary_rows
+from load.report import LATENCIES, run_warnings, summary_rows
 
 REPORT_FILE = "report.html"
 
@@ -138,9 +138,7 @@ def write_html_report(
         title = "tierkv-load: comparison"
         sub = "runs: " + ", ".join(_esc(label) for label, _ in results)
     parts = [f"<h1>{_esc(title)}</h1>", f'<p class="sub">{sub}</p>']
-    warnings = [
-        (label, w) for label, r in results for w in (r.get("warnings") or percentile_warnings(r))
-    ]
+    warnings = [(label, w) for label, r in results for w in run_warnings(r)]
     for label, w in warnings:
         prefix = f"{label}: " if len(results) > 1 else ""
         parts.append(f'<div class="warn">{_esc(prefix + w)}</div>')

@@ -63,10 +63,6 @@ class MetricsSnapshot:
         values = [v for (sample, _), v in self.samples.items() if sample == name]
         return sum(values) if values else None
 
-    def label_sets(self, name: str) -> list[dict[str, str]]:
-        """The label sets `name` was served with (e.g. vLLM's ``cache_config_info``)."""
-        return [dict(labels) for sample, labels in self.samples if sample == name]
-
     def by_tier(self, name: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for (sample, labels), v in self.samples.items():

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
+from load.report import MIN_SAMPLES  # noqa: E402
 from load.stats import percentile  # noqa: E402
 
 Labelled = list[tuple[str, dict[str, Any]]]
@@ -26,7 +27,6 @@ TIER_LABELS = {"hbm": "HBM hit", "ddr": "DDR hit", "flash": "flash hit", "comput
 CACHED_COLOR = "#264653"
 HIT_COLOR, MISS_COLOR = "#2a9d8f", "#d1495b"
 DENSE_POINTS = 20
-MIN_P99_SAMPLES = 100  # as report.MIN_SAMPLES["p99"]
 STYLE: Any = {  # Any: matplotlib types rcParams keys as literals
     "font.size": 10,
     "axes.titlesize": 12,
@@ -126,7 +126,7 @@ def _cdf(
     annotate: bool = False,
     width: float = 1.6,
 ) -> None:
-    """One CDF with p50 marked, and p99 when ``MIN_P99_SAMPLES`` back it (written next
+    """One CDF with p50 marked, and p99 when ``MIN_SAMPLES["p99"]`` back it (written next
     to the marks if ``annotate``; an annotated p99 on fewer samples says it is about
     the maximum)."""
     n = len(values)
@@ -143,7 +143,7 @@ def _cdf(
     if not is_dense(n):
         ax.plot(values, ys, "o", color=color, markersize=4)
     for q, marker in ((50, "o"), (99, "D")):
-        if not annotate and (n < 5 or (q == 99 and n < MIN_P99_SAMPLES)):
+        if not annotate and (n < 5 or (q == 99 and n < MIN_SAMPLES["p99"])):
             continue
         x = percentile(values, q)
         ax.plot(
@@ -156,7 +156,7 @@ def _cdf(
             zorder=6 if annotate else 5,
         )
         if annotate:
-            weak = q == 99 and n < MIN_P99_SAMPLES
+            weak = q == 99 and n < MIN_SAMPLES["p99"]
             ax.annotate(
                 f"p{q} {x:,.0f} ms" + (f"\n(n={n}: ~max)" if weak else ""),
                 (x, q / 100),

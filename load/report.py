@@ -20,6 +20,11 @@ LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 MIN_SAMPLES = {"p90": 10, "p99": 100}
 
 
+def run_warnings(result: dict[str, Any]) -> list[str]:
+    """The warnings stored with a run, or recomputed for a result.json older than them."""
+    return result["warnings"] if "warnings" in result else percentile_warnings(result)
+
+
 def percentile_warnings(result: dict[str, Any]) -> list[str]:
     """One line per latency whose reported percentiles rest on too few samples."""
     out = []
@@ -189,7 +194,7 @@ def print_summary(result: dict[str, Any], console: Console | None = None) -> Non
         table.add_row(metric, value)
     console = console or Console()
     console.print(table)
-    for warning in result.get("warnings") or percentile_warnings(result):
+    for warning in run_warnings(result):
         console.print(f"[yellow]warning:[/] {warning}")
 
 
