@@ -257,9 +257,7 @@ def decode_blocks(
             and mv[_FIXED.size : hsize] == tail
         ):
             payload = mv[hsize:]
-            hasher = xxhash.xxh3_64(key)
-            hasher.update(payload)
-            if hasher.intdigest() != int.from_bytes(mv[checksum_at : _FIXED.size], "little"):
+            if _checksum(key, payload) != int.from_bytes(mv[checksum_at : _FIXED.size], "little"):
                 ok.append(False)
                 continue
             flat[slot] = np.frombuffer(payload, np.uint8)

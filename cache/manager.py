@@ -338,10 +338,7 @@ class CacheManager:
         self.stats.tiers[Tier.HBM].evictions += len(evicted)
         if evicted:
             self._on_event(BlocksRemoved(Tier.HBM, tuple(h for h, _ in evicted)))
-        target = next(
-            (t for t in (Tier.DDR, Tier.FLASH) if t in self._index and not self.health[t].is_down),
-            None,
-        )
+        target = self._store_target()
         if target is None:
             return 0
 
@@ -357,6 +354,13 @@ class CacheManager:
 
         self._store_blocks(target, evicted, should_store)
         return len(evicted)
+
+    def _store_target(self) -> Tier | None:
+        """The highest lower tier that is enabled and not down (DDR down: flash)."""
+        return next(
+            (t for t in (Tier.DDR, Tier.FLASH) if t in self._index and not self.health[t].is_down),
+            None,
+        )
 
     def _store_blocks(
         self,
@@ -391,7 +395,7 @@ class CacheManager:
         if not self._admission.writes_through or not block_ids:
             return
         hashes = [self.pool.block_hash(b) for b in block_ids]
-        target = next((t for t in (Tier.DDR, Tier.FLASH) if t in self._index), None)
+        target = self._store_target()
         if target is None:
             return
 
@@ -578,4 +582,8 @@ class CacheManager:
         for tier, store in self._stores.items():
             args = (self._block_size, self.stats.tiers[tier], self.health[tier])
             rebuild_index(tier, store, self._index[tier], *args, self._worker.submit)
+            # The bulk rebuild reports nothing per key: announce what start-up found once,
+            # so a KV-event subscriber's index includes it.
+            if self._on_event is not ignore_event and len(self._index[tier]):
+                self._on_event(BlocksStored(tier, tuple(self._index[tier])))
         self._refresh_occupancy()

@@ -168,7 +168,6 @@ class _Handoff:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self._given_up = False
         self.payloads: list[tuple[BlockHash, bytes]] = []
         self.statuses: list[LoadStatus] = []
 
@@ -183,8 +182,7 @@ class _Handoff:
             if give_up():
                 break
         with self._lock:
-            self._given_up = not self._ready.is_set()
-            return not self._given_up
+            return self._ready.is_set()
 
 
 TransferCharge = Callable[[Tier, int, float, bool], object]

@@ -24,7 +24,7 @@ from cache.supervisor import RedisSupervisor
 from cache.tiers.base import StorageTier, TierError
 from cache.tiers.faulty import FaultyTier, parse_tier_faults
 from cache.tiers.lmdb_check import check_environment, move_aside
-from cache.tiers.lmdb_tier import LmdbTier
+from cache.tiers.lmdb_tier import META_DIR, LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
 from npu_sim.device import get_device
 from npu_sim.emulated import EmulatedModel, stored_head_dim
@@ -307,7 +307,7 @@ def open_flash(path: Path, map_size: int, namespace: str) -> tuple[LmdbTier, str
 
     Returns the tier and, when it had to be quarantined, why (for health and the log).
     """
-    problem = check_environment(path) or check_environment(path / "meta")
+    problem = check_environment(path) or check_environment(path / META_DIR)
     if problem is None:
         try:
             return LmdbTier(path, map_size, namespace), None

@@ -127,6 +127,12 @@ class FaultyTier(StorageTier):
         self._before("scan")
         return self.inner.scan()
 
+    def scan_keys_of_size(
+        self, size: int, other_sizes: list[BlockHash] | None = None
+    ) -> list[BlockHash]:
+        self._before("scan")  # the inner tier's own (fast) bulk scan, one fault draw
+        return self.inner.scan_keys_of_size(size, other_sizes)
+
     def close(self) -> None:
         self.inner.close()
 

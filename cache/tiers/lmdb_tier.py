@@ -48,6 +48,9 @@ from cache.tiers.base import Buffer, StorageTier, TierError, TierFullError, chec
 MAX_NAMESPACES = 64
 """Sub-databases (namespaces) one environment can hold; fixed when it is opened."""
 
+META_DIR = "meta"
+"""Sub-directory of the flash path holding the size/sequence records (its own env)."""
+
 _SCAN_BATCH = 4096
 
 
@@ -160,7 +163,7 @@ class LmdbTier(StorageTier):
         except BaseException:
             _release_env(self.path)
             raise
-        self._meta_path = self.path / "meta"
+        self._meta_path = self.path / META_DIR
         try:
             self._meta_env = _acquire_env(self._meta_path, _meta_map_size(map_size_bytes))
         except BaseException:
