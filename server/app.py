@@ -45,7 +45,7 @@ def build_app(settings: Settings) -> FastAPI:
             metrics.attach_transfer_clock(stack.transfer_clock.totals)
         engine.vllm_metrics = VllmMetrics(
             metrics.registry,
-            model_name=(settings.served_model_name or [settings.model])[0],
+            model_name=(settings.served_model_name or [settings.served_model])[0],
             max_model_len=settings.max_model_len,
             block_size=settings.block_size,
             num_gpu_blocks=stack.cache.pool.num_blocks,
@@ -87,7 +87,7 @@ def build_app(settings: Settings) -> FastAPI:
         injector = FailureInjector(
             settings.failure_injection_rate,
             settings.failure_type_list,
-            failure_catalogue(settings.model, settings.max_model_len),
+            failure_catalogue(settings.served_model, settings.max_model_len),
             settings.failure_injection_seed,
         )
         app.add_middleware(FailureInjectionMiddleware, injector=injector)

@@ -131,8 +131,8 @@ def tier_health(stats: CacheStats) -> dict[str, dict[str, str]]:
     defaults so that a cache layer without them reports every tier "ok"."""
     return {
         tier.value: {
-            "health": getattr(s, "health", "ok"),
-            "detail": getattr(s, "health_detail", ""),
+            "health": s.health,
+            "detail": s.health_detail,
         }
         for tier, s in stats.tiers.items()
     }

@@ -1,6 +1,7 @@
 """vLLM's Prometheus metrics, in vLLM's names and meanings (vllm/v1/metrics/loggers.py).
 
-Served beside the `tierkv:` series (which stay as they are) so dashboards, autoscalers
+Served beside the `tierkv:` series (which keep their names; the latency histograms of
+both use vLLM's buckets) so dashboards, autoscalers
 and the Gateway API Inference Extension's endpoint picker read tierkv unmodified. Every
 series carries vLLM's `model_name` and `engine` labels. Meanings, as in vLLM v1:
 

@@ -251,12 +251,10 @@ class Scheduler:
         request: EngineRequest,
         num_tokens: int,
         out: SchedulerOutput,
-        may_preempt: bool = True,
     ) -> bool:
         """Make `request` hold blocks for `num_tokens`, preempting newer requests if needed.
 
-        Returns False if that was impossible (the request itself was preempted, or
-        `may_preempt` is False and HBM is full).
+        Returns False if that was impossible (the request itself was preempted).
         """
         needed = -(-num_tokens // self.config.block_size) - len(request.block_ids)
         while needed > 0:
@@ -264,8 +262,6 @@ class Scheduler:
             if new_blocks is not None:
                 request.block_ids.extend(new_blocks)
                 return True
-            if not may_preempt:
-                return False
             victim = self._pick_victim(request, out)
             self._preempt(victim, out)
             if victim is request:
