@@ -6,106 +6,70 @@ off, so an HBM offload lands in flash), and for 3 fresh 4k-token prompts times t
 TTFT, offloads HBM, and times the same prompt again; prints the medians.
 """
 
-import json
-import socket
+from __future__ import annotations
+
+import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-import httpx
+from load.bench._servers import tierkv_server
+from load.client import ClientOptions, make_client, stream_request
+from load.workloads import Api
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ttft(client, prompt):
-    t = time.perf_counter()
-    with client.stream(
-        "POST",
-        "/v1/completions",
-        json={
-            "model": "llama-3-8b",
-            "prompt": prompt,
-            "max_tokens": 1,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
-    ) as r:
-        cached = None
-        first = None
-        for line in r.iter_lines():
-            if line.startswith("data: {") and first is None and '"text"' in line:
-                first = time.perf_counter() - t
-            if line.startswith("data: {") and '"usage"' in line:
-                u = json.loads(line[6:]).get("usage")
-                if u:
-                    cached = u["prompt_tokens_details"]["cached_tokens"]
-    return first, cached
+FLAGS = (
+    "--emulate",
+    "llama-3-8b",
+    "--device",
+    "h100-sxm",
+    "--pace",
+    "real",
+    "--hbm-gb",
+    "40",
+    "--ddr-gb",
+    "0",
+    "--flash-gb",
+    "8",
+    "--max-model-len",
+    "8192",
+    "--log-level",
+    "warning",
+)
 
 
-for media, policy in [(m, p) for m in sys.argv[1].split(",") for p in ("always", "cost")]:
-    d = tempfile.mkdtemp(prefix="xo-")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "serve",
-            "--emulate",
-            "llama-3-8b",
-            "--device",
-            "h100-sxm",
-            "--pace",
-            "real",
-            "--port",
-            str(port),
-            "--data-dir",
-            d + "/data",
-            "--hbm-gb",
-            "40",
-            "--ddr-gb",
-            "0",
-            "--flash-gb",
-            "8",
-            "--flash-media",
-            media,
-            "--load-policy",
-            policy,
-            "--max-model-len",
-            "8192",
-            "--log-level",
-            "warning",
-        ]
-    )
-    c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-    for _ in range(300):
-        try:
-            if c.get("/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    rows = []
-    for i in range(3):
-        prompt = f"{i} " + "y" * 4094
-        cold, _ = ttft(c, prompt)
-        c.post("/cache/offload", json={"tier": "hbm"})
-        hit, cached = ttft(c, prompt)
-        rows.append((cold, hit, cached))
-    proc.terminate()
-    proc.wait()
+async def ttft_and_cached(base_url: str, prompt: str) -> tuple[float, int]:
+    async with make_client() as client:
+        opts = ClientOptions(base_url=base_url, model="llama-3-8b")
+        record = await stream_request(
+            client, opts, Api.COMPLETIONS, prompt, 1, 0, time.perf_counter()
+        )
+        if not record.is_ok or record.ttft_s is None:
+            raise RuntimeError(f"request failed: HTTP {record.status} {record.error}")
+        await client.post(f"{base_url}/cache/offload", json={"tier": "hbm"})
+        return record.ttft_s, record.cached_tokens
+
+
+def measure(media: str, policy: str) -> str:
+    data = Path(tempfile.mkdtemp(prefix="xo-")) / "data"
+    flags = (*FLAGS, "--flash-media", media, "--load-policy", policy)
+    with tierkv_server(data, *flags) as server:
+        rows = []
+        for i in range(3):
+            prompt = f"{i} " + "y" * 4094
+            cold, _ = asyncio.run(ttft_and_cached(server.base_url, prompt))  # then offloaded
+            hit, cached = asyncio.run(ttft_and_cached(server.base_url, prompt))
+            rows.append((cold, hit, cached))
     cold = statistics.median(r[0] for r in rows)
     hit = statistics.median(r[1] for r in rows)
-    print(
+    return (
         f"flash media {media:5s} load-policy {policy:6s}: cold {cold * 1e3:.0f} ms, "
-        f"after offload {hit * 1e3:.0f} ms ({hit / cold:.2f}x cold), "
-        f"cached_tokens {rows[0][2]}",
-        flush=True,
+        f"after offload {hit * 1e3:.0f} ms ({hit / cold:.2f}x cold), cached_tokens {rows[0][2]}"
     )
+
+
+if __name__ == "__main__":
+    for media in sys.argv[1].split(","):
+        for policy in ("always", "cost"):
+            print(measure(media, policy), flush=True)

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,56 +21,22 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from load.bench._servers import ManagedServer, tierkv_server
+
 PROMPT = "".join(f"Line {i}: a prompt whose KV goes down the tiers. " for i in range(20))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def start(data_dir: Path, *args: str) -> tuple[ManagedServer, httpx.Client]:
+    """A live server (tiny tiers, `--pace none`), healthy, and a client for it."""
+    flags = ("--pace", "none", "--hbm-gb", "0.05", "--ddr-gb", "0.05", "--flash-gb", "0.1")
+    server = tierkv_server(data_dir, *flags, "--log-level", "warning", *args)
+    server.start()  # waits for /health; raises with the log tail if the server dies
+    return server, httpx.Client(base_url=server.base_url, timeout=120)
 
 
-def start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[bytes], httpx.Client]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "serve",
-            "--port",
-            str(port),
-            "--pace",
-            "none",
-            "--data-dir",
-            str(data_dir),
-            "--hbm-gb",
-            "0.05",
-            "--ddr-gb",
-            "0.05",
-            "--flash-gb",
-            "0.1",
-            "--log-level",
-            "warning",
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-    while True:
-        try:
-            if client.get("/health").status_code == 200:
-                return proc, client
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes], client: httpx.Client) -> None:
+def stop(server: ManagedServer, client: httpx.Client) -> None:
     client.close()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    server.stop()  # SIGTERM (a graceful, warm shutdown), SIGKILL only after a timeout
 
 
 def ask(client: httpx.Client, prompt: str = PROMPT) -> tuple[float, int]:
@@ -103,7 +66,7 @@ def redis_pid(data_dir: Path) -> int:
 
 def stalled_reloads(timeout_ms: int, repeats: int) -> dict[str, float]:
     data_dir = Path(tempfile.mkdtemp(prefix="tkv-rel-")) / "d"
-    proc, client = start(data_dir, "--flash-gb", "0", "--reload-timeout-ms", str(timeout_ms))
+    server, client = start(data_dir, "--flash-gb", "0", "--reload-timeout-ms", str(timeout_ms))
     out: dict[str, list[float]] = {"cold": [], "ddr_hit": [], "ddr_stalled": []}
     try:
         for n in range(repeats):
@@ -121,13 +84,13 @@ def stalled_reloads(timeout_ms: int, repeats: int) -> dict[str, float]:
             finally:
                 os.kill(pid, signal.SIGCONT)
     finally:
-        stop(proc, client)
+        stop(server, client)
     return {k: statistics.median(v) for k, v in out.items()}
 
 
 def redis_recovery_and_warm_restart() -> dict[str, float]:
     data_dir = Path(tempfile.mkdtemp(prefix="tkv-rel-")) / "d"
-    proc, client = start(data_dir)
+    server, client = start(data_dir)
     figures: dict[str, float] = {}
     try:
         figures["cold_before_restart"] = ask(client)[0]
@@ -155,8 +118,8 @@ def redis_recovery_and_warm_restart() -> dict[str, float]:
             client, "tierkv:prefix_cache_hits_total", tier="ddr"
         )
     finally:
-        stop(proc, client)
-    proc, client = start(data_dir)
+        stop(server, client)
+    server, client = start(data_dir)
     try:
         # The first prompt died with the killed Redis; the second was in HBM and DDR at
         # SIGTERM, so the write-back put it in flash.
@@ -164,7 +127,7 @@ def redis_recovery_and_warm_restart() -> dict[str, float]:
             client, "again: " + PROMPT
         )
     finally:
-        stop(proc, client)
+        stop(server, client)
     return figures
 
 
