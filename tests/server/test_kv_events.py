@@ -66,3 +66,26 @@ def test_subscriber_rebuilds_every_tier_of_a_live_server(
 
 def test_events_are_off_by_default(server: LiveServer) -> None:
     assert server.cache_stats()["kv_events"] is None
+
+
+def test_blocks_found_in_flash_at_start_up_are_announced(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A restarted server's flash blocks come from a bulk index rebuild: they must still
+    reach a subscriber (they did not before: the bulk path reported nothing)."""
+    settings = make_settings(
+        ddr_gb=0,  # spills go straight to flash, which survives the restart
+        kv_events_endpoint="tcp://127.0.0.1:*",
+        kv_events_replay_endpoint="tcp://127.0.0.1:*",
+    )
+    with run_server(settings) as live:
+        live.complete(_prompt(random.Random(3), 600), max_tokens=4)
+        assert live.offload("hbm") > 0
+    with run_server(settings) as live:
+        assert _stats_counts(live)[Tier.FLASH] > 0
+        info: dict[str, Any] = live.cache_stats()["kv_events"]
+        sub = KVEventSubscriber(info["endpoint"], info["replay_endpoint"])
+        try:
+            assert _agrees(sub, live)
+        finally:
+            sub.close()
