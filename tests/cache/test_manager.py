@@ -359,3 +359,25 @@ def test_restart_keeps_the_flash_eviction_order(tmp_path):
         assert list(m._index[Tier.FLASH]) == written[2:]
     finally:
         m.close()
+
+
+def test_write_through_skips_a_ddr_marked_down(redis_url, tmp_path):
+    """Like spills, write-through goes to flash while the supervisor has DDR down."""
+    ddr = RedisTier(connect_redis(redis_url), f"t-{uuid.uuid4().hex}")
+    flash = LmdbTier(tmp_path / "flash", 64 << 20, LAYOUT.namespace)
+    config = CacheConfig(4, 64 * BLOCK, 64 * BLOCK, admission_policy="write-through-selective")
+    m = CacheManager(LAYOUT, config, ddr=ddr, flash=flash)
+    try:
+        m.health[Tier.DDR].mark_down("test: DDR down")
+        hashes = chain(2, seed=6)
+        fill_and_cache(m, hashes)
+        for _ in range(2):
+            ids, _ = reload(m, hashes)
+            m.free(ids)
+        m.wait_transfers()
+        m.poll()
+        assert all(h in m._index[Tier.FLASH] for h in hashes)
+        assert not any(h in m._index[Tier.DDR] for h in hashes)
+        assert m.stats.tiers[Tier.DDR].write_bytes == 0
+    finally:
+        m.close()
