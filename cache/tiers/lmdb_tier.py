@@ -216,6 +216,21 @@ class LmdbTier(StorageTier):
         finally:
             txn.abort()  # read-only: abort just releases the snapshot
 
+    def get_all(
+        self, keys: Sequence[BlockHash], consume: Callable[[list[Buffer | None]], None]
+    ) -> None:
+        """One read transaction; ``consume`` gets every value as a memoryview into the
+        map at once, valid only during its call."""
+        with _wrap_errors("begin"):
+            txn = self._begin()
+        try:
+            with _wrap_errors("get"):
+                get = txn.get
+                bufs: list[Buffer | None] = [get(key) for key in keys]
+            consume(bufs)  # its exceptions propagate unwrapped
+        finally:
+            txn.abort()  # read-only: abort just releases the snapshot
+
     def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
         """One write transaction: either every item is stored or (on error) none is."""
         if not items:
