@@ -64,8 +64,10 @@ class RemoveJob:
 class LoadGuard:
     """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
 
-    The transfer thread copies each block under `lock` and only if the load is not
-    abandoned; `abandon()` (engine thread, at the load's deadline) takes the same lock,
+    The transfer thread copies a tier's blocks of the load (one `decode_blocks` call)
+    under `lock` and only if the load is not abandoned, so `abandon()` may wait for one
+    such copy (about 0.5 ms per 128 blocks of 16 KiB); `abandon()` (engine thread, at
+    the load's deadline) takes the same lock,
     so once it returns no byte of this load reaches HBM again and the slots can be
     recomputed into. `statuses[i]` is OK once block i is in its slot and its transfer has
     been charged (with pacing, once the modelled link has carried it).
