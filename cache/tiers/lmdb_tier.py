@@ -317,7 +317,7 @@ class LmdbTier(StorageTier):
         order = np.argsort(meta["seq"], kind="stable")
         joined = b"".join(keys)
         width = len(keys[0]) if keys else 0
-        if width and len(joined) == width * len(keys) and all(len(k) == width for k in keys):
+        if width and len(joined) == width * len(keys) and len(set(map(len, keys))) == 1:
             # all keys one length (block hashes): reorder them as one numpy array,
             # whose tolist() gives bytes back
             packed = np.frombuffer(joined, np.dtype((np.void, width)))
