@@ -257,9 +257,9 @@ def decode_blocks(
         if buf is None:
             append(False)
             continue
-        mv = memoryview(buf)
+        mv = buf if type(buf) is memoryview else memoryview(buf)  # LMDB's views as they are
         if (
-            mv.nbytes == total
+            len(mv) == total
             and mv.format == "B"
             and mv[:checksum_at] == head
             and mv[fixed_end:hsize] == tail
