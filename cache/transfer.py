@@ -64,10 +64,10 @@ class RemoveJob:
 class LoadGuard:
     """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
 
-    The transfer thread copies a tier's blocks of the load (one `decode_blocks` call)
-    under `lock` and only if the load is not abandoned, so `abandon()` may wait for one
-    such copy (about 0.5 ms per 128 blocks of 16 KiB); `abandon()` (engine thread, at
-    the load's deadline) takes the same lock,
+    The transfer thread copies the load's blocks in chunks of `COPY_CHUNK_BLOCKS` (one
+    `decode_blocks` call each) under `lock` and only if the load is not abandoned, so
+    `abandon()` may wait for one chunk's copy; `abandon()` (engine thread, at the
+    load's deadline) takes the same lock,
     so once it returns no byte of this load reaches HBM again and the slots can be
     recomputed into. `statuses[i]` is OK once block i is in its slot and its transfer has
     been charged (with pacing, once the modelled link has carried it).
@@ -118,6 +118,10 @@ class JobResult:
         self.failures.append((tier, op))
         self.error = f"{self.error}; {exc}" if self.error else str(exc)
 
+
+COPY_CHUNK_BLOCKS = 64
+"""Blocks a load copies into HBM per `LoadGuard` lock: bounds how long an abandoning
+engine thread can wait for the lock (~0.3 ms of 16 KiB blocks) at a few locks per job."""
 
 HANDOFF_POLL_S = 0.05
 """How often flash's half of a demotion re-checks whether DDR is down while it waits."""
@@ -395,9 +399,10 @@ class TransferWorker:
     ) -> None:
         """One batched read from `tier`, checked and copied per job, not per block.
 
-        The tier hands over every block at once (`get_all`, zero-copy for LMDB), and one
-        `decode_blocks` call under the `LoadGuard` lock checks their headers, copies
-        their payloads straight into their HBM slots and checksums them there."""
+        The tier hands over every block at once (`get_all`, zero-copy for LMDB), and a
+        `decode_blocks` call per chunk of `COPY_CHUNK_BLOCKS` under the `LoadGuard` lock
+        checks their headers, copies their payloads straight into their HBM slots and
+        checksums them there."""
         keys = [job.items[i][0] for i in indices]
         slots = [job.items[i][1] for i in indices]
         valid: list[int] = []  # in their slots, not yet arrived on the modelled link
@@ -405,17 +410,19 @@ class TransferWorker:
 
         def consume(bufs: list[Buffer | None]) -> None:
             nonlocal nbytes
-            with guard.lock:  # see LoadGuard: never write a slot after abandonment
-                if guard.abandoned:
-                    return
-                ok = decode_blocks(bufs, keys, self._kv_pool, slots)
-                for j, (buf, good) in enumerate(zip(bufs, ok, strict=True)):
-                    if good:
-                        valid.append(j)
-                        nbytes += len(buf or b"")
-                    elif buf is not None:
-                        logger.warning("corrupt %s block %s", tier, keys[j].hex())
-                        guard.statuses[indices[j]] = LoadStatus.CORRUPT
+            for first in range(0, len(bufs), COPY_CHUNK_BLOCKS):
+                chunk = slice(first, first + COPY_CHUNK_BLOCKS)
+                with guard.lock:  # see LoadGuard: never write a slot after abandonment
+                    if guard.abandoned:
+                        return
+                    ok = decode_blocks(bufs[chunk], keys[chunk], self._kv_pool, slots[chunk])
+                    for j, good in enumerate(ok, first):
+                        if good:
+                            valid.append(j)
+                            nbytes += len(bufs[j] or b"")
+                        elif bufs[j] is not None:
+                            logger.warning("corrupt %s block %s", tier, keys[j].hex())
+                            guard.statuses[indices[j]] = LoadStatus.CORRUPT
 
         start = time.perf_counter()
         try:
