@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from npu_sim.device import GiB, DeviceSpec
+from npu_sim.device import DeviceSpec, GiB
 
 TIME_SLICE_SECONDS: Final = 1.0e-3  # vir01's turn length on the 310P
 
