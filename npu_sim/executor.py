@@ -121,6 +121,15 @@ class Executor:
     def kv_pool(self) -> np.ndarray:
         return self._kv_pool
 
+    def cost_seconds(self, seqs: Sequence[StepSequence]) -> float:
+        """Modelled device time of a step over `seqs` (what `step` charges), without
+        running it."""
+        return step_cost(
+            self._model_config,
+            self._device,
+            [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs],
+        ).seconds
+
     def step(self, seqs: Sequence[StepSequence]) -> StepResult:
         """Run one forward over `seqs`, sample, and (with `Pace.REAL`) wait out the device.
 
