@@ -8,8 +8,9 @@ reloaded while the request waits in LOADING_KV and the others keep running. When
 runs out for a running request, the newest running request is preempted: its blocks are
 freed (full ones stay cached and spill to DDR when evicted) and it resumes later from
 cache. With `preempt_for_priority` (vNPU engines), a waiting request that finds no room
-preempts the running request of the worst priority value worse than its own, so it
-starts in the very next step. After the step, `update_from_output` appends the sampled
+takes the step's token budget from requests of a worse priority value and, short of
+seats or HBM, preempts the running request of the worst priority value worse than its
+own, so it starts in the very next step. After the step, `update_from_output` appends the sampled
 tokens, decides every finish (stop token, stop string, max_tokens, max_model_len) and
 frees the request.
 
@@ -144,10 +145,14 @@ class Scheduler:
             budget -= num_new
 
         short_of_memory = bool(out.preempted)
-        while self.waiting and budget > 0 and not short_of_memory:
+        while self.waiting and not short_of_memory:
             request = self.waiting[0]
             if request in out.preempted:
                 break  # preempted in this step: it resumes at a later one
+            if budget == 0:
+                budget = self._reclaim_budget(request, out)
+                if budget == 0:
+                    break
             if len(self.running) + self.num_loading >= self.config.max_num_seqs:
                 if self._preempt_for_priority(request, out):
                     budget = self.config.max_num_batched_tokens - _planned(out)
@@ -296,6 +301,22 @@ class Scheduler:
         self.num_preemptions += 1
         out.preempted.append(request)
         logger.debug("preempted %s at %d tokens", request.request_id, request.num_tokens)
+
+    def _reclaim_budget(self, request: EngineRequest, out: SchedulerOutput) -> int:
+        """With `preempt_for_priority`: take chunks of requests with a worse priority
+        value than `request`'s out of this step (worst first; they keep their blocks and
+        run at the next step) until `request`'s tokens fit. Returns the budget freed."""
+        if not self.config.preempt_for_priority:
+            return 0
+        freed = 0
+        while freed < request.num_tokens:
+            worse = [c for c in out.chunks if c.request.priority > request.priority]
+            if not worse:
+                break
+            chunk = max(reversed(worse), key=lambda c: c.request.priority)
+            out.chunks.remove(chunk)
+            freed += chunk.num_new_tokens
+        return freed
 
     def _preempt_for_priority(self, request: EngineRequest, out: SchedulerOutput) -> bool:
         """With `preempt_for_priority`: preempt the running request with the worst

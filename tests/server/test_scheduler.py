@@ -373,3 +373,19 @@ def test_priority_preemption_is_off_by_default(make_cache):
     sched.add(request("urgent", [4, 5, 6], max_tokens=4, priority=0))
     plan = sched.schedule()
     assert [c.request.request_id for c in plan.chunks] == ["bg"] and not plan.preempted
+
+
+def test_urgent_request_takes_the_budget_of_worse_chunks(make_cache):
+    # The background prefill fills the whole token budget; an urgent request still gets
+    # into the next step (the background chunk waits a step, keeping its blocks).
+    cache = make_cache(hbm_blocks=64)
+    sched = Scheduler(SchedulerConfig(8, 16, 128, BS, preempt_for_priority=True), cache)
+    sched.add(request("bg", list(range(1, 60)), max_tokens=4, priority=5))
+    step(sched)  # 16 of 59 prompt tokens
+    sched.add(request("urgent", [70, 71, 72], max_tokens=2, priority=0))
+    plan = sched.schedule()
+    assert [c.request.request_id for c in plan.chunks] == ["urgent"]
+    assert not plan.preempted and sched.requests["bg"].block_ids
+    sched.update_from_output(plan, {"urgent": X})
+    run_to_end(sched)
+    assert sched.num_preemptions == 0
