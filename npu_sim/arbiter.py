@@ -22,6 +22,7 @@ missed). One thread at a time.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -119,3 +120,27 @@ class CoreGroup:
         if self._pending.pop(member, None) is not None:
             self._order.remove(member)
         return self.free_at
+
+
+class SharedCores:
+    """The live server's counterpart of a shared `CoreGroup`: the executors of the vNPUs
+    that share these cores (time-sliced ones) reserve device time here and, with
+    `--pace real`, wait for it, so their steps never overlap on the modelled clock.
+
+    Granularity is the whole step, FIFO by reservation: a reservation is made when the
+    step is issued, before a later neighbour's step is known, so the 1 ms round-robin
+    turns of `CoreGroup` cannot be laid out in advance (the modelled driver,
+    `server.vnpu.sim`, does lay them out). Thread-safe.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, now: float, seconds: float) -> float:
+        """Book `seconds` of the cores from `now` or when they are free; return the end."""
+        with self._lock:
+            start = max(now, self._free_at)
+            self._free_at = start + seconds
+            return self._free_at

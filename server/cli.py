@@ -141,7 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         sys.exit(f"tierkv: {settings_error(exc)}")
     try:
-        hbm_num_blocks(settings)
+        if settings.vnpu:
+            from server.vnpu.partition import check_fits
+
+            check_fits(settings)
+        else:
+            hbm_num_blocks(settings)
     except ConfigError as exc:
         sys.exit(f"tierkv: {exc}")
     serve(settings)

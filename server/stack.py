@@ -26,6 +26,7 @@ from cache.tiers.faulty import FaultyTier, parse_tier_faults
 from cache.tiers.lmdb_check import check_environment, move_aside
 from cache.tiers.lmdb_tier import META_DIR, LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
+from npu_sim.arbiter import SharedCores
 from npu_sim.device import DeviceSpec, get_device
 from npu_sim.emulated import EmulatedModel, stored_head_dim
 from npu_sim.executor import Executor, Pace, StepModel
@@ -173,22 +174,26 @@ def hbm_num_blocks(settings: Settings) -> int:
     return num_blocks
 
 
+@dataclass(frozen=True, slots=True)
+class EngineSlice:
+    """What a vNPU (`server.vnpu`) changes in its engine stack: the slice of the device
+    its steps are charged on, a suffix keeping its DDR/flash keys apart from the other
+    vNPUs', and the cores it shares (time-sliced) or None (its own). Its scheduler
+    preempts for priority."""
+
+    device: DeviceSpec
+    namespace_suffix: str
+    cores: SharedCores | None = None
+
+
 def build_stack(
-    settings: Settings,
-    wakeup: Callable[[], None],
-    device: DeviceSpec | None = None,
-    namespace_suffix: str = "",
-    preempt_for_priority: bool = False,
+    settings: Settings, wakeup: Callable[[], None], vnpu: EngineSlice | None = None
 ) -> EngineStack:
     """Start tiers and build the engine; `wakeup` is called when a transfer finishes.
-
-    A vNPU (`server.vnpu`) passes its slice of the device (what steps are charged on;
-    default: `--device`), a suffix that keeps its DDR/flash keys apart from the other
-    vNPUs' and turns on priority preemption.
-    """
-    step_device = device or get_device(settings.device)
+    `vnpu`: build one vNPU's engine (None: the whole device's)."""
+    step_device = vnpu.device if vnpu is not None else get_device(settings.device)
     layout = kv_layout(settings)
-    namespace = layout.namespace + namespace_suffix
+    namespace = layout.namespace + (vnpu.namespace_suffix if vnpu is not None else "")
     num_blocks = hbm_num_blocks(settings)
     # Capacities are given in logical bytes; the manager counts the bytes really stored.
     ddr_stored = int(settings.ddr_bytes * stored_fraction(settings))
@@ -271,6 +276,7 @@ def build_stack(
             step_device,
             Pace(settings.pace.value),
             cache.kv,
+            cores=vnpu.cores if vnpu is not None else None,
         )
         scheduler = Scheduler(
             SchedulerConfig(
@@ -278,7 +284,7 @@ def build_stack(
                 max_num_batched_tokens=settings.max_num_batched_tokens,
                 max_model_len=settings.max_model_len,
                 block_size=settings.block_size,
-                preempt_for_priority=preempt_for_priority,
+                preempt_for_priority=vnpu is not None,
             ),
             cache,
             load_planner(settings, cost_config, clock, step_device),

@@ -12,7 +12,8 @@ a quota per vNPU:
   one open environment per file and process), each with its quota.
 
 Quotas: `--ddr-gb` and `--flash-gb` are split between the vNPUs in proportion to their
-HBM. Priority preemption is on for every vNPU engine (see `Scheduler`).
+HBM. Priority preemption is on for every vNPU engine (see `Scheduler`). Time-sliced
+vNPUs book their steps on one `SharedCores`, so they never overlap on the device clock.
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache.embedded_redis import EmbeddedRedis
+from npu_sim.arbiter import SharedCores
 from npu_sim.device import get_device
 from npu_sim.model_config import get_model_config
-from npu_sim.vnpu import DeviceSlice, parse_vnpu, plan_partitions
+from npu_sim.vnpu import DeviceSlice, Slicing, parse_vnpu, plan_partitions
 from server.config import GB, Settings
-from server.stack import REDIS_MEMORY_FLOOR, REDIS_MEMORY_HEADROOM, EngineStack, build_stack
+from server.stack import (
+    REDIS_MEMORY_FLOOR,
+    REDIS_MEMORY_HEADROOM,
+    ConfigError,
+    EngineSlice,
+    EngineStack,
+    build_stack,
+    hbm_num_blocks,
+)
 
 
 @dataclass(slots=True)
@@ -99,6 +109,17 @@ def vnpu_settings(
     )
 
 
+def check_fits(settings: Settings) -> None:
+    """Raise `ConfigError` if a vNPU's model leaves too little of its HBM for KV."""
+    slices = plan_device(settings)
+    total_hbm = sum(s.hbm_bytes for s in slices)
+    for sl in slices:
+        try:
+            hbm_num_blocks(vnpu_settings(settings, sl, sl.hbm_bytes / total_hbm, None))
+        except ConfigError as exc:
+            raise ConfigError(f"vnpu {sl.name}: {exc}") from None
+
+
 def build_vnpu_device(
     settings: Settings, wakeup_for: Callable[[str], Callable[[], None]]
 ) -> VnpuDevice:
@@ -120,15 +141,12 @@ def build_vnpu_device(
             undo.callback(embedded.stop)
             url = embedded.url
         vnpus: list[VnpuStack] = []
+        shared = SharedCores("time-sliced")  # the one group of time-sliced vNPUs
         for sl in slices:
             own = vnpu_settings(settings, sl, sl.hbm_bytes / total_hbm, url)
-            stack = build_stack(
-                own,
-                wakeup_for(sl.name),
-                device=sl.device,
-                namespace_suffix=f".vnpu-{sl.name}",
-                preempt_for_priority=True,
-            )
+            cores = shared if sl.slicing is Slicing.TIME else None
+            engine_slice = EngineSlice(sl.device, f".vnpu-{sl.name}", cores)
+            stack = build_stack(own, wakeup_for(sl.name), engine_slice)
             undo.callback(stack.close)
             # The shared Redis is the device's: a vNPU's stack must not stop it.
             stack.embedded_redis = None

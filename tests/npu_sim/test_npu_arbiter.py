@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from npu_sim.arbiter import CoreGroup, Turn
+from npu_sim.arbiter import CoreGroup, SharedCores, Turn
 
 
 def drain(group: CoreGroup) -> list[Turn]:
@@ -65,3 +65,10 @@ def test_preempt_cuts_the_running_turn() -> None:
     assert g.busy_seconds["a"] == 1.5 and g.current == Turn("a", 0.0, 1.5, False)
     g.submit("a", 1.5, 1.0)  # the replanned step starts at the cut
     assert g.grant() == Turn("a", 1.5, 2.5, True)
+
+
+def test_shared_cores_book_steps_back_to_back() -> None:
+    cores = SharedCores("ts")
+    assert cores.reserve(0.0, 1.0) == 1.0
+    assert cores.reserve(0.5, 1.0) == 2.0  # waits for the neighbour's step
+    assert cores.reserve(5.0, 1.0) == 6.0  # idle cores: starts at once

@@ -117,3 +117,28 @@ def test_vnpu_flag_repeats() -> None:
         ["serve", "--vnpu", "a=vir08:tiny-llama", "--vnpu", "b=vir08:smollm2-135m"]
     )
     assert args.vnpu == ["a=vir08:tiny-llama", "b=vir08:smollm2-135m"]
+
+
+def test_time_sliced_vnpus_share_their_cores(make_settings: Callable[..., Settings]) -> None:
+    vnpus = [
+        "a=cores=2,hbm_gb=0.05,slicing=time:tiny-llama",
+        "b=cores=2,hbm_gb=0.1,slicing=time:small-llama",
+        "c=cores=4,hbm_gb=20:llama-3-8b",
+    ]
+    settings = make_settings(hbm_gb=None, vnpu=vnpus, ddr_gb=0, flash_gb=0)
+    with run_server(settings) as live:
+        assert complete(live, "small-llama", "shared")["usage"]["completion_tokens"] == 4
+        status = live.client.get("/npu").json()
+        a, b, c = status["vnpus"]
+        assert a["slicing"] == b["slicing"] == "time" and c["slicing"] == "hard"
+        assert c["cores"] == [0, 1, 2, 3] and a["cores"] == b["cores"] == [4, 5]
+        assert [x["vnpu"] for x in status["cores"][:7]] == ["c"] * 4 + ["a+b"] * 2 + [""]
+
+
+def test_cli_rejects_a_model_too_big_for_its_slice(tmp_path) -> None:
+    from tests.server.test_cli import run_cli
+
+    result = run_cli(
+        "serve", "--vnpu", "a=cores=2,hbm_gb=0.01:small-llama", "--data-dir", str(tmp_path)
+    )
+    assert result.returncode != 0 and "vnpu a: hbm-gb" in result.stderr
