@@ -179,7 +179,8 @@ def preemption(num_urgent: int, gap: float, seed: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for cut in (True, False):
         spec = f"a=cores=8,hbm_gb=16.2:{NEIGHBOUR}"
-        with partitioned([spec], ddr_gb=16, max_num_seqs=16) as device:
+        # reload_timeout_ms=0: a reload is waited for, whatever this host's load.
+        with partitioned([spec], ddr_gb=16, max_num_seqs=16, reload_timeout_ms=0) as device:
             (a,) = sim_vnpus(device, "hard")
             driver = ModelledDriver([a], preempt=cut)
             numerics = device.vnpus[0].stack.numerics_id
@@ -193,11 +194,15 @@ def preemption(num_urgent: int, gap: float, seed: int) -> dict[str, Any]:
             clients.stop_at = t + 1.0
             clients.start()
             driver.run(until=t + 1.0)
-            waits = [
-                a.first_step_start[r.request_id] - a.arrivals[r.request_id]
+            wait = {
+                r.request_id: a.first_step_start[r.request_id] - a.arrivals[r.request_id]
                 for r in urgent
                 if r.request_id in a.first_step_start
-            ]
+            }
+            waits = list(wait.values())
+            # Urgent requests that found an earlier urgent one in the running step do not
+            # cut it (equal priority): their wait is that step's remainder.
+            behind = [w for rid, w in wait.items() if rid not in a.cut_for]
             stats = a.core.cache.snapshot_stats()
             results["cut" if cut else "step_boundary"] = {
                 "urgent": len(waits),
@@ -207,6 +212,9 @@ def preemption(num_urgent: int, gap: float, seed: int) -> dict[str, Any]:
                 "wait_max_ms": 1e3 * max(waits),
                 "share_under_1ms": sum(w <= 1e-3 for w in waits) / len(waits),
                 "steps_cut": a.num_cuts,
+                "behind_urgent": len(behind) if cut else None,
+                "wait_max_ms_when_cut": 1e3
+                * max((w for rid, w in wait.items() if rid in a.cut_for), default=float("nan")),
                 "requests_preempted": a.core.scheduler.num_preemptions,
                 "tier_write_stored_bytes": {t.value: s.write_bytes for t, s in stats.tiers.items()},
                 "hit_tokens": {t.value: n for t, n in stats.hit_tokens.items()},

@@ -7,7 +7,7 @@ takes on the vNPU's `DeviceSpec`, submits that to the vNPU's `CoreGroup` and exe
 step (tokens appear) when the group says the step ends. Events (request arrivals, step
 ends) and turns are handled in modelled-time order, so the figures are exact for the
 model and independent of this host's load. Tier transfers are not on this clock: the
-driver waits for a reload to land before planning (they cost no modelled time here).
+driver waits for every transfer to land before planning (they cost no modelled time).
 
 Preemption: a request arriving on a vNPU whose running step holds only requests of a
 worse priority cuts that step at the next kernel boundary (`KERNELS_PER_LAYER` kernels
@@ -53,6 +53,7 @@ class SimVnpu:
     first_step_start: dict[str, float] = field(default_factory=dict)
     requests: dict[str, EngineRequest] = field(default_factory=dict)
     num_cuts: int = 0
+    cut_for: set[str] = field(default_factory=set)  # requests whose arrival cut a step
     busy_seconds: float = 0.0
 
     def step_seconds(self, planned: PlannedStep) -> float:
@@ -125,6 +126,7 @@ class ModelledDriver:
         # Cut only for a request more urgent than everything in the running step.
         best = min(s_priority(v, s.seq_id) for s in v.planned.seqs)
         if self.preempt and request.priority < best:
+            v.cut_for.add(request.request_id)
             self._cut(v)
 
     def _cut(self, v: SimVnpu) -> None:
@@ -147,12 +149,11 @@ class ModelledDriver:
     def _start(self, v: SimVnpu) -> None:
         if v.planned is not None:
             return
-        v.core.poll_transfers()  # finished reloads join; finished spills are counted
+        # Reloads cost no modelled time here: wait for every transfer, so each step sees
+        # the same finished loads whatever this host's speed (the run is repeatable).
+        v.core.cache.wait_transfers()
+        v.core.poll_transfers()
         planned = v.core.plan()
-        while planned is None and v.core.scheduler.num_loading:
-            v.core.cache.wait_transfers()
-            v.core.poll_transfers()
-            planned = v.core.plan()
         if planned is None:
             return
         v.planned = planned
