@@ -105,18 +105,26 @@ def _model_card(serving: OpenAIServing, name: str, created: int) -> dict[str, An
     }
 
 
+def _tokenizer_for(request: Request, model: str | None) -> TokenizerService:
+    """The tokenizer of `model`'s engine (404 for an unknown model)."""
+    serving = _route(request, model)
+    serving.check_model(model)
+    vnpus = getattr(request.app.state, "vnpus", None)
+    if vnpus is None:
+        return request.app.state.tokenizer_service
+    return vnpus.tokenizers[vnpus.servings.index(serving)]
+
+
 @router.post("/tokenize")
 async def tokenize(
-    body: TokenizeChatRequest | TokenizeCompletionRequest, serving: Serving, tok: Tokenizers
+    body: TokenizeChatRequest | TokenizeCompletionRequest, raw: Request
 ) -> dict[str, Any]:
-    serving.check_model(body.model)
-    return tok.tokenize(body)
+    return _tokenizer_for(raw, body.model).tokenize(body)
 
 
 @router.post("/detokenize")
-async def detokenize(body: DetokenizeRequest, serving: Serving, tok: Tokenizers) -> dict[str, Any]:
-    serving.check_model(body.model)
-    return tok.detokenize(body)
+async def detokenize(body: DetokenizeRequest, raw: Request) -> dict[str, Any]:
+    return _tokenizer_for(raw, body.model).detokenize(body)
 
 
 @router.get("/v1/tokenizer.json")

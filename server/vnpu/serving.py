@@ -3,7 +3,8 @@
 `start_vnpus` is the `--vnpu` branch of the app's lifespan. It sets on `app.state`:
 `vnpus` (a `VnpuRouter`), `npu_telemetry`, and, so that the single-engine routes keep
 working, `engine`/`stack`/`serving`/`tokenizer_service` of the *first* vNPU (`/health`
-checks every engine; `/cache/*` and `/tokenize` act on the first vNPU).
+checks every engine; `/tokenize` and `/detokenize` route by model; `/cache/*` and
+`/v1/tokenizer.json` act on the first vNPU).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class VnpuRouter:
 
     servings: list[OpenAIServing]
     engines: list[AsyncEngine]
+    tokenizers: list[TokenizerService]
 
     @property
     def model_names(self) -> list[str]:
@@ -97,15 +99,17 @@ async def start_vnpus(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     metrics.registry.register(VnpuCollector(telemetry))
     first = device.vnpus[0]
     app.state.metrics = metrics
-    app.state.vnpus = VnpuRouter(servings, engines)
+    tokenizers = [
+        TokenizerService(v.stack.tokenizer, serving.model_name, settings.max_model_len)
+        for v, serving in zip(device.vnpus, servings, strict=True)
+    ]
+    app.state.vnpus = VnpuRouter(servings, engines, tokenizers)
     app.state.npu_telemetry = telemetry
     app.state.vnpu_device = device
     app.state.engine = engines[0]
     app.state.stack = first.stack
     app.state.serving = servings[0]
-    app.state.tokenizer_service = TokenizerService(
-        first.stack.tokenizer, servings[0].model_name, settings.max_model_len
-    )
+    app.state.tokenizer_service = tokenizers[0]
     for engine in engines:
         engine.start()
     try:

@@ -44,6 +44,8 @@ def test_models_are_listed_and_requests_route_by_model(vnpu_server: LiveServer) 
     assert busy_a == 0 and busy_b > 0
     assert complete(live, "tiny-llama", "hi")["model"] == "tiny-llama"
     assert live.metric("tierkv:vnpu_modelled_busy_seconds_total", vnpu="a") > 0
+    tok = live.client.post("/tokenize", json={"model": "small-llama", "prompt": "ab"})
+    assert tok.status_code == 200 and tok.json()["count"] == 3  # BOS + 2 bytes
     r = live.client.post("/v1/completions", json={"model": "gpt-9", "prompt": "x"})
     assert r.status_code == 404
     err = r.json()["error"]
