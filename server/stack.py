@@ -184,6 +184,8 @@ class EngineSlice:
     device: DeviceSpec
     namespace_suffix: str
     cores: SharedCores | None = None
+    # The device supervises the Redis the vNPUs share (it alone may restart it).
+    ddr_supervised_by_device: bool = False
 
 
 def build_stack(
@@ -258,8 +260,9 @@ def build_stack(
         if quarantined is not None:
             cache.health[Tier.FLASH].quarantine(quarantined)
         supervisor = None
-        if ddr is not None and url is not None:
-            supervisor = RedisSupervisor(url, cache.health[Tier.DDR], embedded, wakeup).start()
+        device_supervises = vnpu is not None and vnpu.ddr_supervised_by_device
+        if ddr is not None and url is not None and not device_supervises:
+            supervisor = RedisSupervisor(url, [cache.health[Tier.DDR]], embedded, wakeup).start()
             undo.callback(supervisor.stop)
         model: StepModel
         tokenizer: Tokenizer

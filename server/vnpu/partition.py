@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache.embedded_redis import EmbeddedRedis
+from cache.stats import Tier
+from cache.supervisor import RedisSupervisor
 from npu_sim.arbiter import SharedCores
 from npu_sim.device import get_device
 from npu_sim.model_config import get_model_config
@@ -36,6 +38,7 @@ from server.stack import (
     EngineStack,
     build_stack,
     hbm_num_blocks,
+    stored_fraction,
 )
 
 
@@ -65,9 +68,12 @@ class VnpuDevice:
     hbm_bytes: int
     vnpus: list[VnpuStack]
     embedded_redis: EmbeddedRedis | None
+    supervisor: RedisSupervisor | None = None  # restarts the embedded Redis
 
     def close(self) -> None:
         """Close every vNPU's stack (write-back included), then the shared Redis."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
         try:
             for v in self.vnpus:
                 v.stack.close()
@@ -132,27 +138,43 @@ def build_vnpu_device(
     total_hbm = sum(s.hbm_bytes for s in slices)
     device = get_device(settings.device)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    owns = [vnpu_settings(settings, sl, sl.hbm_bytes / total_hbm, None) for sl in slices]
     with contextlib.ExitStack() as undo:
         embedded: EmbeddedRedis | None = None
         url = settings.redis_url
         if settings.ddr_bytes > 0 and url is None:
-            memory = max(int(settings.ddr_bytes * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
+            # Sized in the bytes the vNPUs really store, as on one engine (stack.py).
+            stored = sum(int(own.ddr_bytes * stored_fraction(own)) for own in owns)
+            memory = max(int(stored * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
             embedded = EmbeddedRedis(settings.data_dir, memory).start()
             undo.callback(embedded.stop)
             url = embedded.url
         vnpus: list[VnpuStack] = []
         shared = SharedCores("time-sliced")  # the one group of time-sliced vNPUs
-        for sl in slices:
-            own = vnpu_settings(settings, sl, sl.hbm_bytes / total_hbm, url)
+        wakeups = [wakeup_for(sl.name) for sl in slices]
+        for sl, own, wakeup in zip(slices, owns, wakeups, strict=True):
+            own = own.model_copy(update={"redis_url": url})
             cores = shared if sl.slicing is Slicing.TIME else None
-            engine_slice = EngineSlice(sl.device, f".vnpu-{sl.name}", cores)
-            stack = build_stack(own, wakeup_for(sl.name), engine_slice)
+            engine_slice = EngineSlice(sl.device, f".vnpu-{sl.name}", cores, embedded is not None)
+            stack = build_stack(own, wakeup, engine_slice)
             undo.callback(stack.close)
             # The shared Redis is the device's: a vNPU's stack must not stop it.
             stack.embedded_redis = None
             vnpus.append(VnpuStack(sl, own, stack))
+        supervisor = None
+        if embedded is not None and url is not None:
+            healths = [v.stack.cache.health[Tier.DDR] for v in vnpus]
+            supervisor = RedisSupervisor(url, healths, embedded, _call_all(wakeups)).start()
         undo.pop_all()
-    return VnpuDevice(device.name, device.ai_cores, device.hbm_bytes, vnpus, embedded)
+    return VnpuDevice(device.name, device.ai_cores, device.hbm_bytes, vnpus, embedded, supervisor)
+
+
+def _call_all(callbacks: list[Callable[[], None]]) -> Callable[[], None]:
+    def call() -> None:
+        for callback in callbacks:
+            callback()
+
+    return call
 
 
 def slice_summary(v: VnpuStack) -> dict[str, object]:

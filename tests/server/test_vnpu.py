@@ -3,14 +3,19 @@ flash tiers, /npu and the tierkv:vnpu_* metrics (real embedded Redis, real LMDB)
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from pydantic import ValidationError
 
+from cache.stats import Tier
 from cache.tiers.redis_tier import connect_redis
 from server.cli import build_parser
 from server.config import GB, Settings
+from server.vnpu.partition import build_vnpu_device
 from tests.server.live import LiveServer, run_server
 
 VNPUS = ["a=cores=8,hbm_gb=0.05:tiny-llama", "b=cores=4,hbm_gb=0.1:small-llama"]
@@ -144,3 +149,46 @@ def test_cli_rejects_a_model_too_big_for_its_slice(tmp_path) -> None:
         "serve", "--vnpu", "a=cores=2,hbm_gb=0.01:small-llama", "--data-dir", str(tmp_path)
     )
     assert result.returncode != 0 and "vnpu a: hbm-gb" in result.stderr
+
+
+def test_a_killed_shared_redis_is_restarted_for_every_vnpu(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """One supervisor owns the device's embedded Redis: when it dies it is restarted and
+    every vNPU marks DDR up again as restarted (so each manager drops its DDR index).
+    Before the fix each vNPU's supervisor only probed, and DDR stayed down for good."""
+    settings = make_settings(hbm_gb=None, vnpu=VNPUS, ddr_gb=0.06, flash_gb=0.3)
+    device = build_vnpu_device(settings, lambda name: lambda: None)
+    try:
+        embedded = device.embedded_redis
+        assert embedded is not None and embedded.pid is not None
+        healths = [v.stack.cache.health[Tier.DDR] for v in device.vnpus]
+        os.kill(embedded.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        restarts = [0] * len(healths)
+        while not all(restarts) or not embedded.is_running:
+            assert time.monotonic() < deadline, "the shared Redis was not restarted"
+            restarts = [n + h.take_restarts() for n, h in zip(restarts, healths, strict=True)]
+            time.sleep(0.05)  # poll interval
+        assert all(h.state()[0] == "ok" for h in healths)
+    finally:
+        device.close()
+
+
+def test_the_shared_redis_is_sized_in_stored_bytes(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Redis's maxmemory follows the bytes the vNPUs really store, as on one engine. It
+    was sized from the logical bytes: 64x too large for an emulated model."""
+    vnpus = ["a=cores=8,hbm_gb=16:llama-3-8b", "b=cores=8,hbm_gb=16:llama-3.1-8b"]
+    settings = make_settings(hbm_gb=None, vnpu=vnpus, ddr_gb=64, flash_gb=0)
+    device = build_vnpu_device(settings, lambda name: lambda: None)
+    try:
+        assert device.embedded_redis is not None
+        client = connect_redis(device.embedded_redis.url)
+        maxmemory = int(client.config_get("maxmemory")["maxmemory"])
+        client.close()
+        stored = settings.ddr_bytes * settings.kv_bytes_fraction
+        assert stored < maxmemory < 2 * stored  # headroom for Redis's own overhead
+    finally:
+        device.close()
