@@ -103,7 +103,9 @@ class Proxy:
         # Tokenize with the first replica's tokenizer: the policy compares replicas that
         # share a model (a replica with another numerics id just shows no overlap).
         probe = next((r for r in self.replicas if r.tokenizer is not None), self.replicas[0])
-        routed = route_request(path, body, probe)
+        # Parsing, validating and tokenizing take milliseconds for a long prompt: off the
+        # event loop, so other requests' streams keep flowing.
+        routed = await asyncio.to_thread(route_request, path, body, probe)
         tried: set[str] = set()
         while True:
             decision = self.router.pick(routed, frozenset(tried))
