@@ -259,14 +259,15 @@ VLLM_PREFIX = "agree-"
 
 
 def vllm_command(exe: str, url: str, tok: Path, out: Path, a: argparse.Namespace) -> list[str]:
-    # vllm bench serve's prompt_len excludes special tokens: ask the server for no BOS.
+    # vllm bench serve 0.33 reports usage.prompt_tokens / completion_tokens from the
+    # stream (its own re-encoded count is the fallback): the server's BOS stays, and a
+    # prompt is --random-input-len tokens on the server, special token included.
     return [
         exe, "bench", "serve", "--backend", "openai", "--base-url", url,
         "--endpoint", "/v1/completions", "--model", MODEL, "--tokenizer", str(tok),
         "--dataset-name", "random", "--random-input-len", str(a.input_len),
         "--random-output-len", str(a.output_len), "--num-prompts", str(a.num_requests),
         "--max-concurrency", str(a.concurrency), "--ignore-eos",
-        *([] if a.keep_bos else ["--extra-body", '{"add_special_tokens": false}']),
         "--request-id-prefix", VLLM_PREFIX, "--save-result", "--save-detailed",
         "--result-dir", str(out), "--result-filename", "vllm.json",
     ]  # fmt: skip
@@ -342,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--keep-bos",
         action="store_true",
-        help="do not ask aiperf's and vllm's requests for add_special_tokens=false "
-        "(shows the one-token gap they then have)",
+        help="do not ask aiperf's requests for add_special_tokens=false "
+        "(shows the one-token gap it then has)",
     )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
