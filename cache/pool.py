@@ -47,6 +47,7 @@ import redis.exceptions
 from cache import pool_scripts
 from cache.block_hash import BlockHash
 from cache.pool_scripts import PoolKeys
+from cache.tier_index import TierIndex
 
 logger = logging.getLogger(__name__)
 
@@ -281,3 +282,31 @@ class SharedPool:
         """Delete the books (tests; block values are the tier's `clear`)."""
         for key in self.keys.all():
             self._client.delete(key)
+
+
+def apply_changes(
+    index: TierIndex, changes: Sequence[PoolChange], block_size: int
+) -> list[BlockHash]:
+    """Apply the follower's changes to this replica's DDR index (engine thread).
+
+    Returns the blocks this replica, as the demoter, must demote (already out of the
+    pool's index: the caller moves them to flash, or deletes them)."""
+    to_demote: list[BlockHash] = []
+    for change in changes:
+        if change.kind is ChangeKind.ADD:
+            for block_hash, size in change.blocks:
+                index.add(block_hash, size or block_size)
+        elif change.kind is ChangeKind.REMOVE:
+            for block_hash, _ in change.blocks:
+                index.remove(block_hash)
+        elif change.kind is ChangeKind.RESET:
+            wanted = {h for h, _ in change.blocks}
+            for block_hash in [h for h in index if h not in wanted]:
+                index.remove(block_hash)
+            for block_hash, size in change.blocks:  # least recently used first
+                index.add(block_hash, size or block_size)
+        else:
+            for block_hash, _ in change.blocks:
+                index.remove(block_hash)
+                to_demote.append(block_hash)
+    return to_demote
