@@ -42,7 +42,6 @@ from cache.index_rebuild import rebuild_index
 from cache.layout import KVLayout
 from cache.load_deadlines import LoadDeadlines
 from cache.policies.admission import make_admission_policy
-from cache.pool import SharedPool, apply_changes
 from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
 from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
@@ -71,6 +70,8 @@ class _PendingLoad:
 class CacheManager:
     """Placement across HBM, DDR and flash for one model layout."""
 
+    _owns_ddr = True  # False: DDR is a shared pool (cache.pooled_manager), not ours alone
+
     def __init__(
         self,
         layout: KVLayout,
@@ -80,15 +81,11 @@ class CacheManager:
         notify: Callable[[], None] = lambda: None,
         on_event: EventCallback = ignore_event,
         charge: TransferCharge | None = None,
-        pool: SharedPool | None = None,
     ) -> None:
         """`on_event` hears every block entering or leaving a tier (HBM: the prefix cache;
         DDR, flash: the index), on the engine thread: it must not block (cache.events).
-        `charge` is handed to the transfer lanes (see `TransferWorker`). `pool`: `ddr` is
-        a `PooledRedisTier` over this shared pool; the DDR index then mirrors the pool's
-        (cache.pool), whose capacity and demotions are pool-wide, not this manager's."""
+        `charge` is handed to the transfer lanes (see `TransferWorker`)."""
         self.layout = layout
-        self._pool = pool
         self._on_event = on_event
         self.config = config
         self.pool = HbmBlockPool(layout, config.hbm_num_blocks, config.eviction_policy)
@@ -119,9 +116,6 @@ class CacheManager:
         self._finished_loads: list[FinishedLoad] = []  # landed, until poll() hands them over
         self._deadlines = LoadDeadlines(config.reload_timeout_s, notify)
         self._rebuild_indexes()
-        if pool is not None and Tier.DDR in self._index:
-            pool.start(notify)
-            self._apply_pool_changes()
 
     @property
     def kv(self) -> np.ndarray:
@@ -236,24 +230,6 @@ class CacheManager:
             self._on_event(BlocksStored(Tier.HBM, tuple(stored)))
         self._record_accesses(hashes)
 
-    def store_to_ddr(self, block_ids: Sequence[int]) -> int:
-        """Write these HBM blocks (registered, full) to DDR now, the shared pool if there
-        is one, unless a lower tier already holds them (HBM keeps them). Returns how
-        many were submitted; they are visible to other replicas once stored (`poll`
-        reports nothing for them). The admission policy is not asked: the caller is."""
-        if Tier.DDR not in self._index or self.health[Tier.DDR].is_down:
-            return 0
-        blocks = [(h, b) for b in block_ids if (h := self.pool.block_hash(b)) is not None]
-        todo = [(h, b) for h, b in blocks if not any(h in idx for idx in self._index.values())]
-        self._store_blocks(Tier.DDR, todo, lambda _: True)
-        return len(todo)
-
-    def is_in_ddr(self, block_hash: BlockHash) -> bool:
-        """Whether DDR (the shared pool: as of the last `poll`, about 0.1 s behind the
-        other replicas' writes) holds `block_hash`. Never blocks."""
-        index = self._index.get(Tier.DDR)
-        return index is not None and block_hash in index
-
     def free(self, block_ids: Sequence[int]) -> None:
         """Release a request's blocks (in sequence order); cached ones stay reusable."""
         self.pool.free(block_ids)
@@ -316,9 +292,8 @@ class CacheManager:
         self.wait_transfers(timeout_s)
         self._apply_results()
         ddr = self._index.get(Tier.DDR)
-        # A shared pool outlives this replica: nothing of it needs saving.
-        skip_ddr = ddr is None or self.health[Tier.DDR].is_down or self._pool is not None
-        ddr_keys = [] if skip_ddr or ddr is None else reversed(list(ddr))
+        ddr_keys = [] if ddr is None or self.health[Tier.DDR].is_down else reversed(list(ddr))
+        ddr_keys = ddr_keys if self._owns_ddr else []  # a shared pool outlives us
         budget = flash.capacity_bytes // self._block_size
         todo = plan_write_back(self.pool.cached_blocks_newest_first(), ddr_keys, flash, budget)
         written = 0
@@ -344,8 +319,6 @@ class CacheManager:
     def close(self) -> None:
         """Finish pending transfers and close the lower tiers."""
         self._deadlines.cancel_all()
-        if self._pool is not None:
-            self._pool.stop()
         self._worker.close()
         for store in self._stores.values():
             try:
@@ -442,8 +415,6 @@ class CacheManager:
         index = self._index[tier]
         if not index.fits(size):
             return False
-        if tier is Tier.DDR and self._pool is not None:
-            return True  # the shared pool enforces its capacity itself (cache.pool)
         victims: list[BlockHash] = []
         while not index.has_room(size):
             victim = index.pop_victim()
@@ -501,22 +472,7 @@ class CacheManager:
                     if status is LoadStatus.MISSING:  # DDR had lost it behind our back
                         self.stats.tiers[Tier.DDR].index_repairs += 1
         self._expire_loads()
-        self._apply_pool_changes()
         self._refresh_occupancy()
-
-    def _apply_pool_changes(self) -> None:
-        """Follow the shared pool: other replicas' writes and removals, and the blocks
-        this replica must demote as the pool's demoter."""
-        if self._pool is None or Tier.DDR not in self._index:
-            return
-        victims = apply_changes(self._index[Tier.DDR], self._pool.drain(), self._block_size)
-        if not victims:
-            return
-        self.stats.tiers[Tier.DDR].evictions += len(victims)
-        if Tier.FLASH in self._index and not self.health[Tier.FLASH].is_down:
-            self._demote(victims)
-        else:
-            self._worker.submit(RemoveJob(Tier.DDR, victims))
 
     def _land(self, ticket: int, num_ok: int) -> None:
         """A load is over (finished or abandoned): hand it over, or free a cancelled one."""
@@ -627,8 +583,8 @@ class CacheManager:
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""
         for tier, store in self._stores.items():
-            if tier is Tier.DDR and self._pool is not None:
-                continue  # the pool's follower reads its index (see __init__)
+            if tier is Tier.DDR and not self._owns_ddr:
+                continue  # the pool's follower reads its index
             args = (self._block_size, self.stats.tiers[tier], self.health[tier])
             rebuild_index(tier, store, self._index[tier], *args, self._worker.submit)
             # The bulk rebuild reports nothing per key: announce what start-up found once,

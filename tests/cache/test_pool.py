@@ -171,7 +171,7 @@ def test_a_follower_that_missed_log_entries_reads_the_index_again(open_pool, url
     client = connect_redis(url)
     seq = int(client.get(a.pool.keys.seq))
     fields = {"op": "a", "h": block(2), "s": SIZE, "n": seq + 5}
-    client.xadd(a.pool.keys.log, fields)  # type: ignore[arg-type]
+    client.xadd(a.pool.keys.log, fields)
     a.put_many([(block(3), b"x" * SIZE)])
     seen = wait_for(b.pool, lambda s: sum(c.kind is ChangeKind.RESET for c in s) == 2, seen)
     assert b.pool.num_resyncs == resyncs + 1
