@@ -13,8 +13,12 @@ from typing import Any
 
 import pytest
 
+from cache.block_format import encoded_size
 from cache.embedded_redis import EmbeddedRedis
-from server.config import Settings
+from cache.pool_scripts import PoolKeys
+from cache.tiers.redis_tier import RedisTier, connect_redis
+from server.config import GB, Settings
+from server.stack import kv_layout
 from tests.cache.conftest import start_local_cluster
 from tests.server.live import LiveServer, run_server
 
@@ -81,3 +85,44 @@ def test_a_replica_hits_blocks_another_wrote_after_it_started(replica_settings):
         assert text == cold  # the tokens of A's cold run
         assert b.metric("tierkv:prefix_cache_hits_total", tier="ddr") == cached
         assert b.metric("tierkv:tier_read_bytes_total", tier="ddr") > 0
+
+
+def test_replicas_filling_the_pool_stay_within_one_capacity_and_keep_their_tokens(
+    replica_settings, pool_url
+):
+    probe = replica_settings("probe")
+    layout = kv_layout(probe)
+    block = encoded_size(layout.block_shape, layout.np_dtype)
+    capacity_blocks = 24
+    ddr_gb = capacity_blocks * block / GB
+    keys = PoolKeys.of(layout.namespace)
+    client = connect_redis(pool_url)
+    prompts = [f"Prompt {i} fills the pool. " * 9 for i in range(6)]
+    cold: dict[str, str] = {}
+    counted: list[int] = []
+    with (
+        run_server(replica_settings("a", ddr_gb=ddr_gb)) as a,
+        run_server(replica_settings("b", ddr_gb=ddr_gb)) as b,
+    ):
+        for i, prompt in enumerate(prompts):  # 6 x ~14 blocks into a pool of 24
+            server = (a, b)[i % 2]
+            cold[prompt] = server.complete(prompt, MAX_TOKENS)["choices"][0]["text"]
+            server.offload("hbm")
+            counted.append(int(client.get(keys.used) or 0))
+
+        def flash_blocks() -> int:
+            return sum(s.cache_stats()["tiers"]["flash"]["blocks"] for s in (a, b))
+
+        deadline = time.monotonic() + DEADLINE_S
+        while flash_blocks() == 0:  # the demoter (one of them) moved blocks to its flash
+            assert time.monotonic() < deadline, "nothing demoted"
+            counted.append(int(client.get(keys.used) or 0))
+            time.sleep(0.01)  # poll interval
+        assert max(counted) <= capacity_blocks * block
+        with RedisTier(connect_redis(pool_url), layout.namespace) as plain:
+            assert sum(size for _, size in plain.scan()) <= capacity_blocks * block
+        # Whatever was demoted, refused or kept, every answer keeps its cold tokens.
+        for i, prompt in enumerate(prompts):
+            server = (b, a)[i % 2]
+            assert server.complete(prompt, MAX_TOKENS)["choices"][0]["text"] == cold[prompt]
+    client.close()
