@@ -186,12 +186,20 @@ class SharedPool:
     # -- the follower --------------------------------------------------------------------
 
     def start(self, notify: Callable[[], None] = lambda: None) -> None:
-        """Read the whole index now (queued as a RESET: blocking, call at start-up), then
-        follow the log on a daemon thread; `notify()` after changes are queued (it wakes
+        """Read the whole index now (queued as a RESET: blocking, call at start-up; if
+        Redis does not answer, the follower retries), then follow the log on a daemon
+        thread; `notify()` after changes are queued (it wakes
         the engine so it applies them even when idle)."""
         self._notify = notify
-        self._resync()
-        self._thread = threading.Thread(target=self._follow, name="tierkv-pool", daemon=True)
+        resynced = True
+        try:
+            self._resync()
+        except _REDIS_ERRORS as exc:  # Redis away: the follower keeps trying (backoff)
+            logger.warning("shared pool: cannot read the index yet (%s); retrying", exc)
+            resynced = False
+        self._thread = threading.Thread(
+            target=self._follow, args=(resynced,), name="tierkv-pool", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -209,8 +217,8 @@ class SharedPool:
         self._put(PoolChange(ChangeKind.RESET, tuple(blocks)))
         self.num_resyncs += 1
 
-    def _follow(self) -> None:
-        backoff = 0.0
+    def _follow(self, resynced: bool) -> None:
+        backoff = 0.0 if resynced else 0.05
         while not self._stop.is_set():
             try:
                 if backoff:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from cache.block_hash import BlockHash
+from cache.embedded_redis import EmbeddedRedis
 from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
 from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
 
@@ -179,3 +180,26 @@ def test_a_follower_that_missed_log_entries_reads_the_index_again(open_pool, url
     assert {h for h, _ in resets[-1].blocks} >= {block(1)}
     assert block(2) not in {h for h, _ in resets[-1].blocks}  # never really written
     client.close()
+
+
+def test_a_follower_started_while_redis_is_away_catches_up_when_it_is_back(tmp_path):
+    with EmbeddedRedis(tmp_path, maxmemory_bytes=64 << 20) as server:
+        url = server.url
+    # Redis is gone: starting must not raise (the replica serves, recomputing) ...
+    config = PoolConfig(capacity_bytes=4 * SIZE, poll_s=0.02)
+    follower = SharedPool(connect_redis(url), "back", config)
+    follower.start()
+    with EmbeddedRedis(tmp_path, maxmemory_bytes=64 << 20):  # ... and it comes back
+        writer = PooledRedisTier(
+            connect_redis(url), "back", SharedPool(connect_redis(url), "back", config)
+        )
+        writer.put_many([(block(1), b"x" * SIZE)])
+        wanted = {block(1)}
+        wait_for(
+            follower,
+            lambda s: wanted <= blocks_of(s, ChangeKind.ADD) | blocks_of(s, ChangeKind.RESET),
+            [],
+        )
+        follower.stop()
+        writer.pool.stop()
+        writer.close()
