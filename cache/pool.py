@@ -240,10 +240,13 @@ class SharedPool:
         for _stream, entries in reply:
             for entry_id, fields in entries:
                 seq = int(fields[b"n"])
-                if seq <= self._last_seq:
-                    continue  # already in the snapshot
-                if seq > self._last_seq + 1:  # trimmed past us: changes were missed
-                    logger.warning("shared pool log gap at %d: re-reading the index", seq)
+                # Entries after the snapshot's position number on from its sequence
+                # number: a gap means the log was trimmed past us, a step back that the
+                # books were lost (Redis restarted empty). Either way, re-read.
+                if seq != self._last_seq + 1:
+                    logger.warning(
+                        "shared pool log at %d after %d: re-reading", seq, self._last_seq
+                    )
                     self._resync()
                     return
                 self._last_id, self._last_seq = bytes(entry_id), seq

@@ -203,3 +203,15 @@ def test_a_follower_started_while_redis_is_away_catches_up_when_it_is_back(tmp_p
         follower.stop()
         writer.pool.stop()
         writer.close()
+
+
+def test_a_follower_notices_the_books_were_lost_and_reads_the_index_again(open_pool):
+    a, b = open_pool(), open_pool()
+    b.pool.start()
+    seen = wait_for(b.pool, lambda s: any(c.kind is ChangeKind.RESET for c in s), [])
+    a.put_many([(block(i), b"x" * SIZE) for i in range(3)])
+    wait_for(b.pool, lambda s: block(2) in blocks_of(s, ChangeKind.ADD), seen)
+    a.clear()  # as a Redis that restarted empty: the log starts again from 1
+    a.put_many([(block(7), b"x" * SIZE)])
+    seen = wait_for(b.pool, lambda s: sum(c.kind is ChangeKind.RESET for c in s) == 2, seen)
+    assert {h for h, _ in seen[-1].blocks} == {block(7)}
