@@ -88,9 +88,10 @@ class SharedPoolCacheManager(CacheManager):
 
     def _follow_pool(self) -> None:
         """Apply the pool's changes; demote what it claimed from this replica, the demoter."""
-        if Tier.DDR not in self._index:
+        changes = self._pool.drain() if Tier.DDR in self._index else []
+        if not changes:
             return
-        victims = apply_changes(self._index[Tier.DDR], self._pool.drain(), self._block_size)
+        victims = apply_changes(self._index[Tier.DDR], changes, self._block_size)
         if victims:
             self.stats.tiers[Tier.DDR].evictions += len(victims)
             if Tier.FLASH in self._index and not self.health[Tier.FLASH].is_down:

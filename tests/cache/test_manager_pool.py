@@ -42,11 +42,12 @@ def replicas(
         return m
 
     yield make
-    if made:
-        with PooledRedisTier(connect_redis(url), namespace, made[0]._pool) as cleaner:
-            cleaner.clear()
     for m in made:
         m.close()
+    cleaner_pool = SharedPool(connect_redis(url), namespace, PoolConfig(capacity_bytes=0))
+    with PooledRedisTier(connect_redis(url), namespace, cleaner_pool) as cleaner:
+        cleaner.clear()
+    cleaner_pool.stop()
 
 
 def poll_until(m: CacheManager, done: Callable[[], bool]) -> None:
