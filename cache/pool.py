@@ -125,29 +125,45 @@ class SharedPool:
         return [
             int(r)
             for r in self._run(
-                "RESERVE", client, [k.lru, k.size, k.used, k.reserved], [*args, *hashes]
+                "RESERVE", [k.lru, k.size, k.used, k.reserved], [*args, *hashes], client
             )
         ]
 
     def commit(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
         """Make reserved, stored blocks visible; False: the reservation had expired (the
         caller deletes that value)."""
-        k = self.keys
-        keys = [k.lru, k.size, k.reserved, k.log, k.seq]
-        replies = self._run("COMMIT", client, keys, [self.config.log_maxlen, *hashes])
-        return [bool(int(r)) for r in replies]
+        return [bool(int(r)) for r in self._run(*self.call("COMMIT", hashes), client)]
 
     def forget(self, client: Any, hashes: Sequence[BlockHash]) -> int:
         """Drop deleted blocks from the books (call after their values are DEL'd)."""
-        k = self.keys
-        keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq]
-        return int(self._run("FORGET", client, keys, [self.config.log_maxlen, *hashes]))
+        return int(self._run(*self.call("FORGET", hashes), client))
 
     def lease(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
         """Touch and lease blocks about to be read; False: not in the pool's index."""
-        args = [int(self.config.lease_s * 1000), *hashes]
-        replies = self._run("LEASE", client, [self.keys.lru, self.keys.lease], args)
-        return [bool(int(r)) for r in replies]
+        return [bool(int(r)) for r in self._run(*self.call("LEASE", hashes), client)]
+
+    def call(self, name: str, hashes: Sequence[BlockHash]) -> tuple[str, list[bytes], list[Any]]:
+        """(script, keys, args) of COMMIT, FORGET or LEASE on `hashes`."""
+        k, cfg = self.keys, self.config
+        if name == "COMMIT":
+            return name, [k.lru, k.size, k.reserved, k.log, k.seq], [cfg.log_maxlen, *hashes]
+        if name == "FORGET":
+            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq]
+            return name, keys, [cfg.log_maxlen, *hashes]
+        if name == "LEASE":
+            return name, [k.lru, k.lease], [int(cfg.lease_s * 1000), *hashes]
+        raise ValueError(f"no call for {name!r}")
+
+    def queue(self, pipe: Any, name: str, hashes: Sequence[BlockHash]) -> None:
+        """Queue `call(name, hashes)` on a plain (non-cluster) pipeline by EVALSHA, so it
+        shares the pipeline's round trip (the script must be loaded: `load_scripts`)."""
+        _, keys, args = self.call(name, hashes)
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+
+    def load_scripts(self, client: Any) -> None:
+        """SCRIPT LOAD every script (after a NOSCRIPT from a queued call)."""
+        for script in self._scripts.values():
+            client.script_load(script.script)
 
     def refused(self, hashes: Sequence[BlockHash]) -> None:
         """Writes of ours the pool did not take: the engine drops them from its index."""
@@ -159,7 +175,7 @@ class SharedPool:
     def snapshot(self, client: Any) -> tuple[bytes, int, list[tuple[BlockHash, int]]]:
         """(log id, log sequence number, every pooled block least recently used first)."""
         k = self.keys
-        last_id, seq, flat = self._run("SNAPSHOT", client, [k.lru, k.size, k.log, k.seq], [])
+        last_id, seq, flat = self._run("SNAPSHOT", [k.lru, k.size, k.log, k.seq], [], client)
         blocks = [(BlockHash(bytes(flat[i])), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         return bytes(last_id), int(seq), blocks
 
@@ -286,7 +302,7 @@ class SharedPool:
         self._changes.put(change)
         self._notify()
 
-    def _run(self, name: str, client: Any, keys: list[bytes], args: list[Any]) -> Any:
+    def _run(self, name: str, keys: list[bytes], args: list[Any], client: Any) -> Any:
         return self._scripts[name](keys=keys, args=args, client=client)
 
     def clear(self) -> None:

@@ -220,12 +220,44 @@ class PooledRedisTier(RedisTier):
     committed after its SET (or refused when the pool is full, reported to the pool so
     the engine drops it from its index), a read leases and touches its blocks, a delete
     DELs and then forgets. ``scan`` lists the pool's index, least recently used first.
-    Threading and failures as :class:`RedisTier` (the transfer lane's thread).
+    On a plain Redis the bookkeeping shares its round trip where order allows (SETs and
+    COMMIT, LEASE and MGET, DELs and FORGET each in one pipeline; RESERVE must answer
+    before any SET); on a cluster the books live on one node and the values on others,
+    so they are separate calls. Threading and failures as :class:`RedisTier` (the
+    transfer lane's thread).
     """
 
     def __init__(self, client: RedisClient, namespace: str, pool: SharedPool) -> None:
         super().__init__(client, namespace)
         self.pool = pool
+        self._is_plain = isinstance(client, redis.Redis)
+
+    def _with_books(
+        self,
+        what: str,
+        queue: Callable[[Any], None],
+        book: str,
+        hashes: Sequence[BlockHash],
+        books_first: bool = False,
+    ) -> list[Any]:
+        """One plain-Redis pipeline: ``queue(pipe)``'s commands, then the `book` script on
+        `hashes` (before them if `books_first`); returns every reply. Reloads the scripts
+        once if the server lost them (NOSCRIPT)."""
+        for attempt in (0, 1):
+            with _wrap_errors(what):
+                pipe = self._client.pipeline(transaction=False)
+                if books_first:
+                    self.pool.queue(pipe, book, hashes)
+                queue(pipe)
+                if not books_first:
+                    self.pool.queue(pipe, book, hashes)
+                try:
+                    return list(pipe.execute())
+                except redis.exceptions.NoScriptError:
+                    if attempt:
+                        raise
+                    self.pool.load_scripts(self._client)
+        raise AssertionError("unreachable")
 
     def put(self, key: BlockHash, value: bytes) -> None:
         self.put_many([(key, value)])
@@ -256,9 +288,19 @@ class PooledRedisTier(RedisTier):
             if not todo:
                 continue
             # A failed SET leaves its reservation to expire (PoolConfig.reservation_s).
-            super().put_many(todo)
-            with _wrap_errors("pool commit"):
-                committed = self.pool.commit(self._client, [k for k, _ in todo])
+            todo_keys = [k for k, _ in todo]
+            if self._is_plain:
+
+                def sets(pipe: Any, todo: list[tuple[BlockHash, bytes]] = todo) -> None:
+                    for k, v in todo:
+                        pipe.set(self._key(k), v)
+
+                replies = self._with_books("pipelined SET + commit", sets, "COMMIT", todo_keys)
+                committed = [bool(int(r)) for r in replies[-1]]
+            else:
+                super().put_many(todo)
+                with _wrap_errors("pool commit"):
+                    committed = self.pool.commit(self._client, todo_keys)
             late = [k for (k, _), ok in zip(todo, committed, strict=True) if not ok]
             if late:
                 super().remove_many(late)
@@ -268,13 +310,30 @@ class PooledRedisTier(RedisTier):
     def get_many(
         self, keys: Sequence[BlockHash], consume: Callable[[int, Buffer | None], None]
     ) -> None:
-        if keys:
-            with _wrap_errors("pool lease"):
-                self.pool.lease(self._client, keys)
+        if not keys:
+            return
+        if self._is_plain:
+            full = [self._key(k) for k in keys]
+            replies = self._with_books(
+                "lease + MGET", lambda pipe: pipe.mget(full), "LEASE", keys, books_first=True
+            )
+            for i, value in enumerate(replies[1]):  # outside the error wrapper: the caller's
+                consume(i, value)
+            return
+        with _wrap_errors("pool lease"):
+            self.pool.lease(self._client, keys)
         super().get_many(keys, consume)
 
     def remove_many(self, keys: Sequence[BlockHash]) -> None:
         if not keys:
+            return
+        if self._is_plain:
+
+            def dels(pipe: Any) -> None:
+                for k in keys:
+                    pipe.delete(self._key(k))
+
+            self._with_books("pipelined DEL + forget", dels, "FORGET", keys)
             return
         super().remove_many(keys)
         with _wrap_errors("pool forget"):
