@@ -215,3 +215,17 @@ def test_a_follower_notices_the_books_were_lost_and_reads_the_index_again(open_p
     a.put_many([(block(7), b"x" * SIZE)])
     seen = wait_for(b.pool, lambda s: sum(c.kind is ChangeKind.RESET for c in s) == 2, seen)
     assert {h for h, _ in seen[-1].blocks} == {block(7)}
+
+
+def test_a_server_that_lost_the_scripts_gets_them_again(open_pool, url):
+    a = open_pool()
+    a.put_many([(block(1), b"x" * SIZE)])
+    client = connect_redis(url)
+    client.script_flush()  # as a restarted Redis (on a cluster: every master)
+    client.close()
+    a.put_many([(block(2), b"y" * SIZE)])
+    got: list[bytes | None] = []
+    a.get_many([block(1), block(2)], lambda _, buf: got.append(None if buf is None else bytes(buf)))
+    assert got == [b"x" * SIZE, b"y" * SIZE]
+    a.remove_many([block(1), block(2)])
+    assert a.pool.usage().used_bytes == 0
