@@ -310,19 +310,27 @@ class PooledRedisTier(RedisTier):
     def get_many(
         self, keys: Sequence[BlockHash], consume: Callable[[int, Buffer | None], None]
     ) -> None:
+        """Lease (and touch) the blocks, then MGET them. A block the pool's index lists
+        but Redis lacks (an evicting Redis, a lost write) is forgotten pool-wide, so no
+        replica keeps missing it."""
         if not keys:
             return
         if self._is_plain:
             full = [self._key(k) for k in keys]
-            replies = self._with_books(
+            leased, values = self._with_books(
                 "lease + MGET", lambda pipe: pipe.mget(full), "LEASE", keys, books_first=True
             )
-            for i, value in enumerate(replies[1]):  # outside the error wrapper: the caller's
-                consume(i, value)
-            return
-        with _wrap_errors("pool lease"):
-            self.pool.lease(self._client, keys)
-        super().get_many(keys, consume)
+            leased = [bool(int(r)) for r in leased]
+        else:
+            with _wrap_errors("pool lease"):
+                leased = self.pool.lease(self._client, keys)
+            values = self._mget([self._key(k) for k in keys])
+        lost = [k for k, held, v in zip(keys, leased, values, strict=True) if held and v is None]
+        if lost:
+            with _wrap_errors("pool forget"):
+                self.pool.forget(self._client, lost)
+        for i, value in enumerate(values):  # outside the error wrapper: the caller's
+            consume(i, value)
 
     def remove_many(self, keys: Sequence[BlockHash]) -> None:
         if not keys:

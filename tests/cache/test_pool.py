@@ -229,3 +229,17 @@ def test_a_server_that_lost_the_scripts_gets_them_again(open_pool, url):
     assert got == [b"x" * SIZE, b"y" * SIZE]
     a.remove_many([block(1), block(2)])
     assert a.pool.usage().used_bytes == 0
+
+
+def test_a_block_redis_lost_behind_the_books_is_forgotten_pool_wide(open_pool, url, namespace):
+    a, b = open_pool(), open_pool()
+    a.put_many([(block(i), b"x" * SIZE) for i in range(3)])
+    b.pool.start()
+    seen = wait_for(b.pool, lambda s: any(c.kind is ChangeKind.RESET for c in s), [])
+    with RedisTier(connect_redis(url), namespace) as plain:
+        plain.remove(block(1))  # as an evicting Redis would: the books still list it
+    got: list[bytes | None] = []
+    a.get_many([block(0), block(1)], lambda _, buf: got.append(None if buf is None else bytes(buf)))
+    assert got == [b"x" * SIZE, None]
+    assert a.pool.usage().used_bytes == 2 * SIZE
+    wait_for(b.pool, lambda s: block(1) in blocks_of(s, ChangeKind.REMOVE), seen)
