@@ -38,16 +38,18 @@ class SharedPoolCacheManager(CacheManager):
         self,
         layout: KVLayout,
         config: CacheConfig,
-        pool: SharedPool,
-        ddr: StorageTier,
+        ddr: StorageTier | None = None,
         flash: StorageTier | None = None,
         notify: Callable[[], None] = lambda: None,
         on_event: EventCallback = ignore_event,
         charge: TransferCharge | None = None,
+        *,
+        pool: SharedPool,
     ) -> None:
         """As `CacheManager`; `ddr` must be a `PooledRedisTier` (possibly wrapped) over
         `pool`, and `config.ddr_capacity_bytes` the pool's capacity. Reads the pool's
-        index before returning (blocking: call at start-up)."""
+        index before returning (blocking: call at start-up). Without `ddr` the pool is
+        not used."""
         self._pool = pool
         super().__init__(layout, config, ddr, flash, notify, on_event, charge)
         if Tier.DDR in self._index:

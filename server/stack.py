@@ -226,25 +226,25 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
             ddr = FaultyTier(ddr, faults["ddr"], settings.tier_faults_seed)
         if flash is not None and "flash" in faults:
             flash = FaultyTier(flash, faults["flash"], settings.tier_faults_seed)
-        cache_config = CacheConfig(
-            hbm_num_blocks=num_blocks,
-            ddr_capacity_bytes=ddr_stored,
-            flash_capacity_bytes=flash_stored,
-            eviction_policy=settings.eviction_policy,
-            reload_timeout_s=settings.reload_timeout_ms / 1000,
-            admission_policy=settings.admission_policy,
+        manager = (
+            CacheManager if pool is None else functools.partial(SharedPoolCacheManager, pool=pool)
         )
-        on_event = ignore_event if events is None else events.publish
-        charge = functools.partial(_charge_transfer, clock)
-        cache: CacheManager
-        if pool is not None and ddr is not None:
-            cache = SharedPoolCacheManager(
-                layout, cache_config, pool, ddr, flash, wakeup, on_event, charge
-            )
-        else:
-            cache = CacheManager(
-                layout, cache_config, ddr, flash, wakeup, on_event=on_event, charge=charge
-            )
+        cache = manager(
+            layout,
+            CacheConfig(
+                hbm_num_blocks=num_blocks,
+                ddr_capacity_bytes=ddr_stored,
+                flash_capacity_bytes=flash_stored,
+                eviction_policy=settings.eviction_policy,
+                reload_timeout_s=settings.reload_timeout_ms / 1000,
+                admission_policy=settings.admission_policy,
+            ),
+            ddr=ddr,
+            flash=flash,
+            notify=wakeup,
+            on_event=ignore_event if events is None else events.publish,
+            charge=functools.partial(_charge_transfer, clock),
+        )
         undo.callback(cache.close)
         if quarantined is not None:
             cache.health[Tier.FLASH].quarantine(quarantined)

@@ -37,7 +37,7 @@ def replicas(
         ddr = PooledRedisTier(connect_redis(url), namespace, pool)
         flash = LmdbTier(tmp_path / f"flash{len(made)}", 64 << 20, LAYOUT.namespace)
         cache_config = CacheConfig(hbm, ddr_blocks * BLOCK, 64 * BLOCK)
-        m = SharedPoolCacheManager(LAYOUT, cache_config, pool, ddr, flash)
+        m = SharedPoolCacheManager(LAYOUT, cache_config, ddr, flash, pool=pool)
         made.append(m)
         return m
 
