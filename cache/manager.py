@@ -485,7 +485,7 @@ class CacheManager:
     def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
         # deadline: abandon it at once (the request recomputes).
-        down = any(self.health[t].is_down for _, _, t in items)
+        down = any(self.health[t].is_down for t in {t for _, _, t in items})
         guard = self._deadlines.add(ticket, items, now=down)
         self._worker.submit(LoadJob(ticket, items, guard))
 
@@ -519,6 +519,8 @@ class CacheManager:
         Returns how many did. `completed`: the load finished (else it was abandoned, and
         a block that had not arrived may be fine, only slow)."""
         num_ok = 0
+        registered: list[BlockHash] = []  # reported in one event
+        hits = dict.fromkeys(self._index, 0)
         for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
             if status is not LoadStatus.OK:
                 # The prefix ends here. Later blocks may be fine, but their tokens are
@@ -534,10 +536,14 @@ class CacheManager:
                     self.stats.tiers[tier].index_repairs += 1
                 break
             if self.pool.register(block_id, block_hash):
-                self._on_event(BlocksStored(Tier.HBM, (block_hash,)))
-            self.stats.tiers[tier].hit_blocks += 1
-            self.stats.hit_tokens[tier] += self.layout.block_size
+                registered.append(block_hash)
+            hits[tier] += 1
             num_ok += 1
+        for tier, num_hits in hits.items():
+            self.stats.tiers[tier].hit_blocks += num_hits
+            self.stats.hit_tokens[tier] += num_hits * self.layout.block_size
+        if registered:
+            self._on_event(BlocksStored(Tier.HBM, tuple(registered)))
         return num_ok
 
     def _fall_through(self, job: StoreJob) -> None:
