@@ -70,6 +70,8 @@ class _PendingLoad:
 class CacheManager:
     """Placement across HBM, DDR and flash for one model layout."""
 
+    _owns_ddr = True  # False: DDR is a shared pool (cache.pooled_manager), not ours alone
+
     def __init__(
         self,
         layout: KVLayout,
@@ -291,6 +293,7 @@ class CacheManager:
         self._apply_results()
         ddr = self._index.get(Tier.DDR)
         ddr_keys = [] if ddr is None or self.health[Tier.DDR].is_down else reversed(list(ddr))
+        ddr_keys = ddr_keys if self._owns_ddr else []  # a shared pool outlives us
         budget = flash.capacity_bytes // self._block_size
         todo = plan_write_back(self.pool.cached_blocks_newest_first(), ddr_keys, flash, budget)
         written = 0
@@ -586,6 +589,8 @@ class CacheManager:
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""
         for tier, store in self._stores.items():
+            if tier is Tier.DDR and not self._owns_ddr:
+                continue  # the pool's follower reads its index
             args = (self._block_size, self.stats.tiers[tier], self.health[tier])
             rebuild_index(tier, store, self._index[tier], *args, self._worker.submit)
             # The bulk rebuild reports nothing per key: announce what start-up found once,
