@@ -28,6 +28,7 @@ from server.engine.request import EngineRequest
 from server.errors import APIError
 from server.metrics import ServerMetrics
 from server.middleware import bearer_token
+from server.pd import PrefillDecode
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from server.request_id import request_id_of
 from server.sampling_params import build_sampling_params, check_supported, truncate_prompt
@@ -72,6 +73,7 @@ class OpenAIServing:
         self.metrics = metrics
         self.isolation = isolation
         self._tenant_secret = tenant_secret
+        self.pd: PrefillDecode | None = None  # P/D role steps (server/pd.py), set by the app
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -93,6 +95,8 @@ class OpenAIServing:
         request = self._engine_request(
             "chatcmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
+        if self.pd is not None:
+            await self.pd.before_admit(request)
         response_id = f"chatcmpl-{request_id_of(raw)}"
         if body.stream:
             return self._stream(request, response_id, body, chat=True)
@@ -104,6 +108,8 @@ class OpenAIServing:
         request = self._engine_request(
             "cmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
+        if self.pd is not None:
+            await self.pd.before_admit(request)
         response_id = f"cmpl-{request_id_of(raw)}"
         if body.stream:
             return self._stream(request, response_id, body, chat=False)
@@ -259,6 +265,8 @@ class OpenAIServing:
             if await raw.is_disconnected():
                 task.cancel()  # closes the output stream, which aborts the request
                 raise APIError(499, "Client disconnected.")
+        if self.pd is not None:
+            await self.pd.after_finish(request)
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
@@ -331,6 +339,8 @@ class OpenAIServing:
                 return
             finally:
                 stream.close()
+            if self.pd is not None:
+                await self.pd.after_finish(request)
             yield event([choice(None, result.finish_reason)])
             if include_usage:
                 yield event([], _usage(result))
