@@ -100,7 +100,7 @@ class Proxy:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.replicas = [Replica(url.rstrip("/")) for url in config.replicas]
-        self.router = Router(self.replicas, config.policy, config.overlap_weight)
+        self.router = Router(self.replicas, config.policy, config.overlap_weight, config.seed)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
