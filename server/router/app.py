@@ -6,6 +6,11 @@ router parses a request only to route it: if it cannot (bad JSON, a schema error
 request still goes to a replica (by load) and the replica's error comes back. A replica
 that refuses the connection is skipped for the next best one; when none answers, the
 client gets a 502 in OpenAI's error shape.
+
+With replicas of `--role prefill` and `--role decode` (server/pd.py), a completion goes
+first to a prefill replica as a one-token, non-streamed call, then unchanged to a decode
+replica, whose answer the client gets; a failed prefill call only means the decode
+replica computes the prompt itself.
 """
 
 from __future__ import annotations
