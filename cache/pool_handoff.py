@@ -1,7 +1,8 @@
 """P/D disaggregation through a shared DDR pool: the cache manager's two hand-over steps.
 
 A prefill replica writes a prompt's blocks through to DDR (`store_through`); a decode
-replica, having found them in the shared store, indexes them (`adopt`) so `match` and
+replica, having found them in the shared store (`find_shared_prefix`, the one lookup: a
+live shared-pool index would make it unnecessary), indexes them (`adopt`) so `match` and
 `admit` treat them as any DDR hit. Mixed into `CacheManager` (it uses the manager's
 index, store path and lanes) to keep that module one size; engine thread only, as
 every manager method. server/pd.py drives both.
@@ -18,7 +19,21 @@ from cache.hbm_pool import HbmBlockPool
 from cache.health import TierHealth
 from cache.stats import Tier
 from cache.tier_index import TierIndex
+from cache.tiers.base import StorageTier
 from cache.transfer import TransferWorker
+
+
+def find_shared_prefix(store: StorageTier, hashes: Sequence[BlockHash]) -> list[BlockHash]:
+    """The leading `hashes` that `store` holds (one batched existence check).
+
+    Blocking; call it on the thread that owns `store`. A store failure (TierError)
+    propagates.
+    """
+    if not hashes:
+        return []
+    present = store.contains_many(hashes)
+    n = next((i for i, ok in enumerate(present) if not ok), len(hashes))
+    return list(hashes[:n])
 
 
 class PoolHandoff:

@@ -9,7 +9,8 @@ replica with `max_tokens` 1, then, unchanged, to a decode replica.
   has run the writes (at most `HANDOFF_TIMEOUT_S`), so the decode replica, called after
   the response, finds them.
 * `decode`: before a request is admitted, its prompt's leading blocks are looked up in
-  the shared Redis (`find_shared_prefix`, on this module's own connection and thread)
+  the shared Redis (`cache.pool_handoff.find_shared_prefix`, on this module's own
+  connection and thread)
   and added to the DDR index (`CacheManager.adopt`); the scheduler then reloads them as
   any DDR hit and computes only the rest (at least the last prompt token, which samples
   the first output token: tokens are those of a single replica).
@@ -27,14 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cache.block_hash import BlockHash, hash_full_blocks
+from cache.pool_handoff import find_shared_prefix
 from cache.stats import Tier
-from cache.tiers.base import StorageTier, TierError
+from cache.tiers.base import TierError
 from cache.tiers.redis_tier import RedisTier, connect_redis
 from server.config import Role
 from server.engine.async_engine import AsyncEngine
@@ -45,19 +46,6 @@ logger = logging.getLogger(__name__)
 HANDOFF_TIMEOUT_S = 5.0
 """Longest a prefill response waits for its blocks to reach DDR; past it the decode
 replica recomputes what is missing."""
-
-
-def find_shared_prefix(store: StorageTier, hashes: Sequence[BlockHash]) -> list[BlockHash]:
-    """The leading `hashes` that `store` holds (one batched existence check).
-
-    Blocking; call it on the thread that owns `store`. A store failure (TierError)
-    propagates.
-    """
-    if not hashes:
-        return []
-    present = store.contains_many(hashes)
-    n = next((i for i, ok in enumerate(present) if not ok), len(hashes))
-    return list(hashes[:n])
 
 
 class PrefillDecode:
