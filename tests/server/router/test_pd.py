@@ -121,3 +121,26 @@ def test_roles_other_than_both_need_a_shared_redis(tmp_path: Path) -> None:
         Settings(data_dir=tmp_path, role=Role.DECODE)
     with pytest.raises(ValueError, match="ddr-gb"):
         Settings(data_dir=tmp_path, role=Role.PREFILL, redis_url="redis://x:1", ddr_gb=0)
+
+
+def test_a_prefill_replica_that_went_away_degrades_to_decode_computing(
+    fleet: dict[str, LiveServer], tmp_path: Path
+) -> None:
+    prompt = "".join(random.Random(99).choice("ijklmnop ") for _ in range(200))  # unseen
+    expected = fleet["single"].complete(prompt, max_tokens=6)["choices"][0]["text"]
+    url = fleet["prefill"].settings.redis_url
+    with run_server(_settings(tmp_path / "p2", role=Role.PREFILL, redis_url=url)) as gone:
+        config = RouterConfig(replicas=(gone.url, fleet["decode"].url))
+        router = TestClient(build_router_app(config))
+        router.__enter__()
+    try:  # the prefill replica is stopped now: its call fails, decode computes
+        body = {"model": "tiny-llama", "prompt": prompt, "max_tokens": 6,
+                "temperature": 0, "ignore_eos": True}  # fmt: skip
+        r = router.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == expected
+        assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        pd = router.get("/router/stats").json()["pd"]
+        assert pd["prefills"] == 1 and pd["prefill_failures"] == 1
+    finally:
+        router.__exit__(None, None, None)
