@@ -42,6 +42,7 @@ from cache.index_rebuild import rebuild_index
 from cache.layout import KVLayout
 from cache.load_deadlines import LoadDeadlines
 from cache.policies.admission import make_admission_policy
+from cache.pool_handoff import PoolHandoff
 from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
 from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
@@ -67,7 +68,7 @@ class _PendingLoad:
     cancelled_blocks: list[int] | None = None  # set by cancel_load: free these on arrival
 
 
-class CacheManager:
+class CacheManager(PoolHandoff):
     """Placement across HBM, DDR and flash for one model layout."""
 
     _owns_ddr = True  # False: DDR is a shared pool (cache.pooled_manager), not ours alone

@@ -261,6 +261,13 @@ class TransferWorker:
             except queue.Empty:
                 return out
 
+    def barrier(self, tier: Tier) -> threading.Event:
+        """An event set once every job submitted to `tier`'s lane so far has run (lanes
+        are FIFO). Any thread may wait on it; it says nothing of the jobs' success."""
+        done = threading.Event()
+        self._lanes[tier].tasks.put(done.set)
+        return done
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every submitted job has finished. Returns False on timeout."""
         with self._idle:

@@ -21,6 +21,7 @@ from server.failure_injection import (
 )
 from server.metrics import ServerMetrics
 from server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from server.pd import PrefillDecode
 from server.request_id import RequestIdMiddleware
 from server.routes import router
 from server.serving import OpenAIServing
@@ -73,6 +74,15 @@ def build_app(settings: Settings) -> FastAPI:
             settings.tenant_secret.get_secret_value().encode() if settings.tenant_secret else b"",
             served_model_names=settings.served_model_name,
         )
+        app.state.pd = PrefillDecode(
+            settings.role,
+            engine,
+            settings.block_size,
+            metrics.registry,
+            settings.redis_url,
+            stack.layout.namespace,
+        )
+        app.state.serving.pd = app.state.pd
         app.state.tokenizer_service = TokenizerService(
             stack.tokenizer, app.state.serving.model_name, settings.max_model_len
         )
@@ -82,6 +92,7 @@ def build_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await asyncio.to_thread(engine.shutdown)
+            await asyncio.to_thread(app.state.pd.close)
             await asyncio.to_thread(stack.close)
 
     disable_created_metrics()  # no `_created` series (as vLLM); process-wide, idempotent

@@ -40,6 +40,14 @@ class DdrPool(StrEnum):
     SHARED = "shared"  # one live pool for every replica on the Redis (see cache.pool)
 
 
+class Role(StrEnum):
+    """What a replica does in prefill/decode disaggregation (see server/pd.py)."""
+
+    BOTH = "both"  # an ordinary server
+    PREFILL = "prefill"  # writes each finished prompt's KV through to the shared DDR pool
+    DECODE = "decode"  # looks a prompt's blocks up in the shared DDR pool before admitting
+
+
 class TenantIsolation(StrEnum):
     NONE = "none"  # one cache for every client (a client may still send cache_salt)
     API_KEY = "api-key"  # each bearer key gets its own cache namespace
@@ -211,6 +219,12 @@ class Settings(BaseSettings):
         "NAME=TEMPLATE:MODEL (vir01..vir16) or NAME=cores=K,hbm_gb=G[,slicing=hard|time]:"
         "MODEL; repeatable. Requests route by model name. Unset: one engine.",
     )
+    role: Role = Field(
+        Role.BOTH,
+        description="P/D disaggregation: prefill writes each prompt's KV through to the "
+        "shared DDR pool before answering; decode finds a prompt's blocks there before "
+        "admitting it; both: neither (needs --redis-url and --ddr-gb > 0 unless both).",
+    )
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -228,6 +242,11 @@ class Settings(BaseSettings):
         if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
             raise ValueError("kv-events-replay-endpoint needs kv-events-endpoint")
         parse_tier_faults(self.tier_faults)  # ValueError naming the bad part
+        if self.role is not Role.BOTH and (self.redis_url is None or self.ddr_gb <= 0):
+            raise ValueError(
+                f"role {self.role.value} shares KV through a DDR pool: it needs --redis-url "
+                "(the Redis every replica uses) and --ddr-gb > 0"
+            )
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))
             raise ValueError(f"unknown eviction policy {self.eviction_policy!r}; choose: {choices}")

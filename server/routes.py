@@ -203,6 +203,7 @@ async def cache_stats(engine: Engine, serving: Serving, request: Request) -> dic
         },
         "engine": engine_summary(engine),
         "block_size": request.app.state.settings.block_size,
+        "role": request.app.state.settings.role.value,  # P/D disaggregation (server/pd.py)
         "kv_events": kv_events_info(request.app.state.stack.events),
     }
 

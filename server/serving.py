@@ -29,6 +29,7 @@ from server.errors import APIError
 from server.metrics import ServerMetrics
 from server.middleware import bearer_token
 from server.prompt import chat_prompt_ids, completion_prompt_ids
+from server.pd import PrefillDecode
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from server.request_id import request_id_of
 from server.sampling_params import build_sampling_params, check_supported, truncate_prompt
@@ -73,6 +74,7 @@ class OpenAIServing:
         self.metrics = metrics
         self.isolation = isolation
         self._tenant_secret = tenant_secret
+        self.pd: PrefillDecode | None = None  # P/D role steps (server/pd.py), set by the app
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -91,6 +93,8 @@ class OpenAIServing:
         request = self._engine_request(
             "chatcmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
+        if self.pd is not None:
+            await self.pd.before_admit(request)
         response_id = f"chatcmpl-{request_id_of(raw)}"
         if body.stream:
             return self._stream(request, response_id, body, chat=True)
@@ -104,6 +108,8 @@ class OpenAIServing:
         request = self._engine_request(
             "cmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
+        if self.pd is not None:
+            await self.pd.before_admit(request)
         response_id = f"cmpl-{request_id_of(raw)}"
         if body.stream:
             return self._stream(request, response_id, body, chat=False)
@@ -228,6 +234,8 @@ class OpenAIServing:
             if await raw.is_disconnected():
                 task.cancel()  # closes the output stream, which aborts the request
                 raise APIError(499, "Client disconnected.")
+        if self.pd is not None:
+            await self.pd.after_finish(request)
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
@@ -300,6 +308,8 @@ class OpenAIServing:
                 return
             finally:
                 stream.close()
+            if self.pd is not None:
+                await self.pd.after_finish(request)
             yield event([choice(None, result.finish_reason)])
             if include_usage:
                 yield event([], _usage(result))

@@ -5,9 +5,16 @@ Redis and LMDB, KV events on), start `tierkv route` over them, run `tierkv-load 
 against the router, and stop everything. Reported per policy: hit rate (cached / prompt
 tokens), TTFT p50 and p90, errors, and how the requests were spread.
 
-Run: ``python -m load.bench.router [--policies cache-aware,least-loaded,round-robin]
-[--replicas 2] [--out results/router] [-- extra tierkv-load run flags]``.
-Replica flags go in ``--server-flags "..."``.
+Run: ``python -m load.bench.router [--policies cache-aware,least-loaded,round-robin,random]
+[--replicas 2] [--out results/router]``. Replica flags go in ``--server-flags "..."``,
+`tierkv-load run` flags in ``--load-flags "..."``.
+
+The setup ``pd`` (in ``--policies``) is P/D disaggregation (server/pd.py): half the
+replicas (at least one) run ``--role prefill``, the rest ``--role decode``, all on one
+shared Redis started here (``--ddr-gb`` from ``--pd-ddr-gb``), behind the cache-aware
+router. Every setup reports, per replica, its role and its own mean TTFT and ITL (from
+its ``/metrics``): for P/D, a prefill replica's TTFT is its prefill, a decode replica's
+TTFT is reloading the prompt from the pool plus its last token, its ITL the decode.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
+from cache.embedded_redis import EmbeddedRedis
 from load.bench._servers import ManagedServer, free_port, tierkv_server
 
 DEFAULT_SERVER_FLAGS = (
@@ -41,25 +50,55 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--policies", default="cache-aware,least-loaded,round-robin")
+    p.add_argument("--policies", default="cache-aware,least-loaded,round-robin,random")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--server-flags", default=DEFAULT_SERVER_FLAGS)
     p.add_argument("--load-flags", default=DEFAULT_LOAD_FLAGS)
     p.add_argument("--router-flags", default="", help="extra `tierkv route` flags")
+    p.add_argument("--pd-ddr-gb", default="0.5", help="--ddr-gb of the pd setup's replicas")
     p.add_argument("--out", type=Path, default=Path("results/router"))
     return p
 
 
+def replica_latency(base_url: str) -> dict[str, float | None]:
+    """A replica's own mean TTFT and ITL in ms (its vLLM histograms: sum / count)."""
+    text = httpx.get(f"{base_url}/metrics").text
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    out: dict[str, float | None] = {}
+    for key, name in (
+        ("ttft_mean_ms", "vllm:time_to_first_token_seconds"),
+        ("itl_mean_ms", "vllm:inter_token_latency_seconds"),
+    ):
+        count = sums.get(f"{name}_count", 0.0)
+        out[key] = round(1000 * sums.get(f"{name}_sum", 0.0) / count, 1) if count else None
+    return out
+
+
 def run_policy(policy: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    is_pd = policy == "pd"
     with ExitStack() as stack:
+        roles = ["both"] * args.replicas
+        pool_flags: list[str] = []
+        if is_pd:
+            num_prefill = max(1, args.replicas // 2)
+            roles = ["prefill"] * num_prefill + ["decode"] * max(1, args.replicas - num_prefill)
+            redis = EmbeddedRedis(work / policy / "pool", 1024**3).start()
+            stack.callback(redis.stop)
+            pool_flags = ["--redis-url", redis.url, "--ddr-gb", args.pd_ddr_gb]
         replicas: list[ManagedServer] = []
-        for i in range(args.replicas):
+        for i, role in enumerate(roles):
             flags = [
                 *shlex.split(args.server_flags),
                 "--kv-events-endpoint",
                 "tcp://127.0.0.1:*",
                 "--kv-events-replay-endpoint",
                 "tcp://127.0.0.1:*",
+                *pool_flags,
+                *(["--role", role] if is_pd else []),
             ]
             server = tierkv_server(work / policy / f"replica{i}", *flags)
             server.start()
@@ -74,7 +113,7 @@ def run_policy(policy: str, args: argparse.Namespace, work: Path) -> dict[str, A
             "--port",
             str(port),
             "--policy",
-            policy,
+            "cache-aware" if is_pd else policy,
             "--log-level",
             "warning",
             *shlex.split(args.router_flags),
@@ -99,14 +138,29 @@ def run_policy(policy: str, args: argparse.Namespace, work: Path) -> dict[str, A
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         result = json.loads((out / "result.json").read_text())
         routed = httpx.get(f"{router.base_url}/router/stats").json()
+        per_replica = [
+            {"role": role, **replica_latency(server.base_url)}
+            for role, server in zip(roles, replicas, strict=True)
+        ]
+        # Hit rate as the replicas saw it (with P/D the client's cached tokens are the
+        # decode replicas' only): cached / prompt tokens over every replica.
+        stats = [httpx.get(f"{s.base_url}/cache/stats").json() for s in replicas]
+    query = sum(st["query_tokens"] for st in stats)
+    hits = sum(sum(st["hit_tokens"].values()) for st in stats)
     return {
         "policy": policy,
         "hit_rate": result["cached_fraction"],
+        "replica_hit_rate": hits / query if query else None,
+        "ttft_mean_ms": result["ttft_ms"]["mean"],
         "ttft_p50_ms": result["ttft_ms"]["p50"],
         "ttft_p90_ms": result["ttft_ms"]["p90"],
+        "itl_p50_ms": result["itl_ms"]["p50"],
+        "itl_p90_ms": result["itl_ms"]["p90"],
         "num_requests": result["num_requests"],
         "num_errors": result["num_errors"],
         "routed": [r["routed"] for r in routed["replicas"]],
+        "replicas": per_replica,
+        "pd": routed.get("pd"),
     }
 
 
@@ -121,16 +175,30 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2))
     base = next((r for r in rows if r["policy"] == "round-robin"), rows[-1])
     print(
-        f"\n| policy | hit rate | vs {base['policy']} | TTFT p50 ms | TTFT p90 ms "
-        "| errors | requests per replica |"
+        f"\n| policy | hit rate | vs {base['policy']} | TTFT mean / p50 / p90 ms "
+        "| ITL p50 / p90 ms | errors | requests per replica |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["hit_rate"] / base["hit_rate"] if base["hit_rate"] else float("nan")
         print(
-            f"| {r['policy']} | {r['hit_rate']:.1%} | {ratio:.2f}x | {r['ttft_p50_ms']:.0f} "
-            f"| {r['ttft_p90_ms']:.0f} | {r['num_errors']} | {r['routed']} |"
+            f"| {r['policy']} | {r['hit_rate']:.1%} | {ratio:.2f}x "
+            f"| {r['ttft_mean_ms']:.0f} / {r['ttft_p50_ms']:.0f} / {r['ttft_p90_ms']:.0f} "
+            f"| {_ms(r['itl_p50_ms'])} / {_ms(r['itl_p90_ms'])} | {r['num_errors']} "
+            f"| {r['routed']} |"
         )
+    print("\n| policy | replica | role | its mean TTFT ms | its mean ITL ms |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        for i, rep in enumerate(r["replicas"]):
+            print(
+                f"| {r['policy']} | {i} | {rep['role']} | {_ms(rep['ttft_mean_ms'])} "
+                f"| {_ms(rep['itl_mean_ms'])} |"
+            )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ router parses a request only to route it: if it cannot (bad JSON, a schema error
 request still goes to a replica (by load) and the replica's error comes back. A replica
 that refuses the connection is skipped for the next best one; when none answers, the
 client gets a 502 in OpenAI's error shape.
+
+With replicas of `--role prefill` and `--role decode` (server/pd.py), a completion goes
+first to a prefill replica as a one-token, non-streamed call, then unchanged to a decode
+replica, whose answer the client gets; a failed prefill call only means the decode
+replica computes the prompt itself.
 """
 
 from __future__ import annotations
@@ -65,18 +70,40 @@ def route_request(path: str, body: bytes, replica: Replica) -> RouteRequest:
         return RouteRequest(None, None, 16)
 
 
+def prefill_request_body(body: bytes) -> bytes | None:
+    """`body` made a prefill call: one output token, no stream (None: not a JSON object;
+    the decode replica will answer with the error)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    data["max_tokens"] = 1
+    if data.get("max_completion_tokens") is not None:
+        data["max_completion_tokens"] = 1
+    data["stream"] = False
+    for name in ("stream_options", "min_tokens"):
+        data.pop(name, None)
+    return json.dumps(data).encode()
+
+
 class Proxy:
     """Forwards requests; owns the HTTP client and the in-flight bookkeeping."""
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.replicas = [Replica(url.rstrip("/")) for url in config.replicas]
-        self.router = Router(self.replicas, config.policy, config.overlap_weight)
+        self.router = Router(self.replicas, config.policy, config.overlap_weight, config.seed)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
         )
         self._ids = itertools.count()
+        # P/D: prefill calls made, failed, and the time spent waiting for them.
+        self.num_prefills = 0
+        self.num_prefill_failures = 0
+        self.prefill_seconds = 0.0
 
     async def start(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
@@ -106,7 +133,16 @@ class Proxy:
         # Parsing, validating and tokenizing take milliseconds for a long prompt: off the
         # event loop, so other requests' streams keep flowing.
         routed = await asyncio.to_thread(route_request, path, body, probe)
-        tried: set[str] = set()
+        prefill = self._urls("prefill")
+        decode = self._urls("decode")
+        if prefill and decode and request.method == "POST" and path.endswith("completions"):
+            # P/D disaggregation (server/pd.py): the prompt's KV reaches the shared pool
+            # through a prefill replica, then a decode replica generates.
+            await self._prefill(path, body, headers, routed, prefill)
+            allowed = decode
+        else:
+            allowed = self._urls("both", "decode") or self._urls("both", "decode", "prefill")
+        tried = {r.url for r in self.replicas if r.url not in allowed}
         while True:
             decision = self.router.pick(routed, frozenset(tried))
             replica = decision.replica
@@ -127,10 +163,51 @@ class Proxy:
                 replica.in_flight.pop(key, None)
                 replica.num_routed -= 1
                 logger.warning("replica %s failed: %s", replica.url, exc)
-                if len(tried) >= len(self.replicas):
+                if allowed <= tried:
                     return _error(502, f"no replica answered: {exc}", "bad_gateway")
                 continue
             return self._relay(response, replica, key)
+
+    def _urls(self, *roles: str) -> set[str]:
+        return {r.url for r in self.replicas if r.role in roles}
+
+    async def _prefill(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        routed: RouteRequest,
+        urls: set[str],
+    ) -> None:
+        """Run the prompt on a prefill replica (`max_tokens` 1) and wait for its answer,
+        which comes once its KV is in the shared pool. Failures are only logged: the
+        decode replica then computes what it does not find."""
+        prefill_body = prefill_request_body(body)
+        if prefill_body is None:
+            return
+        exclude = frozenset(r.url for r in self.replicas if r.url not in urls)
+        decision = self.router.pick(routed, exclude)
+        replica = decision.replica
+        key = next(self._ids)
+        one = RouteRequest(routed.token_ids, routed.cache_salt, 1)
+        replica.in_flight[key] = _in_flight(decision, one)
+        replica.num_routed += 1
+        started = time.perf_counter()
+        ok = False
+        try:
+            response = await self.client.post(
+                f"{replica.url}/{path}", content=prefill_body, headers=headers
+            )
+            ok = response.status_code == 200
+            if not ok:
+                logger.info("prefill on %s answered %d", replica.url, response.status_code)
+        except httpx.HTTPError as exc:
+            logger.warning("prefill on %s failed: %s", replica.url, exc)
+        finally:
+            replica.in_flight.pop(key, None)
+        self.num_prefills += 1
+        self.num_prefill_failures += 0 if ok else 1
+        self.prefill_seconds += time.perf_counter() - started
 
     def _relay(self, response: httpx.Response, replica: Replica, key: int) -> Response:
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -156,9 +233,15 @@ class Proxy:
     def stats(self) -> dict[str, Any]:
         return {
             "policy": self.router.policy,
+            "pd": {
+                "prefills": self.num_prefills,
+                "prefill_failures": self.num_prefill_failures,
+                "prefill_seconds_total": round(self.prefill_seconds, 6),
+            },
             "replicas": [
                 {
                     "url": r.url,
+                    "role": r.role,
                     "cache_aware": r.is_cache_aware,
                     "routed": r.num_routed,
                     "in_flight": len(r.in_flight),

@@ -43,6 +43,7 @@ def add_route_parser(sub: Any) -> None:
         help="weight of prefill blocks against decode blocks in the "
         "cache-aware cost (default: %(default)s)",
     )
+    route.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random policy")
     route.add_argument(
         "--startup-timeout",
         type=float,
@@ -66,6 +67,7 @@ def route(args: argparse.Namespace) -> None:
             port=args.port,
             policy=args.policy,
             overlap_weight=args.overlap_weight,
+            seed=args.seed,
             startup_timeout_s=args.startup_timeout,
             model_cache_dir=args.model_cache_dir,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-POLICIES = ("cache-aware", "least-loaded", "round-robin")
+POLICIES = ("cache-aware", "least-loaded", "round-robin", "random")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,7 @@ class RouterConfig:
     overlap_weight: float = 4.0  # Dynamo's overlap_score_weight (see README: 1.0 lost hits)
     startup_timeout_s: float = 120.0  # wait this long for every replica's /health
     request_timeout_s: float = 600.0
+    seed: int = 0  # of the `random` policy
     model_cache_dir: Path = field(default_factory=lambda: Path("~/.cache/tierkv"))
 
     def __post_init__(self) -> None:

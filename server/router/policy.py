@@ -12,12 +12,15 @@ blocks, hashed exactly as the replica hashes them, found in the replica's index 
 rebuilt from its KV events. Blocks in DDR or flash count as held (reloading is far
 cheaper than recomputing). Lowest cost wins; ties go round-robin.
 
-`least-loaded` picks the fewest in-flight requests; `round-robin` cycles.
+`least-loaded` picks the fewest in-flight requests; `round-robin` cycles; `random` draws
+uniformly (seeded): the three baselines of Mooncake's (FAST'25) Fig. 5 are random,
+load balancing and cache-aware.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 
 from cache.block_hash import BlockHash
@@ -46,8 +49,11 @@ class Decision:
 class Router:
     """Picks replicas by one policy; called on the event loop only."""
 
-    def __init__(self, replicas: list[Replica], policy: str, overlap_weight: float) -> None:
+    def __init__(
+        self, replicas: list[Replica], policy: str, overlap_weight: float, seed: int = 0
+    ) -> None:
         self.replicas = replicas
+        self._rng = random.Random(seed)
         self.policy = policy
         self.overlap_weight = overlap_weight
         self._turn = itertools.count()
@@ -61,6 +67,8 @@ class Router:
         rotated = candidates[start:] + candidates[:start]
         if self.policy == "round-robin":
             return self._decision(rotated[0], request, overlap=None)
+        if self.policy == "random":
+            return self._decision(self._rng.choice(candidates), request, overlap=None)
         if self.policy == "least-loaded" or request.token_ids is None:
             return self._decision(min(rotated, key=lambda r: len(r.in_flight)), request, None)
         best: Decision | None = None

@@ -36,6 +36,7 @@ class Replica:
     model: str | None = None
     numerics_id: str | None = None
     block_size: int | None = None
+    role: str = "both"  # --role of the replica: both, prefill or decode (server/pd.py)
     tokenizer: Tokenizer | None = None
     events: KVEventSubscriber | None = None
     in_flight: dict[int, InFlight] = field(default_factory=dict)
@@ -93,6 +94,7 @@ async def discover(client: httpx.AsyncClient, replica: Replica, cache_dir: Path)
         stats: dict[str, Any] = (await client.get(f"{replica.url}/cache/stats")).json()
         replica.numerics_id = str(stats["numerics_id"])
         replica.block_size = int(stats["block_size"])
+        replica.role = str(stats.get("role", "both"))
         events = stats.get("kv_events")
     except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
         logger.warning("%s: no tierkv cache identity (%s); routing it by load", replica.url, exc)
