@@ -28,8 +28,8 @@ from server.engine.request import EngineRequest
 from server.errors import APIError
 from server.metrics import ServerMetrics
 from server.middleware import bearer_token
-from server.prompt import chat_prompt_ids, completion_prompt_ids
 from server.pd import PrefillDecode
+from server.prompt import chat_prompt_ids, completion_prompt_ids
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from server.request_id import request_id_of
 from server.sampling_params import build_sampling_params, check_supported, truncate_prompt
