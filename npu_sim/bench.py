@@ -12,6 +12,11 @@ It only imports `npu_sim.model` and `npu_sim.model_config`, so the same file can
 older checkout: `PYTHONPATH=/path/to/old python npu_sim/bench.py` (run alternately with
 the new code to compare side by side on a noisy machine).
 
+`--baseline PATH` compares side by side: it runs this benchmark `--rounds` times on this
+code and on the package root at PATH (e.g. a worktree of an older commit), alternating
+which goes first, each in a fresh process, and prints each figure's range over the
+rounds and the per-round speed ratio (this / baseline; above 1 is faster).
+
 `--fingerprint` instead prints a digest of the KV bytes and logits of a fixed 1,000-token
 prefill and three decodes (with two BLAS threads), next to the BLAS kernel in use: run it
 under several `OPENBLAS_CORETYPE` values to check that the kernel changes no bit.
@@ -22,8 +27,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -76,6 +85,54 @@ def fingerprint(model_name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _run_isolated(root: Path, args: list[str]) -> dict[str, object]:
+    """This file's `--json` result with the npu_sim package under `root` (a new process;
+    `-P` keeps the script's own directory off sys.path, so PYTHONPATH alone decides)."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-P", __file__, "--json", *args],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _figures(result: dict[str, object]) -> dict[str, tuple[float, bool]]:
+    """name -> (value, higher_is_better) for every figure of one `--json` result."""
+    out: dict[str, tuple[float, bool]] = {
+        "sgemm GFLOP/s": (float(result["sgemm_flops"]) / 1e9, True)  # type: ignore[arg-type]
+    }
+    for n, r in result["prefill"].items():  # type: ignore[attr-defined]
+        out[f"prefill {n} s"] = (r["seconds"], False)
+        out[f"prefill {n} of sgemm"] = (r["fraction_of_sgemm"], True)
+    for b, tps in result["decode_tokens_per_s"].items():  # type: ignore[attr-defined]
+        out[f"decode b{b} tok/s"] = (tps, True)
+    return out
+
+
+def compare(baseline: Path, rounds: int, args: list[str]) -> None:
+    """Alternate this code and `baseline` for `rounds` rounds; print ranges and ratios."""
+    this_root = Path(__file__).resolve().parents[1]
+    ours: list[dict[str, tuple[float, bool]]] = []
+    theirs: list[dict[str, tuple[float, bool]]] = []
+    for r in range(rounds):
+        order = [(this_root, ours), (baseline, theirs)]
+        for root, sink in order if r % 2 == 0 else order[::-1]:
+            sink.append(_figures(_run_isolated(root, args)))
+            print(f"round {r + 1}/{rounds}: {root} done", file=sys.stderr)
+    print(f"{'figure':<22} {'this code':>19} {'baseline':>19} {'speed ratio':>15}")
+    for name, (_, higher) in ours[0].items():
+        a = [o[name][0] for o in ours]
+        b = [t[name][0] for t in theirs]
+        ratios = [x / y if higher else y / x for x, y in zip(a, b, strict=True)]
+        ratio = "" if "sgemm" in name else f"{min(ratios):.2f}-{max(ratios):.2f}x"
+        print(f"{name:<22} {min(a):>9.3g}-{max(a):<9.3g} {min(b):>9.3g}-{max(b):<9.3g} {ratio:>15}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-llama")
@@ -86,7 +143,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON line instead of text")
     parser.add_argument("--fingerprint", action="store_true", help="digest of result bits")
+    parser.add_argument("--baseline", type=Path, help="package root to compare against")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds with --baseline")
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        passed = [
+            f"--model={args.model}",
+            f"--prefill-lens={args.prefill_lens}",
+            f"--chunk={args.chunk}",
+            f"--decode-batches={args.decode_batches}",
+            f"--context={args.context}",
+            f"--repeats={args.repeats}",
+        ]
+        compare(args.baseline.resolve(), args.rounds, passed)
+        return
     if args.fingerprint:
         kernel = next(
             (i.get("architecture") for i in threadpool_info() if i["user_api"] == "blas"), None
