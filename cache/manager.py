@@ -13,22 +13,18 @@ Admission is two calls: `match` (pure: no statistics, no LRU touches, no spills)
 `admit`, which does everything a request needs (references, touches, allocation, load
 submission, statistics) or nothing at all.
 
-Threading: every method is called from the engine thread. I/O runs on the manager's
-`TransferWorker`. Finished transfers are applied in one place (`_apply_results`); the
-loads among them are kept until `poll()` hands them to the caller, so no path (not even
-`offload()`, the one method that blocks, waiting for its transfers) can lose one.
-A load still running at its deadline (`CacheConfig.reload_timeout_s`) is abandoned there
-and handed over with the blocks that had arrived; its late result is ignored.
+Threading: engine thread only; I/O runs on the `TransferWorker`. Finished transfers are
+applied in one place (`_apply_results`); loads wait in the `LoadBook` until `poll()` hands
+them over, so no path (not even the blocking `offload()`) can lose one. A load running at
+its deadline (`reload_timeout_s`) is abandoned there and handed over with what arrived.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,6 +37,7 @@ from cache.health import TierHealth
 from cache.index_rebuild import rebuild_index
 from cache.layout import KVLayout
 from cache.load_deadlines import LoadDeadlines
+from cache.loads import LoadBook
 from cache.policies.admission import make_admission_policy
 from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
 from cache.stats import CacheStats, Tier
@@ -48,7 +45,6 @@ from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
 from cache.transfer import (
     DemoteJob,
-    JobResult,
     LoadJob,
     LoadStatus,
     RemoveJob,
@@ -59,12 +55,6 @@ from cache.transfer import (
 from cache.write_back import plan_write_back
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _PendingLoad:
-    key: str
-    cancelled_blocks: list[int] | None = None  # set by cancel_load: free these on arrival
 
 
 class CacheManager:
@@ -109,9 +99,7 @@ class CacheManager:
         self._worker = TransferWorker(
             self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down, charge
         )
-        self._tickets = itertools.count(1)
-        self._loads: dict[int, _PendingLoad] = {}  # by ticket, until the load lands
-        self._finished_loads: list[FinishedLoad] = []  # landed, until poll() hands them over
+        self._loads = LoadBook()  # from submission until poll() hands them over
         self._deadlines = LoadDeadlines(config.reload_timeout_s, notify)
         self._rebuild_indexes()
 
@@ -141,9 +129,6 @@ class CacheManager:
             lower.append((block_hash, tier))
         return PrefixHit(hbm, lower)
 
-    def can_allocate(self, num_blocks: int) -> bool:
-        return self.pool.can_allocate(num_blocks)
-
     def can_admit(self, hit: PrefixHit, num_new_blocks: int) -> bool:
         """Whether `admit(hit, ..., num_new_blocks)` would succeed now."""
         needed = len(hit.lower) + num_new_blocks
@@ -167,32 +152,42 @@ class CacheManager:
         """
         if not self.can_admit(hit, num_new_blocks):
             return None
-        self.pool.acquire_cached(hit.hbm_block_ids)
-        # Blocks about to be loaded are in use: make them the most recent in their tier
-        # (deepest first, so parents stay more recent than children) before allocating,
-        # whose spills may evict from that tier.
-        for block_hash, tier in reversed(hit.lower):
-            self._index[tier].touch(block_hash)
-        allocation = self._allocate(len(hit.lower) + num_new_blocks)
-        if allocation is None:  # can_admit said it fits; the pool disagrees
-            raise RuntimeError("HBM pool refused an allocation can_admit allowed")
+        allocation = self._take(hit, key, num_new_blocks, is_prefetch=False)
         self.stats.query_tokens += num_query_tokens
         hbm_hashes = [self.pool.block_hash(b) for b in hit.hbm_block_ids]
         self._record_accesses([h for h in hbm_hashes if h is not None])
         self._record_accesses([h for h, _ in hit.lower])
         self._write_through(hit.hbm_block_ids)
-        self.stats.hit_tokens[Tier.HBM] += len(hit.hbm_block_ids) * self.layout.block_size
-        self.stats.tiers[Tier.HBM].hit_blocks += len(hit.hbm_block_ids)
+        prefetched = self._loads.take_prefetched(key)  # each counts as a hit of its source
+        for tier in (prefetched.get(h, Tier.HBM) if h else Tier.HBM for h in hbm_hashes):
+            self.stats.hit_tokens[tier] += self.layout.block_size
+            self.stats.tiers[tier].hit_blocks += 1
         if hit.num_blocks < num_query_blocks:  # the chain ended: every tier missed a block
             for tier in (Tier.HBM, *self._index):
                 self.stats.tiers[tier].miss_blocks += 1
-        if hit.lower:
-            ticket = next(self._tickets)
-            self._loads[ticket] = _PendingLoad(key)
-            slots = allocation[: len(hit.lower)]
-            items = [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
-            self._submit_load(ticket, items)
         return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
+
+    def prefetch(self, hit: PrefixHit, key: str) -> Admission | None:
+        """Start reloading `hit.lower` for a request still queued: `admit` minus the query
+        and the fresh blocks, all or nothing. The caller holds the blocks returned; once
+        `poll` reports the load under `key` (or after `cancel_load`) it keeps the HBM hits
+        and the first `num_loaded_blocks` slots (registered: a later `match` finds them in
+        HBM), `free`s the rest, and hands the hold back with `release_prefetch` after its
+        `admit`, which counts each landed block as a hit of the tier it came from."""
+        if not hit.lower or not self.can_admit(hit, 0):
+            return None
+        slots = self._take(hit, key, 0, is_prefetch=True)
+        return Admission(hit.hbm_block_ids + slots, len(hit.hbm_block_ids), len(slots))
+
+    def release_prefetch(self, key: str, block_ids: Sequence[int]) -> None:
+        """Hand back a landed prefetch's hold (the blocks stay cached)."""
+        self._loads.take_prefetched(key)
+        self.pool.free(block_ids)
+
+    @property
+    def num_loads_in_flight(self) -> int:
+        """Loads someone waits for: submitted, not cancelled, not yet handed over by `poll`."""
+        return self._loads.num_in_flight
 
     def cancel_load(self, key: str, block_ids: Sequence[int]) -> None:
         """Give up on the load admitted under `key`; `block_ids` are all its admission's blocks.
@@ -201,17 +196,7 @@ class CacheManager:
         lands (the transfer thread is writing into them); then its intact blocks are
         cached for others and every block is freed. Nothing is reported for `key`.
         """
-        for pending in self._loads.values():
-            if pending.key == key and pending.cancelled_blocks is None:
-                pending.cancelled_blocks = list(block_ids)
-                return
-        # Already finished but not yet polled: take it back out of the hand-over list.
-        for i, done in enumerate(self._finished_loads):
-            if done.key == key:
-                del self._finished_loads[i]
-                self.pool.free(block_ids)
-                return
-        raise KeyError(f"no load pending under {key!r}")
+        self.pool.free(self._loads.cancel(key, block_ids))
 
     def allocate(self, num_blocks: int) -> list[int] | None:
         """`num_blocks` fresh HBM blocks (spilling evicted cached blocks), or None."""
@@ -240,8 +225,7 @@ class CacheManager:
         The only way finished loads leave the manager. Never blocks.
         """
         self._apply_results()
-        finished, self._finished_loads = self._finished_loads, []
-        return finished
+        return self._loads.hand_over()
 
     def snapshot_stats(self) -> CacheStats:
         """A consistent copy of the counters, occupancy as of now (for other threads)."""
@@ -324,6 +308,26 @@ class CacheManager:
                 logger.warning("closing %s tier failed", store.name, exc_info=True)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _take(self, hit: PrefixHit, key: str, num_new_blocks: int, is_prefetch: bool) -> list[int]:
+        """References `hit`'s HBM blocks, allocates slots for its lower-tier blocks (first)
+        and `num_new_blocks`, and starts loading the lower-tier blocks under `key`."""
+        self.pool.acquire_cached(hit.hbm_block_ids)
+        # Blocks about to be loaded are in use: make them the most recent in their tier
+        # (deepest first, so parents stay more recent than children) before allocating,
+        # whose spills may evict from that tier.
+        for block_hash, tier in reversed(hit.lower):
+            self._index[tier].touch(block_hash)
+        allocation = self._allocate(len(hit.lower) + num_new_blocks)
+        if allocation is None:  # can_admit said it fits; the pool disagrees
+            raise RuntimeError("HBM pool refused an allocation can_admit allowed")
+        if hit.lower:
+            ticket = self._loads.start(key, is_prefetch=is_prefetch)
+            slots = allocation[: len(hit.lower)]
+            self._submit_load(
+                ticket, [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
+            )
+        return allocation
 
     def _allocate(self, num_blocks: int) -> list[int] | None:
         allocation = self.pool.allocate(num_blocks)
@@ -452,13 +456,13 @@ class CacheManager:
         then abandon loads past their deadline."""
         self._apply_restarts()
         for result in self._worker.poll():
-            self._account(result)
+            account_result(self.stats, self.health, self._stores, result)
             job = result.job
             if isinstance(job, LoadJob):
                 if not self._deadlines.finish(job.ticket):
                     continue  # abandoned at its deadline, and handed over then
                 statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.items)
-                self._land(job.ticket, self._register_loaded(job.items, statuses, True))
+                self._land(job.ticket, job.items, statuses, True)
             elif isinstance(job, StoreJob) and result.error:
                 self._fall_through(job)
             elif isinstance(job, DemoteJob):
@@ -471,13 +475,18 @@ class CacheManager:
         self._expire_loads()
         self._refresh_occupancy()
 
-    def _land(self, ticket: int, num_ok: int) -> None:
-        """A load is over (finished or abandoned): hand it over, or free a cancelled one."""
-        pending = self._loads.pop(ticket)
-        if pending.cancelled_blocks is not None:
-            self.pool.free(pending.cancelled_blocks)
-        else:
-            self._finished_loads.append(FinishedLoad(pending.key, num_ok))
+    def _land(
+        self,
+        ticket: int,
+        items: list[tuple[BlockHash, int, Tier]],
+        statuses: list[LoadStatus],
+        completed: bool,
+    ) -> None:
+        """A load is over (finished or abandoned): register what arrived intact, hand the
+        load over, or free a cancelled one."""
+        count = not self._loads.is_prefetch(ticket)
+        num_ok = self._register_loaded(items, statuses, completed, count=count)
+        self.pool.free(self._loads.land(ticket, [(h, t) for h, _, t in items[:num_ok]]))
 
     def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
@@ -503,18 +512,20 @@ class CacheManager:
                 ticket,
                 ", ".join(sorted(late)),
             )
-            self._land(ticket, self._register_loaded(items, statuses, False))
+            self._land(ticket, items, statuses, False)
 
     def _register_loaded(
         self,
         items: list[tuple[BlockHash, int, Tier]],
         statuses: list[LoadStatus],
         completed: bool,
+        count: bool = True,
     ) -> int:
         """Register the blocks that arrived intact, up to the first one that did not.
 
         Returns how many did. `completed`: the load finished (else it was abandoned, and
-        a block that had not arrived may be fine, only slow)."""
+        a block that had not arrived may be fine, only slow). `count`: count them as hits
+        now (a prefetch's are counted when its request is admitted)."""
         num_ok = 0
         for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
             if status is not LoadStatus.OK:
@@ -532,8 +543,9 @@ class CacheManager:
                 break
             if self.pool.register(block_id, block_hash):
                 self._on_event(BlocksStored(Tier.HBM, (block_hash,)))
-            self.stats.tiers[tier].hit_blocks += 1
-            self.stats.hit_tokens[tier] += self.layout.block_size
+            if count:
+                self.stats.tiers[tier].hit_blocks += 1
+                self.stats.hit_tokens[tier] += self.layout.block_size
             num_ok += 1
         return num_ok
 
@@ -566,9 +578,6 @@ class CacheManager:
                 for block_hash in lost:
                     index.remove(block_hash)
                 logger.warning("%s tier restarted empty: dropped %d index entries", tier, len(lost))
-
-    def _account(self, result: JobResult) -> None:
-        account_result(self.stats, self.health, self._stores, result)
 
     def _refresh_occupancy(self) -> None:
         refresh_occupancy(self.stats, self.pool, self._index, self.health, self._stores)

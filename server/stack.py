@@ -262,6 +262,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 max_num_batched_tokens=settings.max_num_batched_tokens,
                 max_model_len=settings.max_model_len,
                 block_size=settings.block_size,
+                prefetch_blocks=int(settings.prefetch_fraction * num_blocks),
             ),
             cache,
             load_planner(settings, cost_config, clock),

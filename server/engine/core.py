@@ -6,10 +6,13 @@ and hands the sampled tokens back to `Scheduler.update_from_output`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache.manager import CacheManager
 from npu_sim.executor import Executor, StepSequence
+from server.engine.overlap import TransferOverlap
 from server.engine.request import EngineRequest, FinishedRequest, RequestOutput
 from server.engine.scheduler import Scheduler
 
@@ -27,16 +30,28 @@ class EngineStats:
     num_generated_tokens: int = 0
     modelled_busy_seconds: float = 0.0
     wall_busy_seconds: float = 0.0
+    num_prefetched_blocks: int = 0
+    load_inflight_seconds: float = 0.0  # see server.engine.overlap
+    load_exposed_seconds: float = 0.0
 
 
 class EngineCore:
     """Runs steps on the engine thread: schedule -> execute -> update requests."""
 
-    def __init__(self, scheduler: Scheduler, executor: Executor, cache: CacheManager) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        executor: Executor,
+        cache: CacheManager,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """`clock` times the load overlap (`TransferOverlap`)."""
         self.scheduler = scheduler
         self.executor = executor
         self.cache = cache
         self.stats = EngineStats()
+        self.overlap = TransferOverlap()
+        self._clock = clock
 
     def add(self, request: EngineRequest) -> None:
         self.scheduler.add(request)
@@ -46,6 +61,7 @@ class EngineCore:
 
     def poll_transfers(self) -> None:
         self.scheduler.update_from_loads()
+        self._observe(busy=False)
 
     def has_work(self) -> bool:
         return self.scheduler.has_schedulable_work()
@@ -57,6 +73,7 @@ class EngineCore:
     def step(self) -> list[RequestOutput]:
         """Run one batch. Returns an output for every request that got a token or finished."""
         plan = self.scheduler.schedule()
+        self._observe(busy=bool(plan.chunks))
         if not plan.chunks:
             return []
         seqs = []
@@ -75,6 +92,7 @@ class EngineCore:
                 )
             )
         result = self.executor.step(seqs)
+        self._observe(busy=False)
         self.stats.num_steps += 1
         self.stats.modelled_busy_seconds += result.modelled_seconds
         self.stats.wall_busy_seconds += result.wall_seconds
@@ -88,4 +106,11 @@ class EngineCore:
         s.num_waiting = len(self.scheduler.waiting)
         s.num_loading = self.scheduler.num_loading
         s.num_preemptions = self.scheduler.num_preemptions
+        s.num_prefetched_blocks = self.scheduler.num_prefetched_blocks
+        s.load_inflight_seconds = self.overlap.inflight_seconds
+        s.load_exposed_seconds = self.overlap.exposed_seconds
         return s
+
+    def _observe(self, busy: bool) -> None:
+        loading = self.cache.num_loads_in_flight > 0
+        self.overlap.observe(self._clock(), loading=loading, busy=busy)

@@ -55,6 +55,11 @@ class EngineRequest:
     num_computed_tokens: int = 0
     num_committed_blocks: int = 0
     num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
+    # While waiting: blocks a prefetch holds (its HBM hits, then its slots), and whether
+    # its load is still in flight (see Scheduler._prefetch).
+    prefetch_block_ids: list[int] = field(default_factory=list)
+    prefetch_num_hbm_blocks: int = 0
+    is_prefetching: bool = False
     finish_reason: FinishReason | None = None
     # perf_counter stamps for request metrics (vLLM's queued/scheduled/first/last token).
     scheduled_time: float | None = None  # first admission (queue time ends)

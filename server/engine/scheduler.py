@@ -35,12 +35,17 @@ from server.engine.request import (
 logger = logging.getLogger(__name__)
 
 
+PREFETCH_SCAN = 64
+"""How many queued requests a step considers for prefetch (each costs a prefix match)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int
     block_size: int
+    prefetch_blocks: int = 0  # most HBM blocks prefetches for queued requests hold; 0: off
 
 
 @dataclass(slots=True)
@@ -70,6 +75,7 @@ class Scheduler:
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
         self.num_preemptions = 0
+        self.num_prefetched_blocks = 0  # lower-tier blocks prefetches started loading
         self._finished: list[FinishedRequest] = []  # until take_finished()
 
     @property
@@ -100,6 +106,7 @@ class Scheduler:
             self.running.remove(request)
         else:
             self.waiting.remove(request)
+            self._drop_prefetch(request)
         self._finish(request, FinishReason.ABORT)
 
     def take_finished(self) -> list[FinishedRequest]:
@@ -112,6 +119,12 @@ class Scheduler:
         bs = self.config.block_size
         for done in self.cache.poll():
             request = self.requests[done.key]
+            if request.status is RequestStatus.WAITING:  # a prefetch landed
+                keep = request.prefetch_num_hbm_blocks + done.num_loaded_blocks
+                self.cache.free(request.prefetch_block_ids[keep:])
+                del request.prefetch_block_ids[keep:]
+                request.is_prefetching = False
+                continue
             num_blocks = request.num_computed_tokens // bs + done.num_loaded_blocks
             request.num_computed_tokens = num_blocks * bs
             request.num_committed_blocks = num_blocks
@@ -136,10 +149,16 @@ class Scheduler:
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
 
+        skipped: list[EngineRequest] = []
         while self.waiting and budget > 0 and not out.preempted:
             if len(self.running) + self.num_loading >= self.config.max_num_seqs:
                 break
             request = self.waiting[0]
+            if request.is_prefetching:
+                # Its prefix is on its way up: let the requests behind it go first (as
+                # vLLM skips requests waiting for remote KV).
+                skipped.append(self.waiting.popleft())
+                continue
             if not self._admit(request, budget):
                 break  # never preempt for an admission: retry at a later step
             self.waiting.popleft()
@@ -148,6 +167,9 @@ class Scheduler:
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
+        self.waiting.extendleft(reversed(skipped))
+        if self.config.prefetch_blocks > 0 and not out.preempted:
+            self._prefetch()
         return out
 
     def update_from_output(
@@ -211,16 +233,70 @@ class Scheduler:
             return FinishReason.LENGTH
         return None
 
-    def _admit(self, request: EngineRequest, budget: int) -> bool:
-        """Admit `request` with its cached prefix and its first chunk's blocks, or not at all."""
-        bs = self.config.block_size
+    def _match(self, request: EngineRequest) -> tuple[PrefixHit, int]:
+        """The cached prefix worth using (the planner may cut its lower-tier part), and
+        the `max_blocks` it was matched with."""
         # Keep at least the last token to compute: its logits give the next token.
-        max_blocks = (request.num_tokens - 1) // bs
+        max_blocks = (request.num_tokens - 1) // self.config.block_size
         hit = self.cache.match(request.block_hashes, max_blocks)
         if self._planner is not None and hit.lower:
             tiers = [tier for _, tier in hit.lower]
             k = self._planner.blocks_to_load(len(hit.hbm_block_ids), tiers, request.num_tokens)
             hit = PrefixHit(hit.hbm_block_ids, hit.lower[:k])
+        return hit, max_blocks
+
+    def _prefetch(self) -> None:
+        """Start loading the lower-tier prefix of queued requests (HiCache's prefetch).
+
+        Runs after admission, so every request still waiting was not admitted (no room
+        in the batch or in HBM). In queue order, the first `PREFETCH_SCAN` of them, while
+        prefetches hold at most `prefetch_blocks` HBM blocks; a prefix that does not fit
+        the rest of that budget is cut. The load is the same as an admission's (deadline,
+        abandonment, `poll` as the only exit); its landed blocks are held for the request
+        until it is admitted (they are HBM hits then), aborted, or HBM runs short for
+        running requests (`_release_prefetches`).
+        """
+        room = self.config.prefetch_blocks - sum(len(r.prefetch_block_ids) for r in self.waiting)
+        for request in list(self.waiting)[:PREFETCH_SCAN]:
+            if room <= 0:
+                return
+            if request.prefetch_block_ids:
+                continue  # one prefetch per wait (in flight, or landed and held)
+            hit, _ = self._match(request)
+            hit = PrefixHit(hit.hbm_block_ids, hit.lower[: room - len(hit.hbm_block_ids)])
+            if len(hit.hbm_block_ids) >= room or not hit.lower:
+                continue
+            taken = self.cache.prefetch(hit, request.request_id)
+            if taken is None:
+                return  # HBM is full: nothing else fits either
+            request.prefetch_block_ids = taken.block_ids
+            request.prefetch_num_hbm_blocks = taken.num_hbm_blocks
+            request.is_prefetching = True
+            room -= len(taken.block_ids)
+            self.num_prefetched_blocks += taken.num_loading_blocks
+
+    def _drop_prefetch(self, request: EngineRequest) -> None:
+        """Let go of the blocks a prefetch holds for `request` (cancelling it if in flight)."""
+        if request.is_prefetching:
+            self.cache.cancel_load(request.request_id, request.prefetch_block_ids)
+        elif request.prefetch_block_ids:
+            self.cache.release_prefetch(request.request_id, request.prefetch_block_ids)
+        request.prefetch_block_ids = []
+        request.is_prefetching = False
+
+    def _release_prefetches(self) -> bool:
+        """Hand back the newest landed prefetch's hold (HBM ran short for a running
+        request: prefetches never take blocks running requests need). False if none."""
+        for request in reversed(self.waiting):
+            if request.prefetch_block_ids and not request.is_prefetching:
+                self._drop_prefetch(request)
+                return True
+        return False
+
+    def _admit(self, request: EngineRequest, budget: int) -> bool:
+        """Admit `request` with its cached prefix and its first chunk's blocks, or not at all."""
+        bs = self.config.block_size
+        hit, max_blocks = self._match(request)
         num_cached = hit.num_blocks * bs
         first_chunk = min(request.num_tokens - num_cached, budget)
         num_new_blocks = -(-(num_cached + first_chunk) // bs) - hit.num_blocks
@@ -229,6 +305,7 @@ class Scheduler:
         )
         if admission is None:
             return False
+        self._drop_prefetch(request)  # admit referenced what it held (if it still matched)
         if request.scheduled_time is None:
             request.scheduled_time = time.perf_counter()
         request.block_ids = admission.block_ids
@@ -262,6 +339,8 @@ class Scheduler:
             if new_blocks is not None:
                 request.block_ids.extend(new_blocks)
                 return True
+            if self._release_prefetches():
+                continue
             victim = self._pick_victim(request, out)
             self._preempt(victim, out)
             if victim is request:
