@@ -324,9 +324,8 @@ class CacheManager:
         if hit.lower:
             ticket = self._loads.start(key, is_prefetch=is_prefetch)
             slots = allocation[: len(hit.lower)]
-            self._submit_load(
-                ticket, [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
-            )
+            items = [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
+            self._submit_load(ticket, items, urgent=not is_prefetch)
         return allocation
 
     def _allocate(self, num_blocks: int) -> list[int] | None:
@@ -488,12 +487,14 @@ class CacheManager:
         num_ok = self._register_loaded(items, statuses, completed, count=count)
         self.pool.free(self._loads.land(ticket, [(h, t) for h, _, t in items[:num_ok]]))
 
-    def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
+    def _submit_load(
+        self, ticket: int, items: list[tuple[BlockHash, int, Tier]], urgent: bool
+    ) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
         # deadline: abandon it at once (the request recomputes).
         down = any(self.health[t].is_down for _, _, t in items)
         guard = self._deadlines.add(ticket, items, now=down)
-        self._worker.submit(LoadJob(ticket, items, guard))
+        self._worker.submit(LoadJob(ticket, items, guard, urgent))
 
     def _expire_loads(self) -> None:
         """Abandon loads past their deadline: the request recomputes what did not arrive.

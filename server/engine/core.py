@@ -61,7 +61,7 @@ class EngineCore:
 
     def poll_transfers(self) -> None:
         self.scheduler.update_from_loads()
-        self._observe(busy=False)
+        self._observe(busy=None if self.has_work() else False)
 
     def has_work(self) -> bool:
         return self.scheduler.has_schedulable_work()
@@ -92,7 +92,6 @@ class EngineCore:
                 )
             )
         result = self.executor.step(seqs)
-        self._observe(busy=False)
         self.stats.num_steps += 1
         self.stats.modelled_busy_seconds += result.modelled_seconds
         self.stats.wall_busy_seconds += result.wall_seconds
@@ -111,6 +110,8 @@ class EngineCore:
         s.load_exposed_seconds = self.overlap.exposed_seconds
         return s
 
-    def _observe(self, busy: bool) -> None:
+    def _observe(self, busy: bool | None) -> None:
+        """The device is busy from one non-empty plan until a plan (or a poll with no
+        work) finds nothing to run: host time between steps is not load waiting."""
         loading = self.cache.num_loads_in_flight > 0
         self.overlap.observe(self._clock(), loading=loading, busy=busy)

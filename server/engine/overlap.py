@@ -3,7 +3,9 @@
 A load is hidden when the device has other work while it runs (decodes, other prefills)
 and exposed when the device sits idle with a load in flight: then the load is what the
 requests wait for. `TransferOverlap` integrates both over time from observations the
-engine makes at its state changes (before and after every step, after every poll):
+engine makes at every plan (busy if it scheduled anything) and every poll (idle if the
+engine has no schedulable work, else unchanged), so host time between steps is not
+counted as waiting:
 
     hidden fraction = 1 - exposed_seconds / inflight_seconds
 
@@ -29,15 +31,17 @@ class TransferOverlap:
     _loading: bool = False
     _busy: bool = False
 
-    def observe(self, now: float, *, loading: bool, busy: bool) -> None:
+    def observe(self, now: float, *, loading: bool, busy: bool | None) -> None:
         """From `now` on, loads are (`loading`) or are not in flight, and the device is
-        (`busy`) or is not running a step."""
+        (`busy`) or is not running steps (None: as before)."""
         if self._since is not None and self._loading:
             elapsed = max(0.0, now - self._since)
             self.inflight_seconds += elapsed
             if not self._busy:
                 self.exposed_seconds += elapsed
-        self._since, self._loading, self._busy = now, loading, busy
+        self._since, self._loading = now, loading
+        if busy is not None:
+            self._busy = busy
 
     @property
     def hidden_fraction(self) -> float | None:

@@ -60,6 +60,7 @@ class EngineRequest:
     prefetch_block_ids: list[int] = field(default_factory=list)
     prefetch_num_hbm_blocks: int = 0
     is_prefetching: bool = False
+    was_prefetched: bool = False  # one prefetch per wait (reset when preempted)
     finish_reason: FinishReason | None = None
     # perf_counter stamps for request metrics (vLLM's queued/scheduled/first/last token).
     scheduled_time: float | None = None  # first admission (queue time ends)

@@ -97,7 +97,9 @@ class Scheduler:
         request = self.requests.get(request_id)
         if request is None:
             return
-        if request.status is RequestStatus.LOADING_KV:
+        if request.status is RequestStatus.LOADING_KV and request.is_prefetching:
+            self._drop_prefetch(request)  # admitted to wait for its prefetch
+        elif request.status is RequestStatus.LOADING_KV:
             # The transfer thread is writing into its slots: the manager frees them
             # when the load lands.
             self.cache.cancel_load(request_id, request.block_ids)
@@ -119,11 +121,14 @@ class Scheduler:
         bs = self.config.block_size
         for done in self.cache.poll():
             request = self.requests[done.key]
-            if request.status is RequestStatus.WAITING:  # a prefetch landed
+            if request.is_prefetching:  # a prefetch landed
                 keep = request.prefetch_num_hbm_blocks + done.num_loaded_blocks
                 self.cache.free(request.prefetch_block_ids[keep:])
                 del request.prefetch_block_ids[keep:]
                 request.is_prefetching = False
+                if request.status is RequestStatus.LOADING_KV:  # it has a seat: admit next
+                    request.status = RequestStatus.WAITING
+                    self._enqueue(request, resumed=True)
                 continue
             num_blocks = request.num_computed_tokens // bs + done.num_loaded_blocks
             request.num_computed_tokens = num_blocks * bs
@@ -149,15 +154,15 @@ class Scheduler:
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
 
-        skipped: list[EngineRequest] = []
         while self.waiting and budget > 0 and not out.preempted:
             if len(self.running) + self.num_loading >= self.config.max_num_seqs:
                 break
             request = self.waiting[0]
             if request.is_prefetching:
-                # Its prefix is on its way up: let the requests behind it go first (as
-                # vLLM skips requests waiting for remote KV).
-                skipped.append(self.waiting.popleft())
+                # Its prefix is on its way up: it takes its seat and waits in LOADING_KV
+                # for that load (not a second one); it is admitted first once it landed.
+                self.waiting.popleft()
+                request.status = RequestStatus.LOADING_KV
                 continue
             if not self._admit(request, budget):
                 break  # never preempt for an admission: retry at a later step
@@ -167,7 +172,6 @@ class Scheduler:
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
-        self.waiting.extendleft(reversed(skipped))
         if self.config.prefetch_blocks > 0 and not out.preempted:
             self._prefetch()
         return out
@@ -256,12 +260,13 @@ class Scheduler:
         until it is admitted (they are HBM hits then), aborted, or HBM runs short for
         running requests (`_release_prefetches`).
         """
-        room = self.config.prefetch_blocks - sum(len(r.prefetch_block_ids) for r in self.waiting)
+        held = sum(len(r.prefetch_block_ids) for r in self.requests.values())
+        room = self.config.prefetch_blocks - held
         for request in list(self.waiting)[:PREFETCH_SCAN]:
             if room <= 0:
                 return
-            if request.prefetch_block_ids:
-                continue  # one prefetch per wait (in flight, or landed and held)
+            if request.was_prefetched:
+                continue  # one prefetch per wait: a cut or abandoned one is not retried
             hit, _ = self._match(request)
             hit = PrefixHit(hit.hbm_block_ids, hit.lower[: room - len(hit.hbm_block_ids)])
             if len(hit.hbm_block_ids) >= room or not hit.lower:
@@ -271,7 +276,7 @@ class Scheduler:
                 return  # HBM is full: nothing else fits either
             request.prefetch_block_ids = taken.block_ids
             request.prefetch_num_hbm_blocks = taken.num_hbm_blocks
-            request.is_prefetching = True
+            request.is_prefetching = request.was_prefetched = True
             room -= len(taken.block_ids)
             self.num_prefetched_blocks += taken.num_loading_blocks
 
@@ -355,6 +360,7 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_committed_blocks = 0
         request.status = RequestStatus.WAITING
+        request.was_prefetched = False
         self._enqueue(request, resumed=True)
         self.num_preemptions += 1
         out.preempted.append(request)

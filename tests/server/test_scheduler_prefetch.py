@@ -86,6 +86,44 @@ def test_a_queued_request_is_prefetched_and_runs_at_once_when_admitted(make_cach
     assert cache.pool.num_active_blocks == 0
 
 
+def test_a_seat_freed_while_the_prefetch_runs_waits_for_that_load_not_a_second(make_cache):
+    cache = make_cache(hbm_blocks=16, flash_blocks=16)
+    fill_flash(cache, PROMPT)
+    sched = make_scheduler(cache, prefetch_blocks=8)
+    sched.add(request("busy", [100, 101, 102], max_tokens=3))
+    sched.add(request("r", PROMPT, max_tokens=2))
+    step(sched)
+    r = sched.requests["r"]
+    while "busy" in sched.requests:  # no poll: the prefetch is still in flight for us
+        step(sched)
+    step(sched)  # the seat is free: r takes it and waits for its prefetch
+    assert r.status is RequestStatus.LOADING_KV and r.is_prefetching
+    assert sched.num_loading == 1
+    settle(sched)
+    assert r.status is RequestStatus.WAITING and not r.is_prefetching
+    step(sched)
+    assert r.status is RequestStatus.RUNNING and r.num_cached_tokens == 12
+    assert cache.stats.tiers[Tier.FLASH].hit_blocks == 3  # one load, counted once
+    while sched.requests:
+        step(sched)
+        settle(sched)
+    assert cache.pool.num_active_blocks == 0
+
+
+def test_abort_while_waiting_in_a_seat_for_the_prefetch_frees_everything(make_cache):
+    cache = make_cache(hbm_blocks=16, flash_blocks=16)
+    fill_flash(cache, PROMPT)
+    sched = make_scheduler(cache, prefetch_blocks=8)
+    sched.add(request("busy", [100, 101, 102], max_tokens=1))
+    sched.add(request("r", PROMPT))
+    step(sched)  # busy finishes at once
+    step(sched)
+    assert sched.requests["r"].status is RequestStatus.LOADING_KV
+    sched.abort("r")
+    settle(sched)
+    assert not sched.requests and cache.pool.num_active_blocks == 0
+
+
 def test_without_prefetch_the_queued_request_loads_after_admission(make_cache):
     cache = make_cache(hbm_blocks=16, flash_blocks=16)
     fill_flash(cache, PROMPT)
