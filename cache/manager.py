@@ -130,7 +130,7 @@ class CacheManager:
         return PrefixHit(hbm, lower)
 
     def can_admit(self, hit: PrefixHit, num_new_blocks: int) -> bool:
-        """Whether `admit(hit, ..., num_new_blocks)` would succeed now."""
+        """Whether `admit` of `hit` and `num_new_blocks` more blocks would succeed now."""
         needed = len(hit.lower) + num_new_blocks
         return self.pool.can_allocate_after_acquiring(hit.hbm_block_ids, needed)
 
@@ -141,8 +141,12 @@ class CacheManager:
         num_query_tokens: int,
         num_query_blocks: int,
         num_new_blocks: int = 0,
+        num_head_blocks: int = 0,
     ) -> Admission | None:
         """Take `hit` (from `match`, with nothing changed since) plus `num_new_blocks`.
+
+        `num_head_blocks` fresh blocks go between the HBM hits and `hit.lower` (which then
+        starts that much later): the caller computes them while `hit.lower` loads.
 
         All or nothing: either references the HBM hits, reserves slots for the lower-tier
         blocks and starts reloading them (reported by `poll` under `key`), allocates the
@@ -150,9 +154,9 @@ class CacheManager:
         matched with; lower-tier hits count when their blocks arrive intact), or returns
         None having changed nothing, not even LRU order or statistics.
         """
-        if not self.can_admit(hit, num_new_blocks):
+        if not self.can_admit(hit, num_head_blocks + num_new_blocks):
             return None
-        allocation = self._take(hit, key, num_new_blocks, is_prefetch=False)
+        allocation = self._take(hit, key, num_new_blocks, False, num_head_blocks)
         self.stats.query_tokens += num_query_tokens
         hbm_hashes = [self.pool.block_hash(b) for b in hit.hbm_block_ids]
         self._record_accesses([h for h in hbm_hashes if h is not None])
@@ -176,7 +180,7 @@ class CacheManager:
         `admit`, which counts each landed block as a hit of the tier it came from."""
         if not hit.lower or not self.can_admit(hit, 0):
             return None
-        slots = self._take(hit, key, 0, is_prefetch=True)
+        slots = self._take(hit, key, 0, True)
         return Admission(hit.hbm_block_ids + slots, len(hit.hbm_block_ids), len(slots))
 
     def release_prefetch(self, key: str, block_ids: Sequence[int]) -> None:
@@ -198,10 +202,6 @@ class CacheManager:
         """
         self.pool.free(self._loads.cancel(key, block_ids))
 
-    def allocate(self, num_blocks: int) -> list[int] | None:
-        """`num_blocks` fresh HBM blocks (spilling evicted cached blocks), or None."""
-        return self._allocate(num_blocks)
-
     def commit(self, block_ids: Sequence[int], hashes: Sequence[BlockHash]) -> None:
         """Register computed full blocks so later requests can reuse them."""
         stored = [
@@ -220,10 +220,8 @@ class CacheManager:
     # -- completion ----------------------------------------------------------------------
 
     def poll(self) -> list[FinishedLoad]:
-        """Apply finished transfers; hand over every load finished since the last poll.
-
-        The only way finished loads leave the manager. Never blocks.
-        """
+        """Apply finished transfers; hand over every load finished since the last poll
+        (the only way finished loads leave the manager). Never blocks."""
         self._apply_results()
         return self._loads.hand_over()
 
@@ -237,11 +235,9 @@ class CacheManager:
         return self._worker.wait_idle(timeout)
 
     def offload(self, tier: Tier) -> int:
-        """Push every movable block of `tier` one tier down and wait for the moves.
-
-        HBM: every cached, unreferenced block is spilled (blocks in use stay). DDR: every
-        block is demoted to flash. Returns the number of blocks moved.
-        """
+        """Push every movable block of `tier` one tier down, wait for the moves, return
+        their number. HBM: every cached, unreferenced block is spilled (blocks in use
+        stay). DDR: every block is demoted to flash."""
         if tier is Tier.HBM:
             evicted = self.pool.evict_all_cached()
             moved = self._spill(evicted)
@@ -309,26 +305,29 @@ class CacheManager:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _take(self, hit: PrefixHit, key: str, num_new_blocks: int, is_prefetch: bool) -> list[int]:
-        """References `hit`'s HBM blocks, allocates slots for its lower-tier blocks (first)
-        and `num_new_blocks`, and starts loading the lower-tier blocks under `key`."""
+    def _take(
+        self, hit: PrefixHit, key: str, num_new_blocks: int, is_prefetch: bool, head: int = 0
+    ) -> list[int]:
+        """References `hit`'s HBM blocks, allocates `head` blocks, slots for its lower-tier
+        blocks and `num_new_blocks`, and starts loading the lower-tier blocks under `key`."""
         self.pool.acquire_cached(hit.hbm_block_ids)
         # Blocks about to be loaded are in use: make them the most recent in their tier
         # (deepest first, so parents stay more recent than children) before allocating,
         # whose spills may evict from that tier.
         for block_hash, tier in reversed(hit.lower):
             self._index[tier].touch(block_hash)
-        allocation = self._allocate(len(hit.lower) + num_new_blocks)
+        allocation = self.allocate(head + len(hit.lower) + num_new_blocks)
         if allocation is None:  # can_admit said it fits; the pool disagrees
             raise RuntimeError("HBM pool refused an allocation can_admit allowed")
         if hit.lower:
             ticket = self._loads.start(key, is_prefetch=is_prefetch)
-            slots = allocation[: len(hit.lower)]
+            slots = allocation[head : head + len(hit.lower)]
             items = [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
             self._submit_load(ticket, items, urgent=not is_prefetch)
         return allocation
 
-    def _allocate(self, num_blocks: int) -> list[int] | None:
+    def allocate(self, num_blocks: int) -> list[int] | None:
+        """`num_blocks` fresh HBM blocks (spilling evicted cached blocks), or None."""
         allocation = self.pool.allocate(num_blocks)
         if allocation is None:
             return None

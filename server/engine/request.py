@@ -20,6 +20,17 @@ class RequestStatus(StrEnum):
     FINISHED = "finished"
 
 
+@dataclass(slots=True)
+class TailLoad:
+    """Blocks of a running request's prefix still loading while it computes the blocks
+    before them (a Cake-style split, see `LoadPlanner.split`)."""
+
+    first_block: int  # the request computes up to here, then waits for the load
+    num_blocks: int
+    num_loaded: int | None = None  # how many arrived intact, once the load landed
+    counts_as_cached: bool = True  # the admission's first: `num_cached_tokens` grows
+
+
 class FinishReason(StrEnum):
     STOP = "stop"  # a stop token id or a stop string
     LENGTH = "length"  # max_tokens or max_model_len
@@ -61,6 +72,7 @@ class EngineRequest:
     prefetch_num_hbm_blocks: int = 0
     is_prefetching: bool = False
     was_prefetched: bool = False  # one prefetch per wait (reset when preempted)
+    tail_load: TailLoad | None = None  # running, with part of its prefix still loading
     finish_reason: FinishReason | None = None
     # perf_counter stamps for request metrics (vLLM's queued/scheduled/first/last token).
     scheduled_time: float | None = None  # first admission (queue time ends)

@@ -30,6 +30,7 @@ from server.engine.request import (
     FinishReason,
     RequestOutput,
     RequestStatus,
+    TailLoad,
 )
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Scheduler:
             request.block_ids = []
         elif request.status is RequestStatus.RUNNING:
             self.running.remove(request)
+            self._let_go(request)
         else:
             self.waiting.remove(request)
             self._drop_prefetch(request)
@@ -130,6 +132,10 @@ class Scheduler:
                     request.status = RequestStatus.WAITING
                     self._enqueue(request, resumed=True)
                 continue
+            if request.tail_load is not None:  # its head is being computed meanwhile
+                request.tail_load.num_loaded = done.num_loaded_blocks
+                self._join_tail(request)
+                continue
             num_blocks = request.num_computed_tokens // bs + done.num_loaded_blocks
             request.num_computed_tokens = num_blocks * bs
             request.num_committed_blocks = num_blocks
@@ -148,7 +154,9 @@ class Scheduler:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = self._chunk_size(request, budget)
+            if num_new <= 0:
+                continue  # its head is computed; the rest of its prefix is still loading
             if not self._reserve(request, request.num_computed_tokens + num_new, out):
                 continue
             out.chunks.append(ScheduledChunk(request, num_new))
@@ -169,7 +177,7 @@ class Scheduler:
             self.waiting.popleft()
             if request.status is RequestStatus.LOADING_KV:
                 continue
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = self._chunk_size(request, budget)
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
         if self.config.prefetch_blocks > 0 and not out.preempted:
@@ -200,6 +208,8 @@ class Scheduler:
                 lo = req.num_committed_blocks
                 self.cache.commit(req.block_ids[lo:num_full], req.block_hashes[lo:num_full])
                 req.num_committed_blocks = num_full
+            if req.tail_load is not None:
+                self._join_tail(req)
             if token is None:
                 continue  # a prefill chunk short of the prompt's end
             may_stop = len(req.output_token_ids) >= req.min_tokens
@@ -237,17 +247,53 @@ class Scheduler:
             return FinishReason.LENGTH
         return None
 
-    def _match(self, request: EngineRequest) -> tuple[PrefixHit, int]:
-        """The cached prefix worth using (the planner may cut its lower-tier part), and
-        the `max_blocks` it was matched with."""
+    def _match(self, request: EngineRequest) -> tuple[PrefixHit, int, int]:
+        """The cached prefix worth using (the planner may cut its lower-tier part), how
+        many of its lower-tier blocks to compute while the others load (`LoadPlanner.split`),
+        and the `max_blocks` it was matched with."""
         # Keep at least the last token to compute: its logits give the next token.
         max_blocks = (request.num_tokens - 1) // self.config.block_size
         hit = self.cache.match(request.block_hashes, max_blocks)
+        head = 0
         if self._planner is not None and hit.lower:
             tiers = [tier for _, tier in hit.lower]
-            k = self._planner.blocks_to_load(len(hit.hbm_block_ids), tiers, request.num_tokens)
+            head, k = self._planner.split(len(hit.hbm_block_ids), tiers, request.num_tokens)
             hit = PrefixHit(hit.hbm_block_ids, hit.lower[:k])
-        return hit, max_blocks
+        return hit, head, max_blocks
+
+    def _chunk_size(self, request: EngineRequest, budget: int) -> int:
+        """Tokens `request` may compute in this step: up to its end, or while part of its
+        prefix is loading, up to that part."""
+        end = request.num_tokens
+        if request.tail_load is not None:
+            end = request.tail_load.first_block * self.config.block_size
+        return min(end - request.num_computed_tokens, budget)
+
+    def _join_tail(self, request: EngineRequest) -> None:
+        """Once its head is computed and its tail landed, the request goes on after the
+        tail's intact blocks (it recomputes from the first one that did not arrive)."""
+        tail = request.tail_load
+        bs = self.config.block_size
+        if (
+            tail is None
+            or tail.num_loaded is None
+            or request.num_computed_tokens < tail.first_block * bs
+        ):
+            return
+        request.num_computed_tokens = (tail.first_block + tail.num_loaded) * bs
+        request.num_committed_blocks = tail.first_block + tail.num_loaded
+        if tail.counts_as_cached and request.num_cached_tokens is not None:
+            request.num_cached_tokens += tail.num_loaded * bs
+        request.tail_load = None
+
+    def _let_go(self, request: EngineRequest) -> None:
+        """Free a running request's blocks (its tail's, when the load lands)."""
+        if request.tail_load is not None and request.tail_load.num_loaded is None:
+            self.cache.cancel_load(request.request_id, request.block_ids)
+        else:
+            self.cache.free(request.block_ids)
+        request.block_ids = []
+        request.tail_load = None
 
     def _prefetch(self) -> None:
         """Start loading the lower-tier prefix of queued requests (HiCache's prefetch).
@@ -267,7 +313,7 @@ class Scheduler:
                 return
             if request.was_prefetched:
                 continue  # one prefetch per wait: a cut or abandoned one is not retried
-            hit, _ = self._match(request)
+            hit, _, _ = self._match(request)
             hit = PrefixHit(hit.hbm_block_ids, hit.lower[: room - len(hit.hbm_block_ids)])
             if len(hit.hbm_block_ids) >= room or not hit.lower:
                 continue
@@ -301,12 +347,16 @@ class Scheduler:
     def _admit(self, request: EngineRequest, budget: int) -> bool:
         """Admit `request` with its cached prefix and its first chunk's blocks, or not at all."""
         bs = self.config.block_size
-        hit, max_blocks = self._match(request)
-        num_cached = hit.num_blocks * bs
-        first_chunk = min(request.num_tokens - num_cached, budget)
-        num_new_blocks = -(-(num_cached + first_chunk) // bs) - hit.num_blocks
+        hit, head, max_blocks = self._match(request)
+        if head:  # compute `head` blocks while the rest of the hit loads
+            hit = PrefixHit(hit.hbm_block_ids, hit.lower[head:])
+            num_new_blocks = 0
+        else:
+            num_cached = hit.num_blocks * bs
+            first_chunk = min(request.num_tokens - num_cached, budget)
+            num_new_blocks = -(-(num_cached + first_chunk) // bs) - hit.num_blocks
         admission = self.cache.admit(
-            hit, request.request_id, request.num_tokens, max_blocks, num_new_blocks
+            hit, request.request_id, request.num_tokens, max_blocks, num_new_blocks, head
         )
         if admission is None:
             return False
@@ -316,7 +366,12 @@ class Scheduler:
         request.block_ids = admission.block_ids
         request.num_computed_tokens = admission.num_hbm_blocks * bs
         request.num_committed_blocks = admission.num_hbm_blocks
-        if admission.is_loading:
+        if admission.is_loading and head:
+            first = admission.num_hbm_blocks + head
+            fresh = request.num_cached_tokens is None
+            request.tail_load = TailLoad(first, admission.num_loading_blocks, None, fresh)
+            self._start_running(request)
+        elif admission.is_loading:
             request.status = RequestStatus.LOADING_KV
         else:
             self._start_running(request)
@@ -355,8 +410,7 @@ class Scheduler:
     def _preempt(self, request: EngineRequest, out: SchedulerOutput) -> None:
         if request in self.running:
             self.running.remove(request)
-        self.cache.free(request.block_ids)
-        request.block_ids = []
+        self._let_go(request)
         request.num_computed_tokens = 0
         request.num_committed_blocks = 0
         request.status = RequestStatus.WAITING

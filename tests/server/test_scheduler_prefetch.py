@@ -14,6 +14,10 @@ from cache.block_format import encoded_size
 from cache.manager import CacheConfig, CacheManager
 from cache.stats import Tier
 from cache.tiers.lmdb_tier import LmdbTier
+from npu_sim.device import get_device
+from npu_sim.links import TierPaths, get_media
+from npu_sim.model_config import get_cost_model_config
+from server.engine.load_planner import LoadPlanner
 from server.engine.request import FinishReason, RequestStatus
 from server.engine.scheduler import Scheduler, SchedulerConfig
 from tests.server.test_scheduler import BS, LAYOUT, fill_flash, request, step
@@ -219,3 +223,60 @@ def sched_hashes(prompt: list[int]) -> list:
     r = request("h", prompt)
     r.update_block_hashes(BS)
     return r.block_hashes
+
+
+# -- chunk-wise: the head computes while the tail loads (issue #10, item 2) ----------------
+
+LONG = list(range(1, 42))  # 41 tokens: 10 full blocks cacheable
+
+
+def split_scheduler(cache: CacheManager) -> tuple[Scheduler, int, int]:
+    """A scheduler whose planner splits LONG's flash hit; returns it and the split."""
+    device = get_device("h100-sxm")
+    shape = get_cost_model_config("llama-3-8b")
+    paths = TierPaths(device.host_link, get_media("local-ddr"), get_media("nfs"))
+    # Blocks 8x the shape's size: a load as long as the chunked prefill, so they meet.
+    planner = LoadPlanner(shape, device, paths, shape.kv_bytes_per_token * BS * 8, BS, 8)
+    config = SchedulerConfig(
+        max_num_seqs=4, max_num_batched_tokens=8, max_model_len=64, block_size=BS
+    )
+    c, k = planner.split(0, [Tier.FLASH] * 10, len(LONG))
+    assert 0 < c < k, (c, k)  # the precondition of these tests
+    return Scheduler(config, cache, planner), c, k
+
+
+def test_a_split_request_computes_its_head_then_joins_its_loaded_tail(make_cache):
+    cache = make_cache(hbm_blocks=32, flash_blocks=32)
+    fill_flash(cache, LONG)
+    sched, c, k = split_scheduler(cache)
+    sched.add(request("r", LONG, max_tokens=2))
+    r = sched.requests["r"]
+    computed = []
+    while r.num_computed_tokens < c * BS:  # no poll: the tail's load is not seen yet
+        step(sched)
+        assert r.status is RequestStatus.RUNNING and r.tail_load is not None
+        computed.append(r.num_computed_tokens)
+    assert computed[-1] == c * BS
+    assert sched.schedule().chunks == []  # nothing more until the tail arrives
+    settle(sched)
+    assert r.tail_load is None and r.num_computed_tokens == k * BS
+    assert r.num_cached_tokens == (k - c) * BS
+    assert cache.stats.tiers[Tier.FLASH].hit_blocks == k - c
+    while sched.requests:
+        step(sched)
+        settle(sched)
+    assert [f.reason for f in sched.take_finished()] == [FinishReason.LENGTH]
+    assert cache.pool.num_active_blocks == 0
+
+
+def test_abort_of_a_split_request_frees_its_blocks_when_the_tail_lands(make_cache):
+    cache = make_cache(hbm_blocks=32, flash_blocks=32)
+    fill_flash(cache, LONG)
+    sched, _, _ = split_scheduler(cache)
+    sched.add(request("r", LONG))
+    step(sched)
+    assert sched.requests["r"].tail_load is not None
+    sched.abort("r")
+    assert cache.pool.num_active_blocks > 0  # the lane may still write into the tail
+    settle(sched)
+    assert not sched.requests and cache.pool.num_active_blocks == 0
