@@ -119,6 +119,9 @@ class JobResult:
         self.error = f"{self.error}; {exc}" if self.error else str(exc)
 
 
+PREFETCH_TASK_BLOCKS = 16
+"""Blocks per lane task of a non-urgent load (see `TransferWorker._submit_load`)."""
+
 HANDOFF_POLL_S = 0.05
 """How often flash's half of a demotion re-checks whether DDR is down while it waits."""
 
@@ -184,9 +187,12 @@ class _Parts:
     def add(self, part: JobResult) -> None:
         with self._lock:
             result = self.result
-            result.read_bytes.update(part.read_bytes)
-            result.write_bytes.update(part.write_bytes)
-            result.seconds.update(part.seconds)
+            for tier, n in part.read_bytes.items():  # a job's parts may share a tier
+                result.read_bytes[tier] = result.read_bytes.get(tier, 0) + n
+            for tier, n in part.write_bytes.items():
+                result.write_bytes[tier] = result.write_bytes.get(tier, 0) + n
+            for tier, seconds in part.seconds.items():
+                result.seconds[tier] = result.seconds.get(tier, 0.0) + seconds
             result.failures.extend(part.failures)
             if part.error:
                 result.error = f"{result.error}; {part.error}" if result.error else part.error
@@ -317,12 +323,17 @@ class TransferWorker:
                 result.statuses = list(guard.statuses)
             self._post(result)
 
-        tiers = [t for t in (Tier.DDR, Tier.FLASH) if any(item[2] is t for item in job.items)]
-        parts = _Parts(job, len(tiers), post)
-        if not tiers:
-            post(parts.result)
-        for tier in tiers:
+        # A load nobody waits for yet (a prefetch) runs in small tasks, so that an urgent
+        # load queued behind it waits for one of them at most, not for the whole prefetch.
+        step = len(job.items) if job.urgent else PREFETCH_TASK_BLOCKS
+        chunks: list[tuple[Tier, list[int]]] = []
+        for tier in (Tier.DDR, Tier.FLASH):
             indices = [i for i, item in enumerate(job.items) if item[2] is tier]
+            chunks += [(tier, indices[j : j + step]) for j in range(0, len(indices), step)]
+        parts = _Parts(job, len(chunks), post)
+        if not chunks:
+            post(parts.result)
+        for tier, indices in chunks:
 
             def part(tier: Tier = tier, indices: list[int] = indices) -> JobResult:
                 result = JobResult(job)

@@ -18,6 +18,8 @@ modelled time. Pure and cheap (a few cost evaluations per admission); engine thr
 both?"): while the tail of the loaded run `[c, k)` comes up, the device computes the head
 `[0, c)` itself, so compute starts before the whole prefix arrived; TTFT is then
 `max(compute head, load tail) + compute the rest`, and `c` is found where the two meet.
+The scheduler splits only when nothing else runs: in a busy batch a load hides behind the
+others' compute, while computing the head would take device time from them.
 """
 
 from __future__ import annotations

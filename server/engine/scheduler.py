@@ -257,7 +257,13 @@ class Scheduler:
         head = 0
         if self._planner is not None and hit.lower:
             tiers = [tier for _, tier in hit.lower]
-            head, k = self._planner.split(len(hit.hbm_block_ids), tiers, request.num_tokens)
+            h, n = len(hit.hbm_block_ids), request.num_tokens
+            if self.running:
+                # The split trades device time for TTFT: worth it only on an otherwise
+                # idle device. In a busy batch a load hides behind the others' compute.
+                k = self._planner.blocks_to_load(h, tiers, n)
+            else:
+                head, k = self._planner.split(h, tiers, n)
             hit = PrefixHit(hit.hbm_block_ids, hit.lower[:k])
         return hit, head, max_blocks
 
