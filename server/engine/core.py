@@ -51,6 +51,7 @@ class EngineCore:
         self.cache = cache
         self.stats = EngineStats()
         self.overlap = TransferOverlap()
+        self.ran_step = False  # the last step() ran a batch (else nothing was schedulable)
         self._clock = clock
 
     def add(self, request: EngineRequest) -> None:
@@ -73,7 +74,8 @@ class EngineCore:
     def step(self) -> list[RequestOutput]:
         """Run one batch. Returns an output for every request that got a token or finished."""
         plan = self.scheduler.schedule()
-        self._observe(busy=bool(plan.chunks))
+        self.ran_step = bool(plan.chunks)
+        self._observe(busy=self.ran_step)
         if not plan.chunks:
             return []
         seqs = []
