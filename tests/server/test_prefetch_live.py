@@ -1,4 +1,5 @@
-"""Prefetch for queued requests on a live server (issue #10, item 1), with #7's guarantees.
+"""Prefetch for queued requests (issue #10, item 1) on a live server, with #7's guarantees,
+and chunk-wise loading (item 2) with the numpy model's real tokens.
 
 Requests whose prefixes sit in DDR queue behind a small batch, so their reloads start
 while they wait. Offloads race them, and a slow DDR makes some prefetches miss their
@@ -84,3 +85,27 @@ def test_queued_requests_prefetch_and_finish_with_cold_tokens(make_settings, fau
         assert server.metric("tierkv:tier_load_inflight_seconds_total") > 0
         timeouts = server.metric("tierkv:tier_reload_timeouts_total", tier="ddr")
         assert (timeouts > 0) == bool(faults)  # the slow DDR's loads did miss the deadline
+
+
+def test_a_split_hit_computes_its_head_while_its_tail_loads_with_cold_tokens(make_settings):
+    # The numpy model's real tokens. On an H100's clock, 64-token chunks and nfs make
+    # the planner compute about half of a 60-block flash hit while the rest loads.
+    settings = make_settings(
+        device="h100-sxm",
+        ddr_gb=0,
+        flash_media="nfs",
+        load_policy="cost",
+        max_num_batched_tokens=64,
+    )
+    text = "".join(f"Split line {j}: compute my head while my tail loads. " for j in range(18))
+    with run_server(settings) as server:
+        cold = server.complete(text, MAX_TOKENS)
+        assert server.offload("hbm") > 0
+        before = server.metric("tierkv:prefix_cache_hits_total", tier="flash")
+        hit = server.complete(text, MAX_TOKENS)
+        assert hit["choices"][0]["text"] == cold["choices"][0]["text"]
+        cached = hit["usage"]["prompt_tokens_details"]["cached_tokens"]
+        prompt_tokens = hit["usage"]["prompt_tokens"]
+        assert 0 < cached < prompt_tokens - 16 * 8  # a tail only: the head was computed
+        assert server.metric("tierkv:prefix_cache_hits_total", tier="flash") - before == cached
+        assert server.cache_stats()["tiers"]["hbm"]["active_blocks"] == 0
