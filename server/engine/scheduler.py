@@ -173,6 +173,8 @@ class Scheduler:
                 request.status = RequestStatus.LOADING_KV
                 continue
             if not self._admit(request, budget):
+                if self._release_prefetches():
+                    continue  # holds of requests behind it must not block the head
                 break  # never preempt for an admission: retry at a later step
             self.waiting.popleft()
             if request.status is RequestStatus.LOADING_KV:
@@ -342,8 +344,9 @@ class Scheduler:
         request.is_prefetching = False
 
     def _release_prefetches(self) -> bool:
-        """Hand back the newest landed prefetch's hold (HBM ran short for a running
-        request: prefetches never take blocks running requests need). False if none."""
+        """Hand back the newest landed prefetch's hold: HBM ran short for a running
+        request or for the head of the queue (a prefetch never takes blocks they need,
+        nor holds the queue up). False if there is none."""
         for request in reversed(self.waiting):
             if request.prefetch_block_ids and not request.is_prefetching:
                 self._drop_prefetch(request)

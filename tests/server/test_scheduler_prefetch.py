@@ -280,3 +280,22 @@ def test_abort_of_a_split_request_frees_its_blocks_when_the_tail_lands(make_cach
     assert cache.pool.num_active_blocks > 0  # the lane may still write into the tail
     settle(sched)
     assert not sched.requests and cache.pool.num_active_blocks == 0
+
+
+def test_holds_of_requests_behind_it_never_keep_the_head_of_the_queue_out(make_cache):
+    cache = make_cache(hbm_blocks=8, flash_blocks=16)
+    fill_flash(cache, PROMPT)
+    sched = make_scheduler(cache, prefetch_blocks=4)
+    sched.add(request("busy", [100, 101, 102], max_tokens=3))
+    sched.add(request("a", list(range(200, 221)), max_tokens=2))  # 21 new tokens: 6 blocks
+    sched.add(request("b", PROMPT, max_tokens=2))  # its 3 flash blocks get prefetched
+    step(sched)
+    settle(sched)
+    assert len(sched.requests["b"].prefetch_block_ids) == 3
+    for _ in range(50):
+        if not sched.requests:
+            break
+        step(sched)
+        settle(sched)
+    assert not sched.requests, f"stuck: {list(sched.requests)}"
+    assert cache.pool.num_active_blocks == 0
