@@ -496,18 +496,19 @@ class CacheManager:
         self._worker.submit(LoadJob(ticket, items, guard, urgent))
 
     def _expire_loads(self) -> None:
-        """Abandon loads past their deadline: the request recomputes what did not arrive.
-
-        After `expire()` no byte of them reaches HBM (LoadGuard), so their slots can be
-        handed back (or freed, if cancelled) now."""
+        """Abandon loads past their deadline (what did not arrive is recomputed); after
+        `expire()` no byte of them reaches HBM (LoadGuard), so their slots are free to go."""
         for ticket, items, statuses in self._deadlines.expire():
             late = {
                 t for (_, _, t), s in zip(items, statuses, strict=True) if s is not LoadStatus.OK
             }
-            for tier in late:
+            # A prefetch may just wait behind urgent loads: that says nothing about a tier.
+            prefetch = self._loads.is_prefetch(ticket)
+            for tier in () if prefetch else late:
                 self.stats.tiers[tier].reload_timeouts += 1
                 self.health[tier].record_error("reload abandoned (deadline, or tier down)")
-            logger.warning(
+            logger.log(
+                logging.INFO if prefetch else logging.WARNING,
                 "load %d abandoned at its deadline (%s slow); recomputing",
                 ticket,
                 ", ".join(sorted(late)),

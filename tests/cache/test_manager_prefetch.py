@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cache.manager import CacheConfig, CacheManager
 from cache.stats import Tier
+from cache.tiers.faulty import FaultyTier, parse_tier_faults
+from cache.tiers.lmdb_tier import LmdbTier
 from cache.transfer import PREFETCH_TASK_BLOCKS
 from tests.cache.test_manager import (
     BLOCK,
@@ -56,3 +59,37 @@ def check(m, n: int) -> None:
     assert m.stats.hit_tokens[Tier.HBM] == 0
     m.free(admission.block_ids)
     assert m.pool.num_active_blocks == 0
+
+
+def test_a_prefetch_past_its_deadline_is_abandoned_without_blaming_the_tier(tmp_path):
+    # A prefetch may wait behind urgent loads on its lane: missing its deadline says
+    # nothing about the tier, so it is neither a reload timeout nor a health error.
+    hashes = chain(3)
+    m = make_manager(None, tmp_path / "flash", 8, 0, 16)
+    fill_and_cache(m, hashes)
+    m.offload(Tier.HBM)
+    m.close()
+    flash = FaultyTier(
+        LmdbTier(tmp_path / "flash", 64 << 20, LAYOUT.namespace),
+        parse_tier_faults("flash:latency_ms=300")["flash"],
+        0,
+    )
+    config = CacheConfig(8, 0, 16 * BLOCK, reload_timeout_s=0.02)
+    m = CacheManager(LAYOUT, config, flash=flash)
+    try:
+        hit = m.match(hashes, 3)
+        assert len(hit.lower) == 3
+        taken = m.prefetch(hit, "q")
+        assert taken is not None
+        finished = []
+        while not finished:  # the deadline timer wakes nobody here: poll until it passed
+            finished = m.poll()
+        assert (finished[0].key, finished[0].num_loaded_blocks) == ("q", 0)
+        assert m.stats.tiers[Tier.FLASH].reload_timeouts == 0
+        assert m.health[Tier.FLASH].state()[0] == "ok"
+        m.free(taken.block_ids)
+        m.wait_transfers()
+        m.poll()
+        assert m.pool.num_active_blocks == 0
+    finally:
+        m.close()
