@@ -71,7 +71,7 @@ class EngineRequest:
     prefetch_block_ids: list[int] = field(default_factory=list)
     prefetch_num_hbm_blocks: int = 0
     is_prefetching: bool = False
-    was_prefetched: bool = False  # one prefetch per wait (reset when preempted)
+    prefetch_tried: bool = False  # one prefetch look per wait (reset when preempted)
     tail_load: TailLoad | None = None  # running, with part of its prefix still loading
     finish_reason: FinishReason | None = None
     # perf_counter stamps for request metrics (vLLM's queued/scheduled/first/last token).

@@ -319,9 +319,12 @@ class Scheduler:
         for request in list(self.waiting)[:PREFETCH_SCAN]:
             if room <= 0:
                 return
-            if request.was_prefetched:
-                continue  # one prefetch per wait: a cut or abandoned one is not retried
+            if request.prefetch_tried:
+                continue  # one look per wait: a cut or abandoned prefetch is not retried
             hit, _, _ = self._match(request)
+            if not hit.lower:
+                request.prefetch_tried = True  # nothing below HBM: no match every step
+                continue
             hit = PrefixHit(hit.hbm_block_ids, hit.lower[: room - len(hit.hbm_block_ids)])
             if len(hit.hbm_block_ids) >= room or not hit.lower:
                 continue
@@ -330,7 +333,7 @@ class Scheduler:
                 return  # HBM is full: nothing else fits either
             request.prefetch_block_ids = taken.block_ids
             request.prefetch_num_hbm_blocks = taken.num_hbm_blocks
-            request.is_prefetching = request.was_prefetched = True
+            request.is_prefetching = request.prefetch_tried = True
             room -= len(taken.block_ids)
             self.num_prefetched_blocks += taken.num_loading_blocks
 
@@ -423,7 +426,7 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_committed_blocks = 0
         request.status = RequestStatus.WAITING
-        request.was_prefetched = False
+        request.prefetch_tried = False
         self._enqueue(request, resumed=True)
         self.num_preemptions += 1
         out.preempted.append(request)
