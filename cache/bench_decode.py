@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             np.copyto(hbm[slot], decode_block(buf, SHAPE, DTYPE, key=key))
 
     def per_job() -> None:
-        if not all(decode_blocks(bufs, keys, hbm, slots)):  # type: ignore[arg-type]
+        if not all(decode_blocks(bufs, keys, hbm, slots)):
             raise RuntimeError("a valid block was rejected")
 
     def copy_only() -> None:

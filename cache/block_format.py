@@ -31,17 +31,20 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
 import xxhash
 
+from cache.tiers.base import Buffer
+
 MAGIC = b"TKVB"
 FORMAT_VERSION = 2
 
 _FIXED = struct.Struct("<4sHBBQQ")  # magic, version, dtype code, ndim, length, checksum
+_CHECKSUM = struct.Struct("<Q")
 _MAX_NDIM = 255
 _MAX_DIM = 0xFFFFFFFF
 
@@ -219,21 +222,23 @@ def _decode_checked(
 
 
 def decode_blocks(
-    bufs: list[bytes | memoryview | None],
-    keys: list[bytes],
+    bufs: Sequence[Buffer | None],
+    keys: Sequence[bytes],
     out: np.ndarray,
-    slots: list[int],
+    slots: Sequence[int],
 ) -> list[bool]:
-    """Check a whole job's blocks and copy each valid payload straight into ``out[slot]``.
+    """Check a whole job's blocks and copy each payload straight into ``out[slot]``.
 
-    The per-job form of :func:`decode_block` (issue #11, item 1; not wired into the
-    transfer thread yet): ``bufs[i]`` (``None``: absent) was stored under ``keys[i]``
-    and goes to ``out[slots[i]]``, where ``out`` is the HBM pool (C-contiguous, one block
-    per leading index). The expected header is looked up once per job, each block costs
-    two slice compares, one checksum and one ``memcpy``, and no per-block array is built.
-    Returns, per block, whether it was valid and copied; a slot whose block is not valid
-    is left as it was. Blocks the fast header compare rejects get the checked decoder,
-    so the answer is the same as ``decode_block``'s for every input.
+    The per-job form of :func:`decode_block` (issue #11): ``bufs[i]`` (``None``: absent)
+    was stored under ``keys[i]`` and goes to ``out[slots[i]]``, where ``out`` is the HBM
+    pool (C-contiguous, one block per leading index). The expected header is looked up
+    once per job; a block costs two slice compares, one ``memcpy`` into its slot and one
+    checksum, taken over the slot's bytes right after the copy (so the payload is read
+    from the store's memory once, and the checksum vouches for the bytes HBM holds).
+    No per-block array is built. Returns, per block, whether it was valid; the slot of
+    an absent block is left as it was, the slot of a damaged block may hold its damaged
+    bytes (the caller recomputes it). Blocks the fast header compare rejects get the
+    checked decoder, so a block is valid here exactly when ``decode_block`` accepts it.
     """
     if not (len(bufs) == len(keys) == len(slots)):
         raise ValueError("bufs, keys and slots must have the same length")
@@ -241,33 +246,35 @@ def decode_blocks(
         raise ValueError("out must be C-contiguous")
     shape = tuple(out.shape[1:])
     exp = _expected(shape, out.dtype.newbyteorder("<").str)
-    flat = out.reshape(out.shape[0], -1).view(np.uint8)
-    checksum_at = _FIXED.size - 8
+    flat = out.reshape(-1).view(np.uint8).data
+    width = exp.total_size - exp.header_size
+    checksum_at, fixed_end = _FIXED.size - 8, _FIXED.size
     head, tail, hsize, total = exp.head, exp.tail, exp.header_size, exp.total_size
+    xxh3, stored_checksum = xxhash.xxh3_64, _CHECKSUM.unpack_from
     ok: list[bool] = []
+    append = ok.append
     for buf, key, slot in zip(bufs, keys, slots, strict=True):
         if buf is None:
-            ok.append(False)
+            append(False)
             continue
-        mv = memoryview(buf)
+        mv = buf if type(buf) is memoryview else memoryview(buf)  # LMDB's views as they are
         if (
-            mv.nbytes == total
+            len(mv) == total
             and mv.format == "B"
             and mv[:checksum_at] == head
-            and mv[_FIXED.size : hsize] == tail
+            and mv[fixed_end:hsize] == tail
         ):
-            payload = mv[hsize:]
-            if _checksum(key, payload) != int.from_bytes(mv[checksum_at : _FIXED.size], "little"):
-                ok.append(False)
-                continue
-            flat[slot] = np.frombuffer(payload, np.uint8)
-            ok.append(True)
+            dest = flat[slot * width : (slot + 1) * width]
+            dest[:] = mv[hsize:]
+            hasher = xxh3(key)
+            hasher.update(dest)  # hot in cache after the copy
+            append(hasher.intdigest() == stored_checksum(mv, checksum_at)[0])
             continue
         try:
             view = _decode_checked(mv, shape, out.dtype, key)
         except CorruptBlockError:
-            ok.append(False)
+            append(False)
             continue
         np.copyto(out[slot], view)
-        ok.append(True)
+        append(True)
     return ok

@@ -143,12 +143,10 @@ class CacheManager:
         num_new_blocks: int = 0,
         num_head_blocks: int = 0,
     ) -> Admission | None:
-        """Take `hit` (from `match`, with nothing changed since) plus `num_new_blocks`.
-
+        """Take `hit` (from `match`, with nothing changed since) plus `num_new_blocks`;
         `num_head_blocks` fresh blocks go between the HBM hits and `hit.lower` (which then
-        starts that much later): the caller computes them while `hit.lower` loads.
-
-        All or nothing: either references the HBM hits, reserves slots for the lower-tier
+        starts that much later): the caller computes them while `hit.lower` loads. All or
+        nothing: either references the HBM hits, reserves slots for the lower-tier
         blocks and starts reloading them (reported by `poll` under `key`), allocates the
         fresh blocks and counts the query (`num_query_blocks` is the `max_blocks` it was
         matched with; lower-tier hits count when their blocks arrive intact), or returns
@@ -194,12 +192,10 @@ class CacheManager:
         return self._loads.num_in_flight
 
     def cancel_load(self, key: str, block_ids: Sequence[int]) -> None:
-        """Give up on the load admitted under `key`; `block_ids` are all its admission's blocks.
-
-        The caller lets go of the request now. The blocks stay referenced until the load
-        lands (the transfer thread is writing into them); then its intact blocks are
-        cached for others and every block is freed. Nothing is reported for `key`.
-        """
+        """Give up on the load under `key`; `block_ids` are all its admission's blocks. The
+        caller lets go of the request now; the blocks stay referenced until the load lands
+        (the lane writes into them), then its intact blocks stay cached for others and every
+        block is freed. Nothing is reported for `key`."""
         self.pool.free(self._loads.cancel(key, block_ids))
 
     def commit(self, block_ids: Sequence[int], hashes: Sequence[BlockHash]) -> None:
@@ -491,7 +487,7 @@ class CacheManager:
     ) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
         # deadline: abandon it at once (the request recomputes).
-        down = any(self.health[t].is_down for _, _, t in items)
+        down = any(self.health[t].is_down for t in {t for _, _, t in items})
         guard = self._deadlines.add(ticket, items, now=down)
         self._worker.submit(LoadJob(ticket, items, guard, urgent))
 
@@ -528,6 +524,8 @@ class CacheManager:
         a block that had not arrived may be fine, only slow). `count`: count them as hits
         now (a prefetch's are counted when its request is admitted)."""
         num_ok = 0
+        registered: list[BlockHash] = []  # reported in one event
+        hits = dict.fromkeys(self._index, 0)
         for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
             if status is not LoadStatus.OK:
                 # The prefix ends here. Later blocks may be fine, but their tokens are
@@ -543,11 +541,14 @@ class CacheManager:
                     self.stats.tiers[tier].index_repairs += 1
                 break
             if self.pool.register(block_id, block_hash):
-                self._on_event(BlocksStored(Tier.HBM, (block_hash,)))
-            if count:
-                self.stats.tiers[tier].hit_blocks += 1
-                self.stats.hit_tokens[tier] += self.layout.block_size
+                registered.append(block_hash)
+            hits[tier] += 1
             num_ok += 1
+        for tier, num_hits in hits.items() if count else ():
+            self.stats.tiers[tier].hit_blocks += num_hits
+            self.stats.hit_tokens[tier] += num_hits * self.layout.block_size
+        if registered:
+            self._on_event(BlocksStored(Tier.HBM, tuple(registered)))
         return num_ok
 
     def _fall_through(self, job: StoreJob) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -32,12 +32,15 @@ logger = logging.getLogger(__name__)
 
 
 class RedisSupervisor:
-    """Watches one Redis (`url`), restarting `embedded` when its process dies."""
+    """Watches one Redis (`url`), restarting `embedded` when its process dies.
+
+    `healths`: the DDR health of every engine using this Redis (one, or one per vNPU of
+    a partitioned device, whose shared Redis only this supervisor may restart)."""
 
     def __init__(
         self,
         url: str,
-        health: TierHealth,
+        healths: Sequence[TierHealth],
         embedded: EmbeddedRedis | None = None,
         notify: Callable[[], None] = lambda: None,
         interval_s: float = 0.5,
@@ -45,7 +48,7 @@ class RedisSupervisor:
         probe_timeout_s: float = 1.0,
     ) -> None:
         self._url = url
-        self._health = health
+        self._healths = tuple(healths)
         self._embedded = embedded
         self._notify = notify
         self._interval_s = interval_s
@@ -87,10 +90,9 @@ class RedisSupervisor:
         """One probe; True when Redis answered."""
         embedded = self._embedded
         if embedded is not None and not embedded.is_running:
-            if not self._health.is_down:
+            if not self._is_down:
                 logger.error("embedded redis-server exited; restarting it")
-                self._health.mark_down("embedded redis-server exited")
-                self._notify()
+                self._mark_down("embedded redis-server exited")
             try:
                 embedded.restart()
             except (EmbeddedRedisError, OSError) as exc:
@@ -98,19 +100,30 @@ class RedisSupervisor:
                 return False
             self.num_restarts += 1
             logger.warning("embedded redis-server restarted (empty); DDR back in use")
-            self._health.mark_up(restarted=True)
-            self._notify()
+            self._mark_up(restarted=True)
             return True
         try:
             client.ping()
         except (redis.RedisError, OSError) as exc:
-            if not self._health.is_down:
+            if not self._is_down:
                 logger.error("DDR Redis not answering (%s); spilling to flash meanwhile", exc)
-                self._health.mark_down(f"redis not answering: {exc}")
-                self._notify()
+                self._mark_down(f"redis not answering: {exc}")
             return False
-        if self._health.is_down:
+        if self._is_down:
             logger.warning("DDR Redis answers again; back in use")
-            self._health.mark_up(restarted=False)
-            self._notify()
+            self._mark_up(restarted=False)
         return True
+
+    @property
+    def _is_down(self) -> bool:
+        return any(health.is_down for health in self._healths)
+
+    def _mark_down(self, detail: str) -> None:
+        for health in self._healths:
+            health.mark_down(detail)
+        self._notify()
+
+    def _mark_up(self, *, restarted: bool) -> None:
+        for health in self._healths:
+            health.mark_up(restarted=restarted)
+        self._notify()

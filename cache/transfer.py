@@ -24,7 +24,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from cache.block_format import CorruptBlockError, decode_block
+from cache.block_format import decode_blocks
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
 from cache.stats import Tier, TierOp
@@ -65,8 +65,10 @@ class RemoveJob:
 class LoadGuard:
     """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
 
-    The transfer thread copies each block under `lock` and only if the load is not
-    abandoned; `abandon()` (engine thread, at the load's deadline) takes the same lock,
+    The transfer thread copies the load's blocks in chunks of `COPY_CHUNK_BLOCKS` (one
+    `decode_blocks` call each) under `lock` and only if the load is not abandoned, so
+    `abandon()` may wait for one chunk's copy; `abandon()` (engine thread, at the
+    load's deadline) takes the same lock,
     so once it returns no byte of this load reaches HBM again and the slots can be
     recomputed into. `statuses[i]` is OK once block i is in its slot and its transfer has
     been charged (with pacing, once the modelled link has carried it).
@@ -118,6 +120,10 @@ class JobResult:
         self.failures.append((tier, op))
         self.error = f"{self.error}; {exc}" if self.error else str(exc)
 
+
+COPY_CHUNK_BLOCKS = 64
+"""Blocks a load copies into HBM per `LoadGuard` lock: bounds how long an abandoning
+engine thread can wait for the lock (~0.3 ms of 16 KiB blocks) at a few locks per job."""
 
 PREFETCH_TASK_BLOCKS = 16
 """Blocks per lane task of a non-urgent load (see `TransferWorker._submit_load`)."""
@@ -443,47 +449,50 @@ class TransferWorker:
     def _load_from(
         self, tier: Tier, job: LoadJob, guard: LoadGuard, indices: list[int], result: JobResult
     ) -> None:
-        """One batched read from `tier`, each block checked and copied into its HBM slot."""
-        shape, dtype = self._layout.block_shape, self._layout.np_dtype
+        """One batched read from `tier`, checked and copied per job, not per block.
+
+        The tier hands over every block at once (`get_all`, zero-copy for LMDB), and a
+        `decode_blocks` call per chunk of `COPY_CHUNK_BLOCKS` under the `LoadGuard` lock
+        checks their headers, copies their payloads straight into their HBM slots and
+        checksums them there."""
+        keys = [job.items[i][0] for i in indices]
+        slots = [job.items[i][1] for i in indices]
+        valid: list[int] = []  # in their slots, not yet arrived on the modelled link
         nbytes = 0
 
-        copied: set[int] = set()  # in their slots, not yet arrived on the modelled link
-
-        def consume(j: int, buf: Buffer | None) -> None:
+        def consume(bufs: list[Buffer | None]) -> None:
             nonlocal nbytes
-            i = indices[j]
-            if buf is None:
-                return
-            try:
-                block = decode_block(buf, shape, dtype, key=job.items[i][0])
-            except CorruptBlockError as exc:
-                logger.warning("corrupt %s block %s: %s", tier, job.items[i][0].hex(), exc)
-                with guard.lock:
-                    guard.statuses[i] = LoadStatus.CORRUPT
-                return
-            with guard.lock:  # see LoadGuard: never write a slot after abandonment
-                if guard.abandoned:
-                    return
-                self._kv_pool[job.items[i][1]] = block
-            copied.add(i)
-            nbytes += len(memoryview(buf))
+            for first in range(0, len(bufs), COPY_CHUNK_BLOCKS):
+                chunk = slice(first, first + COPY_CHUNK_BLOCKS)
+                with guard.lock:  # see LoadGuard: never write a slot after abandonment
+                    if guard.abandoned:
+                        return
+                    ok = decode_blocks(bufs[chunk], keys[chunk], self._kv_pool, slots[chunk])
+                    for j, good in enumerate(ok, first):
+                        if good:
+                            valid.append(j)
+                            nbytes += len(bufs[j] or b"")
+                        elif bufs[j] is not None:
+                            logger.warning("corrupt %s block %s", tier, keys[j].hex())
+                            guard.statuses[indices[j]] = LoadStatus.CORRUPT
 
         start = time.perf_counter()
         try:
-            self._tiers[tier].get_many([job.items[i][0] for i in indices], consume)
+            self._tiers[tier].get_all(keys, consume)
         except TierError as exc:
             result.fail(tier, TierOp.LOAD, exc)
+            arrived = {indices[j] for j in valid}
             with guard.lock:
                 for i in indices:
-                    if guard.statuses[i] is LoadStatus.MISSING and i not in copied:
+                    if guard.statuses[i] is LoadStatus.MISSING and i not in arrived:
                         guard.statuses[i] = LoadStatus.IO_ERROR
         # The blocks arrive when the modelled link has carried them: a load abandoned at
         # its deadline before then recomputes them, as it would on the modelled device.
         self._charged(tier, nbytes, start, write=False)
         with guard.lock:
             if not guard.abandoned:
-                for i in copied:
-                    guard.statuses[i] = LoadStatus.OK
+                for j in valid:
+                    guard.statuses[indices[j]] = LoadStatus.OK
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
 

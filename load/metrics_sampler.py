@@ -39,6 +39,8 @@ class ServerPoint:
     hits: dict[str, float]
     npu_modelled_s: float | None
     npu_wall_s: float | None
+    # vNPU name -> its modelled busy seconds (servers started with --vnpu; else empty)
+    vnpu_busy_s: dict[str, float] = field(default_factory=dict)
 
 
 def kv_usage(snap: MetricsSnapshot) -> tuple[float | None, str | None]:
@@ -76,6 +78,11 @@ def reduce_snapshot(t_s: float, snap: MetricsSnapshot) -> ServerPoint:
         hits=snap.by_tier("prefix_cache_hits_total"),
         npu_modelled_s=snap.total("npu_modelled_busy_seconds_total"),
         npu_wall_s=snap.total("npu_wall_busy_seconds_total"),
+        vnpu_busy_s={
+            dict(labels)["vnpu"]: v
+            for (name, labels), v in snap.samples.items()
+            if name == "vnpu_modelled_busy_seconds_total" and "vnpu" in dict(labels)
+        },
     )
 
 
@@ -148,6 +155,7 @@ def server_timeline(
     ``hit_rate_by_tier[tier]`` is hit tokens / looked-up tokens in that interval (None
     when nothing was looked up), ``npu_*_busy`` the device's busy seconds per second.
     """
+    vnpus = sorted({v for p in points for v in p.vnpu_busy_s})
     tiers = [t for t in TIERS if any(t in p.hits for p in points)]
     tiers += sorted({t for p in points for t in p.hits} - set(tiers))
     out: dict[str, Any] = {
@@ -166,6 +174,7 @@ def server_timeline(
         "hit_rate_by_tier": {t: [] for t in tiers},
         "npu_modelled_busy": [],
         "npu_wall_busy": [],
+        "vnpu_modelled_busy": {v: [] for v in vnpus},
     }
     for a, b in zip(points, points[1:], strict=False):
         dt = b.t_s - a.t_s
@@ -181,4 +190,7 @@ def server_timeline(
         for key, attr in (("npu_modelled_busy", "npu_modelled_s"), ("npu_wall_busy", "npu_wall_s")):
             busy = _delta(getattr(a, attr), getattr(b, attr))
             out[key].append(None if busy is None else busy / dt)
+        for v in vnpus:
+            busy = _delta(a.vnpu_busy_s.get(v), b.vnpu_busy_s.get(v))
+            out["vnpu_modelled_busy"][v].append(None if busy is None else busy / dt)
     return out

@@ -5,6 +5,7 @@ not expose say so instead of being left blank."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,17 @@ def server_timeline_plot(results: Labelled, path: Path) -> Path:
                     label=prefix + name,
                     **kw,
                 )
+        vnpu_styles = itertools.cycle([":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))])
+        for j, (name, values) in enumerate((tl.get("vnpu_modelled_busy") or {}).items()):
+            window = max(1, round(NPU_WINDOW_S / (tl.get("interval_s") or NPU_WINDOW_S)))
+            xs, ys = _points(ends, rolling_mean(values, window))
+            if xs:
+                found["npu"] = True
+                kw = line_style(len(xs))
+                if is_dense(len(xs)):
+                    kw["linestyle"] = next(vnpu_styles)
+                c = colors[(j + 2) % len(colors)] if single else color
+                npu_ax.plot(xs, [100 * y for y in ys], color=c, label=f"{prefix}vNPU {name}", **kw)
     q_ax.set_ylabel("requests")
     q_ax.set_title("server state over the run (sampled from /metrics)")
     kv_ax.set_ylabel("KV cache usage (%)")

@@ -23,6 +23,7 @@ clairvoyant reference, not a proven optimum.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from cache.policies.admission import AdmissionPolicy
 
 BELADY = "belady"
+ORACLE_ADMISSION = "oracle"
+"""Clairvoyant admission, ``EVICTION+oracle``: admits a block only if a later request
+uses it again. No online policy can do better at choosing what to admit, so it bounds
+what any admission filter over that eviction policy can gain."""
 REQUIRED_POLICIES = ("lru", BELADY)
 
 
@@ -241,6 +246,34 @@ def simulate_belady(
     return hits
 
 
+class _OracleAdmission:
+    """Admits a block iff a request after the current one uses it.
+
+    Follows the request it is in by counting ``record_access`` calls, which the
+    simulators make once per distinct block of each request, in trace order."""
+
+    writes_through = False
+
+    def __init__(self, requests: Sequence[Sequence[int]]) -> None:
+        self._requests = requests
+        self._uses: dict[int, list[int]] = {}  # key -> indices of the requests using it
+        for i, blocks in enumerate(requests):
+            for key in blocks:
+                self._uses.setdefault(key, []).append(i)
+        self._request = -1
+        self._left = 0
+
+    def record_access(self, key: int) -> None:
+        while self._left == 0:
+            self._request += 1
+            self._left = len(self._requests[self._request])
+        self._left -= 1
+
+    def should_admit(self, key: int) -> bool:
+        uses = self._uses.get(key, [])
+        return bisect.bisect_right(uses, self._request) < len(uses)
+
+
 def registered_policy_names() -> list[str]:
     """Eviction policy names, each eviction policy combined with every admission policy
     but ``always`` (``lru+second-hit`` ...), plus ``belady``."""
@@ -252,7 +285,8 @@ def registered_policy_names() -> list[str]:
         for a in admission.ADMISSION_POLICIES
         if a != admission.DEFAULT_ADMISSION_POLICY
     ]
-    return [*eviction.EVICTION_POLICIES, *combined, BELADY]
+    oracles = [f"{e}+{ORACLE_ADMISSION}" for e in eviction.EVICTION_POLICIES]
+    return [*eviction.EVICTION_POLICIES, *combined, *oracles, BELADY]
 
 
 def online_factory(name: str) -> PolicyFactory:
@@ -296,13 +330,17 @@ def simulate(
     table: dict[str, list[float]] = {}
     next_use = next_use_index(requests) if BELADY in policies else None
     for name in policies:
-        make = None if name == BELADY else factory(name)
+        evict_name, _, admit_name = name.partition("+")
+        is_oracle = admit_name == ORACLE_ADMISSION
+        make = None if name == BELADY else factory(evict_name if is_oracle else name)
         rates = []
         for capacity in capacities:
             if make is None:
                 hits = simulate_belady(requests, capacity, next_use)
             else:
                 policy, admission = make(capacity)
+                if is_oracle:
+                    admission = _OracleAdmission(requests)  # type: ignore[assignment]
                 hbm_blocks = int(capacity * hbm_fraction)
                 if hbm_blocks >= 1 and admission is not None:
                     hits = simulate_tiered(requests, policy, capacity, admission, hbm_blocks)

@@ -126,6 +126,19 @@ _910B4 = DeviceSpec(
     **_ASCEND_COMMON,  # type: ignore[arg-type]
 )
 
+# --- Ascend 310P (Atlas 300I Pro inference card) --------------------------------------
+# Datasheet figures: 8 AI cores, 24 GB LPDDR4X at 204.8 GB/s, 70 TFLOPS fp16 (140 TOPS
+# int8). No published serving efficiencies: the 910B's factors are reused (an
+# assumption). It is here for its vNPU templates (npu_sim.vnpu: vir01/02/04).
+_310P = DeviceSpec(
+    name="ascend-310p",
+    hbm_bytes=24 * GiB,
+    peak_flops=70e12,
+    hbm_bandwidth=204.8e9,
+    ai_cores=8,
+    **_ASCEND_COMMON,  # type: ignore[arg-type]
+)
+
 # --- NVIDIA H100 SXM5 ----------------------------------------------------------------
 # NVIDIA H100 datasheet: 80 GB HBM3 at 3.35 TB/s, 989 TFLOPS dense bf16/fp16 (1,979 with
 # 2:4 sparsity), 132 SMs. GEMM reaches 80% of peak (789 TFLOPS); decode ~60% of HBM
@@ -153,7 +166,7 @@ _H100 = DeviceSpec(
 DEVICE_ALIASES: Final = MappingProxyType({"ascend-910b": "ascend-910b3"})
 
 DEVICE_PRESETS: Final = MappingProxyType(
-    {d.name: d for d in (_910B2, _910B3, _910B4, _H100)}
+    {d.name: d for d in (_910B2, _910B3, _910B4, _310P, _H100)}
     | {alias: _910B3 for alias in DEVICE_ALIASES}
 )
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from npu_sim.arbiter import SharedCores
 from npu_sim.cost_model import step_cost
 from npu_sim.device import DeviceSpec
 from npu_sim.model import SeqChunk
@@ -105,8 +106,11 @@ class Executor:
         device: DeviceSpec,
         pace: Pace,
         kv_pool: np.ndarray,
+        cores: SharedCores | None = None,
     ) -> None:
+        """`cores`: device time is booked there (vNPUs sharing cores); None: own cores."""
         self._model = model
+        self._cores = cores
         self._model_config = model_config
         self._device = device
         self._pace = pace
@@ -120,6 +124,15 @@ class Executor:
     @property
     def kv_pool(self) -> np.ndarray:
         return self._kv_pool
+
+    def cost_seconds(self, seqs: Sequence[StepSequence]) -> float:
+        """Modelled device time of a step over `seqs` (what `step` charges), without
+        running it."""
+        return step_cost(
+            self._model_config,
+            self._device,
+            [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs],
+        ).seconds
 
     def step(self, seqs: Sequence[StepSequence]) -> StepResult:
         """Run one forward over `seqs`, sample, and (with `Pace.REAL`) wait out the device.
@@ -148,10 +161,15 @@ class Executor:
             self._device,
             [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs],
         )
+        # On shared cores the step also waits for the neighbours' booked device time.
+        end = started + cost.seconds
+        if self._cores is not None:
+            end = self._cores.reserve(started, cost.seconds)
         if self._pace is Pace.REAL:
-            _sleep_until(started + cost.seconds - self._lateness)
+            _sleep_until(end - self._lateness)
         wall = time.perf_counter() - started
-        self._lateness = min(max(0.0, self._lateness + wall - cost.seconds), MAX_LATENESS)
+        expected = end - started
+        self._lateness = min(max(0.0, self._lateness + wall - expected), MAX_LATENESS)
         return StepResult(
             sampled=sampled,
             num_tokens=sum(len(s.token_ids) for s in seqs),

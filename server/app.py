@@ -27,6 +27,7 @@ from server.serving import OpenAIServing
 from server.stack import build_stack
 from server.tokenize import TokenizerService
 from server.vllm_metrics import VllmMetrics
+from server.vnpu.serving import start_vnpus
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -34,6 +35,12 @@ def build_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.started_at = time.time()
+        if settings.vnpu:  # one engine per vNPU (server/vnpu/)
+            async with start_vnpus(app, settings):
+                yield
+            return
         wakeup = threading.Event()
         stack = await asyncio.to_thread(build_stack, settings, wakeup.set)
         metrics = ServerMetrics()

@@ -40,6 +40,8 @@ FLAG_CHOICES: dict[str, list[str]] = {
     "log_level": list(LOG_LEVELS),
 }
 
+REPEATABLE_FLAGS = frozenset({"vnpu"})
+
 
 def _flag_type(annotation: object) -> tuple[typing.Callable[[str], object], list[str] | None]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             dest=name,
             type=convert,
             nargs="+" if is_list else None,
+            # --vnpu a=... --vnpu b=...: every occurrence adds (other lists: last wins).
+            action="extend" if name in REPEATABLE_FLAGS else "store",
             metavar=name.upper(),
             default=argparse.SUPPRESS,
             help=f"{field.description}{listed} (default: {default}; env TIERKV_{name.upper()})",
@@ -137,7 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         sys.exit(f"tierkv: {settings_error(exc)}")
     try:
-        hbm_num_blocks(settings)
+        if settings.vnpu:
+            from server.vnpu.partition import check_fits
+
+            check_fits(settings)
+        else:
+            hbm_num_blocks(settings)
     except ConfigError as exc:
         sys.exit(f"tierkv: {exc}")
     serve(settings)

@@ -19,6 +19,7 @@ from npu_sim.device import get_device
 from npu_sim.emulated import DEFAULT_KV_BYTES_FRACTION, stored_head_dim
 from npu_sim.links import DEFAULT_DDR_MEDIA, DEFAULT_FLASH_MEDIA, get_media
 from npu_sim.model_config import get_cost_model_config, get_model_config
+from npu_sim.vnpu import parse_vnpu, plan_partitions
 
 GB = 1024**3
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -200,6 +201,12 @@ class Settings(BaseSettings):
         "(also down=1); empty: none.",
     )
     tier_faults_seed: int = Field(0, description="Seed of --tier-faults (deterministic).")
+    vnpu: list[str] | None = Field(
+        None,
+        description="Split --device into vNPUs, each with its own engine and model: "
+        "NAME=TEMPLATE:MODEL (vir01..vir16) or NAME=cores=K,hbm_gb=G[,slicing=hard|time]:"
+        "MODEL; repeatable. Requests route by model name. Unset: one engine.",
+    )
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -235,11 +242,32 @@ class Settings(BaseSettings):
         if self.log_level.lower() not in LOG_LEVELS:
             choices = ", ".join(LOG_LEVELS)
             raise ValueError(f"unknown log level {self.log_level!r}; choose one of: {choices}")
+        if self.vnpu is not None:
+            self._check_vnpus()
         if self.served_model_name is not None and (
             not self.served_model_name or not all(self.served_model_name)
         ):
             raise ValueError("served-model-name needs one or more non-empty names")
         return self
+
+    def _check_vnpus(self) -> None:
+        if not self.vnpu:
+            raise ValueError("vnpu needs one or more NAME=SLICE:MODEL")
+        if self.emulate is not None or self.hbm_gb is not None or self.cost_model is not None:
+            raise ValueError(
+                "with --vnpu, each vNPU's MODEL sets its model (a cost-model shape such as "
+                "llama-3-8b is emulated) and its slice sets its HBM: drop --emulate, "
+                "--cost-model and --hbm-gb"
+            )
+        if self.served_model_name is not None:
+            raise ValueError("with --vnpu, each vNPU serves its MODEL's name")
+        specs = [parse_vnpu(v) for v in self.vnpu]
+        for spec in specs:
+            get_cost_model_config(spec.model)
+        models = [s.model for s in specs]
+        if len(set(models)) != len(models):
+            raise ValueError(f"each vNPU needs its own model (requests route by it): {models}")
+        plan_partitions(get_device(self.device), specs)
 
     @property
     def served_model(self) -> str:

@@ -6,7 +6,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cache.events import KVEventPublisher
@@ -23,6 +23,7 @@ from server.tokenize import (
     TokenizeCompletionRequest,
     TokenizerService,
 )
+from server.vnpu.telemetry import npu_status_json, npu_status_text
 
 # Large JSON bodies are parsed off the event loop (see server.middleware).
 router = APIRouter(route_class=OffloadedJSONRoute)
@@ -50,27 +51,44 @@ Engine = Annotated[AsyncEngine, Depends(_engine)]
 Metrics = Annotated[ServerMetrics, Depends(_metrics)]
 
 
+def _servings(request: Request) -> list[OpenAIServing]:
+    """Every engine's serving: one per vNPU with --vnpu, else the one."""
+    vnpus = getattr(request.app.state, "vnpus", None)
+    return [request.app.state.serving] if vnpus is None else vnpus.servings
+
+
+def _route(request: Request, model: str | None) -> OpenAIServing:
+    """The serving of `model`: the one engine, or the vNPU serving it (404 if none)."""
+    vnpus = getattr(request.app.state, "vnpus", None)
+    return request.app.state.serving if vnpus is None else vnpus.serving_for(model)
+
+
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, raw: Request, serving: Serving) -> Any:
-    return await serving.chat(body, raw)
+async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Any:
+    return await _route(raw, body.model).chat(body, raw)
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, raw: Request, serving: Serving) -> Any:
-    return await serving.completion(body, raw)
+async def completions(body: CompletionRequest, raw: Request) -> Any:
+    return await _route(raw, body.model).completion(body, raw)
 
 
 @router.get("/v1/models")
-async def models(raw: Request, serving: Serving) -> dict[str, Any]:
+async def models(raw: Request) -> dict[str, Any]:
     created = int(raw.app.state.started_at)
     return {
         "object": "list",
-        "data": [_model_card(serving, n, created) for n in serving.served_model_names],
+        "data": [
+            _model_card(serving, n, created)
+            for serving in _servings(raw)
+            for n in serving.served_model_names
+        ],
     }
 
 
 @router.get("/v1/models/{model_id:path}")
-async def model(model_id: str, raw: Request, serving: Serving) -> dict[str, Any]:
+async def model(model_id: str, raw: Request) -> dict[str, Any]:
+    serving = _route(raw, model_id)
     serving.check_model(model_id)
     return _model_card(serving, model_id, int(raw.app.state.started_at))
 
@@ -87,18 +105,26 @@ def _model_card(serving: OpenAIServing, name: str, created: int) -> dict[str, An
     }
 
 
+def _tokenizer_for(request: Request, model: str | None) -> TokenizerService:
+    """The tokenizer of `model`'s engine (404 for an unknown model)."""
+    serving = _route(request, model)
+    serving.check_model(model)
+    vnpus = getattr(request.app.state, "vnpus", None)
+    if vnpus is None:
+        return request.app.state.tokenizer_service
+    return vnpus.tokenizers[vnpus.servings.index(serving)]
+
+
 @router.post("/tokenize")
 async def tokenize(
-    body: TokenizeChatRequest | TokenizeCompletionRequest, serving: Serving, tok: Tokenizers
+    body: TokenizeChatRequest | TokenizeCompletionRequest, raw: Request
 ) -> dict[str, Any]:
-    serving.check_model(body.model)
-    return tok.tokenize(body)
+    return _tokenizer_for(raw, body.model).tokenize(body)
 
 
 @router.post("/detokenize")
-async def detokenize(body: DetokenizeRequest, serving: Serving, tok: Tokenizers) -> dict[str, Any]:
-    serving.check_model(body.model)
-    return tok.detokenize(body)
+async def detokenize(body: DetokenizeRequest, raw: Request) -> dict[str, Any]:
+    return _tokenizer_for(raw, body.model).detokenize(body)
 
 
 @router.get("/v1/tokenizer.json")
@@ -113,10 +139,12 @@ async def tokenizer_config_json(tok: Tokenizers) -> dict[str, Any]:
 
 
 @router.get("/health")
-async def health(engine: Engine) -> JSONResponse:
+async def health(engine: Engine, raw: Request) -> JSONResponse:
     """200 while the engine runs, even with a tier degraded (traffic still flows, the
-    cache falls back to recompute); 503 only when the engine thread is dead."""
-    if not engine.is_healthy:
+    cache falls back to recompute); 503 only when the engine thread is dead (with
+    --vnpu: any vNPU's)."""
+    vnpus = getattr(raw.app.state, "vnpus", None)
+    if not engine.is_healthy or (vnpus is not None and not vnpus.is_healthy):
         return JSONResponse({"status": "dead", "detail": "engine stopped"}, status_code=503)
     tiers = tier_health(engine.cache_stats)
     return JSONResponse({"status": overall_status(tiers), "tiers": tiers, **engine_summary(engine)})
@@ -200,3 +228,17 @@ async def cache_offload(body: OffloadRequest, engine: Engine) -> dict[str, Any]:
         "moved_blocks": moved,
         "seconds": round(time.perf_counter() - start, 6),
     }
+
+
+@router.get("/npu")
+async def npu(raw: Request) -> Response:
+    """npu-smi-style status of the (partitioned) device: JSON, or a text table when the
+    client asks for `text/plain`. 404 without --vnpu."""
+    telemetry = getattr(raw.app.state, "npu_telemetry", None)
+    if telemetry is None:
+        raise APIError(
+            404, "No vNPU partitions: start the server with --vnpu.", type="not_found_error"
+        )
+    if "text/plain" in raw.headers.get("accept", ""):
+        return PlainTextResponse(npu_status_text(telemetry))
+    return JSONResponse(npu_status_json(telemetry))

@@ -26,7 +26,8 @@ from cache.tiers.faulty import FaultyTier, parse_tier_faults
 from cache.tiers.lmdb_check import check_environment, move_aside
 from cache.tiers.lmdb_tier import META_DIR, LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
-from npu_sim.device import get_device
+from npu_sim.arbiter import SharedCores
+from npu_sim.device import DeviceSpec, get_device
 from npu_sim.emulated import EmulatedModel, stored_head_dim
 from npu_sim.executor import Executor, Pace, StepModel
 from npu_sim.links import TierPaths, TransferClock, get_media
@@ -115,14 +116,17 @@ def stored_fraction(settings: Settings) -> float:
 
 
 def load_planner(
-    settings: Settings, cost_config: ModelConfig, clock: TransferClock
+    settings: Settings,
+    cost_config: ModelConfig,
+    clock: TransferClock,
+    device: DeviceSpec | None = None,
 ) -> LoadPlanner | None:
     """The load-vs-recompute planner of `--load-policy cost` (None: always reload)."""
     if settings.load_policy is not LoadPolicy.COST:
         return None
     return LoadPlanner(
         model=cost_config,
-        device=get_device(settings.device),
+        device=device or get_device(settings.device),
         paths=clock.paths,
         logical_block_bytes=logical_block_bytes(settings),
         block_size=settings.block_size,
@@ -170,9 +174,28 @@ def hbm_num_blocks(settings: Settings) -> int:
     return num_blocks
 
 
-def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
-    """Start tiers and build the engine; `wakeup` is called when a transfer finishes."""
+@dataclass(frozen=True, slots=True)
+class EngineSlice:
+    """What a vNPU (`server.vnpu`) changes in its engine stack: the slice of the device
+    its steps are charged on, a suffix keeping its DDR/flash keys apart from the other
+    vNPUs', and the cores it shares (time-sliced) or None (its own). Its scheduler
+    preempts for priority."""
+
+    device: DeviceSpec
+    namespace_suffix: str
+    cores: SharedCores | None = None
+    # The device supervises the Redis the vNPUs share (it alone may restart it).
+    ddr_supervised_by_device: bool = False
+
+
+def build_stack(
+    settings: Settings, wakeup: Callable[[], None], vnpu: EngineSlice | None = None
+) -> EngineStack:
+    """Start tiers and build the engine; `wakeup` is called when a transfer finishes.
+    `vnpu`: build one vNPU's engine (None: the whole device's)."""
+    step_device = vnpu.device if vnpu is not None else get_device(settings.device)
     layout = kv_layout(settings)
+    namespace = layout.namespace + (vnpu.namespace_suffix if vnpu is not None else "")
     num_blocks = hbm_num_blocks(settings)
     # Capacities are given in logical bytes; the manager counts the bytes really stored.
     ddr_stored = int(settings.ddr_bytes * stored_fraction(settings))
@@ -200,7 +223,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         # child) is started, and is quarantined rather than taking the server down.
         if settings.flash_bytes > 0:
             map_size = max(int(flash_stored * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
-            flash, quarantined = open_flash(settings.data_dir / "flash", map_size, layout.namespace)
+            flash, quarantined = open_flash(settings.data_dir / "flash", map_size, namespace)
             undo.callback(flash.close)
         if settings.ddr_bytes > 0:
             url = settings.redis_url
@@ -211,7 +234,7 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 url = embedded.url
             else:
                 warn_unless_noeviction(url)
-            ddr = RedisTier(connect_redis(url), layout.namespace)
+            ddr = RedisTier(connect_redis(url), namespace)
             undo.callback(ddr.close)  # idempotent: cache.close() closes it again
         if ddr is not None and "ddr" in faults:
             ddr = FaultyTier(ddr, faults["ddr"], settings.tier_faults_seed)
@@ -237,8 +260,9 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         if quarantined is not None:
             cache.health[Tier.FLASH].quarantine(quarantined)
         supervisor = None
-        if ddr is not None and url is not None:
-            supervisor = RedisSupervisor(url, cache.health[Tier.DDR], embedded, wakeup).start()
+        device_supervises = vnpu is not None and vnpu.ddr_supervised_by_device
+        if ddr is not None and url is not None and not device_supervises:
+            supervisor = RedisSupervisor(url, [cache.health[Tier.DDR]], embedded, wakeup).start()
             undo.callback(supervisor.stop)
         model: StepModel
         tokenizer: Tokenizer
@@ -252,9 +276,10 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
         executor = Executor(
             model,
             cost_config,
-            get_device(settings.device),
+            step_device,
             Pace(settings.pace.value),
             cache.kv,
+            cores=vnpu.cores if vnpu is not None else None,
         )
         scheduler = Scheduler(
             SchedulerConfig(
@@ -262,10 +287,11 @@ def build_stack(settings: Settings, wakeup: Callable[[], None]) -> EngineStack:
                 max_num_batched_tokens=settings.max_num_batched_tokens,
                 max_model_len=settings.max_model_len,
                 block_size=settings.block_size,
+                preempt_for_priority=vnpu is not None,
                 prefetch_blocks=int(settings.prefetch_fraction * num_blocks),
             ),
             cache,
-            load_planner(settings, cost_config, clock),
+            load_planner(settings, cost_config, clock, step_device),
         )
         undo.pop_all()
     logger.info(

@@ -121,6 +121,25 @@ class StorageTier(ABC):
         for i, key in enumerate(keys):
             consume(i, self.get(key))
 
+    def get_all(
+        self, keys: Sequence[BlockHash], consume: Callable[[list[Buffer | None]], None]
+    ) -> None:
+        """Call ``consume(bufs)`` once, ``bufs[i]`` being ``keys[i]``'s value (``None``: absent).
+
+        The per-job form of ``get_many``, for a consumer that checks and copies a whole
+        batch at once (the reload path). Every ``buf`` is valid only during that call.
+        This default runs ``get_many`` and keeps ``bytes`` values as they are (copying
+        views); a tier whose views die with its read (LMDB) overrides it to hand them
+        out zero-copy.
+        """
+        bufs: list[Buffer | None] = [None] * len(keys)
+
+        def keep(i: int, buf: Buffer | None) -> None:
+            bufs[i] = buf if buf is None or isinstance(buf, bytes) else bytes(buf)
+
+        self.get_many(keys, keep)
+        consume(bufs)
+
     def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
         """Store every ``(key, value)``; one round trip / transaction where the store allows."""
         for key, value in items:

@@ -216,6 +216,21 @@ class LmdbTier(StorageTier):
         finally:
             txn.abort()  # read-only: abort just releases the snapshot
 
+    def get_all(
+        self, keys: Sequence[BlockHash], consume: Callable[[list[Buffer | None]], None]
+    ) -> None:
+        """One read transaction; ``consume`` gets every value as a memoryview into the
+        map at once, valid only during its call."""
+        with _wrap_errors("begin"):
+            txn = self._begin()
+        try:
+            with _wrap_errors("get"):
+                get = txn.get
+                bufs: list[Buffer | None] = [get(key) for key in keys]
+            consume(bufs)  # its exceptions propagate unwrapped
+        finally:
+            txn.abort()  # read-only: abort just releases the snapshot
+
     def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
         """One write transaction: either every item is stored or (on error) none is."""
         if not items:
@@ -302,7 +317,7 @@ class LmdbTier(StorageTier):
         order = np.argsort(meta["seq"], kind="stable")
         joined = b"".join(keys)
         width = len(keys[0]) if keys else 0
-        if width and len(joined) == width * len(keys) and all(len(k) == width for k in keys):
+        if width and len(joined) == width * len(keys) and len(set(map(len, keys))) == 1:
             # all keys one length (block hashes): reorder them as one numpy array,
             # whose tolist() gives bytes back
             packed = np.frombuffer(joined, np.dtype((np.void, width)))

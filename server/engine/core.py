@@ -14,7 +14,7 @@ from cache.manager import CacheManager
 from npu_sim.executor import Executor, StepSequence
 from server.engine.overlap import TransferOverlap
 from server.engine.request import EngineRequest, FinishedRequest, RequestOutput
-from server.engine.scheduler import Scheduler
+from server.engine.scheduler import Scheduler, SchedulerOutput
 
 
 @dataclass(slots=True)
@@ -33,6 +33,14 @@ class EngineStats:
     num_prefetched_blocks: int = 0
     load_inflight_seconds: float = 0.0  # see server.engine.overlap
     load_exposed_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class PlannedStep:
+    """A scheduled step and the executor inputs built from it."""
+
+    plan: SchedulerOutput
+    seqs: list[StepSequence]
 
 
 class EngineCore:
@@ -73,17 +81,22 @@ class EngineCore:
 
     def step(self) -> list[RequestOutput]:
         """Run one batch. Returns an output for every request that got a token or finished."""
+        planned = self.plan()
+        return [] if planned is None else self.execute(planned)
+
+    def plan(self) -> PlannedStep | None:
+        """Schedule the next step (None: nothing to run). A plan that is dropped instead
+        of executed has no effect beyond blocks the scheduler reserved and admissions it
+        made, which the next plan reuses (used to cut a step short on a vNPU)."""
         plan = self.scheduler.schedule()
         self.ran_step = bool(plan.chunks)
         self._observe(busy=self.ran_step)
         if not plan.chunks:
-            return []
+            return None
         seqs = []
         for chunk in plan.chunks:
             req, start = chunk.request, chunk.request.num_computed_tokens
             end = start + chunk.num_new_tokens
-            n_prompt = len(req.prompt_token_ids)
-            self.stats.num_prompt_tokens_computed += max(0, min(end, n_prompt) - start)
             seqs.append(
                 StepSequence(
                     seq_id=req.request_id,
@@ -93,12 +106,20 @@ class EngineCore:
                     sampler=req.sampler if end == req.num_tokens else None,
                 )
             )
-        result = self.executor.step(seqs)
+        return PlannedStep(plan, seqs)
+
+    def execute(self, planned: PlannedStep) -> list[RequestOutput]:
+        """Run a plan from `plan()` (the latest one, nothing scheduled in between)."""
+        for seq in planned.seqs:
+            n_prompt = len(self.scheduler.requests[seq.seq_id].prompt_token_ids)
+            end = seq.start_pos + len(seq.token_ids)
+            self.stats.num_prompt_tokens_computed += max(0, min(end, n_prompt) - seq.start_pos)
+        result = self.executor.step(planned.seqs)
         self.stats.num_steps += 1
         self.stats.modelled_busy_seconds += result.modelled_seconds
         self.stats.wall_busy_seconds += result.wall_seconds
         self.stats.num_generated_tokens += len(result.sampled)
-        return self.scheduler.update_from_output(plan, result.sampled)
+        return self.scheduler.update_from_output(planned.plan, result.sampled)
 
     def refresh_stats(self) -> EngineStats:
         """Bring the queue-length gauges up to date and return the stats record."""

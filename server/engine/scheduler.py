@@ -7,8 +7,12 @@ effects) and admits it in one all-or-nothing call; blocks found in DDR or flash 
 reloaded while the request waits in LOADING_KV and the others keep running. When HBM
 runs out for a running request, the newest running request is preempted: its blocks are
 freed (full ones stay cached and spill to DDR when evicted) and it resumes later from
-cache. After the step, `update_from_output` appends the sampled tokens, decides every
-finish (stop token, stop string, max_tokens, max_model_len) and frees the request.
+cache. With `preempt_for_priority` (vNPU engines), a waiting request that finds no room
+takes the step's token budget from requests of a worse priority value and, short of
+seats or HBM, preempts the running request of the worst priority value worse than its
+own, so it starts in the very next step. After the step, `update_from_output` appends the sampled
+tokens, decides every finish (stop token, stop string, max_tokens, max_model_len) and
+frees the request.
 
 A live request is in `requests` and in exactly one of `waiting` and `running`, or in
 neither while its KV is loading (the cache manager reports the load under its id).
@@ -46,6 +50,10 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_model_len: int
     block_size: int
+    # A waiting request may preempt running requests of a worse (higher) priority value
+    # to be admitted at once (vNPU engines; see `_preempt_for_priority`). Off: a
+    # waiting request never preempts, it waits for room.
+    preempt_for_priority: bool = False
     prefetch_blocks: int = 0  # most HBM blocks prefetches for queued requests hold; 0: off
 
 
@@ -162,10 +170,20 @@ class Scheduler:
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
 
-        while self.waiting and budget > 0 and not out.preempted:
-            if len(self.running) + self.num_loading >= self.config.max_num_seqs:
-                break
+        short_of_memory = bool(out.preempted)
+        while self.waiting and not short_of_memory:
             request = self.waiting[0]
+            if request in out.preempted:
+                break  # preempted in this step: it resumes at a later one
+            if budget == 0:
+                budget = self._reclaim_budget(request, out)
+                if budget == 0:
+                    break
+            if len(self.running) + self.num_loading >= self.config.max_num_seqs:
+                if self._preempt_for_priority(request, out):
+                    budget = self.config.max_num_batched_tokens - _planned(out)
+                    continue
+                break
             if request.is_prefetching:
                 # Its prefix is on its way up: it takes its seat and waits in LOADING_KV
                 # for that load (not a second one); it is admitted first once it landed.
@@ -175,7 +193,10 @@ class Scheduler:
             if not self._admit(request, budget):
                 if self._release_prefetches():
                     continue  # holds of requests behind it must not block the head
-                break  # never preempt for an admission: retry at a later step
+                if self._preempt_for_priority(request, out):
+                    budget = self.config.max_num_batched_tokens - _planned(out)
+                    continue
+                break  # retry at a later step
             self.waiting.popleft()
             if request.status is RequestStatus.LOADING_KV:
                 continue
@@ -432,6 +453,38 @@ class Scheduler:
         out.preempted.append(request)
         logger.debug("preempted %s at %d tokens", request.request_id, request.num_tokens)
 
+    def _reclaim_budget(self, request: EngineRequest, out: SchedulerOutput) -> int:
+        """With `preempt_for_priority`: take chunks of requests with a worse priority
+        value than `request`'s out of this step (worst first; they keep their blocks and
+        run at the next step) until `request`'s tokens fit. Returns the budget freed."""
+        if not self.config.preempt_for_priority:
+            return 0
+        freed = 0
+        while freed < request.num_tokens:
+            worse = [c for c in out.chunks if c.request.priority > request.priority]
+            if not worse:
+                break
+            chunk = max(reversed(worse), key=lambda c: c.request.priority)
+            out.chunks.remove(chunk)
+            freed += chunk.num_new_tokens
+        return freed
+
+    def _preempt_for_priority(self, request: EngineRequest, out: SchedulerOutput) -> bool:
+        """With `preempt_for_priority`: preempt the running request with the worst
+        priority value, if it is worse than `request`'s, taking its chunk out of this
+        step (a planned chunk has no effect until `update_from_output`). Its full blocks
+        stay cached (spilled to DDR when evicted) and it resumes from cache. Returns
+        whether a request was preempted."""
+        if not self.config.preempt_for_priority:
+            return False
+        worse = [r for r in self.running if r.priority > request.priority]
+        if not worse:
+            return False
+        victim = max(reversed(worse), key=_priority)
+        out.chunks = [c for c in out.chunks if c.request is not victim]
+        self._preempt(victim, out)
+        return True
+
     def _pick_victim(self, request: EngineRequest, out: SchedulerOutput) -> EngineRequest:
         """The running request to preempt so `request` can grow: of those not scheduled
         in this step yet (`request` included), the one with the highest priority value,
@@ -480,6 +533,10 @@ def _finished_record(request: EngineRequest, reason: FinishReason, now: float) -
         decode_seconds=last - first if last is not None and first is not None else 0.0,
         inference_seconds=last - scheduled if last is not None and scheduled is not None else 0.0,
     )
+
+
+def _planned(out: SchedulerOutput) -> int:
+    return sum(c.num_new_tokens for c in out.chunks)
 
 
 def _priority(request: EngineRequest) -> int:

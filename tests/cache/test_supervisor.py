@@ -22,7 +22,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
 def test_a_killed_embedded_redis_is_restarted_empty(tmp_path):
     server = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
     health = TierHealth()
-    supervisor = RedisSupervisor(server.url, health, server, interval_s=0.05).start()
+    supervisor = RedisSupervisor(server.url, [health], server, interval_s=0.05).start()
     try:
         first = server.pid
         assert first is not None
@@ -41,7 +41,7 @@ def test_a_stalled_redis_is_marked_down_then_up_without_a_restart(tmp_path):
     server = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
     health = TierHealth()
     supervisor = RedisSupervisor(
-        server.url, health, server, interval_s=0.05, probe_timeout_s=0.2
+        server.url, [health], server, interval_s=0.05, probe_timeout_s=0.2
     ).start()
     pid = server.pid
     assert pid is not None

@@ -56,9 +56,11 @@ def test_bench_tiers_short(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["gb_per_s"]) == {
         "ours_ddr",
+        "job_ddr",
         "raw_redis_mget",
         "raw_redis_pipelined_get",
         "ours_flash",
+        "job_flash",
         "raw_lmdb_get",
         "memcpy",
     }

@@ -124,3 +124,17 @@ def test_sampler_against_a_live_tierkv(tierkv):
     assert set(p.hits) == {"hbm", "ddr", "flash"} and p.npu_modelled_s is not None
     with pytest.raises(ValueError):
         MetricsSampler(httpx.AsyncClient(), "http://x", 0.0, interval_s=0)
+
+
+def test_vnpu_busy_series_become_per_vnpu_utilisation():
+    text = TIERKV + (
+        "# TYPE tierkv:vnpu_modelled_busy_seconds counter\n"
+        'tierkv:vnpu_modelled_busy_seconds_total{vnpu="a"} 1.0\n'
+        'tierkv:vnpu_modelled_busy_seconds_total{vnpu="b"} 3.0\n'
+    )
+    first = reduce_snapshot(0.0, parse_metrics(text))
+    assert first.vnpu_busy_s == {"a": 1.0, "b": 3.0}
+    later = reduce_snapshot(2.0, parse_metrics(text.replace("} 3.0", "} 4.0")))
+    tl = server_timeline([first, later], 1.0)
+    assert tl["vnpu_modelled_busy"] == {"a": [0.0], "b": [0.5]}
+    assert reduce_snapshot(0.0, parse_metrics(TIERKV)).vnpu_busy_s == {}

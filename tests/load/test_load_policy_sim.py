@@ -9,6 +9,7 @@ import pytest
 
 from cache.eviction import EVICTION_POLICIES, make_policy
 from cache.policies.admission import make_admission_policy
+from load import policy_sim
 from load.cli import main
 from load.policy_sim import (
     next_use_index,
@@ -193,3 +194,15 @@ def test_policy_command_rejects_unknown_policy(capsys):
     )
     assert code == 2
     assert "unknown policy" in capsys.readouterr().out
+
+
+def test_oracle_admission_admits_exactly_the_blocks_used_again():
+    # 1 and 2 are used by a later request, 3 and 4 never again: with room for two
+    # blocks the oracle keeps 1 and 2 out of 3's and 4's way, LRU does not.
+    requests = [[1, 2], [3, 4], [1, 2]]
+    table = policy_sim.simulate(requests, [2], ["lru", "lru+oracle"])
+    assert table.hit_rate["lru"] == [0.0]
+    assert table.hit_rate["lru+oracle"] == [2 / 6]
+    tiered = policy_sim.simulate(requests, [3], ["lru+oracle"], hbm_fraction=0.34)
+    assert tiered.hit_rate["lru+oracle"] == [2 / 6]
+    assert "lru+oracle" in policy_sim.registered_policy_names()

@@ -37,6 +37,7 @@ def result(num_requests: int, with_tiers: bool = True) -> dict:
             hits={"hbm": 30.0 * k, "ddr": 10.0 * k} if with_tiers else {"hbm": 40.0 * k},
             npu_modelled_s=0.1 * k,
             npu_wall_s=0.4 * k,
+            vnpu_busy_s={"a": 0.05 * k, "b": 0.2 * k} if with_tiers else {},
         )
         for k in range(30)
     ]

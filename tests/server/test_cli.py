@@ -119,7 +119,10 @@ def test_help_lists_every_choice_and_explains_pace():
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--device", "tpu-v9"], "unknown device 'tpu-v9'; choose one of: ascend-910b, "),
+        (
+            ["--device", "tpu-v9"],
+            "unknown device 'tpu-v9'; choose one of: ascend-310p, ascend-910b, ",
+        ),
         (["--eviction-policy", "random"], "choose: fifo, lfu, lru"),
         (["--log-level", "loud"], "choose one of: debug, info, warning, error, critical"),
         (["--pace", "fast"], "--pace: Input should be 'real' or 'none'"),

@@ -329,3 +329,63 @@ def test_include_stop_str_in_output_keeps_the_stop_string_and_token_text(make_ca
             texts[o.request_id] += o.new_text
     assert texts == {"s": "xy", "t": "xz", "u": "x"}
     assert not sched.requests
+
+
+def _priority_scheduler(cache: CacheManager, max_num_seqs: int) -> Scheduler:
+    config = SchedulerConfig(max_num_seqs, 64, 64, BS, preempt_for_priority=True)
+    return Scheduler(config, cache)
+
+
+def test_urgent_request_preempts_a_full_batch_and_the_victim_resumes_from_cache(make_cache):
+    # Two background requests fill max_num_seqs; an urgent one arrives. It is admitted in
+    # the next step (the newest background request is preempted, its full blocks stay
+    # cached) and the victim later resumes with those blocks as cached tokens.
+    cache = make_cache(hbm_blocks=32)
+    sched = _priority_scheduler(cache, max_num_seqs=2)
+    sched.add(request("bg1", list(range(1, 10)), max_tokens=6, priority=5))
+    sched.add(request("bg2", list(range(20, 29)), max_tokens=6, priority=5))
+    step(sched)
+    step(sched)
+    sched.add(request("urgent", [40, 41, 42], max_tokens=2, priority=0))
+    plan = sched.schedule()
+    assert "urgent" in [c.request.request_id for c in plan.chunks]
+    assert [r.request_id for r in plan.preempted] == ["bg2"]
+    assert "bg2" not in [c.request.request_id for c in plan.chunks]
+    sched.update_from_output(plan, {c.request.request_id: X for c in plan.chunks})
+    run_to_end(sched)
+    assert sched.num_preemptions == 1
+    assert cache.snapshot_stats().hit_tokens[Tier.HBM] >= 8  # bg2's 2 full blocks
+
+
+def test_equal_priority_does_not_preempt(make_cache):
+    sched = _priority_scheduler(make_cache(hbm_blocks=32), max_num_seqs=1)
+    sched.add(request("a", [1, 2, 3], max_tokens=4, priority=0))
+    step(sched)
+    sched.add(request("b", [4, 5, 6], max_tokens=4, priority=0))
+    plan = sched.schedule()
+    assert [c.request.request_id for c in plan.chunks] == ["a"] and not plan.preempted
+
+
+def test_priority_preemption_is_off_by_default(make_cache):
+    sched = Scheduler(SchedulerConfig(1, 64, 64, BS), make_cache(hbm_blocks=32))
+    sched.add(request("bg", [1, 2, 3], max_tokens=4, priority=5))
+    step(sched)
+    sched.add(request("urgent", [4, 5, 6], max_tokens=4, priority=0))
+    plan = sched.schedule()
+    assert [c.request.request_id for c in plan.chunks] == ["bg"] and not plan.preempted
+
+
+def test_urgent_request_takes_the_budget_of_worse_chunks(make_cache):
+    # The background prefill fills the whole token budget; an urgent request still gets
+    # into the next step (the background chunk waits a step, keeping its blocks).
+    cache = make_cache(hbm_blocks=64)
+    sched = Scheduler(SchedulerConfig(8, 16, 128, BS, preempt_for_priority=True), cache)
+    sched.add(request("bg", list(range(1, 60)), max_tokens=4, priority=5))
+    step(sched)  # 16 of 59 prompt tokens
+    sched.add(request("urgent", [70, 71, 72], max_tokens=2, priority=0))
+    plan = sched.schedule()
+    assert [c.request.request_id for c in plan.chunks] == ["urgent"]
+    assert not plan.preempted and sched.requests["bg"].block_ids
+    sched.update_from_output(plan, {"urgent": X})
+    run_to_end(sched)
+    assert sched.num_preemptions == 0

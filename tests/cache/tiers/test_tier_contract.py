@@ -101,6 +101,44 @@ def test_consume_exceptions_propagate_unwrapped(tier: StorageTier) -> None:
     assert tier.get(key(1)) == b"x"  # the tier is still usable
 
 
+def test_get_all_hands_over_every_value_at_once_in_request_order(tier: StorageTier) -> None:
+    tier.put_many([(key(i), bytes([i]) * 3) for i in range(10)])
+    seen: list[list[bytes | None]] = []
+
+    def consume(bufs: list[Buffer | None]) -> None:
+        seen.append([None if b is None else bytes(b) for b in bufs])
+
+    tier.get_all([key(9), key(3), key(42), key(3), key(0)], consume)
+    assert seen == [[b"\x09" * 3, b"\x03" * 3, None, b"\x03" * 3, b"\x00" * 3]]
+    tier.get_all([], consume)
+    assert seen[-1] == []
+
+
+def test_get_all_decodes_a_whole_job_into_hbm_inside_consume(tier: StorageTier) -> None:
+    from cache.block_format import decode_blocks
+
+    blocks = [np.full((2, 2, 4, 8), i, dtype=np.float16) for i in range(3)]
+    tier.put_many([(key(i), encode_block(b, key=key(i))) for i, b in enumerate(blocks)])
+    hbm = np.zeros((4, 2, 2, 4, 8), dtype=np.float16)
+    keys = [key(2), key(0), key(5), key(1)]
+    result: list[bool] = []
+    tier.get_all(keys, lambda bufs: result.extend(decode_blocks(bufs, keys, hbm, [0, 1, 2, 3])))
+    assert result == [True, True, False, True]
+    for slot, i in ((0, 2), (1, 0), (3, 1)):
+        np.testing.assert_array_equal(hbm[slot], blocks[i])
+
+
+def test_get_all_consume_exceptions_propagate_unwrapped(tier: StorageTier) -> None:
+    tier.put(key(1), b"x")
+
+    def consume(bufs: list[Buffer | None]) -> None:
+        raise KeyError("from consume")
+
+    with pytest.raises(KeyError, match="from consume"):
+        tier.get_all([key(1)], consume)
+    assert tier.get(key(1)) == b"x"
+
+
 def test_scan_lists_keys_and_sizes(tier: StorageTier) -> None:
     assert list(tier.scan()) == []
     expected = {key(i): 100 + i for i in range(2500)}

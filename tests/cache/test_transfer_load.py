@@ -1,0 +1,84 @@
+"""A load job's per-job data path on the transfer lane, over a real LMDB: blocks are
+checked and copied in chunks under the load's `LoadGuard`, and nothing reaches HBM once
+the load is abandoned, even between two chunks of one job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cache.transfer as transfer
+from cache.block_format import encode_block
+from cache.block_hash import BlockHash
+from cache.layout import KVLayout
+from cache.stats import Tier
+from cache.tiers.lmdb_tier import LmdbTier
+from cache.transfer import LoadGuard, LoadJob, LoadStatus, TransferWorker
+
+LAYOUT = KVLayout("t", num_layers=1, num_kv_heads=1, head_dim=4, block_size=2)
+
+
+def _store(tier: LmdbTier, n: int) -> tuple[list[BlockHash], list[np.ndarray]]:
+    rng = np.random.default_rng(3)
+    keys = [BlockHash(bytes([i + 1]) * 16) for i in range(n)]
+    blocks = [rng.standard_normal(LAYOUT.block_shape).astype(LAYOUT.np_dtype) for _ in keys]
+    tier.put_many([(k, encode_block(b, key=k)) for k, b in zip(keys, blocks, strict=True)])
+    return keys, blocks
+
+
+def _load(
+    tier: LmdbTier, keys: list[BlockHash], pool: np.ndarray, guard: LoadGuard
+) -> list[LoadStatus]:
+    worker = TransferWorker({Tier.FLASH: tier}, LAYOUT, pool)
+    try:
+        items = [(k, slot, Tier.FLASH) for slot, k in enumerate(keys)]
+        worker.submit(LoadJob(1, items, guard))
+        assert worker.wait_idle(30)
+        (result,) = worker.poll()
+        return result.statuses
+    finally:
+        worker.close()
+
+
+def test_a_job_larger_than_a_chunk_lands_whole_and_flags_only_the_bad_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer, "COPY_CHUNK_BLOCKS", 2)
+    with LmdbTier(tmp_path, 16 << 20, "flash") as tier:
+        keys, blocks = _store(tier, 5)
+        with tier._env.begin(db=tier._db, write=True) as txn:  # damage block 3's payload
+            stored = txn.get(keys[3])
+            assert stored is not None
+            damaged = bytearray(stored)
+            damaged[-1] ^= 0xFF
+            txn.put(keys[3], bytes(damaged))
+        pool = np.zeros((6, *LAYOUT.block_shape), LAYOUT.np_dtype)
+        statuses = _load(tier, [*keys, BlockHash(b"\x99" * 16)], pool, LoadGuard(6))
+    ok, corrupt, missing = LoadStatus.OK, LoadStatus.CORRUPT, LoadStatus.MISSING
+    assert statuses == [ok, ok, ok, corrupt, ok, missing]
+    for slot in (0, 1, 2, 4):
+        assert pool[slot].tobytes() == blocks[slot].tobytes()
+
+
+def test_nothing_is_copied_after_the_load_is_abandoned_between_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer, "COPY_CHUNK_BLOCKS", 2)
+    guard = LoadGuard(5)
+    real_decode = transfer.decode_blocks
+
+    def decode_then_abandon(*args: object) -> list[bool]:
+        ok = real_decode(*args)  # type: ignore[arg-type]
+        guard.abandoned = True  # as if abandon() ran as soon as this chunk let go
+        return ok
+
+    monkeypatch.setattr(transfer, "decode_blocks", decode_then_abandon)
+    with LmdbTier(tmp_path, 16 << 20, "flash") as tier:
+        keys, blocks = _store(tier, 5)
+        pool = np.zeros((5, *LAYOUT.block_shape), LAYOUT.np_dtype)
+        _load(tier, keys, pool, guard)
+    assert pool[0].tobytes() == blocks[0].tobytes() and pool[1].tobytes() == blocks[1].tobytes()
+    assert not pool[2:].any()  # the later chunks never reached HBM
+    assert guard.statuses == [LoadStatus.MISSING] * 5  # abandoned: nothing was reported OK
