@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 class CacheManager:
     """Placement across HBM, DDR and flash for one model layout."""
 
+    _owns_ddr = True  # False: DDR is a shared pool (cache.pooled_manager), not ours alone
+
     def __init__(
         self,
         layout: KVLayout,
@@ -146,12 +148,10 @@ class CacheManager:
         """Take `hit` (from `match`, with nothing changed since) plus `num_new_blocks`;
         `num_head_blocks` fresh blocks go between the HBM hits and `hit.lower` (which then
         starts that much later): the caller computes them while `hit.lower` loads. All or
-        nothing: either references the HBM hits, reserves slots for the lower-tier
-        blocks and starts reloading them (reported by `poll` under `key`), allocates the
-        fresh blocks and counts the query (`num_query_blocks` is the `max_blocks` it was
-        matched with; lower-tier hits count when their blocks arrive intact), or returns
-        None having changed nothing, not even LRU order or statistics.
-        """
+        nothing: references the HBM hits, reserves slots for the lower-tier blocks and
+        starts reloading them (reported by `poll` under `key`), allocates the fresh blocks
+        and counts the query (`num_query_blocks`: the `max_blocks` it was matched with;
+        lower-tier hits count when they arrive intact), or changes nothing at all."""
         if not self.can_admit(hit, num_head_blocks + num_new_blocks):
             return None
         allocation = self._take(hit, key, num_new_blocks, False, num_head_blocks)
@@ -170,12 +170,10 @@ class CacheManager:
         return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
 
     def prefetch(self, hit: PrefixHit, key: str) -> Admission | None:
-        """Start reloading `hit.lower` for a request still queued: `admit` minus the query
-        and the fresh blocks, all or nothing. The caller holds the blocks returned; once
-        `poll` reports the load under `key` (or after `cancel_load`) it keeps the HBM hits
-        and the first `num_loaded_blocks` slots (registered: a later `match` finds them in
-        HBM), `free`s the rest, and hands the hold back with `release_prefetch` after its
-        `admit`, which counts each landed block as a hit of the tier it came from."""
+        """`admit` minus the query and fresh blocks, for a queued request. The caller holds
+        the blocks; once `poll` reports `key` it `free`s all but the HBM hits and the first
+        `num_loaded_blocks` slots (a later `match` finds them in HBM), and after `admit`
+        hands them back (`release_prefetch`); landed blocks count as hits of their tier."""
         if not hit.lower or not self.can_admit(hit, 0):
             return None
         slots = self._take(hit, key, 0, True)
@@ -267,6 +265,7 @@ class CacheManager:
         self._apply_results()
         ddr = self._index.get(Tier.DDR)
         ddr_keys = [] if ddr is None or self.health[Tier.DDR].is_down else reversed(list(ddr))
+        ddr_keys = ddr_keys if self._owns_ddr else []  # a shared pool outlives us
         budget = flash.capacity_bytes // self._block_size
         todo = plan_write_back(self.pool.cached_blocks_newest_first(), ddr_keys, flash, budget)
         written = 0
@@ -498,8 +497,7 @@ class CacheManager:
             late = {
                 t for (_, _, t), s in zip(items, statuses, strict=True) if s is not LoadStatus.OK
             }
-            # A prefetch may just wait behind urgent loads: that says nothing about a tier.
-            prefetch = self._loads.is_prefetch(ticket)
+            prefetch = self._loads.is_prefetch(ticket)  # late behind urgent loads: no tier fault
             for tier in () if prefetch else late:
                 self.stats.tiers[tier].reload_timeouts += 1
                 self.health[tier].record_error("reload abandoned (deadline, or tier down)")
@@ -591,6 +589,8 @@ class CacheManager:
     def _rebuild_indexes(self) -> None:
         """Adopt blocks a lower tier already holds (flash survives restarts)."""
         for tier, store in self._stores.items():
+            if tier is Tier.DDR and not self._owns_ddr:
+                continue  # the pool's follower reads its index
             args = (self._block_size, self.stats.tiers[tier], self.health[tier])
             rebuild_index(tier, store, self._index[tier], *args, self._worker.submit)
             # The bulk rebuild reports nothing per key: announce what start-up found once,

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 BELADY = "belady"
 ORACLE_ADMISSION = "oracle"
 """Clairvoyant admission, ``EVICTION+oracle``: admits a block only if a later request
-uses it again. No online policy can do better at choosing what to admit, so it bounds
-what any admission filter over that eviction policy can gain."""
+uses it again. A heuristic, not a bound: admitting a block used again *later* can
+evict one used *sooner* (LRU of one block over A, B, A, A, B: admitting B gives 1 hit,
+refusing it 2). It shows how much a filter that knew reuse could gain here."""
 REQUIRED_POLICIES = ("lru", BELADY)
 
 

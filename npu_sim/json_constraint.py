@@ -4,13 +4,14 @@
 over characters and says which tokens may come next: those whose bytes keep the text a
 prefix of a JSON object (compact: no whitespace outside strings; strings are printable
 ASCII with JSON escapes), and the stop tokens once the object is closed, and only then.
-It checks every candidate token's bytes each step, so it is meant for small vocabularies
-(the byte-level tokenizer); the server refuses it for large ones.
+It checks every candidate token's bytes against a copy of the automaton, so it is meant
+for small vocabularies (the byte-level tokenizer); the server refuses it for large ones.
+The mask depends only on the automaton's state, so each request memoises it per state:
+a step in a state seen before (inside a string, after a value, ...) costs a dict lookup.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -39,8 +40,15 @@ def _num_class(ch: str) -> str:
     return "e" if ch in "eE" else ch
 
 
+# Masks memoised per request (262 bytes each for the byte vocabulary); beyond this many
+# states (deeply nested output) new ones are computed every time.
+MAX_MEMO_STATES = 4096
+
+
 class _Machine:
     """A JSON-object prefix recogniser, one character at a time."""
+
+    __slots__ = ("stack", "mode", "is_key", "pending", "num_state", "hex_left")
 
     def __init__(self) -> None:
         self.stack: list[str] = []  # "{" / "[" containers
@@ -50,6 +58,24 @@ class _Machine:
         self.pending = ""  # literal characters still expected
         self.num_state = ""
         self.hex_left = 0
+
+    def copy(self) -> _Machine:
+        new = _Machine.__new__(_Machine)
+        new.stack = self.stack.copy()
+        new.mode, new.is_key, new.pending = self.mode, self.is_key, self.pending
+        new.num_state, new.hex_left = self.num_state, self.hex_left
+        return new
+
+    def state(self) -> tuple[object, ...]:
+        """Everything `feed` reads: equal states accept exactly the same texts."""
+        return (
+            self.mode,
+            tuple(self.stack),
+            self.is_key,
+            self.pending,
+            self.num_state,
+            self.hex_left,
+        )
 
     def feed(self, ch: str) -> bool:
         """Advance by `ch`; False (state unspecified) if the text can no longer be JSON."""
@@ -160,6 +186,7 @@ class JsonObjectConstraint:
         vocab_size: int,
     ) -> None:
         self._machine = _Machine()
+        self._masks: dict[tuple[object, ...], np.ndarray] = {}
         self._vocab_size = vocab_size
         self._stops = np.array(sorted(stop_token_ids), dtype=np.int64)
         self._texts = {
@@ -173,12 +200,24 @@ class JsonObjectConstraint:
         return self._machine.mode == "done"
 
     def allowed_mask(self) -> np.ndarray:
+        """Read-only bool mask (vocab_size,) of the tokens that may come next."""
+        key = self._machine.state()
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._compute_mask()
+            mask.flags.writeable = False
+            if len(self._masks) < MAX_MEMO_STATES:
+                self._masks[key] = mask
+        return mask
+
+    def _compute_mask(self) -> np.ndarray:
         mask = np.zeros(self._vocab_size, dtype=bool)
         if self.is_complete:
             mask[self._stops] = True
             return mask
+        machine = self._machine
         for token, text in self._texts.items():
-            trial = copy.deepcopy(self._machine)
+            trial = machine.copy()
             if all(trial.feed(ch) for ch in text):
                 mask[token] = True
         return mask

@@ -1,13 +1,16 @@
 """What a request does to its logits before sampling (vLLM semantics).
 
 `LogitsParams` holds the per-request knobs; `apply_logits_processors` applies them to
-one row of logits given the request's prompt and the tokens it generated so far. The
+one row of logits given the request's prompt and the tokens it generated so far, kept
+in a `TokenHistory` (tallies over the vocabulary updated one token at a time, so a
+decode step does not rebuild them from the whole prompt). The
 order is vLLM v1's: bad words, min_tokens (stop ids banned while too few tokens were
 generated), logit_bias, then the penalties (repetition over prompt and output, frequency
 and presence over the output). Truncation (top_k, min_p, top_p) and temperature are the
 sampler's; greedy picks the argmax of the processed row.
 
 Pure functions of their inputs: a request's processed logits never depend on the batch.
+A `TokenHistory` belongs to one request (not thread-safe).
 """
 
 from __future__ import annotations
@@ -64,6 +67,27 @@ class LogitsParams:
         )
 
 
+class TokenHistory:
+    """A request's output tokens, plus which ids its prompt or output holds and how often
+    each id occurs in its output, over a `vocab_size` vocabulary. Ids outside the
+    vocabulary are kept in `output` but not tallied."""
+
+    __slots__ = ("output", "seen", "output_counts")
+
+    def __init__(self, prompt_token_ids: Sequence[int], vocab_size: int) -> None:
+        self.output: list[int] = []
+        self.seen = np.zeros(vocab_size, dtype=bool)  # in the prompt or the output
+        self.output_counts = np.zeros(vocab_size, dtype=np.int64)
+        ids = np.asarray(list(prompt_token_ids), dtype=np.int64)
+        self.seen[ids[(ids >= 0) & (ids < vocab_size)]] = True
+
+    def append(self, token: int) -> None:
+        self.output.append(token)
+        if 0 <= token < self.seen.shape[0]:
+            self.seen[token] = True
+            self.output_counts[token] += 1
+
+
 def apply_logits_processors(
     logits: np.ndarray,
     params: LogitsParams,
@@ -71,8 +95,20 @@ def apply_logits_processors(
     output_token_ids: Sequence[int],
 ) -> np.ndarray:
     """Return a processed float64 copy of one row of logits (banned tokens are -inf)."""
+    history = TokenHistory(prompt_token_ids, np.shape(logits)[0])
+    for token in output_token_ids:
+        history.append(token)
+    return apply_with_history(logits, params, history)
+
+
+def apply_with_history(
+    logits: np.ndarray, params: LogitsParams, history: TokenHistory
+) -> np.ndarray:
+    """`apply_logits_processors` from a request's kept `TokenHistory` (its vocabulary the
+    logits' length)."""
     out = np.array(logits, dtype=np.float64)
     vocab = out.shape[0]
+    output_token_ids = history.output
     for ids in params.bad_words_ids:
         prefix = ids[:-1]
         if not prefix or tuple(output_token_ids[-len(prefix) :]) == prefix:
@@ -85,13 +121,10 @@ def apply_logits_processors(
     for t, bias in params.logit_bias:
         out[t] += bias
     if params.repetition_penalty != 1.0:
-        seen = np.zeros(vocab, dtype=bool)
-        seen[np.asarray(list(prompt_token_ids), dtype=np.int64)] = True
-        seen[np.asarray(list(output_token_ids), dtype=np.int64)] = True
         p = params.repetition_penalty
-        out = np.where(seen, np.where(out > 0, out / p, out * p), out)
+        out = np.where(history.seen, np.where(out > 0, out / p, out * p), out)
     if output_token_ids and (params.frequency_penalty or params.presence_penalty):
-        counts = np.bincount(np.asarray(output_token_ids, dtype=np.int64), minlength=vocab)
+        counts = history.output_counts
         out -= params.frequency_penalty * counts
         out -= params.presence_penalty * (counts > 0)
     return out

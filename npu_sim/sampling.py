@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from npu_sim.logits_processors import LogitsParams, apply_logits_processors
+from npu_sim.logits_processors import LogitsParams, TokenHistory, apply_with_history
 
 GREEDY_BELOW = 1e-5
 
@@ -82,8 +82,17 @@ class Sampler:
             raise ValueError("sampleable_mask must be a 1-D boolean array with a True entry")
         self._params = params
         self._mask = mask
-        self._prompt = list(prompt_token_ids)
-        self._output: list[int] = []
+        # The output and the tallies the logits processors read; none when they are off
+        # (and the prompt only for the repetition penalty, the one that reads it).
+        logits_params = params.logits
+        self._history = (
+            None
+            if logits_params.is_noop
+            else TokenHistory(
+                prompt_token_ids if logits_params.repetition_penalty != 1.0 else (),
+                mask.shape[0],
+            )
+        )
         self._constraint = constraint
         seed = params.seed
         # numpy seeds must be non-negative: fold the sign in instead of rejecting it.
@@ -96,7 +105,8 @@ class Sampler:
     def sample(self, logits_row: np.ndarray) -> int:
         """Pick a token id from one row of logits (length = vocab size)."""
         token = self._pick(logits_row)
-        self._output.append(token)
+        if self._history is not None:
+            self._history.append(token)
         if self._constraint is not None:
             self._constraint.advance(token)
         return token
@@ -106,8 +116,8 @@ class Sampler:
         logits = np.asarray(logits_row, dtype=np.float64)
         if logits.shape != self._mask.shape:
             raise ValueError(f"logits shape {logits.shape} != mask shape {self._mask.shape}")
-        if not p.logits.is_noop:
-            logits = apply_logits_processors(logits, p.logits, self._prompt, self._output)
+        if self._history is not None:
+            logits = apply_with_history(logits, p.logits, self._history)
         mask = self._mask
         if self._constraint is not None:
             allowed = mask & self._constraint.allowed_mask()

@@ -47,7 +47,7 @@ TEMPLATES_310P: Final = ("vir01", "vir02", "vir04")
 TIME_SLICED_TEMPLATES: Final = frozenset({"vir01"})
 
 _EXPLICIT_KEYS: Final = frozenset({"cores", "hbm_gb", "slicing"})
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 class Slicing(enum.StrEnum):
@@ -92,7 +92,7 @@ def parse_vnpu(spec: str) -> VnpuSpec:
     Raises `ValueError` naming the problem. Model names are checked by the caller.
     """
     name, sep, rest = spec.partition("=")
-    if not sep or not _NAME_RE.match(name):
+    if not sep or not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"vnpu {spec!r}: expected NAME=SLICE:MODEL with NAME of letters, digits, . _ -"
         )

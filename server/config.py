@@ -35,6 +35,11 @@ class LoadPolicy(StrEnum):
     COST = "cost"  # reload a hit only where that beats recomputing it on the modelled clock
 
 
+class DdrPool(StrEnum):
+    PRIVATE = "private"  # this replica's DDR: its own index, capacity and demotions
+    SHARED = "shared"  # one live pool for every replica on the Redis (see cache.pool)
+
+
 class TenantIsolation(StrEnum):
     NONE = "none"  # one cache for every client (a client may still send cache_salt)
     API_KEY = "api-key"  # each bearer key gets its own cache namespace
@@ -109,6 +114,12 @@ class Settings(BaseSettings):
         "or the device's whole HBM with --emulate.",
     )
     ddr_gb: float = Field(4.0, ge=0, description="DDR (Redis) KV capacity in GiB; 0 disables.")
+    ddr_pool: DdrPool = Field(
+        DdrPool.PRIVATE,
+        description="shared: every replica on the Redis (same model) shares one live DDR "
+        "pool of --ddr-gb (give all the same value), coordinated in Redis; private: this "
+        "replica's DDR only. With the embedded Redis, shared is a pool of one.",
+    )
     flash_gb: float = Field(16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables.")
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
     pace: PaceMode = Field(

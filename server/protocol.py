@@ -133,6 +133,8 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Any] | None = None
+    # vLLM: the chat template adds the special tokens; true puts a BOS before it.
+    add_special_tokens: bool = False
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -143,6 +145,8 @@ class CompletionRequest(_Sampling):
     max_tokens: int = Field(16, ge=1)
     echo: bool = False
     suffix: str | None = None
+    # vLLM: a text prompt gets the tokenizer's special tokens (BOS) unless this is false.
+    add_special_tokens: bool = True
 
     _check_prompt = field_validator("prompt", "suffix", mode="before")(check_text)
 

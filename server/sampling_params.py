@@ -58,11 +58,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "chat_template_kwargs": (_set, "chat_template_kwargs are not supported"),
     "add_generation_prompt": (lambda v: v is False, "add_generation_prompt=false is not supported"),
     "continue_final_message": (_set, "continue_final_message is not supported"),
-    "add_special_tokens": (
-        lambda v: v is not None,
-        "add_special_tokens is not supported "
-        "(completions add BOS, chat templates their own tokens)",
-    ),
     "skip_special_tokens": (
         lambda v: v is False,
         "skip_special_tokens=false is not supported (special tokens have no text)",

@@ -28,6 +28,7 @@ from server.engine.request import EngineRequest
 from server.errors import APIError
 from server.metrics import ServerMetrics
 from server.middleware import bearer_token
+from server.prompt import chat_prompt_ids, completion_prompt_ids
 from server.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from server.request_id import request_id_of
 from server.sampling_params import build_sampling_params, check_supported, truncate_prompt
@@ -86,10 +87,7 @@ class OpenAIServing:
                         "not supported: this server accepts text parts only.",
                         param=f"messages.{i}.content.{j}.type",
                     )
-        messages = [
-            ("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
-        ]
-        prompt = self.tokenizer.apply_chat_template(messages)
+        prompt = chat_prompt_ids(self.tokenizer, body.messages, body.add_special_tokens)
         request = self._engine_request(
             "chatcmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
@@ -100,7 +98,9 @@ class OpenAIServing:
 
     async def completion(self, body: CompletionRequest, raw: Request) -> Any:
         self._check_common(body)
-        prompt = self._completion_prompt(body.prompt)
+        prompt = completion_prompt_ids(
+            self.tokenizer, body.prompt, body.add_special_tokens, self.max_model_len
+        )
         request = self._engine_request(
             "cmpl", body, prompt, body.requested_max_tokens(), self._salt(body, raw)
         )
@@ -130,37 +130,6 @@ class OpenAIServing:
         check_supported(body)
         if len(body.stop_strings()) > 4:
             raise APIError(400, "At most 4 stop sequences are allowed.", param="stop")
-
-    def _completion_prompt(
-        self, prompt: str | list[int] | list[str] | list[list[int]]
-    ) -> list[int]:
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise APIError(
-                    400,
-                    "Send one prompt per request (batched prompts are not supported).",
-                    param="prompt",
-                )
-            prompt = prompt[0]
-        tok = self.tokenizer
-        if isinstance(prompt, str):
-            bos = [] if tok.bos_id is None else [tok.bos_id]
-            ids = [*bos, *tok.encode(prompt)]
-        else:
-            ids = list(prompt)  # type: ignore[arg-type]
-            # A prompt over max_model_len gets its 400 from _engine_request: skip the
-            # per-id loop, which would hold the event loop for a huge list.
-            too_long = len(ids) >= self.max_model_len
-            bad = [] if too_long else [t for t in ids if not 0 <= t < tok.vocab_size]
-            if bad:
-                raise APIError(
-                    400,
-                    f"Token id {bad[0]} is outside the vocabulary [0, {tok.vocab_size}).",
-                    param="prompt",
-                )
-        if not ids:
-            raise APIError(400, "The prompt is empty.", param="prompt")
-        return ids
 
     def _salt(self, body: _Sampling, raw: Request) -> str | None:
         return cache_salt_for(

@@ -19,13 +19,15 @@ from cache.embedded_redis import EmbeddedRedis
 from cache.events import KVEventPublisher, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheConfig, CacheManager
+from cache.pool import PoolConfig, SharedPool
+from cache.pooled_manager import SharedPoolCacheManager
 from cache.stats import Tier
 from cache.supervisor import RedisSupervisor
 from cache.tiers.base import StorageTier, TierError
 from cache.tiers.faulty import FaultyTier, parse_tier_faults
 from cache.tiers.lmdb_check import check_environment, move_aside
 from cache.tiers.lmdb_tier import META_DIR, LmdbTier
-from cache.tiers.redis_tier import RedisTier, connect_redis
+from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
 from npu_sim.arbiter import SharedCores
 from npu_sim.device import DeviceSpec, get_device
 from npu_sim.emulated import EmulatedModel, stored_head_dim
@@ -35,7 +37,7 @@ from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_cost_model_config, get_model_config
 from npu_sim.pretrained import is_pretrained, load_pretrained
 from npu_sim.tokenizers import ByteTokenizer, Tokenizer
-from server.config import GB, LoadPolicy, Settings
+from server.config import GB, DdrPool, LoadPolicy, Settings
 from server.engine.core import EngineCore
 from server.engine.load_planner import LoadPlanner
 from server.engine.scheduler import Scheduler, SchedulerConfig
@@ -206,6 +208,7 @@ def build_stack(
     flash: StorageTier | None = None
     quarantined: str | None = None
     url: str | None = None
+    pool: SharedPool | None = None
     faults = parse_tier_faults(settings.tier_faults)
     # Every tier read and write is charged at the media + host link's modelled cost; with
     # --pace real a transfer's lane waits it out (the real time stands if it is longer).
@@ -234,13 +237,22 @@ def build_stack(
                 url = embedded.url
             else:
                 warn_unless_noeviction(url)
-            ddr = RedisTier(connect_redis(url), namespace)
+            if settings.ddr_pool is DdrPool.SHARED:
+                config = PoolConfig(capacity_bytes=ddr_stored)
+                pool = SharedPool(connect_redis(url), namespace, config)
+                undo.callback(pool.stop)  # idempotent: cache.close() stops it again
+                ddr = PooledRedisTier(connect_redis(url), namespace, pool)
+            else:
+                ddr = RedisTier(connect_redis(url), namespace)
             undo.callback(ddr.close)  # idempotent: cache.close() closes it again
         if ddr is not None and "ddr" in faults:
             ddr = FaultyTier(ddr, faults["ddr"], settings.tier_faults_seed)
         if flash is not None and "flash" in faults:
             flash = FaultyTier(flash, faults["flash"], settings.tier_faults_seed)
-        cache = CacheManager(
+        manager = (
+            CacheManager if pool is None else functools.partial(SharedPoolCacheManager, pool=pool)
+        )
+        cache = manager(
             layout,
             CacheConfig(
                 hbm_num_blocks=num_blocks,

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from npu_sim.tokenizers import Tokenizer
 from server.errors import APIError
+from server.prompt import chat_prompt_ids, completion_prompt_ids
 from server.protocol import ChatMessage, _Request
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -76,18 +77,9 @@ class TokenizerService:
                     "Only add_generation_prompt=true without continue_final_message is supported.",
                     param="add_generation_prompt",
                 )
-            if body.add_special_tokens:
-                raise APIError(
-                    400,
-                    "add_special_tokens=true is not supported for chat (the template adds them).",
-                    param="add_special_tokens",
-                )
-            ids = tok.apply_chat_template(
-                [("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
-            )
+            ids = chat_prompt_ids(tok, body.messages, body.add_special_tokens)
         else:
-            bos = [tok.bos_id] if body.add_special_tokens and tok.bos_id is not None else []
-            ids = [*bos, *tok.encode(body.prompt)]
+            ids = completion_prompt_ids(tok, body.prompt, body.add_special_tokens)
         out: dict[str, Any] = {
             "count": len(ids),
             "max_model_len": self.max_model_len,

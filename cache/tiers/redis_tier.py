@@ -25,6 +25,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from cache.block_hash import BlockHash
+from cache.pool import SharedPool
 from cache.tiers.base import Buffer, StorageTier, TierError, TierFullError, check_namespace
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
@@ -209,3 +210,158 @@ class RedisTier(StorageTier):
         if client is not None:
             with _wrap_errors("close"):
                 client.close()
+
+
+class PooledRedisTier(RedisTier):
+    """A :class:`RedisTier` whose keyspace is a pool shared with other replicas.
+
+    Same values under the same keys; every write, read and delete also keeps the pool's
+    books (:class:`cache.pool.SharedPool`): a write reserves its bytes first and is
+    committed after its SET (or refused when the pool is full, reported to the pool so
+    the engine drops it from its index), a read leases and touches its blocks, a delete
+    DELs and then forgets. ``scan`` lists the pool's index, least recently used first.
+    On a plain Redis the bookkeeping shares its round trip where order allows (SETs and
+    COMMIT, LEASE and MGET, DELs and FORGET each in one pipeline; RESERVE must answer
+    before any SET); on a cluster the books live on one node and the values on others,
+    so they are separate calls. Threading and failures as :class:`RedisTier` (the
+    transfer lane's thread).
+    """
+
+    def __init__(self, client: RedisClient, namespace: str, pool: SharedPool) -> None:
+        super().__init__(client, namespace)
+        self.pool = pool
+        self._is_plain = isinstance(client, redis.Redis)
+
+    def _with_books(
+        self,
+        what: str,
+        queue: Callable[[Any], None],
+        book: str,
+        hashes: Sequence[BlockHash],
+        books_first: bool = False,
+    ) -> list[Any]:
+        """One plain-Redis pipeline: ``queue(pipe)``'s commands, then the `book` script on
+        `hashes` (before them if `books_first`); returns every reply. Reloads the scripts
+        once if the server lost them (NOSCRIPT)."""
+        for attempt in (0, 1):
+            with _wrap_errors(what):
+                pipe = self._client.pipeline(transaction=False)
+                if books_first:
+                    self.pool.queue(pipe, book, hashes)
+                queue(pipe)
+                if not books_first:
+                    self.pool.queue(pipe, book, hashes)
+                try:
+                    return list(pipe.execute())
+                except redis.exceptions.NoScriptError:
+                    if attempt:
+                        raise
+                    self.pool.load_scripts(self._client)
+        raise AssertionError("unreachable")
+
+    def put(self, key: BlockHash, value: bytes) -> None:
+        self.put_many([(key, value)])
+
+    def get(self, key: BlockHash) -> bytes | None:
+        found: list[bytes | None] = [None]
+
+        def keep(_: int, buf: Buffer | None) -> None:
+            found[0] = None if buf is None else bytes(buf)
+
+        self.get_many([key], keep)
+        return found[0]
+
+    def remove(self, key: BlockHash) -> None:
+        self.remove_many([key])
+
+    def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
+        by_size: dict[int, list[tuple[BlockHash, bytes]]] = {}
+        for key, value in items:
+            by_size.setdefault(len(value), []).append((key, value))
+        refused: list[BlockHash] = []
+        for size, group in by_size.items():
+            keys = [k for k, _ in group]
+            with _wrap_errors("pool reserve"):
+                statuses = self.pool.reserve(self._client, keys, size)
+            todo = [item for item, status in zip(group, statuses, strict=True) if status == 0]
+            refused += [k for k, status in zip(keys, statuses, strict=True) if status >= 2]
+            if not todo:
+                continue
+            # A failed SET leaves its reservation to expire (PoolConfig.reservation_s).
+            todo_keys = [k for k, _ in todo]
+            if self._is_plain:
+
+                def sets(pipe: Any, todo: list[tuple[BlockHash, bytes]] = todo) -> None:
+                    for k, v in todo:
+                        pipe.set(self._key(k), v)
+
+                replies = self._with_books("pipelined SET + commit", sets, "COMMIT", todo_keys)
+                committed = [bool(int(r)) for r in replies[-1]]
+            else:
+                super().put_many(todo)
+                with _wrap_errors("pool commit"):
+                    committed = self.pool.commit(self._client, todo_keys)
+            late = [k for (k, _), ok in zip(todo, committed, strict=True) if not ok]
+            if late:
+                super().remove_many(late)
+                refused += late
+        self.pool.refused(refused)
+
+    def get_many(
+        self, keys: Sequence[BlockHash], consume: Callable[[int, Buffer | None], None]
+    ) -> None:
+        """Lease (and touch) the blocks, then MGET them. A block the pool's index lists
+        but Redis lacks (an evicting Redis, a lost write) is forgotten pool-wide, so no
+        replica keeps missing it."""
+        if not keys:
+            return
+        if self._is_plain:
+            full = [self._key(k) for k in keys]
+            leased, values = self._with_books(
+                "lease + MGET", lambda pipe: pipe.mget(full), "LEASE", keys, books_first=True
+            )
+            leased = [bool(int(r)) for r in leased]
+        else:
+            with _wrap_errors("pool lease"):
+                leased = self.pool.lease(self._client, keys)
+            values = self._mget([self._key(k) for k in keys])
+        lost = [k for k, held, v in zip(keys, leased, values, strict=True) if held and v is None]
+        if lost:
+            with _wrap_errors("pool forget"):
+                self.pool.forget(self._client, lost)
+        for i, value in enumerate(values):  # outside the error wrapper: the caller's
+            consume(i, value)
+
+    def remove_many(self, keys: Sequence[BlockHash]) -> None:
+        if not keys:
+            return
+        if self._is_plain:
+
+            def dels(pipe: Any) -> None:
+                for k in keys:
+                    pipe.delete(self._key(k))
+
+            self._with_books("pipelined DEL + forget", dels, "FORGET", keys)
+            return
+        super().remove_many(keys)
+        with _wrap_errors("pool forget"):
+            self.pool.forget(self._client, keys)
+
+    def contains_many(self, keys: Sequence[BlockHash]) -> list[bool]:
+        with _wrap_errors("pool contains"):
+            return self.pool.contains_many(self._client, keys)
+
+    def contains(self, key: BlockHash) -> bool:
+        return self.contains_many([key])[0]
+
+    def scan(self) -> Iterator[tuple[BlockHash, int]]:
+        with _wrap_errors("pool snapshot"):
+            _, _, blocks = self.pool.snapshot(self._client)
+        yield from blocks
+
+    def clear(self) -> int:
+        num_deleted = super().clear()
+        with _wrap_errors("pool clear"):
+            for key in self.pool.keys.all():
+                self._client.delete(key)
+        return num_deleted

@@ -4,8 +4,11 @@ The vocabulary, merges and special tokens of `tokenizer.ggml.*` become a Hugging
 `tokenizer.json` (pre-tokenizer "smollm": every digit split on its own, then GPT-2's
 byte-level regex split; byte-level decoder) that the `tokenizers` package (Rust) encodes
 with, so `encode` and `to_hf_json` agree by construction. Special-token strings in the
-text (e.g. "<|im_end|>") encode as their special ids, as HF does; that is also how the
-chat template's markers become ids.
+text (e.g. "<|im_end|>") encode as their special ids, as HF does (and vLLM for a raw
+completion prompt). Chat message content is different: `apply_chat_template` encodes it
+as plain text, special-token strings included, so a user cannot close their own turn and
+forge a system or assistant one by typing "<|im_end|>\n<|im_start|>system"; only the
+template's own markers become special ids.
 
 The chat template is read from `tokenizer.chat_template` and must be SmolLM2's ChatML
 template (any default system prompt); it is rendered by hand, exactly as its Jinja does
@@ -42,6 +45,8 @@ CHATML_TEMPLATE: Final = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 END_OF_TEXT: Final = "<|endoftext|>"
+IM_START: Final = "<|im_start|>"
+IM_END: Final = "<|im_end|>"
 
 
 def parse_default_system_prompt(template: str) -> str:
@@ -110,9 +115,13 @@ class BPETokenizer:
         self._mask = mask
         self._json = self._build_hf_json()
         self._hf = HFTokenizer.from_str(self._json)
-        im_start = self._hf.token_to_id("<|im_start|>")
-        if im_start is None or self._hf.token_to_id("<|im_end|>") is None:
+        # The same tokenizer, but special-token strings in the text stay text.
+        self._plain = HFTokenizer.from_str(self._json)
+        self._plain.encode_special_tokens = True
+        markers = {m: self._hf.token_to_id(m) for m in (IM_START, IM_END)}
+        if None in markers.values():
             raise ValueError("vocabulary lacks the ChatML markers <|im_start|> / <|im_end|>")
+        self._marker_ids: dict[str, int] = markers  # type: ignore[assignment]
 
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, MetadataValue], name: str) -> BPETokenizer:
@@ -184,17 +193,35 @@ class BPETokenizer:
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """The chat template's text for `messages` plus the generation prompt."""
-        parts = []
+        return "".join(piece for piece, _ in self._chat_pieces(messages))
+
+    def apply_chat_template(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """The template's markers as special ids, everything else (roles, the system
+        prompt, message content) as plain text. Where the content holds no special-token
+        string this equals `encode(render_chat(messages))`, HF's and vLLM's ids: HF
+        splits the text at special tokens before the byte-level split, as the pieces here
+        are split at the markers."""
+        ids: list[int] = []
+        for piece, is_marker in self._chat_pieces(messages):
+            if is_marker:
+                ids.append(self._marker_ids[piece])
+            else:
+                ids += self._plain.encode(piece, add_special_tokens=False).ids
+        return ids
+
+    def _chat_pieces(self, messages: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
+        """The rendered template as (text, is a marker) pieces."""
+        turns = []
         for index, (role, content) in enumerate(messages):
             check_role(role)
             if index == 0 and role != "system":
-                parts.append(f"<|im_start|>system\n{self._system_prompt}<|im_end|>\n")
-            parts.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
-        parts.append("<|im_start|>assistant\n")
-        return "".join(parts)
-
-    def apply_chat_template(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        return self.encode(self.render_chat(messages))
+                turns.append(("system", self._system_prompt))
+            turns.append((role, content))
+        pieces: list[tuple[str, bool]] = []
+        for role, content in turns:
+            pieces += [(IM_START, True), (f"{role}\n{content}", False), (IM_END, True)]
+            pieces.append(("\n", False))
+        return [*pieces, (IM_START, True), ("assistant\n", False)]
 
     def to_hf_json(self) -> str:
         return self._json

@@ -23,6 +23,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from server.prompt import chat_prompt_ids, completion_prompt_ids
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.router.config import RouterConfig
 from server.router.policy import Decision, Router, RouteRequest
@@ -53,23 +54,11 @@ def route_request(path: str, body: bytes, replica: Replica) -> RouteRequest:
             raise ValueError("no tokenizer")
         if path.endswith("chat/completions"):
             chat = ChatCompletionRequest.model_validate(data)
-            messages = [
-                ("system" if m.role == "developer" else m.role, m.text()) for m in chat.messages
-            ]
-            ids = tok.apply_chat_template(messages)
+            ids = chat_prompt_ids(tok, chat.messages, chat.add_special_tokens)
             salt, max_tokens = chat.cache_salt, chat.requested_max_tokens()
         else:
             cmpl = CompletionRequest.model_validate(data)
-            # As OpenAIServing._completion_prompt: text gets the BOS token, ids do not.
-            prompt = cmpl.prompt
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-                prompt = prompt[0]
-            if isinstance(prompt, str):
-                ids = ([] if tok.bos_id is None else [tok.bos_id]) + tok.encode(prompt)
-            elif prompt and all(isinstance(t, int) for t in prompt):
-                ids = [int(t) for t in prompt]  # type: ignore[arg-type]
-            else:
-                raise ValueError("batched prompt")
+            ids = completion_prompt_ids(tok, cmpl.prompt, cmpl.add_special_tokens)
             salt, max_tokens = cmpl.cache_salt, cmpl.requested_max_tokens()
         return RouteRequest(list(ids), salt, max_tokens or 16)
     except Exception:  # anything unroutable goes by load; the replica judges it
@@ -114,7 +103,9 @@ class Proxy:
         # Tokenize with the first replica's tokenizer: the policy compares replicas that
         # share a model (a replica with another numerics id just shows no overlap).
         probe = next((r for r in self.replicas if r.tokenizer is not None), self.replicas[0])
-        routed = route_request(path, body, probe)
+        # Parsing, validating and tokenizing take milliseconds for a long prompt: off the
+        # event loop, so other requests' streams keep flowing.
+        routed = await asyncio.to_thread(route_request, path, body, probe)
         tried: set[str] = set()
         while True:
             decision = self.router.pick(routed, frozenset(tried))

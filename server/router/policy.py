@@ -20,7 +20,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from cache.block_hash import BlockHash
 from server.router.replica import Replica
+
+# A prompt's block hashes per (numerics_id, block_size): replicas of one model share them.
+_HashMemo = dict[tuple[str | None, int | None], list[BlockHash]]
 
 
 @dataclass(slots=True)
@@ -61,8 +65,9 @@ class Router:
             return self._decision(min(rotated, key=lambda r: len(r.in_flight)), request, None)
         best: Decision | None = None
         best_cost = 0.0
+        hashes: _HashMemo = {}  # the prompt is hashed once, not once per replica
         for replica in rotated:
-            decision = self._decision(replica, request, overlap=True)
+            decision = self._decision(replica, request, overlap=True, hashes=hashes)
             new_blocks = decision.num_prompt_blocks - decision.num_cached_blocks
             cost = (
                 self.overlap_weight * (new_blocks + replica.prefill_blocks())
@@ -73,12 +78,21 @@ class Router:
         assert best is not None
         return best
 
-    def _decision(self, replica: Replica, request: RouteRequest, overlap: bool | None) -> Decision:
+    def _decision(
+        self,
+        replica: Replica,
+        request: RouteRequest,
+        overlap: bool | None,
+        hashes: _HashMemo | None = None,
+    ) -> Decision:
         if request.token_ids is None or replica.block_size is None:
             return Decision(replica, 0, 0)
         num_prompt = len(request.token_ids) // replica.block_size
         cached = 0
         if overlap and replica.is_cache_aware:
-            hashes = replica.block_hashes(request.token_ids, request.cache_salt)
-            cached = len(replica.cached_prefix(hashes))
+            memo = {} if hashes is None else hashes
+            key = (replica.numerics_id, replica.block_size)
+            if key not in memo:
+                memo[key] = replica.block_hashes(request.token_ids, request.cache_salt)
+            cached = len(replica.cached_prefix(memo[key]))
         return Decision(replica, num_prompt, cached)

@@ -175,19 +175,3 @@ def _call_all(callbacks: list[Callable[[], None]]) -> Callable[[], None]:
             callback()
 
     return call
-
-
-def slice_summary(v: VnpuStack) -> dict[str, object]:
-    """A JSON-able description of a vNPU's slice (for /npu and the benchmark)."""
-    sl = v.slice
-    return {
-        "name": sl.name,
-        "model": v.model_name,
-        "slicing": sl.slicing.value,
-        "cores": list(sl.core_ids),
-        "hbm_bytes": sl.hbm_bytes,
-        "peak_flops": sl.device.peak_flops,
-        "hbm_bandwidth": sl.device.hbm_bandwidth,
-        "ddr_quota_bytes": v.settings.ddr_bytes,
-        "flash_quota_bytes": v.settings.flash_bytes,
-    }

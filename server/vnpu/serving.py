@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -71,10 +71,31 @@ async def start_vnpus(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     device: VnpuDevice = await asyncio.to_thread(
         build_vnpu_device, settings, lambda name: wakeup_for(name).set
     )
+    engines: list[AsyncEngine] = []
+    try:
+        app.state.vnpus = _serve_vnpus(app, settings, device, wakeup_for, engines)
+        for engine in engines:
+            engine.start()
+        yield
+    finally:
+        # Also after a failure part-way: the device's Redis and stacks are not leaked.
+        for engine in engines:
+            await asyncio.to_thread(engine.shutdown)
+        await asyncio.to_thread(device.close)
+
+
+def _serve_vnpus(
+    app: FastAPI,
+    settings: Settings,
+    device: VnpuDevice,
+    wakeup_for: Callable[[str], threading.Event],
+    engines: list[AsyncEngine],
+) -> VnpuRouter:
+    """Build each vNPU's engine (appended to `engines`, not started) and front end, and
+    set the app state that single-engine routes read; returns the model router."""
     # One registry: TTFT/ITL/e2e histograms aggregate over vNPUs; the engine and tier
     # figures are per vNPU (tierkv:vnpu_*), the unlabelled ones are not exported.
     metrics = ServerMetrics()
-    engines: list[AsyncEngine] = []
     servings: list[OpenAIServing] = []
     for v in device.vnpus:
         engine = AsyncEngine(
@@ -103,18 +124,11 @@ async def start_vnpus(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         TokenizerService(v.stack.tokenizer, serving.model_name, settings.max_model_len)
         for v, serving in zip(device.vnpus, servings, strict=True)
     ]
-    app.state.vnpus = VnpuRouter(servings, engines, tokenizers)
+    router = VnpuRouter(servings, engines, tokenizers)
     app.state.npu_telemetry = telemetry
     app.state.vnpu_device = device
     app.state.engine = engines[0]
     app.state.stack = first.stack
     app.state.serving = servings[0]
     app.state.tokenizer_service = tokenizers[0]
-    for engine in engines:
-        engine.start()
-    try:
-        yield
-    finally:
-        for engine in engines:
-            await asyncio.to_thread(engine.shutdown)
-        await asyncio.to_thread(device.close)
+    return router

@@ -19,13 +19,22 @@ import pytest
 import redis
 
 from cache.embedded_redis import EmbeddedRedis, redis_server_executable
+from cache.pool import PoolConfig, SharedPool
 from cache.tiers.base import StorageTier
 from cache.tiers.faulty import FaultSpec, FaultyTier
 from cache.tiers.lmdb_tier import LmdbTier
-from cache.tiers.redis_tier import RedisTier, connect_redis
+from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
 
 LMDB_MAP_SIZE = 64 << 20
-TIER_KINDS = ["redis", "redis-cluster", "lmdb", "faulty-redis", "faulty-lmdb"]
+TIER_KINDS = [
+    "redis",
+    "redis-cluster",
+    "lmdb",
+    "faulty-redis",
+    "faulty-lmdb",
+    "pooled-redis",
+    "pooled-redis-cluster",
+]
 
 OpenTier = Callable[[str], StorageTier]
 """Opens a tier of the parametrized kind on the test's backing store, by namespace."""
@@ -163,15 +172,19 @@ def lmdb_path(tmp_path: Path) -> Path:
 def open_tier(request: pytest.FixtureRequest, lmdb_path: Path) -> Iterator[OpenTier]:
     """Factory for tiers sharing one backing store; every tier opened is cleaned up."""
     opened: list[StorageTier] = []
-    kind = request.param.removeprefix("faulty-")
+    kind = request.param.removeprefix("faulty-").removeprefix("pooled-")
     # The fault-injecting wrapper with no faults configured must keep the whole contract.
     wrap = request.param.startswith("faulty-")
+    pooled = request.param.startswith("pooled-")
 
     if kind.startswith("redis"):
         fixture = "redis_url" if kind == "redis" else "redis_cluster_url"
         url: str = request.getfixturevalue(fixture)
 
         def make(namespace: str) -> StorageTier:
+            if pooled:  # a shared DDR pool's tier (cache.pool), of ample capacity
+                pool = SharedPool(connect_redis(url), namespace, PoolConfig(1 << 30))
+                return PooledRedisTier(connect_redis(url), namespace, pool)
             return RedisTier(connect_redis(url), namespace)
     else:
 
@@ -186,7 +199,11 @@ def open_tier(request: pytest.FixtureRequest, lmdb_path: Path) -> Iterator[OpenT
     yield open_
     for tier in opened:
         tier.close()
-        if isinstance(tier, RedisTier):  # the server outlives the test: empty the namespace
+        if isinstance(tier, PooledRedisTier):
+            tier.pool.stop()
+            with PooledRedisTier(connect_redis(url), tier.namespace, tier.pool) as cleaner:
+                cleaner.clear()
+        elif isinstance(tier, RedisTier):  # the server outlives the test: empty the namespace
             with RedisTier(connect_redis(url), tier.namespace) as cleaner:
                 cleaner.clear()
 

@@ -103,3 +103,14 @@ def test_sampling_under_the_constraint_yields_json_objects():
         else:
             raise AssertionError("no EOS")
         assert isinstance(json.loads(bytes(out).decode()), dict)
+
+
+def test_memoised_masks_equal_fresh_ones_and_are_read_only():
+    c = _constraint()
+    text = '{"a":[1,{"b":"x\\"y"},true],"c":{"d":[]},"e":-0.5e+3,"f":null}'
+    for ch in text:
+        first = c.allowed_mask()
+        assert not first.flags.writeable
+        assert (c.allowed_mask() is first) and np.array_equal(first, c._compute_mask())
+        c.advance(ord(ch))
+    assert c.is_complete and np.array_equal(c.allowed_mask(), c._compute_mask())

@@ -134,3 +134,19 @@ def test_processed_sampling_is_seed_reproducible() -> None:
 def test_invalid_params_are_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         LogitsParams(**bad)
+
+
+def test_sampler_tallies_equal_recounting_prompt_and_output() -> None:
+    """The sampler keeps its penalty tallies incrementally; each greedy step must pick
+    what the pure function picks when it recounts prompt and output from scratch."""
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(0, 128, 300).tolist()
+    params = LogitsParams(repetition_penalty=1.7, frequency_penalty=0.4, presence_penalty=0.3)
+    sampler = Sampler(SamplingParams(temperature=0.0, logits=params), sampleable_mask, prompt)
+    output: list[int] = []
+    for _ in range(64):
+        row = rng.standard_normal(VOCAB_SIZE) * 3
+        expected = apply_logits_processors(row, params, prompt, output)
+        token = sampler.sample(row)
+        assert token == int(np.argmax(np.where(sampleable_mask, expected, -np.inf)))
+        output.append(token)

@@ -30,6 +30,7 @@ def test_parse_template_and_explicit() -> None:
         "a=cores=0,hbm_gb=1:tiny-llama",
         "a=cores=2,hbm_gb=1,color=red:tiny-llama",
         "a b=vir08:tiny-llama",
+        "a\n=vir08:tiny-llama",  # re.match with $ let a trailing newline through
         "a=cores=x,hbm_gb=1:tiny-llama",
     ],
 )

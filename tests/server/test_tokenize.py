@@ -46,6 +46,29 @@ def test_tokenize_counts_what_usage_reports(server: LiveServer):
     assert raw.json()["tokens"] == [ord("a"), ord("b")]
 
 
+def test_add_special_tokens_as_vllm(server: LiveServer):
+    """vLLM's `add_special_tokens`: completions default true (BOS before a text prompt),
+    false sends the text's ids alone; chat defaults false (the template has its own) and
+    true puts a BOS before the template. /tokenize counts the same way."""
+    tok = server.client.post
+    text_ids = len(PROMPT.encode())
+    with_bos = server.complete(PROMPT, 2)["usage"]["prompt_tokens"]
+    without = server.complete(PROMPT, 2, add_special_tokens=False)["usage"]["prompt_tokens"]
+    assert (with_bos, without) == (text_ids + 1, text_ids)
+    counted = tok("/tokenize", json={"prompt": PROMPT, "add_special_tokens": False}).json()
+    assert counted["count"] == without
+    messages = [{"role": "user", "content": PROMPT}]
+    counts = []
+    for add in (False, True):
+        body = {"model": "tiny-llama", "messages": messages, "max_tokens": 2}
+        r = tok("/v1/chat/completions", json={**body, "add_special_tokens": add})
+        assert r.status_code == 200, r.text
+        counts.append(r.json()["usage"]["prompt_tokens"])
+        counted = tok("/tokenize", json={"messages": messages, "add_special_tokens": add})
+        assert counted.json()["count"] == counts[-1]
+    assert counts[1] == counts[0] + 1
+
+
 def test_detokenize_round_trips_and_rejects_bad_ids(server: LiveServer):
     ids = server.client.post("/tokenize", json={"prompt": PROMPT}).json()["tokens"]
     r = server.client.post("/detokenize", json={"model": "tiny-llama", "tokens": ids})

@@ -4,9 +4,11 @@ flash tiers, /npu and the tierkv:vnpu_* metrics (real embedded Redis, real LMDB)
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -15,7 +17,7 @@ from cache.stats import Tier
 from cache.tiers.redis_tier import connect_redis
 from server.cli import build_parser
 from server.config import GB, Settings
-from server.vnpu.partition import build_vnpu_device
+from server.vnpu.partition import build_vnpu_device, check_fits
 from tests.server.live import LiveServer, run_server
 
 VNPUS = ["a=cores=8,hbm_gb=0.05:tiny-llama", "b=cores=4,hbm_gb=0.1:small-llama"]
@@ -192,3 +194,22 @@ def test_the_shared_redis_is_sized_in_stored_bytes(
         assert stored < maxmemory < 2 * stored  # headroom for Redis's own overhead
     finally:
         device.close()
+
+
+def readme_vnpu_commands() -> list[list[str]]:
+    """Every `tierkv serve ... --vnpu ...` command in README.md, as argv after `tierkv`."""
+    text = (Path(__file__).parents[2] / "README.md").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        shlex.split(line, comments=True)[1:]
+        for line in lines
+        if line.startswith("tierkv serve ") and "--vnpu" in line
+    ]
+
+
+@pytest.mark.parametrize("argv", readme_vnpu_commands(), ids=" ".join)
+def test_the_readme_vnpu_commands_fit_their_slices(argv: list[str], tmp_path: Path) -> None:
+    """The README's examples start: each model fits its slice (the 310P example did not)."""
+    args = build_parser().parse_args([*argv, "--data-dir", str(tmp_path)])
+    settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
+    check_fits(settings)

@@ -16,9 +16,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from cache.event_subscriber import KVEventSubscriber
+from load.bench._servers import free_port
+from npu_sim.tokenizers.byte import ByteTokenizer
 from server.config import Settings
 from server.router.app import build_router_app
 from server.router.config import RouterConfig
+from server.router.policy import Router, RouteRequest
+from server.router.replica import Replica
 from tests.server.live import LiveServer, run_server
 
 TIMEOUT = 60.0
@@ -187,3 +192,34 @@ def test_a_replica_that_went_away_is_skipped(replicas: list[LiveServer]) -> None
                 assert routed == [0, 4], routed
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_prompt_is_hashed_once_for_replicas_of_one_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replicas that share numerics and block size share the prompt's block hashes."""
+    calls: list[str] = []
+    original = Replica.block_hashes
+
+    def counted(self: Replica, token_ids: list[int], cache_salt: str | None) -> list[bytes]:
+        calls.append(self.url)
+        return original(self, token_ids, cache_salt)
+
+    monkeypatch.setattr(Replica, "block_hashes", counted)
+    replicas = [
+        Replica(
+            f"http://r{i}",
+            numerics_id="same",
+            block_size=16,
+            tokenizer=ByteTokenizer(),
+            events=KVEventSubscriber(f"tcp://127.0.0.1:{free_port()}", None),
+        )
+        for i in range(3)
+    ]
+    try:
+        router = Router(replicas, "cache-aware", overlap_weight=1.0)
+        router.pick(RouteRequest(list(range(64)), None, 16))
+        assert len(calls) == 1
+    finally:
+        for replica in replicas:
+            replica.close()

@@ -1,0 +1,339 @@
+"""A DDR pool shared live by every replica on one Redis or Redis Cluster.
+
+Design (docs/architecture.md, "Shared DDR pool"):
+
+* **Books in Redis, index mirrored.** The pool's index lives in Redis (`cache.pool_scripts`:
+  an LRU zset, sizes, a byte counter, a write log). Every replica keeps a local copy of
+  it (its DDR `TierIndex`), so `CacheManager.match` on the engine thread never waits on
+  Redis. A follower thread per replica reads the log (XREAD BLOCK) and queues the
+  changes; the engine thread applies them on its next `poll()`. A block any replica
+  writes is a hit everywhere about one poll interval later (0.1 s by default).
+* **Capacity enforced once.** A write reserves its bytes atomically against the pool's
+  counter (Lua) before the value is SET, and becomes visible (committed to the index and
+  the log) after, so the values stored never exceed the counter and the counter never
+  exceeds `capacity_bytes`, however many replicas write. A full pool refuses the write.
+* **One demoter.** The replica holding a short Redis lease (`SET NX PX`, renewed by its
+  follower thread) keeps the pool under a high watermark: it claims least recently used
+  blocks (Lua: out of the index, announced as removed, into an `evicting` set) and its
+  engine demotes them to its flash (GET, LMDB put, DEL, then forget). No other replica
+  ever evicts for capacity.
+* **Leases.** A replica loading blocks leases them first (and touches them: the pool's
+  LRU is every replica's use); the demoter never claims a leased block. A block claimed
+  before a load's lease is a miss for that load (the request recomputes), never wrong
+  tokens.
+
+Threading: `SharedPool` is shared by the DDR transfer lane (`reserve`, `commit`,
+`forget`, `lease`, through its own client), the follower thread and the engine thread
+(`drain`). The queue between them is thread-safe; nothing else is shared.
+Failures: a Redis error in the follower is logged, retried with backoff, and followed by
+a full re-read of the index (so a missed change heals); errors in the lane's calls
+raise `TierError` through the tier (`cache.tiers.redis_tier.PooledRedisTier`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from cache import pool_scripts
+from cache.block_hash import BlockHash
+from cache.pool_scripts import PoolKeys
+from cache.tier_index import TierIndex
+
+logger = logging.getLogger(__name__)
+
+_REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """How one replica takes part in a shared pool. Every replica of a pool must use the
+    same `capacity_bytes` (each enforces the capacity it was given)."""
+
+    capacity_bytes: int
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    high_watermark: float = 0.9  # the demoter starts claiming above this share ...
+    low_watermark: float = 0.8  # ... and claims down to this one
+    lease_s: float = 10.0  # a loading replica's hold on its blocks
+    reservation_s: float = 30.0  # a write not committed by then is given back
+    eviction_s: float = 30.0  # a claim not forgotten by then is re-claimed
+    demoter_lease_s: float = 3.0
+    poll_s: float = 0.1  # the follower's XREAD block time
+    log_maxlen: int = 100_000
+    max_victims: int = 256  # per claim
+
+
+class ChangeKind(StrEnum):
+    ADD = "add"  # blocks entered the pool
+    REMOVE = "remove"  # blocks left it (or a write of ours was refused)
+    RESET = "reset"  # the whole index, least recently used first (start, resync)
+    DEMOTE = "demote"  # this replica, the demoter, must demote these (claimed) blocks
+
+
+@dataclass(frozen=True, slots=True)
+class PoolChange:
+    kind: ChangeKind
+    blocks: tuple[tuple[BlockHash, int], ...]  # (hash, stored bytes); size 0 if unknown
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    used_bytes: int  # counted against the capacity (visible + in flight + evicting)
+    evicting_bytes: int
+
+
+class SharedPool:
+    """The Redis-side books of one namespace's shared pool, and this replica's follower.
+
+    `client` is the follower's own connection (the transfer lane passes its own to the
+    write-side calls). Call `start()` once, `stop()` at the end.
+    """
+
+    def __init__(self, client: Any, namespace: str, config: PoolConfig) -> None:
+        self.config = config
+        self.keys = PoolKeys.of(namespace)
+        self._client = client
+        self._scripts = {
+            name: client.register_script(getattr(pool_scripts, name))
+            for name in ("RESERVE", "COMMIT", "FORGET", "LEASE", "CLAIM", "SNAPSHOT", "ELECT")
+        }
+        self._changes: queue.SimpleQueue[PoolChange] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_id = b"0-0"
+        self._last_seq = 0
+        self._notify: Callable[[], None] = lambda: None
+        self.is_demoter = False
+        self.num_resyncs = 0
+
+    # -- write side (the DDR transfer lane) ----------------------------------------------
+
+    def reserve(self, client: Any, hashes: Sequence[BlockHash], size: int) -> list[int]:
+        """Reserve `size` bytes for each block: 0 reserved (SET it, then `commit`), 1
+        already pooled (touched), 2 refused (pool full), 3 being written or demoted."""
+        k = self.keys
+        args = [self.config.capacity_bytes, int(self.config.reservation_s * 1000), size]
+        return [
+            int(r)
+            for r in self._run(
+                "RESERVE", [k.lru, k.size, k.used, k.reserved], [*args, *hashes], client
+            )
+        ]
+
+    def commit(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
+        """Make reserved, stored blocks visible; False: the reservation had expired (the
+        caller deletes that value)."""
+        return [bool(int(r)) for r in self._run(*self.call("COMMIT", hashes), client)]
+
+    def forget(self, client: Any, hashes: Sequence[BlockHash]) -> int:
+        """Drop deleted blocks from the books (call after their values are DEL'd)."""
+        return int(self._run(*self.call("FORGET", hashes), client))
+
+    def lease(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
+        """Touch and lease blocks about to be read; False: not in the pool's index."""
+        return [bool(int(r)) for r in self._run(*self.call("LEASE", hashes), client)]
+
+    def call(self, name: str, hashes: Sequence[BlockHash]) -> tuple[str, list[bytes], list[Any]]:
+        """(script, keys, args) of COMMIT, FORGET or LEASE on `hashes`."""
+        k, cfg = self.keys, self.config
+        if name == "COMMIT":
+            return name, [k.lru, k.size, k.reserved, k.log, k.seq], [cfg.log_maxlen, *hashes]
+        if name == "FORGET":
+            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq]
+            return name, keys, [cfg.log_maxlen, *hashes]
+        if name == "LEASE":
+            return name, [k.lru, k.lease], [int(cfg.lease_s * 1000), *hashes]
+        raise ValueError(f"no call for {name!r}")
+
+    def queue(self, pipe: Any, name: str, hashes: Sequence[BlockHash]) -> None:
+        """Queue `call(name, hashes)` on a plain (non-cluster) pipeline by EVALSHA, so it
+        shares the pipeline's round trip (the script must be loaded: `load_scripts`)."""
+        _, keys, args = self.call(name, hashes)
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+
+    def load_scripts(self, client: Any) -> None:
+        """SCRIPT LOAD every script (after a NOSCRIPT from a queued call)."""
+        for script in self._scripts.values():
+            client.script_load(script.script)
+
+    def refused(self, hashes: Sequence[BlockHash]) -> None:
+        """Writes of ours the pool did not take: the engine drops them from its index."""
+        if hashes:
+            self._put(PoolChange(ChangeKind.REMOVE, tuple((h, 0) for h in hashes)))
+
+    # -- read side -----------------------------------------------------------------------
+
+    def snapshot(self, client: Any) -> tuple[bytes, int, list[tuple[BlockHash, int]]]:
+        """(log id, log sequence number, every pooled block least recently used first)."""
+        k = self.keys
+        last_id, seq, flat = self._run("SNAPSHOT", [k.lru, k.size, k.log, k.seq], [], client)
+        blocks = [(BlockHash(bytes(flat[i])), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return bytes(last_id), int(seq), blocks
+
+    def usage(self, client: Any | None = None) -> PoolUsage:
+        used, evicting = (client or self._client).mget([self.keys.used, self.keys.evbytes])
+        return PoolUsage(int(used or 0), int(evicting or 0))
+
+    def contains_many(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
+        """Whether each block is in the pool's index now (one round trip; blocking)."""
+        pipe = client.pipeline(transaction=False)
+        for h in hashes:
+            pipe.zscore(self.keys.lru, h)
+        return [r is not None for r in pipe.execute()]
+
+    def drain(self) -> list[PoolChange]:
+        """Changes queued since the last call, in order (engine thread; never blocks)."""
+        out: list[PoolChange] = []
+        while True:
+            try:
+                out.append(self._changes.get_nowait())
+            except queue.Empty:
+                return out
+
+    # -- the follower --------------------------------------------------------------------
+
+    def start(self, notify: Callable[[], None] = lambda: None) -> None:
+        """Read the whole index now (queued as a RESET: blocking, call at start-up; if
+        Redis does not answer, the follower retries), then follow the log on a daemon
+        thread; `notify()` after changes are queued (it wakes
+        the engine so it applies them even when idle)."""
+        self._notify = notify
+        resynced = True
+        try:
+            self._resync()
+        except _REDIS_ERRORS as exc:  # Redis away: the follower keeps trying (backoff)
+            logger.warning("shared pool: cannot read the index yet (%s); retrying", exc)
+            resynced = False
+        self._thread = threading.Thread(
+            target=self._follow, args=(resynced,), name="tierkv-pool", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self._client.close()
+        except _REDIS_ERRORS:
+            pass
+
+    def _resync(self) -> None:
+        last_id, seq, blocks = self.snapshot(self._client)
+        self._last_id, self._last_seq = last_id, seq
+        self._put(PoolChange(ChangeKind.RESET, tuple(blocks)))
+        self.num_resyncs += 1
+
+    def _follow(self, resynced: bool) -> None:
+        backoff = 0.0 if resynced else 0.05
+        while not self._stop.is_set():
+            try:
+                if backoff:
+                    self._resync()
+                    backoff = 0.0
+                self._read_log()
+                self._demote_if_elected()
+            except _REDIS_ERRORS as exc:
+                backoff = min(2.0, backoff * 2 or 0.05)
+                logger.warning("shared pool follower: %s; re-reading in %.2fs", exc, backoff)
+                self._stop.wait(backoff)
+
+    def _read_log(self) -> None:
+        block_ms = max(1, int(self.config.poll_s * 1000))
+        reply = self._client.xread({self.keys.log: self._last_id}, count=1000, block=block_ms)
+        if not reply:
+            return
+        changes: list[PoolChange] = []
+        for _stream, entries in reply:
+            for entry_id, fields in entries:
+                seq = int(fields[b"n"])
+                # Entries after the snapshot's position number on from its sequence
+                # number: a gap means the log was trimmed past us, a step back that the
+                # books were lost (Redis restarted empty). Either way, re-read.
+                if seq != self._last_seq + 1:
+                    logger.warning(
+                        "shared pool log at %d after %d: re-reading", seq, self._last_seq
+                    )
+                    self._resync()
+                    return
+                self._last_id, self._last_seq = bytes(entry_id), seq
+                kind = ChangeKind.ADD if fields[b"op"] == b"a" else ChangeKind.REMOVE
+                block = (BlockHash(bytes(fields[b"h"])), int(fields[b"s"] or 0))
+                if changes and changes[-1].kind is kind:
+                    changes[-1] = PoolChange(kind, (*changes[-1].blocks, block))
+                else:
+                    changes.append(PoolChange(kind, (block,)))
+        for change in changes:
+            self._put(change)
+
+    def _demote_if_elected(self) -> None:
+        cfg = self.config
+        ttl = int(cfg.demoter_lease_s * 1000)
+        self.is_demoter = bool(
+            int(self._scripts["ELECT"](keys=[self.keys.demoter], args=[cfg.replica_id, ttl]))
+        )
+        if not self.is_demoter:
+            return
+        usage = self.usage()
+        live = usage.used_bytes - usage.evicting_bytes
+        target = int(cfg.low_watermark * cfg.capacity_bytes)
+        if live <= cfg.high_watermark * cfg.capacity_bytes:
+            if not usage.evicting_bytes:
+                return
+            target = live  # claim nothing new; only re-claim what a dead demoter left
+        k = self.keys
+        keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.lease, k.log, k.seq]
+        args = [target, int(cfg.eviction_s * 1000), cfg.log_maxlen, cfg.max_victims]
+        victims = self._scripts["CLAIM"](keys=keys, args=args)
+        if victims:
+            blocks = tuple((BlockHash(bytes(v)), 0) for v in victims)
+            self._put(PoolChange(ChangeKind.DEMOTE, blocks))
+
+    def _put(self, change: PoolChange) -> None:
+        self._changes.put(change)
+        self._notify()
+
+    def _run(self, name: str, keys: list[bytes], args: list[Any], client: Any) -> Any:
+        return self._scripts[name](keys=keys, args=args, client=client)
+
+    def clear(self) -> None:
+        """Delete the books (tests; block values are the tier's `clear`)."""
+        for key in self.keys.all():
+            self._client.delete(key)
+
+
+def apply_changes(
+    index: TierIndex, changes: Sequence[PoolChange], block_size: int
+) -> list[BlockHash]:
+    """Apply the follower's changes to this replica's DDR index (engine thread).
+
+    Returns the blocks this replica, as the demoter, must demote (already out of the
+    pool's index: the caller moves them to flash, or deletes them)."""
+    to_demote: list[BlockHash] = []
+    for change in changes:
+        if change.kind is ChangeKind.ADD:
+            for block_hash, size in change.blocks:
+                index.add(block_hash, size or block_size)
+        elif change.kind is ChangeKind.REMOVE:
+            for block_hash, _ in change.blocks:
+                index.remove(block_hash)
+        elif change.kind is ChangeKind.RESET:
+            wanted = {h for h, _ in change.blocks}
+            for block_hash in [h for h in index if h not in wanted]:
+                index.remove(block_hash)
+            for block_hash, size in change.blocks:  # least recently used first
+                index.add(block_hash, size or block_size)
+        else:
+            for block_hash, _ in change.blocks:
+                index.remove(block_hash)
+                to_demote.append(block_hash)
+    return to_demote

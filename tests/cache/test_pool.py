@@ -1,0 +1,245 @@
+"""The shared DDR pool (cache.pool) on a real Redis and a real 3-node Redis Cluster."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from cache.block_hash import BlockHash
+from cache.embedded_redis import EmbeddedRedis
+from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
+from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
+
+SIZE = 1024
+DEADLINE_S = 20.0  # generous: the machine is shared; polled, never slept for
+
+
+def block(i: int, tag: int = 0) -> BlockHash:
+    return BlockHash(i.to_bytes(8, "little") + tag.to_bytes(8, "little"))
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
+    value: str = request.getfixturevalue(fixture)
+    return value
+
+
+@pytest.fixture
+def open_pool(url: str, namespace: str) -> Iterator[Callable[..., PooledRedisTier]]:
+    """Replicas of one pool: each a PooledRedisTier with its own SharedPool and clients."""
+    made: list[PooledRedisTier] = []
+
+    def open_(capacity_blocks: int = 20, **config: float) -> PooledRedisTier:
+        pool_config = PoolConfig(capacity_bytes=capacity_blocks * SIZE, poll_s=0.02, **config)  # type: ignore[arg-type]
+        pool = SharedPool(connect_redis(url), namespace, pool_config)
+        tier = PooledRedisTier(connect_redis(url), namespace, pool)
+        made.append(tier)
+        return tier
+
+    yield open_
+    if made:
+        made[0].clear()
+    for tier in made:
+        tier.pool.stop()
+        tier.close()
+
+
+def wait_for(
+    pool: SharedPool, want: Callable[[list[PoolChange]], bool], seen: list[PoolChange]
+) -> list[PoolChange]:
+    """Drain `pool` into `seen` until `want(seen)`; fail after DEADLINE_S."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not want(seen):
+        assert time.monotonic() < deadline, f"not seen in time: {seen}"
+        seen += pool.drain()
+        time.sleep(0.005)  # poll interval
+    return seen
+
+
+def blocks_of(changes: list[PoolChange], kind: ChangeKind) -> set[BlockHash]:
+    return {h for c in changes if c.kind is kind for h, _ in c.blocks}
+
+
+def stored_bytes(url: str, namespace: str) -> int:
+    with RedisTier(connect_redis(url), namespace) as plain:
+        return sum(size for _, size in plain.scan())
+
+
+def test_a_block_written_after_a_follower_started_reaches_it(open_pool):
+    a, b = open_pool(), open_pool()
+    b.pool.start()
+    seen = wait_for(b.pool, lambda s: any(c.kind is ChangeKind.RESET for c in s), [])
+    a.put_many([(block(i), bytes([i]) * SIZE) for i in range(3)])
+    wanted = {block(i) for i in range(3)}
+    wait_for(b.pool, lambda s: wanted <= blocks_of(s, ChangeKind.ADD), seen)
+    got: list[bytes | None] = []
+    b.get_many([block(1)], lambda _, buf: got.append(None if buf is None else bytes(buf)))
+    assert got == [bytes([1]) * SIZE]
+
+
+def test_pool_capacity_holds_under_concurrent_writers(open_pool, url, namespace):
+    capacity = 20
+    writers = [open_pool(capacity) for _ in range(4)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+    samples: list[tuple[int, int]] = []
+
+    def write(w: int, tier: PooledRedisTier) -> None:
+        try:
+            for start in range(0, 60, 5):
+                tier.put_many([(block(i, w), b"x" * SIZE) for i in range(start, start + 5)])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def watch() -> None:
+        while not done.is_set():
+            samples.append((writers[0].pool.usage().used_bytes, stored_bytes(url, namespace)))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=write, args=(w, t)) for w, t in enumerate(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    watcher.join()
+    assert not errors
+    assert samples
+    # The books never exceed the capacity, and what Redis stores never exceeds the books.
+    assert max(counted for counted, _ in samples) <= capacity * SIZE
+    assert max(stored for _, stored in samples) <= capacity * SIZE
+    final = writers[0].pool.usage().used_bytes
+    assert final == stored_bytes(url, namespace) == capacity * SIZE
+    # Every writer learns which of its blocks the pool refused.
+    refused = sum(len(blocks_of(t.pool.drain(), ChangeKind.REMOVE)) for t in writers)
+    assert refused == 4 * 60 - capacity
+
+
+def test_the_demoter_never_claims_a_leased_block(open_pool):
+    a = open_pool(10, high_watermark=0.5, low_watermark=0.1)
+    b = open_pool(10, high_watermark=0.5, low_watermark=0.1)
+    b.put_many([(block(i), b"x" * SIZE) for i in range(8)])  # oldest first
+    b.get_many([block(0), block(1)], lambda _, buf: None)  # B loads them: leased, touched
+    a.pool.start()  # A becomes the demoter: 8 blocks > 50% of 10
+    seen = wait_for(a.pool, lambda s: bool(blocks_of(s, ChangeKind.DEMOTE)), [])
+    victims = blocks_of(seen, ChangeKind.DEMOTE)
+    assert victims == {block(i) for i in range(2, 8)}  # down to 1 block or leased ones
+    # Claimed blocks leave every replica's view at once, and stay counted until deleted.
+    assert b.pool.usage().evicting_bytes == len(victims) * SIZE
+    a.remove_many(sorted(victims))
+    assert b.pool.usage() == type(b.pool.usage())(2 * SIZE, 0)
+
+
+def test_a_claim_whose_demoter_died_is_claimed_again(open_pool):
+    a = open_pool(10, high_watermark=0.5, low_watermark=0.1, eviction_s=0.05)
+    a.put_many([(block(i), b"x" * SIZE) for i in range(8)])
+    a.pool.start()
+    first = blocks_of(
+        wait_for(a.pool, lambda s: bool(blocks_of(s, ChangeKind.DEMOTE)), []), ChangeKind.DEMOTE
+    )
+    # Nobody demotes them (the demoter "died"): after eviction_s they are handed out again.
+    again = wait_for(a.pool, lambda s: first <= blocks_of(s, ChangeKind.DEMOTE), [])
+    assert first <= blocks_of(again, ChangeKind.DEMOTE)
+
+
+def test_a_writer_that_died_before_committing_gives_its_bytes_back(open_pool, url, namespace):
+    a = open_pool(2, reservation_s=0.05)
+    client = connect_redis(url)
+    assert a.pool.reserve(client, [block(1), block(2)], SIZE) == [0, 0]  # then "dies"
+    assert a.pool.reserve(client, [block(3)], SIZE) == [2]  # full while they are live
+    deadline = time.monotonic() + DEADLINE_S
+    while a.pool.reserve(client, [block(3)], SIZE) != [0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # poll interval
+    assert a.pool.usage().used_bytes == SIZE
+    client.close()
+
+
+def test_a_follower_that_missed_log_entries_reads_the_index_again(open_pool, url):
+    a, b = open_pool(), open_pool()
+    b.pool.start()
+    seen = wait_for(b.pool, lambda s: any(c.kind is ChangeKind.RESET for c in s), [])
+    resyncs = b.pool.num_resyncs
+    a.put_many([(block(1), b"x" * SIZE)])
+    wait_for(b.pool, lambda s: block(1) in blocks_of(s, ChangeKind.ADD), seen)
+    # An entry whose sequence number skips some, as after the log was trimmed past a
+    # slow follower: it must re-read the whole index rather than trust the log.
+    client = connect_redis(url)
+    seq = int(client.get(a.pool.keys.seq))
+    fields = {"op": "a", "h": block(2), "s": SIZE, "n": seq + 5}
+    client.xadd(a.pool.keys.log, fields)
+    a.put_many([(block(3), b"x" * SIZE)])
+    seen = wait_for(b.pool, lambda s: sum(c.kind is ChangeKind.RESET for c in s) == 2, seen)
+    assert b.pool.num_resyncs == resyncs + 1
+    resets = [c for c in seen if c.kind is ChangeKind.RESET]
+    assert {h for h, _ in resets[-1].blocks} >= {block(1)}
+    assert block(2) not in {h for h, _ in resets[-1].blocks}  # never really written
+    client.close()
+
+
+def test_a_follower_started_while_redis_is_away_catches_up_when_it_is_back(tmp_path):
+    with EmbeddedRedis(tmp_path, maxmemory_bytes=64 << 20) as server:
+        url = server.url
+    # Redis is gone: starting must not raise (the replica serves, recomputing) ...
+    config = PoolConfig(capacity_bytes=4 * SIZE, poll_s=0.02)
+    follower = SharedPool(connect_redis(url), "back", config)
+    follower.start()
+    with EmbeddedRedis(tmp_path, maxmemory_bytes=64 << 20):  # ... and it comes back
+        writer = PooledRedisTier(
+            connect_redis(url), "back", SharedPool(connect_redis(url), "back", config)
+        )
+        writer.put_many([(block(1), b"x" * SIZE)])
+        wanted = {block(1)}
+        wait_for(
+            follower,
+            lambda s: wanted <= blocks_of(s, ChangeKind.ADD) | blocks_of(s, ChangeKind.RESET),
+            [],
+        )
+        follower.stop()
+        writer.pool.stop()
+        writer.close()
+
+
+def test_a_follower_notices_the_books_were_lost_and_reads_the_index_again(open_pool):
+    a, b = open_pool(), open_pool()
+    b.pool.start()
+    seen = wait_for(b.pool, lambda s: any(c.kind is ChangeKind.RESET for c in s), [])
+    a.put_many([(block(i), b"x" * SIZE) for i in range(3)])
+    wait_for(b.pool, lambda s: block(2) in blocks_of(s, ChangeKind.ADD), seen)
+    a.clear()  # as a Redis that restarted empty: the log starts again from 1
+    a.put_many([(block(7), b"x" * SIZE)])
+    seen = wait_for(b.pool, lambda s: sum(c.kind is ChangeKind.RESET for c in s) == 2, seen)
+    assert {h for h, _ in seen[-1].blocks} == {block(7)}
+
+
+def test_a_server_that_lost_the_scripts_gets_them_again(open_pool, url):
+    a = open_pool()
+    a.put_many([(block(1), b"x" * SIZE)])
+    client = connect_redis(url)
+    client.script_flush()  # as a restarted Redis (on a cluster: every master)
+    client.close()
+    a.put_many([(block(2), b"y" * SIZE)])
+    got: list[bytes | None] = []
+    a.get_many([block(1), block(2)], lambda _, buf: got.append(None if buf is None else bytes(buf)))
+    assert got == [b"x" * SIZE, b"y" * SIZE]
+    a.remove_many([block(1), block(2)])
+    assert a.pool.usage().used_bytes == 0
+
+
+def test_a_block_redis_lost_behind_the_books_is_forgotten_pool_wide(open_pool, url, namespace):
+    a, b = open_pool(), open_pool()
+    a.put_many([(block(i), b"x" * SIZE) for i in range(3)])
+    b.pool.start()
+    seen = wait_for(b.pool, lambda s: any(c.kind is ChangeKind.RESET for c in s), [])
+    with RedisTier(connect_redis(url), namespace) as plain:
+        plain.remove(block(1))  # as an evicting Redis would: the books still list it
+    got: list[bytes | None] = []
+    a.get_many([block(0), block(1)], lambda _, buf: got.append(None if buf is None else bytes(buf)))
+    assert got == [b"x" * SIZE, None]
+    assert a.pool.usage().used_bytes == 2 * SIZE
+    wait_for(b.pool, lambda s: block(1) in blocks_of(s, ChangeKind.REMOVE), seen)
