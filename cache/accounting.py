@@ -67,3 +67,14 @@ def refresh_occupancy(
             tier_stats.faults_injected = dict(stores[tier].fault_counts())
         else:
             tier_stats.health, tier_stats.health_detail = "disabled", ""
+
+
+def drop_restarted(health: Mapping[Tier, TierHealth], index: Mapping[Tier, TierIndex]) -> None:
+    """A volatile store (embedded Redis) came back empty: forget what it held."""
+    for tier, tier_health in health.items():
+        if tier_health.take_restarts() and tier in index:
+            tier_index = index[tier]
+            lost = list(tier_index)
+            for block_hash in lost:
+                tier_index.remove(block_hash)
+            logger.warning("%s tier restarted empty: dropped %d index entries", tier, len(lost))

@@ -13,26 +13,22 @@ Admission is two calls: `match` (pure: no statistics, no LRU touches, no spills)
 `admit`, which does everything a request needs (references, touches, allocation, load
 submission, statistics) or nothing at all.
 
-Threading: every method is called from the engine thread. I/O runs on the manager's
-`TransferWorker`. Finished transfers are applied in one place (`_apply_results`); the
-loads among them are kept until `poll()` hands them to the caller, so no path (not even
-`offload()`, the one method that blocks, waiting for its transfers) can lose one.
-A load still running at its deadline (`CacheConfig.reload_timeout_s`) is abandoned there
-and handed over with the blocks that had arrived; its late result is ignored.
+Threading: engine thread only; I/O runs on the `TransferWorker`. Finished transfers are
+applied in one place (`_apply_results`); loads wait in the `LoadBook` until `poll()` hands
+them over, so no path (not even the blocking `offload()`) can lose one. A load running at
+its deadline (`reload_timeout_s`) is abandoned there and handed over with what arrived.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from cache.accounting import account_result, refresh_occupancy
+from cache.accounting import account_result, drop_restarted, refresh_occupancy
 from cache.block_format import encode_block, encoded_size
 from cache.block_hash import BlockHash
 from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
@@ -41,6 +37,7 @@ from cache.health import TierHealth
 from cache.index_rebuild import rebuild_index
 from cache.layout import KVLayout
 from cache.load_deadlines import LoadDeadlines
+from cache.loads import LoadBook
 from cache.policies.admission import make_admission_policy
 from cache.pool_handoff import PoolHandoff
 from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
@@ -49,7 +46,6 @@ from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
 from cache.transfer import (
     DemoteJob,
-    JobResult,
     LoadJob,
     LoadStatus,
     RemoveJob,
@@ -60,12 +56,6 @@ from cache.transfer import (
 from cache.write_back import plan_write_back
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _PendingLoad:
-    key: str
-    cancelled_blocks: list[int] | None = None  # set by cancel_load: free these on arrival
 
 
 class CacheManager(PoolHandoff):
@@ -112,9 +102,7 @@ class CacheManager(PoolHandoff):
         self._worker = TransferWorker(
             self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down, charge
         )
-        self._tickets = itertools.count(1)
-        self._loads: dict[int, _PendingLoad] = {}  # by ticket, until the load lands
-        self._finished_loads: list[FinishedLoad] = []  # landed, until poll() hands them over
+        self._loads = LoadBook()  # from submission until poll() hands them over
         self._deadlines = LoadDeadlines(config.reload_timeout_s, notify)
         self._rebuild_indexes()
 
@@ -144,11 +132,8 @@ class CacheManager(PoolHandoff):
             lower.append((block_hash, tier))
         return PrefixHit(hbm, lower)
 
-    def can_allocate(self, num_blocks: int) -> bool:
-        return self.pool.can_allocate(num_blocks)
-
     def can_admit(self, hit: PrefixHit, num_new_blocks: int) -> bool:
-        """Whether `admit(hit, ..., num_new_blocks)` would succeed now."""
+        """Whether `admit` of `hit` and `num_new_blocks` more blocks would succeed now."""
         needed = len(hit.lower) + num_new_blocks
         return self.pool.can_allocate_after_acquiring(hit.hbm_block_ids, needed)
 
@@ -159,66 +144,58 @@ class CacheManager(PoolHandoff):
         num_query_tokens: int,
         num_query_blocks: int,
         num_new_blocks: int = 0,
+        num_head_blocks: int = 0,
     ) -> Admission | None:
-        """Take `hit` (from `match`, with nothing changed since) plus `num_new_blocks`.
-
-        All or nothing: either references the HBM hits, reserves slots for the lower-tier
-        blocks and starts reloading them (reported by `poll` under `key`), allocates the
-        fresh blocks and counts the query (`num_query_blocks` is the `max_blocks` it was
-        matched with; lower-tier hits count when their blocks arrive intact), or returns
-        None having changed nothing, not even LRU order or statistics.
-        """
-        if not self.can_admit(hit, num_new_blocks):
+        """Take `hit` (from `match`, with nothing changed since) plus `num_new_blocks`;
+        `num_head_blocks` fresh blocks go between the HBM hits and `hit.lower` (which then
+        starts that much later): the caller computes them while `hit.lower` loads. All or
+        nothing: references the HBM hits, reserves slots for the lower-tier blocks and
+        starts reloading them (reported by `poll` under `key`), allocates the fresh blocks
+        and counts the query (`num_query_blocks`: the `max_blocks` it was matched with;
+        lower-tier hits count when they arrive intact), or changes nothing at all."""
+        if not self.can_admit(hit, num_head_blocks + num_new_blocks):
             return None
-        self.pool.acquire_cached(hit.hbm_block_ids)
-        # Blocks about to be loaded are in use: make them the most recent in their tier
-        # (deepest first, so parents stay more recent than children) before allocating,
-        # whose spills may evict from that tier.
-        for block_hash, tier in reversed(hit.lower):
-            self._index[tier].touch(block_hash)
-        allocation = self._allocate(len(hit.lower) + num_new_blocks)
-        if allocation is None:  # can_admit said it fits; the pool disagrees
-            raise RuntimeError("HBM pool refused an allocation can_admit allowed")
+        allocation = self._take(hit, key, num_new_blocks, False, num_head_blocks)
         self.stats.query_tokens += num_query_tokens
         hbm_hashes = [self.pool.block_hash(b) for b in hit.hbm_block_ids]
         self._record_accesses([h for h in hbm_hashes if h is not None])
         self._record_accesses([h for h, _ in hit.lower])
         self._write_through(hit.hbm_block_ids)
-        self.stats.hit_tokens[Tier.HBM] += len(hit.hbm_block_ids) * self.layout.block_size
-        self.stats.tiers[Tier.HBM].hit_blocks += len(hit.hbm_block_ids)
+        prefetched = self._loads.take_prefetched(key)  # each counts as a hit of its source
+        for tier in (prefetched.get(h, Tier.HBM) if h else Tier.HBM for h in hbm_hashes):
+            self.stats.hit_tokens[tier] += self.layout.block_size
+            self.stats.tiers[tier].hit_blocks += 1
         if hit.num_blocks < num_query_blocks:  # the chain ended: every tier missed a block
             for tier in (Tier.HBM, *self._index):
                 self.stats.tiers[tier].miss_blocks += 1
-        if hit.lower:
-            ticket = next(self._tickets)
-            self._loads[ticket] = _PendingLoad(key)
-            slots = allocation[: len(hit.lower)]
-            items = [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
-            self._submit_load(ticket, items)
         return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
 
+    def prefetch(self, hit: PrefixHit, key: str) -> Admission | None:
+        """`admit` minus the query and fresh blocks, for a queued request. The caller holds
+        the blocks; once `poll` reports `key` it `free`s all but the HBM hits and the first
+        `num_loaded_blocks` slots (a later `match` finds them in HBM), and after `admit`
+        hands them back (`release_prefetch`); landed blocks count as hits of their tier."""
+        if not hit.lower or not self.can_admit(hit, 0):
+            return None
+        slots = self._take(hit, key, 0, True)
+        return Admission(hit.hbm_block_ids + slots, len(hit.hbm_block_ids), len(slots))
+
+    def release_prefetch(self, key: str, block_ids: Sequence[int]) -> None:
+        """Hand back a landed prefetch's hold (the blocks stay cached)."""
+        self._loads.take_prefetched(key)
+        self.pool.free(block_ids)
+
+    @property
+    def num_loads_in_flight(self) -> int:
+        """Loads someone waits for: submitted, not cancelled, not yet handed over by `poll`."""
+        return self._loads.num_in_flight
+
     def cancel_load(self, key: str, block_ids: Sequence[int]) -> None:
-        """Give up on the load admitted under `key`; `block_ids` are all its admission's blocks.
-
-        The caller lets go of the request now. The blocks stay referenced until the load
-        lands (the transfer thread is writing into them); then its intact blocks are
-        cached for others and every block is freed. Nothing is reported for `key`.
-        """
-        for pending in self._loads.values():
-            if pending.key == key and pending.cancelled_blocks is None:
-                pending.cancelled_blocks = list(block_ids)
-                return
-        # Already finished but not yet polled: take it back out of the hand-over list.
-        for i, done in enumerate(self._finished_loads):
-            if done.key == key:
-                del self._finished_loads[i]
-                self.pool.free(block_ids)
-                return
-        raise KeyError(f"no load pending under {key!r}")
-
-    def allocate(self, num_blocks: int) -> list[int] | None:
-        """`num_blocks` fresh HBM blocks (spilling evicted cached blocks), or None."""
-        return self._allocate(num_blocks)
+        """Give up on the load under `key`; `block_ids` are all its admission's blocks. The
+        caller lets go of the request now; the blocks stay referenced until the load lands
+        (the lane writes into them), then its intact blocks stay cached for others and every
+        block is freed. Nothing is reported for `key`."""
+        self.pool.free(self._loads.cancel(key, block_ids))
 
     def commit(self, block_ids: Sequence[int], hashes: Sequence[BlockHash]) -> None:
         """Register computed full blocks so later requests can reuse them."""
@@ -238,13 +215,10 @@ class CacheManager(PoolHandoff):
     # -- completion ----------------------------------------------------------------------
 
     def poll(self) -> list[FinishedLoad]:
-        """Apply finished transfers; hand over every load finished since the last poll.
-
-        The only way finished loads leave the manager. Never blocks.
-        """
+        """Apply finished transfers; hand over every load finished since the last poll
+        (the only way finished loads leave the manager). Never blocks."""
         self._apply_results()
-        finished, self._finished_loads = self._finished_loads, []
-        return finished
+        return self._loads.hand_over()
 
     def snapshot_stats(self) -> CacheStats:
         """A consistent copy of the counters, occupancy as of now (for other threads)."""
@@ -256,11 +230,9 @@ class CacheManager(PoolHandoff):
         return self._worker.wait_idle(timeout)
 
     def offload(self, tier: Tier) -> int:
-        """Push every movable block of `tier` one tier down and wait for the moves.
-
-        HBM: every cached, unreferenced block is spilled (blocks in use stay). DDR: every
-        block is demoted to flash. Returns the number of blocks moved.
-        """
+        """Push every movable block of `tier` one tier down, wait for the moves, return
+        their number. HBM: every cached, unreferenced block is spilled (blocks in use
+        stay). DDR: every block is demoted to flash."""
         if tier is Tier.HBM:
             evicted = self.pool.evict_all_cached()
             moved = self._spill(evicted)
@@ -329,7 +301,29 @@ class CacheManager(PoolHandoff):
 
     # -- internals -----------------------------------------------------------------------
 
-    def _allocate(self, num_blocks: int) -> list[int] | None:
+    def _take(
+        self, hit: PrefixHit, key: str, num_new_blocks: int, is_prefetch: bool, head: int = 0
+    ) -> list[int]:
+        """References `hit`'s HBM blocks, allocates `head` blocks, slots for its lower-tier
+        blocks and `num_new_blocks`, and starts loading the lower-tier blocks under `key`."""
+        self.pool.acquire_cached(hit.hbm_block_ids)
+        # Blocks about to be loaded are in use: make them the most recent in their tier
+        # (deepest first, so parents stay more recent than children) before allocating,
+        # whose spills may evict from that tier.
+        for block_hash, tier in reversed(hit.lower):
+            self._index[tier].touch(block_hash)
+        allocation = self.allocate(head + len(hit.lower) + num_new_blocks)
+        if allocation is None:  # can_admit said it fits; the pool disagrees
+            raise RuntimeError("HBM pool refused an allocation can_admit allowed")
+        if hit.lower:
+            ticket = self._loads.start(key, is_prefetch=is_prefetch)
+            slots = allocation[head : head + len(hit.lower)]
+            items = [(h, b, t) for (h, t), b in zip(hit.lower, slots, strict=True)]
+            self._submit_load(ticket, items, urgent=not is_prefetch)
+        return allocation
+
+    def allocate(self, num_blocks: int) -> list[int] | None:
+        """`num_blocks` fresh HBM blocks (spilling evicted cached blocks), or None."""
         allocation = self.pool.allocate(num_blocks)
         if allocation is None:
             return None
@@ -454,15 +448,15 @@ class CacheManager(PoolHandoff):
     def _apply_results(self) -> None:
         """Apply every finished transfer to the index, pool and statistics (one place),
         then abandon loads past their deadline."""
-        self._apply_restarts()
+        drop_restarted(self.health, self._index)
         for result in self._worker.poll():
-            self._account(result)
+            account_result(self.stats, self.health, self._stores, result)
             job = result.job
             if isinstance(job, LoadJob):
                 if not self._deadlines.finish(job.ticket):
                     continue  # abandoned at its deadline, and handed over then
                 statuses = result.statuses or [LoadStatus.IO_ERROR] * len(job.items)
-                self._land(job.ticket, self._register_loaded(job.items, statuses, True))
+                self._land(job.ticket, job.items, statuses, True)
             elif isinstance(job, StoreJob) and result.error:
                 self._fall_through(job)
             elif isinstance(job, DemoteJob):
@@ -475,50 +469,59 @@ class CacheManager(PoolHandoff):
         self._expire_loads()
         self._refresh_occupancy()
 
-    def _land(self, ticket: int, num_ok: int) -> None:
-        """A load is over (finished or abandoned): hand it over, or free a cancelled one."""
-        pending = self._loads.pop(ticket)
-        if pending.cancelled_blocks is not None:
-            self.pool.free(pending.cancelled_blocks)
-        else:
-            self._finished_loads.append(FinishedLoad(pending.key, num_ok))
+    def _land(
+        self,
+        ticket: int,
+        items: list[tuple[BlockHash, int, Tier]],
+        statuses: list[LoadStatus],
+        completed: bool,
+    ) -> None:
+        """A load is over (finished or abandoned): register what arrived intact, hand the
+        load over, or free a cancelled one."""
+        count = not self._loads.is_prefetch(ticket)
+        num_ok = self._register_loaded(items, statuses, completed, count=count)
+        self.pool.free(self._loads.land(ticket, [(h, t) for h, _, t in items[:num_ok]]))
 
-    def _submit_load(self, ticket: int, items: list[tuple[BlockHash, int, Tier]]) -> None:
+    def _submit_load(
+        self, ticket: int, items: list[tuple[BlockHash, int, Tier]], urgent: bool
+    ) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
         # deadline: abandon it at once (the request recomputes).
         down = any(self.health[t].is_down for t in {t for _, _, t in items})
         guard = self._deadlines.add(ticket, items, now=down)
-        self._worker.submit(LoadJob(ticket, items, guard))
+        self._worker.submit(LoadJob(ticket, items, guard, urgent))
 
     def _expire_loads(self) -> None:
-        """Abandon loads past their deadline: the request recomputes what did not arrive.
-
-        After `expire()` no byte of them reaches HBM (LoadGuard), so their slots can be
-        handed back (or freed, if cancelled) now."""
+        """Abandon loads past their deadline (what did not arrive is recomputed); after
+        `expire()` no byte of them reaches HBM (LoadGuard), so their slots are free to go."""
         for ticket, items, statuses in self._deadlines.expire():
             late = {
                 t for (_, _, t), s in zip(items, statuses, strict=True) if s is not LoadStatus.OK
             }
-            for tier in late:
+            prefetch = self._loads.is_prefetch(ticket)  # late behind urgent loads: no tier fault
+            for tier in () if prefetch else late:
                 self.stats.tiers[tier].reload_timeouts += 1
                 self.health[tier].record_error("reload abandoned (deadline, or tier down)")
-            logger.warning(
+            logger.log(
+                logging.INFO if prefetch else logging.WARNING,
                 "load %d abandoned at its deadline (%s slow); recomputing",
                 ticket,
                 ", ".join(sorted(late)),
             )
-            self._land(ticket, self._register_loaded(items, statuses, False))
+            self._land(ticket, items, statuses, False)
 
     def _register_loaded(
         self,
         items: list[tuple[BlockHash, int, Tier]],
         statuses: list[LoadStatus],
         completed: bool,
+        count: bool = True,
     ) -> int:
         """Register the blocks that arrived intact, up to the first one that did not.
 
         Returns how many did. `completed`: the load finished (else it was abandoned, and
-        a block that had not arrived may be fine, only slow)."""
+        a block that had not arrived may be fine, only slow). `count`: count them as hits
+        now (a prefetch's are counted when its request is admitted)."""
         num_ok = 0
         registered: list[BlockHash] = []  # reported in one event
         hits = dict.fromkeys(self._index, 0)
@@ -540,7 +543,7 @@ class CacheManager(PoolHandoff):
                 registered.append(block_hash)
             hits[tier] += 1
             num_ok += 1
-        for tier, num_hits in hits.items():
+        for tier, num_hits in hits.items() if count else ():
             self.stats.tiers[tier].hit_blocks += num_hits
             self.stats.hit_tokens[tier] += num_hits * self.layout.block_size
         if registered:
@@ -566,19 +569,6 @@ class CacheManager(PoolHandoff):
         if items:
             logger.info("DDR refused %d blocks; writing them to flash", len(items))
             self._worker.submit(StoreJob(Tier.FLASH, items))
-
-    def _apply_restarts(self) -> None:
-        """A volatile store (embedded Redis) came back empty: forget what it held."""
-        for tier, health in self.health.items():
-            if health.take_restarts() and tier in self._index:
-                index = self._index[tier]
-                lost = list(index)
-                for block_hash in lost:
-                    index.remove(block_hash)
-                logger.warning("%s tier restarted empty: dropped %d index entries", tier, len(lost))
-
-    def _account(self, result: JobResult) -> None:
-        account_result(self.stats, self.health, self._stores, result)
 
     def _refresh_occupancy(self) -> None:
         refresh_occupancy(self.stats, self.pool, self._index, self.health, self._stores)

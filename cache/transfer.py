@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -94,6 +95,7 @@ class LoadJob:
     ticket: int
     items: list[tuple[BlockHash, int, Tier]]  # (hash, HBM block id, source tier)
     guard: LoadGuard | None = None  # None: never abandoned
+    urgent: bool = True  # a request waits for it: it passes queued work (see _Lane.put)
 
 
 Job = StoreJob | DemoteJob | RemoveJob | LoadJob
@@ -123,23 +125,60 @@ COPY_CHUNK_BLOCKS = 64
 """Blocks a load copies into HBM per `LoadGuard` lock: bounds how long an abandoning
 engine thread can wait for the lock (~0.3 ms of 16 KiB blocks) at a few locks per job."""
 
+PREFETCH_TASK_BLOCKS = 16
+"""Blocks per lane task of a non-urgent load (see `TransferWorker._submit_load`)."""
+
 HANDOFF_POLL_S = 0.05
 """How often flash's half of a demotion re-checks whether DDR is down while it waits."""
 
 
+@dataclass(slots=True)
+class _Task:
+    run: Callable[[], None] | None  # None stops the lane
+    keys: frozenset[BlockHash] = frozenset()
+    urgent: bool = False
+
+
 class _Lane:
-    """One tier's transfer thread, running that tier's tasks FIFO."""
+    """One tier's transfer thread, running that tier's tasks FIFO, except that an urgent
+    load (a request waits for it) passes the queued tasks at the tail that touch none of
+    its blocks and are not urgent themselves: spills, demotions, prefetches. Order per
+    block is kept, so a load still sees the spill of its block queued before it."""
 
     def __init__(self, tier: Tier) -> None:
-        self.tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._tasks: deque[_Task] = deque()
+        self._ready = threading.Condition()
         self.thread = threading.Thread(
             target=self._run, name=f"tierkv-transfer-{tier}", daemon=True
         )
         self.thread.start()
 
+    def put(
+        self,
+        run: Callable[[], None] | None,
+        keys: frozenset[BlockHash] = frozenset(),
+        urgent: bool = False,
+    ) -> None:
+        with self._ready:
+            i = len(self._tasks)
+            if urgent:
+                while i > 0 and _passable(self._tasks[i - 1], keys):
+                    i -= 1
+            self._tasks.insert(i, _Task(run, keys, urgent))
+            self._ready.notify()
+
     def _run(self) -> None:
-        while (task := self.tasks.get()) is not None:
-            task()  # never raises: see TransferWorker._task
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: bool(self._tasks))
+                task = self._tasks.popleft()
+            if task.run is None:
+                return
+            task.run()  # never raises: see TransferWorker._task
+
+
+def _passable(task: _Task, keys: frozenset[BlockHash]) -> bool:
+    return task.run is not None and not task.urgent and task.keys.isdisjoint(keys)
 
 
 class _Parts:
@@ -154,9 +193,12 @@ class _Parts:
     def add(self, part: JobResult) -> None:
         with self._lock:
             result = self.result
-            result.read_bytes.update(part.read_bytes)
-            result.write_bytes.update(part.write_bytes)
-            result.seconds.update(part.seconds)
+            for tier, n in part.read_bytes.items():  # a job's parts may share a tier
+                result.read_bytes[tier] = result.read_bytes.get(tier, 0) + n
+            for tier, n in part.write_bytes.items():
+                result.write_bytes[tier] = result.write_bytes.get(tier, 0) + n
+            for tier, seconds in part.seconds.items():
+                result.seconds[tier] = result.seconds.get(tier, 0.0) + seconds
             result.failures.extend(part.failures)
             if part.error:
                 result.error = f"{result.error}; {part.error}" if result.error else part.error
@@ -241,16 +283,20 @@ class TransferWorker:
         elif isinstance(job, DemoteJob):
             handoff = _Handoff()
             parts = _Parts(job, 2, self._post)
-            self._lanes[Tier.DDR].tasks.put(
-                self._task(job, parts, lambda: self._demote_read(job, handoff))
-            )
-            self._lanes[Tier.FLASH].tasks.put(
-                self._task(job, parts, lambda: self._demote_write(job, handoff))
-            )
+            keys = frozenset(job.keys)
+            read = self._task(job, parts, lambda: self._demote_read(job, handoff))
+            self._lanes[Tier.DDR].put(read, keys)
+            write = self._task(job, parts, lambda: self._demote_write(job, handoff))
+            self._lanes[Tier.FLASH].put(write, keys)
         else:
             run = self._store if isinstance(job, StoreJob) else self._remove
             parts = _Parts(job, 1, self._post)
-            self._lanes[job.tier].tasks.put(self._task(job, parts, lambda: run(job)))  # type: ignore[arg-type]
+            keys = (
+                frozenset(k[0] for k in job.items)
+                if isinstance(job, StoreJob)
+                else frozenset(job.keys)
+            )
+            self._lanes[job.tier].put(self._task(job, parts, lambda: run(job)), keys)  # type: ignore[arg-type]
 
     def poll(self) -> list[JobResult]:
         """Results of finished jobs, in completion order. Never blocks."""
@@ -262,10 +308,11 @@ class TransferWorker:
                 return out
 
     def barrier(self, tier: Tier) -> threading.Event:
-        """An event set once every job submitted to `tier`'s lane so far has run (lanes
-        are FIFO). Any thread may wait on it; it says nothing of the jobs' success."""
+        """An event set once every job submitted to `tier`'s lane so far has run (urgent
+        loads may pass it, never the other way round). Any thread may wait on it; it says
+        nothing of the jobs' success."""
         done = threading.Event()
-        self._lanes[tier].tasks.put(done.set)
+        self._lanes[tier].put(done.set)
         return done
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -276,7 +323,7 @@ class TransferWorker:
     def close(self) -> None:
         """Finish queued jobs, then stop the threads. Tiers are closed by their owner."""
         for lane in self._lanes.values():
-            lane.tasks.put(None)
+            lane.put(None)
         for lane in self._lanes.values():
             lane.thread.join()
 
@@ -290,12 +337,17 @@ class TransferWorker:
                 result.statuses = list(guard.statuses)
             self._post(result)
 
-        tiers = [t for t in (Tier.DDR, Tier.FLASH) if any(item[2] is t for item in job.items)]
-        parts = _Parts(job, len(tiers), post)
-        if not tiers:
-            post(parts.result)
-        for tier in tiers:
+        # A load nobody waits for yet (a prefetch) runs in small tasks, so that an urgent
+        # load queued behind it waits for one of them at most, not for the whole prefetch.
+        step = len(job.items) if job.urgent else PREFETCH_TASK_BLOCKS
+        chunks: list[tuple[Tier, list[int]]] = []
+        for tier in (Tier.DDR, Tier.FLASH):
             indices = [i for i, item in enumerate(job.items) if item[2] is tier]
+            chunks += [(tier, indices[j : j + step]) for j in range(0, len(indices), step)]
+        parts = _Parts(job, len(chunks), post)
+        if not chunks:
+            post(parts.result)
+        for tier, indices in chunks:
 
             def part(tier: Tier = tier, indices: list[int] = indices) -> JobResult:
                 result = JobResult(job)
@@ -303,7 +355,8 @@ class TransferWorker:
                     self._load_from(tier, job, guard, indices, result)
                 return result
 
-            self._lanes[tier].tasks.put(self._task(job, parts, part))
+            keys = frozenset(job.items[i][0] for i in indices)
+            self._lanes[tier].put(self._task(job, parts, part), keys, job.urgent)
 
     def _task(self, job: Job, parts: _Parts, fn: Callable[[], JobResult]) -> Callable[[], None]:
         def run() -> None:

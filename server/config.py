@@ -152,6 +152,13 @@ class Settings(BaseSettings):
         description="always: reload every lower-tier hit; cost: reload a hit (per run of "
         "one tier's blocks) only where that beats recomputing it on the modelled clock.",
     )
+    prefetch_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of the HBM KV pool that loads for queued (not yet admitted) "
+        "requests may hold, started before admission; 0: no prefetch.",
+    )
     log_level: str = Field("info", description="Log level.")
     max_request_body_bytes: int = Field(
         4 * 1024**2, ge=1, description="Largest request body accepted; larger ones get 413."

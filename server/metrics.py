@@ -151,6 +151,22 @@ class _StatsCollector(Collector):
         )
         yield counter("engine_steps", "Engine steps run.", engine.num_steps)
         yield counter(
+            "prefetched_blocks",
+            "Lower-tier blocks whose reload started while their request was queued.",
+            engine.num_prefetched_blocks,
+        )
+        yield counter(
+            "tier_load_inflight_seconds",
+            "Time with at least one KV reload (admitted or prefetched) in flight.",
+            engine.load_inflight_seconds,
+        )
+        yield counter(
+            "tier_transfer_exposed_seconds",
+            "Of that time, the part the NPU sat idle waiting (1 - exposed/inflight is the "
+            "share of reload time hidden behind compute).",
+            engine.load_exposed_seconds,
+        )
+        yield counter(
             "prefix_cache_queries",
             "Prompt tokens looked up in the prefix cache.",
             cache.query_tokens,

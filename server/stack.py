@@ -300,6 +300,7 @@ def build_stack(
                 max_model_len=settings.max_model_len,
                 block_size=settings.block_size,
                 preempt_for_priority=vnpu is not None,
+                prefetch_blocks=int(settings.prefetch_fraction * num_blocks),
             ),
             cache,
             load_planner(settings, cost_config, clock, step_device),

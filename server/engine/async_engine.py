@@ -139,7 +139,9 @@ class AsyncEngine:
                 finished = self._core.take_finished()
                 if outputs or finished:
                     self._dispatch(outputs, finished)
-                if outputs or self._core.scheduler.running:
+                # Running requests may all be waiting for the rest of their prefix
+                # (a tail load): then sleep until a transfer wakes us, do not spin.
+                if outputs or (self._core.scheduler.running and self._core.ran_step):
                     continue
                 self._wakeup.wait(timeout=1.0)
         except BaseException as exc:  # surface engine bugs to every waiting client

@@ -6,10 +6,13 @@ and hands the sampled tokens back to `Scheduler.update_from_output`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache.manager import CacheManager
 from npu_sim.executor import Executor, StepSequence
+from server.engine.overlap import TransferOverlap
 from server.engine.request import EngineRequest, FinishedRequest, RequestOutput
 from server.engine.scheduler import Scheduler, SchedulerOutput
 
@@ -27,6 +30,9 @@ class EngineStats:
     num_generated_tokens: int = 0
     modelled_busy_seconds: float = 0.0
     wall_busy_seconds: float = 0.0
+    num_prefetched_blocks: int = 0
+    load_inflight_seconds: float = 0.0  # see server.engine.overlap
+    load_exposed_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -40,11 +46,21 @@ class PlannedStep:
 class EngineCore:
     """Runs steps on the engine thread: schedule -> execute -> update requests."""
 
-    def __init__(self, scheduler: Scheduler, executor: Executor, cache: CacheManager) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        executor: Executor,
+        cache: CacheManager,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """`clock` times the load overlap (`TransferOverlap`)."""
         self.scheduler = scheduler
         self.executor = executor
         self.cache = cache
         self.stats = EngineStats()
+        self.overlap = TransferOverlap()
+        self.ran_step = False  # the last step() ran a batch (else nothing was schedulable)
+        self._clock = clock
 
     def add(self, request: EngineRequest) -> None:
         self.scheduler.add(request)
@@ -54,6 +70,7 @@ class EngineCore:
 
     def poll_transfers(self) -> None:
         self.scheduler.update_from_loads()
+        self._observe(busy=None if self.has_work() else False)
 
     def has_work(self) -> bool:
         return self.scheduler.has_schedulable_work()
@@ -72,6 +89,8 @@ class EngineCore:
         of executed has no effect beyond blocks the scheduler reserved and admissions it
         made, which the next plan reuses (used to cut a step short on a vNPU)."""
         plan = self.scheduler.schedule()
+        self.ran_step = bool(plan.chunks)
+        self._observe(busy=self.ran_step)
         if not plan.chunks:
             return None
         seqs = []
@@ -109,4 +128,13 @@ class EngineCore:
         s.num_waiting = len(self.scheduler.waiting)
         s.num_loading = self.scheduler.num_loading
         s.num_preemptions = self.scheduler.num_preemptions
+        s.num_prefetched_blocks = self.scheduler.num_prefetched_blocks
+        s.load_inflight_seconds = self.overlap.inflight_seconds
+        s.load_exposed_seconds = self.overlap.exposed_seconds
         return s
+
+    def _observe(self, busy: bool | None) -> None:
+        """The device is busy from one non-empty plan until a plan (or a poll with no
+        work) finds nothing to run: host time between steps is not load waiting."""
+        loading = self.cache.num_loads_in_flight > 0
+        self.overlap.observe(self._clock(), loading=loading, busy=busy)

@@ -13,6 +13,13 @@ tier); the recompute is the chunked prefill of the remaining prompt. The decisio
 modelled costs only, so it is meaningful where steps and transfers run on the device's
 clock (`--emulate`, `--pace real`); the numpy model's own compute is far slower than its
 modelled time. Pure and cheap (a few cost evaluations per admission); engine thread.
+
+`LoadPlanner.split` goes one step further (Cake, "Compute or load KV cache? Why not
+both?"): while the tail of the loaded run `[c, k)` comes up, the device computes the head
+`[0, c)` itself, so compute starts before the whole prefix arrived; TTFT is then
+`max(compute head, load tail) + compute the rest`, and `c` is found where the two meet.
+The scheduler splits only when nothing else runs: in a busy batch a load hides behind the
+others' compute, while computing the head would take device time from them.
 """
 
 from __future__ import annotations
@@ -82,3 +89,58 @@ class LoadPlanner:
         """Modelled TTFT when the first `k` lower blocks are loaded and the rest computed."""
         start = (num_hbm_blocks + k) * self.block_size
         return self.load_seconds(lower_tiers[:k]) + self.compute_seconds(start, num_tokens)
+
+    def split(
+        self, num_hbm_blocks: int, lower_tiers: Sequence[Tier], num_tokens: int
+    ) -> tuple[int, int]:
+        """`(c, k)`: compute lower-tier blocks `[0, c)` while `[c, k)` load, recompute
+        from `k` on; the split with the least modelled TTFT (`c == k` loads nothing)."""
+        if not lower_tiers:
+            return 0, 0
+        candidates = [0] + [
+            k for k in range(1, len(lower_tiers)) if lower_tiers[k] is not lower_tiers[k - 1]
+        ]
+        candidates.append(len(lower_tiers))
+        # On a tie, load more: a hit also spares this host's real compute.
+        ttft, _, c, k = min(
+            (
+                self.split_ttft_seconds(num_hbm_blocks, lower_tiers, c, k, num_tokens),
+                c - k,
+                c,
+                k,
+            )
+            for k in candidates
+            for c in [self._meeting_point(num_hbm_blocks, lower_tiers, k)]
+        )
+        return (c, k) if c < k else (0, 0)
+
+    def split_ttft_seconds(
+        self, num_hbm_blocks: int, lower_tiers: Sequence[Tier], c: int, k: int, num_tokens: int
+    ) -> float:
+        """Modelled TTFT when lower blocks `[0, c)` are computed while `[c, k)` load."""
+        start = num_hbm_blocks * self.block_size
+        head = self.compute_seconds(start, start + c * self.block_size)
+        rest = self.compute_seconds((num_hbm_blocks + k) * self.block_size, num_tokens)
+        return max(head, self.load_seconds(lower_tiers[c:k])) + rest
+
+    def _meeting_point(self, num_hbm_blocks: int, lower_tiers: Sequence[Tier], k: int) -> int:
+        """The `c` in `[0, k]` where computing the head stops being faster than loading
+        the tail (computing grows with `c`, loading shrinks): a binary search."""
+        start = num_hbm_blocks * self.block_size
+        lo, hi = 0, k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            head = self.compute_seconds(start, start + mid * self.block_size)
+            if head >= self.load_seconds(lower_tiers[mid:k]):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo == 0:
+            return 0
+
+        # The crossing lies between lo - 1 and lo: take the side with the smaller maximum.
+        def worst(c: int) -> float:
+            head = self.compute_seconds(start, start + c * self.block_size)
+            return max(head, self.load_seconds(lower_tiers[c:k]))
+
+        return lo if worst(lo) < worst(lo - 1) else lo - 1

@@ -20,6 +20,17 @@ class RequestStatus(StrEnum):
     FINISHED = "finished"
 
 
+@dataclass(slots=True)
+class TailLoad:
+    """Blocks of a running request's prefix still loading while it computes the blocks
+    before them (a Cake-style split, see `LoadPlanner.split`)."""
+
+    first_block: int  # the request computes up to here, then waits for the load
+    num_blocks: int
+    num_loaded: int | None = None  # how many arrived intact, once the load landed
+    counts_as_cached: bool = True  # the admission's first: `num_cached_tokens` grows
+
+
 class FinishReason(StrEnum):
     STOP = "stop"  # a stop token id or a stop string
     LENGTH = "length"  # max_tokens or max_model_len
@@ -55,6 +66,13 @@ class EngineRequest:
     num_computed_tokens: int = 0
     num_committed_blocks: int = 0
     num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
+    # While waiting: blocks a prefetch holds (its HBM hits, then its slots), and whether
+    # its load is still in flight (see Scheduler._prefetch).
+    prefetch_block_ids: list[int] = field(default_factory=list)
+    prefetch_num_hbm_blocks: int = 0
+    is_prefetching: bool = False
+    prefetch_tried: bool = False  # one prefetch look per wait (reset when preempted)
+    tail_load: TailLoad | None = None  # running, with part of its prefix still loading
     finish_reason: FinishReason | None = None
     # perf_counter stamps for request metrics (vLLM's queued/scheduled/first/last token).
     scheduled_time: float | None = None  # first admission (queue time ends)

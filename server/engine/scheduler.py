@@ -34,9 +34,14 @@ from server.engine.request import (
     FinishReason,
     RequestOutput,
     RequestStatus,
+    TailLoad,
 )
 
 logger = logging.getLogger(__name__)
+
+
+PREFETCH_SCAN = 64
+"""How many queued requests a step considers for prefetch (each costs a prefix match)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,7 @@ class SchedulerConfig:
     # to be admitted at once (vNPU engines; see `_preempt_for_priority`). Off: a
     # waiting request never preempts, it waits for room.
     preempt_for_priority: bool = False
+    prefetch_blocks: int = 0  # most HBM blocks prefetches for queued requests hold; 0: off
 
 
 @dataclass(slots=True)
@@ -78,6 +84,7 @@ class Scheduler:
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
         self.num_preemptions = 0
+        self.num_prefetched_blocks = 0  # lower-tier blocks prefetches started loading
         self._finished: list[FinishedRequest] = []  # until take_finished()
 
     @property
@@ -99,15 +106,19 @@ class Scheduler:
         request = self.requests.get(request_id)
         if request is None:
             return
-        if request.status is RequestStatus.LOADING_KV:
+        if request.status is RequestStatus.LOADING_KV and request.is_prefetching:
+            self._drop_prefetch(request)  # admitted to wait for its prefetch
+        elif request.status is RequestStatus.LOADING_KV:
             # The transfer thread is writing into its slots: the manager frees them
             # when the load lands.
             self.cache.cancel_load(request_id, request.block_ids)
             request.block_ids = []
         elif request.status is RequestStatus.RUNNING:
             self.running.remove(request)
+            self._let_go(request)
         else:
             self.waiting.remove(request)
+            self._drop_prefetch(request)
         self._finish(request, FinishReason.ABORT)
 
     def take_finished(self) -> list[FinishedRequest]:
@@ -120,6 +131,19 @@ class Scheduler:
         bs = self.config.block_size
         for done in self.cache.poll():
             request = self.requests[done.key]
+            if request.is_prefetching:  # a prefetch landed
+                keep = request.prefetch_num_hbm_blocks + done.num_loaded_blocks
+                self.cache.free(request.prefetch_block_ids[keep:])
+                del request.prefetch_block_ids[keep:]
+                request.is_prefetching = False
+                if request.status is RequestStatus.LOADING_KV:  # it has a seat: admit next
+                    request.status = RequestStatus.WAITING
+                    self._enqueue(request, resumed=True)
+                continue
+            if request.tail_load is not None:  # its head is being computed meanwhile
+                request.tail_load.num_loaded = done.num_loaded_blocks
+                self._join_tail(request)
+                continue
             num_blocks = request.num_computed_tokens // bs + done.num_loaded_blocks
             request.num_computed_tokens = num_blocks * bs
             request.num_committed_blocks = num_blocks
@@ -138,7 +162,9 @@ class Scheduler:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = self._chunk_size(request, budget)
+            if num_new <= 0:
+                continue  # its head is computed; the rest of its prefix is still loading
             if not self._reserve(request, request.num_computed_tokens + num_new, out):
                 continue
             out.chunks.append(ScheduledChunk(request, num_new))
@@ -158,7 +184,15 @@ class Scheduler:
                     budget = self.config.max_num_batched_tokens - _planned(out)
                     continue
                 break
+            if request.is_prefetching:
+                # Its prefix is on its way up: it takes its seat and waits in LOADING_KV
+                # for that load (not a second one); it is admitted first once it landed.
+                self.waiting.popleft()
+                request.status = RequestStatus.LOADING_KV
+                continue
             if not self._admit(request, budget):
+                if self._release_prefetches():
+                    continue  # holds of requests behind it must not block the head
                 if self._preempt_for_priority(request, out):
                     budget = self.config.max_num_batched_tokens - _planned(out)
                     continue
@@ -166,9 +200,11 @@ class Scheduler:
             self.waiting.popleft()
             if request.status is RequestStatus.LOADING_KV:
                 continue
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = self._chunk_size(request, budget)
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
+        if self.config.prefetch_blocks > 0 and not out.preempted:
+            self._prefetch()
         return out
 
     def update_from_output(
@@ -195,6 +231,8 @@ class Scheduler:
                 lo = req.num_committed_blocks
                 self.cache.commit(req.block_ids[lo:num_full], req.block_hashes[lo:num_full])
                 req.num_committed_blocks = num_full
+            if req.tail_load is not None:
+                self._join_tail(req)
             if token is None:
                 continue  # a prefill chunk short of the prompt's end
             may_stop = len(req.output_token_ids) >= req.min_tokens
@@ -232,30 +270,141 @@ class Scheduler:
             return FinishReason.LENGTH
         return None
 
+    def _match(self, request: EngineRequest) -> tuple[PrefixHit, int, int]:
+        """The cached prefix worth using (the planner may cut its lower-tier part), how
+        many of its lower-tier blocks to compute while the others load (`LoadPlanner.split`),
+        and the `max_blocks` it was matched with."""
+        # Keep at least the last token to compute: its logits give the next token.
+        max_blocks = (request.num_tokens - 1) // self.config.block_size
+        hit = self.cache.match(request.block_hashes, max_blocks)
+        head = 0
+        if self._planner is not None and hit.lower:
+            tiers = [tier for _, tier in hit.lower]
+            h, n = len(hit.hbm_block_ids), request.num_tokens
+            if self.running:
+                # The split trades device time for TTFT: worth it only on an otherwise
+                # idle device. In a busy batch a load hides behind the others' compute.
+                k = self._planner.blocks_to_load(h, tiers, n)
+            else:
+                head, k = self._planner.split(h, tiers, n)
+            hit = PrefixHit(hit.hbm_block_ids, hit.lower[:k])
+        return hit, head, max_blocks
+
+    def _chunk_size(self, request: EngineRequest, budget: int) -> int:
+        """Tokens `request` may compute in this step: up to its end, or while part of its
+        prefix is loading, up to that part."""
+        end = request.num_tokens
+        if request.tail_load is not None:
+            end = request.tail_load.first_block * self.config.block_size
+        return min(end - request.num_computed_tokens, budget)
+
+    def _join_tail(self, request: EngineRequest) -> None:
+        """Once its head is computed and its tail landed, the request goes on after the
+        tail's intact blocks (it recomputes from the first one that did not arrive)."""
+        tail = request.tail_load
+        bs = self.config.block_size
+        if (
+            tail is None
+            or tail.num_loaded is None
+            or request.num_computed_tokens < tail.first_block * bs
+        ):
+            return
+        request.num_computed_tokens = (tail.first_block + tail.num_loaded) * bs
+        request.num_committed_blocks = tail.first_block + tail.num_loaded
+        if tail.counts_as_cached and request.num_cached_tokens is not None:
+            request.num_cached_tokens += tail.num_loaded * bs
+        request.tail_load = None
+
+    def _let_go(self, request: EngineRequest) -> None:
+        """Free a running request's blocks (its tail's, when the load lands)."""
+        if request.tail_load is not None and request.tail_load.num_loaded is None:
+            self.cache.cancel_load(request.request_id, request.block_ids)
+        else:
+            self.cache.free(request.block_ids)
+        request.block_ids = []
+        request.tail_load = None
+
+    def _prefetch(self) -> None:
+        """Start loading the lower-tier prefix of queued requests (HiCache's prefetch).
+
+        Runs after admission, so every request still waiting was not admitted (no room
+        in the batch or in HBM). In queue order, the first `PREFETCH_SCAN` of them, while
+        prefetches hold at most `prefetch_blocks` HBM blocks; a prefix that does not fit
+        the rest of that budget is cut. The load is the same as an admission's (deadline,
+        abandonment, `poll` as the only exit); its landed blocks are held for the request
+        until it is admitted (they are HBM hits then), aborted, or HBM runs short for
+        running requests (`_release_prefetches`).
+        """
+        held = sum(len(r.prefetch_block_ids) for r in self.requests.values())
+        room = self.config.prefetch_blocks - held
+        for request in list(self.waiting)[:PREFETCH_SCAN]:
+            if room <= 0:
+                return
+            if request.prefetch_tried:
+                continue  # one look per wait: a cut or abandoned prefetch is not retried
+            hit, _, _ = self._match(request)
+            if not hit.lower:
+                request.prefetch_tried = True  # nothing below HBM: no match every step
+                continue
+            hit = PrefixHit(hit.hbm_block_ids, hit.lower[: room - len(hit.hbm_block_ids)])
+            if len(hit.hbm_block_ids) >= room or not hit.lower:
+                continue
+            taken = self.cache.prefetch(hit, request.request_id)
+            if taken is None:
+                return  # HBM is full: nothing else fits either
+            request.prefetch_block_ids = taken.block_ids
+            request.prefetch_num_hbm_blocks = taken.num_hbm_blocks
+            request.is_prefetching = request.prefetch_tried = True
+            room -= len(taken.block_ids)
+            self.num_prefetched_blocks += taken.num_loading_blocks
+
+    def _drop_prefetch(self, request: EngineRequest) -> None:
+        """Let go of the blocks a prefetch holds for `request` (cancelling it if in flight)."""
+        if request.is_prefetching:
+            self.cache.cancel_load(request.request_id, request.prefetch_block_ids)
+        elif request.prefetch_block_ids:
+            self.cache.release_prefetch(request.request_id, request.prefetch_block_ids)
+        request.prefetch_block_ids = []
+        request.is_prefetching = False
+
+    def _release_prefetches(self) -> bool:
+        """Hand back the newest landed prefetch's hold: HBM ran short for a running
+        request or for the head of the queue (a prefetch never takes blocks they need,
+        nor holds the queue up). False if there is none."""
+        for request in reversed(self.waiting):
+            if request.prefetch_block_ids and not request.is_prefetching:
+                self._drop_prefetch(request)
+                return True
+        return False
+
     def _admit(self, request: EngineRequest, budget: int) -> bool:
         """Admit `request` with its cached prefix and its first chunk's blocks, or not at all."""
         bs = self.config.block_size
-        # Keep at least the last token to compute: its logits give the next token.
-        max_blocks = (request.num_tokens - 1) // bs
-        hit = self.cache.match(request.block_hashes, max_blocks)
-        if self._planner is not None and hit.lower:
-            tiers = [tier for _, tier in hit.lower]
-            k = self._planner.blocks_to_load(len(hit.hbm_block_ids), tiers, request.num_tokens)
-            hit = PrefixHit(hit.hbm_block_ids, hit.lower[:k])
-        num_cached = hit.num_blocks * bs
-        first_chunk = min(request.num_tokens - num_cached, budget)
-        num_new_blocks = -(-(num_cached + first_chunk) // bs) - hit.num_blocks
+        hit, head, max_blocks = self._match(request)
+        if head:  # compute `head` blocks while the rest of the hit loads
+            hit = PrefixHit(hit.hbm_block_ids, hit.lower[head:])
+            num_new_blocks = 0
+        else:
+            num_cached = hit.num_blocks * bs
+            first_chunk = min(request.num_tokens - num_cached, budget)
+            num_new_blocks = -(-(num_cached + first_chunk) // bs) - hit.num_blocks
         admission = self.cache.admit(
-            hit, request.request_id, request.num_tokens, max_blocks, num_new_blocks
+            hit, request.request_id, request.num_tokens, max_blocks, num_new_blocks, head
         )
         if admission is None:
             return False
+        self._drop_prefetch(request)  # admit referenced what it held (if it still matched)
         if request.scheduled_time is None:
             request.scheduled_time = time.perf_counter()
         request.block_ids = admission.block_ids
         request.num_computed_tokens = admission.num_hbm_blocks * bs
         request.num_committed_blocks = admission.num_hbm_blocks
-        if admission.is_loading:
+        if admission.is_loading and head:
+            first = admission.num_hbm_blocks + head
+            fresh = request.num_cached_tokens is None
+            request.tail_load = TailLoad(first, admission.num_loading_blocks, None, fresh)
+            self._start_running(request)
+        elif admission.is_loading:
             request.status = RequestStatus.LOADING_KV
         else:
             self._start_running(request)
@@ -283,6 +432,8 @@ class Scheduler:
             if new_blocks is not None:
                 request.block_ids.extend(new_blocks)
                 return True
+            if self._release_prefetches():
+                continue
             victim = self._pick_victim(request, out)
             self._preempt(victim, out)
             if victim is request:
@@ -292,11 +443,11 @@ class Scheduler:
     def _preempt(self, request: EngineRequest, out: SchedulerOutput) -> None:
         if request in self.running:
             self.running.remove(request)
-        self.cache.free(request.block_ids)
-        request.block_ids = []
+        self._let_go(request)
         request.num_computed_tokens = 0
         request.num_committed_blocks = 0
         request.status = RequestStatus.WAITING
+        request.prefetch_tried = False
         self._enqueue(request, resumed=True)
         self.num_preemptions += 1
         out.preempted.append(request)

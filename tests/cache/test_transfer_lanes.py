@@ -1,0 +1,50 @@
+"""Task order on one transfer lane: FIFO, except urgent loads pass unrelated queued work."""
+
+from __future__ import annotations
+
+import threading
+
+from cache.block_hash import BlockHash
+from cache.stats import Tier
+from cache.transfer import _Lane
+
+
+def key(name: str) -> BlockHash:
+    return BlockHash(name.encode().ljust(16, b"\0"))
+
+
+def run_order(tasks: list[tuple[str, set[str], bool]]) -> list[str]:
+    """Queue `tasks` (name, keys, urgent) behind a task that holds the lane, release it,
+    and return the order they ran in."""
+    lane = _Lane(Tier.DDR)
+    gate, done = threading.Event(), threading.Event()
+    order: list[str] = []
+    lane.put(gate.wait)
+    for name, keys, urgent in tasks:
+        lane.put(lambda name=name: order.append(name), frozenset(map(key, keys)), urgent)
+    lane.put(done.set)
+    gate.set()
+    assert done.wait(30)
+    lane.put(None)
+    lane.thread.join(30)
+    return order
+
+
+def test_an_urgent_load_passes_spills_and_prefetches_of_other_blocks():
+    tasks = [
+        ("spill a", {"a"}, False),
+        ("prefetch b", {"b"}, False),
+        ("load c", {"c"}, True),
+    ]
+    assert run_order(tasks) == ["load c", "spill a", "prefetch b"]
+
+
+def test_an_urgent_load_never_passes_work_on_its_own_blocks_nor_another_urgent_load():
+    tasks = [
+        ("spill a", {"a"}, False),
+        ("load x", {"x"}, True),
+        ("spill b", {"b"}, False),
+        ("load b", {"b", "y"}, True),  # must see the spill of b queued before it
+        ("load z", {"z"}, True),  # passes nothing urgent: after load b
+    ]
+    assert run_order(tasks) == ["load x", "spill a", "spill b", "load b", "load z"]
