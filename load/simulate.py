@@ -185,11 +185,11 @@ def simulate_workload(
 def server_counters(totals: SimTotals) -> dict[str, Any]:
     """The simulated replica's counters under `load.metrics_scrape.server_deltas`' keys."""
     stats = totals.cache
-    tiers = [t for t, n in totals.num_blocks.items() if n > 0]
+    tiers = list(totals.num_blocks)  # every tier, as /metrics labels them (0 when off)
     block = totals.logical_block_bytes
-    hits = {t.value: float(v) for t, v in stats.hit_tokens.items() if t.value in tiers}
+    hits = {t.value: float(v) for t, v in stats.hit_tokens.items()}
     lanes = totals.lanes
-    tier_stats = {t.value: s for t, s in stats.tiers.items() if t.value in tiers}
+    tier_stats = {t.value: s for t, s in stats.tiers.items()}
     queries = float(stats.query_tokens)
     return {
         "prefix_cache_queries": queries,
@@ -200,8 +200,8 @@ def server_counters(totals: SimTotals) -> dict[str, Any]:
         "npu_wall_busy_s": None,
         "engine_steps": float(totals.steps),
         "prefix_cache_hits": hits,
-        "read_bytes": {t: lanes[t].read_bytes for t in tiers if t in lanes},
-        "write_bytes": {t: lanes[t].write_bytes for t in tiers if t in lanes},
+        "read_bytes": {t: lanes[t].read_bytes if t in lanes else 0.0 for t in tiers},
+        "write_bytes": {t: lanes[t].write_bytes if t in lanes else 0.0 for t in tiers},
         "evictions": {t: float(s.evictions) for t, s in tier_stats.items()},
         "checksum_failures": {t: float(s.checksum_failures) for t, s in tier_stats.items()},
         "used_bytes": {t: float(s.num_blocks * block) for t, s in tier_stats.items()},

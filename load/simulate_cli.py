@@ -43,6 +43,7 @@ SIM_SETTINGS = (
     "eviction_policy",
     "admission_policy",
     "load_policy",
+    "reload_timeout_ms",
 )
 SWEEP_FILE = "sweep.json"
 

@@ -124,6 +124,7 @@ class Simulator:
             self.lanes,
             ddr=MemoryTier("ddr") if config.ddr_capacity_bytes > 0 else None,
             flash=MemoryTier("flash") if config.flash_capacity_bytes > 0 else None,
+            reload_timeout_s=settings.reload_timeout_ms / 1000,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(
