@@ -30,6 +30,7 @@ from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
 from cache.stats import Tier
 from cache.tiers.base import StorageTier
 from server.simulate.clock import VirtualLanes
+from server.simulate.inline_worker import make_inline
 
 
 @dataclass(slots=True)
@@ -56,6 +57,7 @@ class VirtualTimeCache(CacheManager):
         if config.reload_timeout_s:
             raise ValueError("the simulator's deadlines are virtual: reload_timeout_s")
         super().__init__(layout, config, ddr=ddr, flash=flash, charge=lanes)
+        make_inline(self._worker)  # in-memory tiers, virtual time: no threads needed
         self._lanes = lanes
         self._timeout = reload_timeout_s
         self._virtual: dict[str, _VirtualLoad] = {}  # by load key, until handed over
