@@ -168,8 +168,17 @@ def _simulate(
     ) as progress:
         task = progress.add_task(f"simulate {args.workload}, {label}", total=len(specs), vt=0.0)
 
+        total = len(specs)
+        step = max(1, total // 20)
+        done = 0
+
         def on_done(record: RequestRecord, now: float) -> None:
+            nonlocal done
+            done += 1
             progress.update(task, advance=1, vt=now)
+            if not console.is_terminal and (done % step == 0 or done == total):
+                # Logs get a line every 5% (the bar only redraws on a terminal).
+                console.print(f"{done}/{total} requests, virtual {now:,.1f} s")
 
         return simulate_workload(
             settings, specs, arrival, slo, on_done, args.sample_interval or None
