@@ -1,6 +1,7 @@
 """``tierkv-load``: run workloads, simulate cache policies, compare results, benchmark.
 
-Subcommands: ``run``, ``policy``, ``compare``, ``bench {tiers,ttft,capacity,overhead}``.
+Subcommands: ``run``, ``simulate``, ``policy``, ``compare``,
+``bench {tiers,ttft,capacity,overhead}``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from load import policy_sim, report, workloads
+from load import policy_sim, report, simulate_cli, workloads
 from load.argparser import OneLineErrorParser
 from load.client import ServerUnreachableError
 from load.html_report import write_html_report
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"Send a workload and measure it. {TOKEN_NOTE}",
         )
     )
+    simulate_cli.add_parser(sub)
     _add_policy(
         sub.add_parser(
             "policy",
@@ -139,6 +141,12 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         help="directory for result.json, the plots and report.html",
     )
     p.add_argument("--model", help="model id (default: first id of GET /v1/models)")
+    add_workload_options(p, client=True)
+
+
+def add_workload_options(p: argparse.ArgumentParser, client: bool) -> None:
+    """The workload, slice and arrival options of `run` (and of `simulate`, which has
+    no HTTP client: `client` False leaves out the client-only ones)."""
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
     p.add_argument(
         "--num-requests", type=_positive_int, help="cap on requests (random: how many; default 100)"
@@ -161,23 +169,25 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--slo-ttft", type=_positive_float, help="TTFT SLO in ms for goodput")
     p.add_argument("--slo-tpot", type=_positive_float, help="TPOT SLO in ms for goodput")
-    p.add_argument(
-        "--ignore-eos",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ask the server to generate exactly max_tokens (vLLM/tierkv extension)",
-    )
-    p.add_argument("--timeout", type=_positive_float, default=600.0, help="per request, s")
-    p.add_argument("--api-key", help="sent as a bearer token")
+    if client:
+        p.add_argument(
+            "--ignore-eos",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="ask the server to generate exactly max_tokens (vLLM/tierkv extension)",
+        )
+        p.add_argument("--timeout", type=_positive_float, default=600.0, help="per request, s")
+        p.add_argument("--api-key", help="sent as a bearer token")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and report.html")
-    p.add_argument(
-        "--metrics-interval",
-        type=_non_negative_float,
-        default=DEFAULT_INTERVAL_S,
-        metavar="S",
-        help="sample the server's /metrics every S seconds during "
-        "the run (default %(default)s; 0: only before and after)",
-    )
+    if client:
+        p.add_argument(
+            "--metrics-interval",
+            type=_non_negative_float,
+            default=DEFAULT_INTERVAL_S,
+            metavar="S",
+            help="sample the server's /metrics every S seconds during "
+            "the run (default %(default)s; 0: only before and after)",
+        )
     g = p.add_argument_group("multiturn (default 16 users x 8 turns = 128 requests)")
     g.add_argument("--num-users", type=_positive_int, default=16)
     g.add_argument("--num-turns", type=_positive_int, default=8)
@@ -309,7 +319,7 @@ def build_specs(args: argparse.Namespace) -> list[workloads.RequestSpec]:
     return workloads.trace_replay(records, scale, args.seed, args.max_tokens)
 
 
-def _arrival(args: argparse.Namespace) -> Arrival:
+def arrival_of(args: argparse.Namespace) -> Arrival:
     if args.rate is not None:
         return Arrival(rate=args.rate, seed=args.seed)
     if args.concurrency is not None:
@@ -325,7 +335,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except (ValueError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    arrival = _arrival(args)
+    arrival = arrival_of(args)
     slo = Slo(ttft_ms=args.slo_ttft, tpot_ms=args.slo_tpot)
     with Progress(
         TextColumn("{task.description}"),
@@ -464,7 +474,13 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = make_console()
-    commands = {"run": cmd_run, "policy": cmd_policy, "compare": cmd_compare, "bench": cmd_bench}
+    commands = {
+        "run": cmd_run,
+        "simulate": simulate_cli.cmd_simulate,
+        "policy": cmd_policy,
+        "compare": cmd_compare,
+        "bench": cmd_bench,
+    }
     try:
         return commands[args.command](args, console)
     except KeyboardInterrupt:

@@ -1,11 +1,13 @@
-"""`tierkv serve` (command-line flags generated from `Settings`, one per field) and
-`tierkv fetch-model` (download a weighted model's file into the model cache)."""
+"""`tierkv serve` (command-line flags generated from `Settings`, one per field),
+`tierkv fetch-model` (download a weighted model's file into the model cache) and
+`tierkv simulate` (`tierkv-load simulate`: see `simulate` below)."""
 
 from __future__ import annotations
 
 import argparse
 import enum
 import logging
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -87,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(already there and verified: nothing is downloaded).",
     )
     add_route_parser(sub)
+    sub.add_parser(
+        "simulate",
+        help="replay a workload on this server's scheduler and cache on a virtual clock",
+        description="The same as `tierkv-load simulate` (try `tierkv simulate --help`).",
+        add_help=False,
+    )
     fetch.add_argument("name", choices=sorted(MODEL_SOURCES), help="model preset")
     fetch.add_argument(
         "--cache-dir",
@@ -126,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        sys.exit(simulate(argv[1:]))
     args = build_parser().parse_args(argv)
     if args.command == "fetch-model":
         fetch_model(args.name, args.cache_dir)
@@ -150,6 +161,16 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         sys.exit(f"tierkv: {exc}")
     serve(settings)
+
+
+def simulate(argv: list[str]) -> int:
+    """`tierkv simulate ARGS` runs `python -m load simulate ARGS` and returns its exit code.
+
+    The simulator's engine is `server.simulate`; its front end (workloads, traces,
+    result.json, plots) is `load`'s, and `load` may import `server` but never the other
+    way round, so this command hands over to it rather than importing it.
+    """
+    return subprocess.call([sys.executable, "-m", "load", "simulate", *argv])
 
 
 def settings_error(exc: ValidationError) -> str:

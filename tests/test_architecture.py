@@ -16,7 +16,9 @@ ALLOWED = {
     "server": {"cache", "npu_sim"},
     "cache": set(),
     "npu_sim": set(),
-    "load": {"cache"},  # only the offline policy simulator uses cache.eviction
+    # load is the top floor: its offline policy simulator uses cache.policies, and
+    # `simulate` drives server.simulate (server never imports load).
+    "load": {"cache", "server"},
 }
 
 
