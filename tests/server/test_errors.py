@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -93,8 +95,13 @@ def test_full_queue_is_503(make_settings):
             r = server.client.post(CHAT, json=GOOD)
             assert_error(r, 503)
             assert r.headers["retry-after"] == "1"
-        # Once it is gone the server takes requests again.
-        assert server.client.post(CHAT, json=GOOD).status_code == 200
+        # Once it is gone the server takes requests again: as soon as the engine has seen
+        # the disconnect (a request sent before that still gets a clean 503).
+        deadline = time.monotonic() + 30
+        while (r := server.client.post(CHAT, json=GOOD)).status_code != 200:
+            assert_error(r, 503)
+            assert time.monotonic() < deadline, "the slot was never given back"
+            time.sleep(0.05)  # poll interval
 
 
 def test_negative_seed_is_served_not_a_500(server: LiveServer):
