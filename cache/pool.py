@@ -135,7 +135,8 @@ class SharedPool:
         return [bool(int(r)) for r in self._run(*self.call("COMMIT", hashes), client)]
 
     def forget(self, client: Any, hashes: Sequence[BlockHash]) -> int:
-        """Drop deleted blocks from the books (call after their values are DEL'd)."""
+        """Drop deleted blocks from the books (call after their values are DEL'd), and give
+        back the reservations of blocks whose SET failed. Returns how many it dropped."""
         return int(self._run(*self.call("FORGET", hashes), client))
 
     def lease(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
@@ -148,7 +149,7 @@ class SharedPool:
         if name == "COMMIT":
             return name, [k.lru, k.size, k.reserved, k.log, k.seq], [cfg.log_maxlen, *hashes]
         if name == "FORGET":
-            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq]
+            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq, k.reserved]
             return name, keys, [cfg.log_maxlen, *hashes]
         if name == "LEASE":
             return name, [k.lru, k.lease], [int(cfg.lease_s * 1000), *hashes]

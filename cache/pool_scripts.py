@@ -97,7 +97,8 @@ return out
 FORGET = (
     _NOW
     + """
--- KEYS: lru size bytes evbytes evicting log seq; ARGV: maxlen hash...  (values already DEL'd)
+-- KEYS: lru size bytes evbytes evicting log seq reserved; ARGV: maxlen hash...
+-- (values already DEL'd, or never SET: a reservation is given back)
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
 local ev = tonumber(redis.call('GET', KEYS[4]) or '0')
 local n = 0
@@ -105,14 +106,18 @@ for i = 2, #ARGV do
   local h = ARGV[i]
   local s = tonumber(redis.call('HGET', KEYS[2], h) or '0')
   if redis.call('ZREM', KEYS[1], h) == 1 then
-    local n = redis.call('INCR', KEYS[7])
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[1], '*', 'op', 'r', 'h', h, 's', s, 'n', n)
+    local seq = redis.call('INCR', KEYS[7])
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[1], '*', 'op', 'r', 'h', h, 's', s, 'n', seq)
     redis.call('HDEL', KEYS[2], h)
     used = used - s
     n = n + 1
   elseif redis.call('ZREM', KEYS[5], h) == 1 then
     redis.call('HDEL', KEYS[2], h)
     used, ev = used - s, ev - s
+    n = n + 1
+  elseif redis.call('ZREM', KEYS[8], h) == 1 then
+    redis.call('HDEL', KEYS[2], h)
+    used = used - s
     n = n + 1
   end
 end

@@ -12,6 +12,7 @@ Threading and failures follow :mod:`cache.tiers.base`: one thread at a time per 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -220,11 +221,12 @@ class PooledRedisTier(RedisTier):
     committed after its SET (or refused when the pool is full, reported to the pool so
     the engine drops it from its index), a read leases and touches its blocks, a delete
     DELs and then forgets. ``scan`` lists the pool's index, least recently used first.
-    On a plain Redis the bookkeeping shares its round trip where order allows (SETs and
-    COMMIT, LEASE and MGET, DELs and FORGET each in one pipeline; RESERVE must answer
-    before any SET); on a cluster the books live on one node and the values on others,
-    so they are separate calls. Threading and failures as :class:`RedisTier` (the
-    transfer lane's thread).
+    On a plain Redis the bookkeeping shares its round trip where order allows (LEASE and
+    MGET, DELs and FORGET each in one pipeline); RESERVE must answer before any SET, and
+    COMMIT runs only after every SET succeeded (a pipeline would run it even after a
+    refused SET, publishing a block that does not exist). On a cluster the books live on
+    one node and the values on others, so they are separate calls. Threading and failures
+    as :class:`RedisTier` (the transfer lane's thread).
     """
 
     def __init__(self, client: RedisClient, namespace: str, pool: SharedPool) -> None:
@@ -287,20 +289,19 @@ class PooledRedisTier(RedisTier):
             refused += [k for k, status in zip(keys, statuses, strict=True) if status >= 2]
             if not todo:
                 continue
-            # A failed SET leaves its reservation to expire (PoolConfig.reservation_s).
+            # SET, then COMMIT only after every SET succeeded: a pipeline runs all its
+            # commands before it raises, so a refused SET would still be committed. After a
+            # failed SET the reservations are given back (FORGET) before the error goes up.
             todo_keys = [k for k, _ in todo]
-            if self._is_plain:
-
-                def sets(pipe: Any, todo: list[tuple[BlockHash, bytes]] = todo) -> None:
-                    for k, v in todo:
-                        pipe.set(self._key(k), v)
-
-                replies = self._with_books("pipelined SET + commit", sets, "COMMIT", todo_keys)
-                committed = [bool(int(r)) for r in replies[-1]]
-            else:
+            try:
                 super().put_many(todo)
-                with _wrap_errors("pool commit"):
-                    committed = self.pool.commit(self._client, todo_keys)
+            except TierError:
+                with contextlib.suppress(TierError), _wrap_errors("pool forget"):
+                    super().remove_many(todo_keys)
+                    self.pool.forget(self._client, todo_keys)
+                raise
+            with _wrap_errors("pool commit"):
+                committed = self.pool.commit(self._client, todo_keys)
             late = [k for (k, _), ok in zip(todo, committed, strict=True) if not ok]
             if late:
                 super().remove_many(late)

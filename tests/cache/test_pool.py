@@ -11,6 +11,7 @@ import pytest
 from cache.block_hash import BlockHash
 from cache.embedded_redis import EmbeddedRedis
 from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
+from cache.tiers.base import TierError
 from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
 
 SIZE = 1024
@@ -243,3 +244,40 @@ def test_a_block_redis_lost_behind_the_books_is_forgotten_pool_wide(open_pool, u
     assert got == [b"x" * SIZE, None]
     assert a.pool.usage().used_bytes == 2 * SIZE
     wait_for(b.pool, lambda s: block(1) in blocks_of(s, ChangeKind.REMOVE), seen)
+
+
+def test_forget_counts_the_blocks_it_dropped(open_pool, url, namespace):
+    """FORGET's count was shadowed by a local in its loop (always 0)."""
+    a = open_pool()
+    a.put_many([(block(i), b"x" * SIZE) for i in range(3)])
+    with RedisTier(connect_redis(url), namespace) as plain:
+        plain.remove_many([block(i) for i in range(3)])
+    client = connect_redis(url)
+    try:
+        assert a.pool.forget(client, [block(i) for i in range(3)]) == 3
+    finally:
+        client.close()
+    assert a.pool.usage().used_bytes == 0
+
+
+def test_a_set_redis_refuses_is_not_published_to_the_pool(tmp_path, namespace):
+    """A refused SET must not be committed: on plain Redis the SETs and the COMMIT went in
+    one pipeline, which runs every command before raising, so the pool listed (and
+    counted) a block whose value did not exist."""
+    with EmbeddedRedis(tmp_path / "r", 64 << 20) as server:
+        client = connect_redis(server.url)
+        pool = SharedPool(connect_redis(server.url), namespace, PoolConfig(10_000_000))
+        tier = PooledRedisTier(connect_redis(server.url), namespace, pool)
+        try:
+            tier.put_many([(block(1), b"x" * SIZE)])
+            client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 100_000)
+            with pytest.raises(TierError):
+                tier.put_many([(block(2), b"z" * 300_000)])
+            client.config_set("maxmemory", 0)
+            with RedisTier(connect_redis(server.url), namespace) as plain:
+                assert plain.contains_many([block(1), block(2)]) == [True, False]
+            assert pool.contains_many(client, [block(1), block(2)]) == [True, False]
+            assert pool.usage(client).used_bytes == SIZE
+        finally:
+            tier.close()
+            client.close()
