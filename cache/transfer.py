@@ -142,7 +142,7 @@ class _Task:
 class _Lane:
     """One tier's transfer thread, running that tier's tasks FIFO, except that an urgent
     load (a request waits for it) passes the queued tasks at the tail that touch none of
-    its blocks and are not urgent themselves: spills, demotions, prefetches. Order per
+    its blocks and are not urgent themselves: spills, removals, prefetches. Order per
     block is kept, so a load still sees the spill of its block queued before it."""
 
     def __init__(self, tier: Tier) -> None:
@@ -285,7 +285,9 @@ class TransferWorker:
             parts = _Parts(job, 2, self._post)
             keys = frozenset(job.keys)
             read = self._task(job, parts, lambda: self._demote_read(job, handoff))
-            self._lanes[Tier.DDR].put(read, keys)
+            # Urgent: its flash half may already hold the flash lane waiting for it, so
+            # later urgent DDR loads must not pass it (they could, without end).
+            self._lanes[Tier.DDR].put(read, keys, urgent=True)
             write = self._task(job, parts, lambda: self._demote_write(job, handoff))
             self._lanes[Tier.FLASH].put(write, keys)
         else:

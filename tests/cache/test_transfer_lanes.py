@@ -48,3 +48,16 @@ def test_an_urgent_load_never_passes_work_on_its_own_blocks_nor_another_urgent_l
         ("load z", {"z"}, True),  # passes nothing urgent: after load b
     ]
     assert run_order(tasks) == ["load x", "spill a", "spill b", "load b", "load z"]
+
+
+def test_a_demotion_read_is_not_passed_by_later_urgent_loads():
+    """A DemoteJob's DDR read is queued urgent (its flash half may be holding the flash
+    lane, waiting for it): urgent loads queued after it run after it. Queued non-urgent,
+    it was passed by every later urgent load, without end under steady load."""
+    tasks = [
+        ("load a", {"a"}, True),
+        ("demote read d", {"d"}, True),
+        ("load b", {"b"}, True),
+        ("load c", {"c"}, True),
+    ]
+    assert run_order(tasks) == ["load a", "demote read d", "load b", "load c"]
