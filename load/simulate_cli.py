@@ -44,6 +44,7 @@ SIM_SETTINGS = (
     "admission_policy",
     "load_policy",
     "reload_timeout_ms",
+    "prefetch_fraction",
 )
 SWEEP_FILE = "sweep.json"
 

@@ -190,6 +190,21 @@ class EngineSlice:
     ddr_supervised_by_device: bool = False
 
 
+def scheduler_config(
+    settings: Settings, num_blocks: int, preempt_for_priority: bool = False
+) -> SchedulerConfig:
+    """The scheduler's configuration from `settings` and the HBM pool's `num_blocks` (one
+    definition for the server and `tierkv simulate`)."""
+    return SchedulerConfig(
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_model_len=settings.max_model_len,
+        block_size=settings.block_size,
+        preempt_for_priority=preempt_for_priority,
+        prefetch_blocks=int(settings.prefetch_fraction * num_blocks),
+    )
+
+
 def build_stack(
     settings: Settings, wakeup: Callable[[], None], vnpu: EngineSlice | None = None
 ) -> EngineStack:
@@ -294,14 +309,7 @@ def build_stack(
             cores=vnpu.cores if vnpu is not None else None,
         )
         scheduler = Scheduler(
-            SchedulerConfig(
-                max_num_seqs=settings.max_num_seqs,
-                max_num_batched_tokens=settings.max_num_batched_tokens,
-                max_model_len=settings.max_model_len,
-                block_size=settings.block_size,
-                preempt_for_priority=vnpu is not None,
-                prefetch_blocks=int(settings.prefetch_fraction * num_blocks),
-            ),
+            scheduler_config(settings, num_blocks, preempt_for_priority=vnpu is not None),
             cache,
             load_planner(settings, cost_config, clock, step_device),
         )

@@ -32,12 +32,12 @@ from npu_sim.sampling import Sampler, SamplingParams
 from npu_sim.tokenizers import ByteTokenizer
 from server.config import Settings
 from server.engine.request import EngineRequest
-from server.engine.scheduler import Scheduler, SchedulerConfig
+from server.engine.scheduler import Scheduler
 from server.simulate.cache import VirtualTimeCache
 from server.simulate.clock import LaneTotals, VirtualClock, VirtualLanes
 from server.simulate.memory_tier import MemoryTier
 from server.simulate.sizing import SimSizing, sim_sizing
-from server.stack import ConfigError, load_planner, model_shape, transfer_clock
+from server.stack import ConfigError, load_planner, model_shape, scheduler_config, transfer_clock
 
 
 class SimulationStuckError(RuntimeError):
@@ -127,12 +127,7 @@ class Simulator:
             reload_timeout_s=settings.reload_timeout_ms / 1000,
         )
         self.scheduler = Scheduler(
-            SchedulerConfig(
-                max_num_seqs=settings.max_num_seqs,
-                max_num_batched_tokens=settings.max_num_batched_tokens,
-                max_model_len=settings.max_model_len,
-                block_size=settings.block_size,
-            ),
+            scheduler_config(settings, config.hbm_num_blocks),
             self.cache,
             load_planner(settings, self._cost_config, clock),
         )

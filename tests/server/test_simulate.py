@@ -10,7 +10,7 @@ from npu_sim.model_config import get_cost_model_config
 from server.config import GB, Settings
 from server.simulate.clock import ClockError, VirtualClock, VirtualLanes
 from server.simulate.engine import SimRequest, Simulator
-from server.stack import ConfigError
+from server.stack import ConfigError, scheduler_config
 
 SHAPE = get_cost_model_config("llama-3-8b")
 BLOCK_BYTES = SHAPE.kv_bytes_per_token * 16  # 2 MiB
@@ -120,3 +120,12 @@ def test_only_emulated_replicas_and_prompts_that_fit():
     (refused,) = sim.run()
     assert refused.error is not None and refused.error.startswith("400")
     assert refused.first_token_s is None
+
+
+def test_the_simulated_scheduler_is_configured_as_the_server_s():
+    """Same SchedulerConfig as `build_stack` (the simulator never prefetched: it built its
+    own config without `prefetch_blocks`)."""
+    s = settings(prefetch_fraction=0.25)
+    sim = Simulator(s)
+    assert sim.scheduler.config == scheduler_config(s, sim.sizing.config.hbm_num_blocks)
+    assert sim.scheduler.config.prefetch_blocks > 0
