@@ -291,6 +291,8 @@ class Settings(BaseSettings):
             )
         if self.served_model_name is not None:
             raise ValueError("with --vnpu, each vNPU serves its MODEL's name")
+        if self.role is not Role.BOTH:
+            raise ValueError("--role prefill|decode does not apply with --vnpu (one replica)")
         specs = [parse_vnpu(v) for v in self.vnpu]
         for spec in specs:
             get_cost_model_config(spec.model)

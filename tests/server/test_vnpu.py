@@ -113,6 +113,7 @@ def test_npu_is_404_without_partitions(server: LiveServer) -> None:
         ({"vnpu": ["a=vir16:tiny-llama", "b=vir08:small-llama"]}, "cores"),
         ({"vnpu": ["a=vir02:gpt-9"]}, "gpt-9"),
         ({"vnpu": []}, "one or more"),
+        ({"role": "decode", "redis_url": "redis://localhost:1", "ddr_gb": 1}, "--role"),
     ],
 )
 def test_bad_vnpu_settings_are_rejected(overrides: dict, match: str) -> None:
