@@ -9,16 +9,14 @@ Differences from `CacheManager` (see `cache.pool` for the pool's design):
   its demoter keeps it under a watermark); when this replica is the demoter, it moves
   the blocks the pool claimed to its flash (or deletes them without flash);
 * it saves nothing of DDR at shutdown (the pool outlives it);
-* `store_to_pool` / `is_in_pool`: the calls P/D disaggregation builds on.
 
 Threading as `CacheManager`: every method on the engine thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from cache.block_hash import BlockHash
 from cache.events import EventCallback, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheManager
@@ -55,25 +53,6 @@ class SharedPoolCacheManager(CacheManager):
         if Tier.DDR in self._index:
             pool.start(notify)
             self._follow_pool()
-
-    def store_to_pool(self, block_ids: Sequence[int]) -> int:
-        """Write these HBM blocks (registered, full) to the shared pool now, unless a lower
-        tier already holds them; HBM keeps them. Returns how many were submitted. Others
-        see them about 0.1 s after they are stored; a full pool refuses them (they are
-        then dropped from this replica's index; `is_in_pool` says which made it). The
-        admission policy is not asked: the caller decides."""
-        if Tier.DDR not in self._index or self.health[Tier.DDR].is_down:
-            return 0
-        blocks = [(h, b) for b in block_ids if (h := self.pool.block_hash(b)) is not None]
-        todo = [(h, b) for h, b in blocks if not any(h in i for i in self._index.values())]
-        self._store_blocks(Tier.DDR, todo, lambda _: True)
-        return len(todo)
-
-    def is_in_pool(self, block_hash: BlockHash) -> bool:
-        """Whether the shared pool holds `block_hash`, as of the last `poll`. Never blocks
-        (`SharedPool.contains_many` asks Redis itself, blocking)."""
-        index = self._index.get(Tier.DDR)
-        return index is not None and block_hash in index
 
     def close(self) -> None:
         self._pool.stop()

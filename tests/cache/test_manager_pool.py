@@ -77,7 +77,7 @@ def test_blocks_another_replica_spills_later_are_hits_with_the_same_bytes(replic
     hashes = chain(4)
     data = fill_and_cache(a, hashes)
     push_out_of_hbm(a)  # A spills them to the pool
-    poll_until(b, lambda: all(b.is_in_pool(h) for h in hashes))
+    poll_until(b, lambda: b.match(hashes, len(hashes)).num_blocks == len(hashes))
     hit = b.match(hashes, len(hashes))
     assert [t for _, t in hit.lower] == [Tier.DDR] * 4
     ids, loaded = load_all(b, hashes)
@@ -86,15 +86,16 @@ def test_blocks_another_replica_spills_later_are_hits_with_the_same_bytes(replic
         np.testing.assert_array_equal(b.kv[block_id], data[h])
 
 
-def test_store_to_ddr_publishes_blocks_still_in_hbm(replicas):
+def test_store_through_publishes_blocks_still_in_hbm(replicas):
+    """P/D's hand-over (`store_through`) on a shared pool: the others see the blocks."""
     a, b = replicas(), replicas()
     hashes = chain(3, seed=5)
     ids = a.allocate(3)
     assert ids is not None
     a.commit(ids, hashes)
-    assert a.store_to_pool(ids) == 3
-    assert a.store_to_pool(ids) == 0  # already there
-    poll_until(b, lambda: all(b.is_in_pool(h) for h in hashes))
+    done = a.store_through(hashes)
+    assert done is not None and done.wait(DEADLINE_S)
+    poll_until(b, lambda: b.match(hashes, len(hashes)).num_blocks == len(hashes))
     a.free(ids)
 
 
