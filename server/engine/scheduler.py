@@ -154,6 +154,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
+        head_waits_for_hbm = False
         # Lowest priority value first (stable: admission order within a priority), so
         # preemption (of the lowest-priority unscheduled request) never hits one that
         # is already in this step.
@@ -196,6 +197,7 @@ class Scheduler:
                 if self._preempt_for_priority(request, out):
                     budget = self.config.max_num_batched_tokens - _planned(out)
                     continue
+                head_waits_for_hbm = True  # no new prefetch may take the room it waits for
                 break  # retry at a later step
             self.waiting.popleft()
             if request.status is RequestStatus.LOADING_KV:
@@ -203,7 +205,7 @@ class Scheduler:
             num_new = self._chunk_size(request, budget)
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
-        if self.config.prefetch_blocks > 0 and not out.preempted:
+        if self.config.prefetch_blocks > 0 and not out.preempted and not head_waits_for_hbm:
             self._prefetch()
         return out
 

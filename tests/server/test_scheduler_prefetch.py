@@ -299,3 +299,25 @@ def test_holds_of_requests_behind_it_never_keep_the_head_of_the_queue_out(make_c
         settle(sched)
     assert not sched.requests, f"stuck: {list(sched.requests)}"
     assert cache.pool.num_active_blocks == 0
+
+
+def test_no_prefetch_starts_while_the_head_of_the_queue_waits_for_hbm(make_cache):
+    """A step whose head request did not fit HBM starts no prefetch for requests behind
+    it (it did, so under steady arrivals in-flight holds kept taking the room the head
+    waits for)."""
+    cache = make_cache(hbm_blocks=8, flash_blocks=16)
+    fill_flash(cache, PROMPT)
+    sched = make_scheduler(cache, prefetch_blocks=4, max_num_seqs=2)
+    sched.add(request("busy", [100, 101, 102], max_tokens=3))
+    sched.add(request("a", list(range(200, 229)), max_tokens=2))  # 29 tokens: 8 blocks
+    sched.add(request("b", PROMPT, max_tokens=2))  # 3 flash blocks it could prefetch
+    step(sched)
+    assert sched.requests["a"].status is RequestStatus.WAITING
+    assert not sched.requests["b"].prefetch_block_ids
+    for _ in range(50):
+        if not sched.requests:
+            break
+        step(sched)
+        settle(sched)
+    assert not sched.requests, f"stuck: {list(sched.requests)}"
+    assert cache.pool.num_active_blocks == 0
