@@ -74,7 +74,8 @@ class PrefillDecode:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="tierkv-pool-lookup")
         self.blocks_handed_over = Counter(
             "tierkv:pd_blocks_handed_over",
-            "Prompt blocks a prefill replica wrote through to DDR for decode replicas.",
+            "Prompt blocks of hand-overs whose DDR writes finished in time (blocks DDR "
+            "already held count too; a write refused by a full pool does not show here).",
             registry=registry,
         )
         self.blocks_found = Counter(
@@ -120,9 +121,11 @@ class PrefillDecode:
         if done is None:
             logger.warning("DDR is off or down: decode replicas will recompute this prompt")
             return
-        if not await asyncio.to_thread(done.wait, HANDOFF_TIMEOUT_S):
-            logger.warning("DDR writes not done in %.1f s; decode may recompute", HANDOFF_TIMEOUT_S)
+        finished = await asyncio.to_thread(done.wait, HANDOFF_TIMEOUT_S)
         self.handoff_seconds.observe(loop.time() - started)
+        if not finished:
+            logger.warning("DDR writes not done in %.1f s; decode may recompute", HANDOFF_TIMEOUT_S)
+            return
         self.blocks_handed_over.inc(len(hashes))
 
     def close(self) -> None:
