@@ -8,8 +8,10 @@ transfer thread's), every `interval_s` while it answers:
   * the embedded redis-server exited: it is restarted with the same backoff. It comes
     back empty (it is volatile), so the tier is marked up with `restarted=True` and the
     manager clears its DDR index;
-  * an external Redis answers again: marked up; entries it lost are repaired as loads
-    miss them.
+  * an external Redis answers again: marked up. A plain Redis whose `run_id` changed
+    since the last probe restarted, empty: marked up with `restarted=True` (even if no
+    probe saw it down), so the manager clears its DDR index; a Cluster's lost entries
+    are repaired as loads miss them.
 
 With the defaults, DDR is back in use at most `max_backoff_s` (2 s) plus one engine
 loop pass after Redis answers again. Transitions are logged and call `notify` (wakes
@@ -59,6 +61,7 @@ class RedisSupervisor:
             target=self._run, name="tierkv-redis-supervisor", daemon=True
         )
         self.num_restarts = 0
+        self.run_id: str | None = None  # the plain Redis's run_id at the last probe
 
     def start(self) -> RedisSupervisor:
         self._thread.start()
@@ -99,6 +102,7 @@ class RedisSupervisor:
                 logger.error("restarting the embedded redis-server failed: %s", exc)
                 return False
             self.num_restarts += 1
+            self.run_id = None  # a new process: its run_id is not news
             logger.warning("embedded redis-server restarted (empty); DDR back in use")
             self._mark_up(restarted=True)
             return True
@@ -109,10 +113,27 @@ class RedisSupervisor:
                 logger.error("DDR Redis not answering (%s); spilling to flash meanwhile", exc)
                 self._mark_down(f"redis not answering: {exc}")
             return False
-        if self._is_down:
+        restarted = self._restarted_since_last_probe(client)
+        if restarted:
+            logger.warning("DDR Redis restarted (new run_id): what it held is gone")
+        if self._is_down or restarted:
             logger.warning("DDR Redis answers again; back in use")
-            self._mark_up(restarted=False)
+            self._mark_up(restarted=restarted)
         return True
+
+    def _restarted_since_last_probe(self, client: redis.Redis | redis.RedisCluster) -> bool:
+        """Whether a plain Redis's run_id changed since the last probe: it restarted,
+        empty (a Cluster's nodes are not followed: entries it lost are repaired as loads
+        miss them)."""
+        if not isinstance(client, redis.Redis):
+            return False
+        try:
+            run_id = str(client.info("server").get("run_id", ""))
+        except (redis.RedisError, OSError):
+            return False
+        restarted = self.run_id is not None and run_id != self.run_id
+        self.run_id = run_id
+        return restarted
 
     @property
     def _is_down(self) -> bool:

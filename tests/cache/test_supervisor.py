@@ -55,3 +55,24 @@ def test_a_stalled_redis_is_marked_down_then_up_without_a_restart(tmp_path):
         os.kill(pid, signal.SIGCONT)
         supervisor.stop()
         server.stop()
+
+
+def test_an_external_redis_that_restarted_empty_is_reported_restarted(tmp_path):
+    """An external Redis (not ours to restart) that came back from a restart has lost its
+    data: the supervisor sees its run_id change and reports a restart, so the manager
+    drops its DDR index (it kept stale entries, and a write-back skipped the blocks it
+    believed were there)."""
+    server = EmbeddedRedis(tmp_path / "r", 64 << 20).start()
+    health = TierHealth()
+    supervisor = RedisSupervisor(server.url, [health], None, interval_s=0.05).start()
+    try:
+        wait_for(lambda: supervisor.run_id is not None)
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        server.restart()
+        wait_for(lambda: health.take_restarts() == 1)
+        assert health.state()[0] == "ok"
+    finally:
+        supervisor.stop()
+        server.stop()
