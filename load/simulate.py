@@ -104,13 +104,20 @@ def _open_loop(client: _Client, specs: list[RequestSpec], times: list[float]) ->
         else:
             client.waiting_for.setdefault(spec.previous, []).append(spec)
     arrival = dict(zip((s.index for s in specs), times, strict=True))
+    idle_until = -math.inf  # the simulator has no event before this time
     while ready or sim.num_in_flight or client.waiting_for:
-        horizon = sim.clock.now + LOOKAHEAD_S
+        # Submit what arrives within the lookahead, or by the time the simulator has
+        # nothing to do before (else a lull longer than the lookahead, with requests in
+        # flight that wait for the next arrivals, spins here forever).
+        horizon = max(sim.clock.now + LOOKAHEAD_S, idle_until)
         while ready and (ready[0][0] <= horizon or not sim.num_in_flight):
             t, _, spec = heapq.heappop(ready)
             client.submit(spec, t)
         until = ready[0][0] if ready else math.inf
         finished = sim.run(until=until, stop_on_finish=bool(client.waiting_for))
+        # With nothing finished, `run` stopped because its next event is at `until` or
+        # later (or it has none): the arrivals at `until` come next.
+        idle_until = until if not finished else -math.inf
         for done in finished:
             for spec in client.finish(done):
                 # A turn is sent at its arrival time, or when its previous turn ended.

@@ -20,6 +20,7 @@ neither while its KV is loading (the cache manager reports the load under its id
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -339,7 +340,7 @@ class Scheduler:
         """
         held = sum(len(r.prefetch_block_ids) for r in self.requests.values())
         room = self.config.prefetch_blocks - held
-        for request in list(self.waiting)[:PREFETCH_SCAN]:
+        for request in itertools.islice(self.waiting, PREFETCH_SCAN):  # no copy of the queue
             if room <= 0:
                 return
             if request.prefetch_tried:
@@ -373,6 +374,8 @@ class Scheduler:
         """Hand back the newest landed prefetch's hold: HBM ran short for a running
         request or for the head of the queue (a prefetch never takes blocks they need,
         nor holds the queue up). False if there is none."""
+        if self.config.prefetch_blocks <= 0:
+            return False  # prefetch is off: no request holds any (saves a queue walk)
         for request in reversed(self.waiting):
             if request.prefetch_block_ids and not request.is_prefetching:
                 self._drop_prefetch(request)
@@ -499,6 +502,16 @@ class Scheduler:
         """Put `request` in `waiting`, ordered by priority: a new request after every
         request of its priority, a preempted one before them (it resumes first)."""
         p = request.priority
+        waiting = self.waiting
+        # `waiting` is sorted by priority value: the common cases (a new request that is
+        # not better than the last one, a resumed one not worse than the first) need no
+        # walk of a long queue.
+        if not resumed and (not waiting or waiting[-1].priority <= p):
+            waiting.append(request)
+            return
+        if resumed and (not waiting or waiting[0].priority >= p):
+            waiting.appendleft(request)
+            return
         index = len(self.waiting)
         for i, other in enumerate(self.waiting):
             if other.priority > p or (resumed and other.priority == p):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,28 @@ def test_tierkv_simulate_hands_over_to_load(tmp_path: Path):
     )
     assert bad.returncode == 2
     assert "--workload" in bad.stderr  # argparse names the missing option
+
+
+def test_open_loop_gets_past_a_lull_longer_than_its_lookahead(data_dir: Path):
+    # The hour of trace at --time-scale 8 spun forever at request 6,010: the replica
+    # went idle, the next arrival instant (two requests) was more than the lookahead
+    # (10 virtual s) away; the first was submitted (the replica was empty), the second
+    # not (beyond the lookahead), and the replica, whose next event was that instant,
+    # never moved. The thread is only a guard, so a regression fails instead of hanging.
+    settings = Settings(emulate="llama-3-8b", pace="none", data_dir=data_dir, ddr_gb=0)
+    specs = [
+        workloads.RequestSpec(i, workloads.Api.COMPLETIONS, "x" * 64, 4, 64, arrival_s=t)
+        for i, t in enumerate((0.0, 100.0, 100.0))
+    ]
+    outcome: list[Any] = []
+
+    def run() -> None:
+        outcome.append(simulate_workload(settings, specs, Arrival(trace_times=True), Slo()))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the simulation hung"
+    records = outcome[0].outcome.records
+    assert [r.status for r in records] == [200, 200, 200]
+    assert min(r.start_s for r in records[1:]) == 100.0

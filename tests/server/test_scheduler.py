@@ -6,6 +6,7 @@ a temp dir.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -389,3 +390,29 @@ def test_urgent_request_takes_the_budget_of_worse_chunks(make_cache):
     sched.update_from_output(plan, {"urgent": X})
     run_to_end(sched)
     assert sched.num_preemptions == 0
+
+
+def test_queue_order_matches_the_plain_walk_for_mixed_priorities(make_cache):
+    # `_enqueue` skips the walk of the queue in its common cases (simulator profile of
+    # an overloaded replica); the order must stay exactly the walk's: by priority, new
+    # requests after their equals, resumed ones before them.
+    rng = random.Random(7)
+    sched = make_scheduler(make_cache(hbm_blocks=4))
+    expected: list[EngineRequest] = []
+    for i in range(300):
+        r = request(f"r{i}", [1, 2, 3], priority=rng.choice((-1, 0, 0, 0, 2)))
+        resumed = rng.random() < 0.3
+        index = next(
+            (
+                k
+                for k, o in enumerate(expected)
+                if o.priority > r.priority or (resumed and o.priority == r.priority)
+            ),
+            len(expected),
+        )
+        expected.insert(index, r)
+        sched._enqueue(r, resumed=resumed)
+        if rng.random() < 0.2:
+            expected.pop(0)
+            sched.waiting.popleft()
+    assert list(sched.waiting) == expected
