@@ -70,6 +70,7 @@ def test_an_external_redis_that_restarted_empty_is_reported_restarted(tmp_path):
         pid = server.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not server.is_running)  # the kill lands asynchronously
         server.restart()
         wait_for(lambda: health.take_restarts() == 1)
         assert health.state()[0] == "ok"
