@@ -42,7 +42,7 @@ class LoadBook:
 
     @property
     def num_in_flight(self) -> int:
-        """Loads someone waits for: pending and not cancelled, or landed, not handed over."""
+        """Loads pending and not cancelled, or landed and not handed over (prefetches too)."""
         pending = sum(1 for p in self._pending.values() if p.cancelled_blocks is None)
         return pending + len(self._landed)
 

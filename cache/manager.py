@@ -187,7 +187,8 @@ class CacheManager(PoolHandoff):
 
     @property
     def num_loads_in_flight(self) -> int:
-        """Loads someone waits for: submitted, not cancelled, not yet handed over by `poll`."""
+        """Loads submitted (prefetches included), not cancelled, not yet handed over by
+        `poll`."""
         return self._loads.num_in_flight
 
     def cancel_load(self, key: str, block_ids: Sequence[int]) -> None:

@@ -135,6 +135,8 @@ class EngineCore:
 
     def _observe(self, busy: bool | None) -> None:
         """The device is busy from one non-empty plan until a plan (or a poll with no
-        work) finds nothing to run: host time between steps is not load waiting."""
-        loading = self.cache.num_loads_in_flight > 0
+        work) finds nothing to run: host time between steps is not load waiting. A load
+        counts while a request waits for it (`Scheduler.is_waiting_for_loads`): a queued
+        request's prefetch nobody waits for yet is neither hidden nor exposed."""
+        loading = self.scheduler.is_waiting_for_loads
         self.overlap.observe(self._clock(), loading=loading, busy=busy)

@@ -92,6 +92,14 @@ class Scheduler:
     def num_loading(self) -> int:
         return len(self.requests) - len(self.waiting) - len(self.running)
 
+    @property
+    def is_waiting_for_loads(self) -> bool:
+        """A request waits for a load: admitted in LOADING_KV, or running a split hit
+        whose tail has not landed. A prefetch for a queued request does not count."""
+        return self.num_loading > 0 or any(
+            r.tail_load is not None and r.tail_load.num_loaded is None for r in self.running
+        )
+
     def has_schedulable_work(self) -> bool:
         return bool(self.running or self.waiting)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -15,8 +16,10 @@ from cache.manager import CacheConfig, CacheManager
 from cache.stats import Tier
 from cache.tiers.lmdb_tier import LmdbTier
 from npu_sim.device import get_device
+from npu_sim.executor import Executor
 from npu_sim.links import TierPaths, get_media
 from npu_sim.model_config import get_cost_model_config
+from server.engine.core import EngineCore
 from server.engine.load_planner import LoadPlanner
 from server.engine.request import FinishReason, RequestStatus
 from server.engine.scheduler import Scheduler, SchedulerConfig
@@ -321,3 +324,21 @@ def test_no_prefetch_starts_while_the_head_of_the_queue_waits_for_hbm(make_cache
         settle(sched)
     assert not sched.requests, f"stuck: {list(sched.requests)}"
     assert cache.pool.num_active_blocks == 0
+
+
+def test_a_prefetch_nobody_waits_for_is_not_counted_as_load_time(make_cache):
+    # The overlap figure (server.engine.overlap) measures the loads requests wait for. A
+    # queued request's prefetch running behind another request's step is neither hidden
+    # nor exposed load time: counting it inflated the hidden fraction.
+    cache = make_cache(hbm_blocks=16, flash_blocks=16)
+    fill_flash(cache, PROMPT)
+    sched = make_scheduler(cache, prefetch_blocks=8)
+    now = [0.0]
+    core = EngineCore(sched, cast(Executor, None), cache, clock=lambda: now[0])  # never executes
+    sched.add(request("busy", [100, 101, 102], max_tokens=3))
+    sched.add(request("r", PROMPT, max_tokens=2))
+    assert core.plan() is not None  # busy computes; r's prefetch starts
+    assert sched.requests["r"].is_prefetching
+    now[0] = 1.0
+    core.poll_transfers()
+    assert core.overlap.inflight_seconds == 0
