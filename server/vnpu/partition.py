@@ -28,7 +28,7 @@ from cache.supervisor import RedisSupervisor
 from npu_sim.arbiter import SharedCores
 from npu_sim.device import get_device
 from npu_sim.model_config import get_model_config
-from npu_sim.vnpu import DeviceSlice, Slicing, parse_vnpu, plan_partitions
+from npu_sim.vnpu import DeviceSlice, Slicing
 from server.config import GB, Settings
 from server.stack import (
     REDIS_MEMORY_FLOOR,
@@ -82,12 +82,6 @@ class VnpuDevice:
                 self.embedded_redis.stop()
 
 
-def plan_device(settings: Settings) -> list[DeviceSlice]:
-    """The slices `settings.vnpu` asks for (Settings has already checked they fit)."""
-    specs = [parse_vnpu(v) for v in settings.vnpu or ()]
-    return plan_partitions(get_device(settings.device), specs)
-
-
 def vnpu_settings(
     settings: Settings, sl: DeviceSlice, share: float, redis_url: str | None
 ) -> Settings:
@@ -117,7 +111,7 @@ def vnpu_settings(
 
 def check_fits(settings: Settings) -> None:
     """Raise `ConfigError` if a vNPU's model leaves too little of its HBM for KV."""
-    slices = plan_device(settings)
+    slices = settings.vnpu_slices
     total_hbm = sum(s.hbm_bytes for s in slices)
     for sl in slices:
         try:
@@ -134,7 +128,7 @@ def build_vnpu_device(
     `wakeup_for(name)` gives the callable that wakes vNPU `name`'s engine thread.
     Raises `ConfigError` (from `build_stack`) when a model does not fit its slice.
     """
-    slices = plan_device(settings)
+    slices = settings.vnpu_slices
     total_hbm = sum(s.hbm_bytes for s in slices)
     device = get_device(settings.device)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
