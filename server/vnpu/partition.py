@@ -31,13 +31,12 @@ from npu_sim.model_config import get_model_config
 from npu_sim.vnpu import DeviceSlice, Slicing
 from server.config import GB, Settings
 from server.stack import (
-    REDIS_MEMORY_FLOOR,
-    REDIS_MEMORY_HEADROOM,
     ConfigError,
     EngineSlice,
     EngineStack,
     build_stack,
     hbm_num_blocks,
+    redis_maxmemory,
     stored_fraction,
 )
 
@@ -139,8 +138,7 @@ def build_vnpu_device(
         if settings.ddr_bytes > 0 and url is None:
             # Sized in the bytes the vNPUs really store, as on one engine (stack.py).
             stored = sum(int(own.ddr_bytes * stored_fraction(own)) for own in owns)
-            memory = max(int(stored * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
-            embedded = EmbeddedRedis(settings.data_dir, memory).start()
+            embedded = EmbeddedRedis(settings.data_dir, redis_maxmemory(stored)).start()
             undo.callback(embedded.stop)
             url = embedded.url
         vnpus: list[VnpuStack] = []

@@ -205,7 +205,7 @@ def test_the_shared_redis_is_sized_in_stored_bytes(
         maxmemory = int(client.config_get("maxmemory")["maxmemory"])
         client.close()
         stored = settings.ddr_bytes * settings.kv_bytes_fraction
-        assert stored < maxmemory < 2 * stored  # headroom for Redis's own overhead
+        assert stored < maxmemory <= 1.25 * stored  # one headroom for Redis's own overhead
     finally:
         device.close()
 
