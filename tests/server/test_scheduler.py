@@ -7,7 +7,7 @@ a temp dir.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,8 +46,9 @@ def make_scheduler(
     return Scheduler(config, cache)
 
 
-@pytest.fixture
-def make_cache(tmp_path: Path) -> Iterator:
+def cache_factory(tmp_path: Path) -> Iterator[Callable[..., CacheManager]]:
+    """Yields `make(hbm_blocks, flash_blocks=0)`: a real `CacheManager` on `LAYOUT` (LMDB
+    flash under `tmp_path` when `flash_blocks`); closes every one made afterwards."""
     made: list[CacheManager] = []
 
     def make(hbm_blocks: int, flash_blocks: int = 0) -> CacheManager:
@@ -63,6 +64,11 @@ def make_cache(tmp_path: Path) -> Iterator:
     yield make
     for cache in made:
         cache.close()
+
+
+@pytest.fixture
+def make_cache(tmp_path: Path) -> Iterator[Callable[..., CacheManager]]:
+    yield from cache_factory(tmp_path)
 
 
 def request(
