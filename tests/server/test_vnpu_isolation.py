@@ -12,11 +12,11 @@ import pytest
 from npu_sim.cost_model import step_cost
 from server.vnpu.bench import (
     NEIGHBOUR,
-    NOISY,
     Clients,
     ClosedLoop,
     partitioned,
     preemption,
+    run_neighbours,
     sim_vnpus,
 )
 from server.vnpu.sim import ModelledDriver
@@ -26,20 +26,10 @@ HEAVY = ClosedLoop(concurrency=8, prompt_tokens=1024, output_tokens=8)
 
 
 def neighbour_token_times(mode: str, busy: bool, duration: float = 1.5) -> dict[str, list[float]]:
-    with partitioned([f"a=vir08:{NEIGHBOUR}", f"b=vir08:{NOISY}"]) as device:
-        a, b = sim_vnpus(device, mode)
-        driver = ModelledDriver([a, b])
-        ca = Clients(driver, a, LIGHT, device.vnpus[0].stack.numerics_id, seed=1)
-        ca.stop_at = duration
-        ca.start()
-        if busy:
-            cb = Clients(driver, b, HEAVY, device.vnpus[1].stack.numerics_id, seed=2)
-            cb.stop_at = duration
-            cb.start()
-        driver.run(until=duration)
-        if busy:  # the noisy vNPU really is saturated (on shared cores: its share)
-            assert b.busy_seconds > (0.9 if mode == "hard" else 0.4) * duration
-        return a.token_times
+    a, b = run_neighbours(mode, LIGHT, HEAVY if busy else None, duration)
+    if busy:  # the noisy vNPU really is saturated (on shared cores: its share)
+        assert b.busy_seconds > (0.9 if mode == "hard" else 0.4) * duration
+    return a.token_times
 
 
 def test_hard_slicing_isolates_the_neighbour_exactly() -> None:
