@@ -5,9 +5,12 @@ families their collectors build from the engine's stats at scrape time."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+F = TypeVar("F", GaugeMetricFamily, CounterMetricFamily)
 
 
 def histogram(
@@ -25,19 +28,21 @@ def gauge(
     name: str, doc: str, value: float, labels: Mapping[str, str] | None = None
 ) -> GaugeMetricFamily:
     """A gauge family `name` holding one sample, `value`, labelled `labels` (if any)."""
-    if not labels:
-        return GaugeMetricFamily(name, doc, value=value)
-    family = GaugeMetricFamily(name, doc, labels=list(labels))
-    family.add_metric(list(labels.values()), value)
-    return family
+    return _one_sample(GaugeMetricFamily, name, doc, value, labels)
 
 
 def counter(
     name: str, doc: str, value: float, labels: Mapping[str, str] | None = None
 ) -> CounterMetricFamily:
     """A counter family `name` holding one sample, `value`, labelled `labels` (if any)."""
+    return _one_sample(CounterMetricFamily, name, doc, value, labels)
+
+
+def _one_sample(
+    family_type: type[F], name: str, doc: str, value: float, labels: Mapping[str, str] | None
+) -> F:
     if not labels:
-        return CounterMetricFamily(name, doc, value=value)
-    family = CounterMetricFamily(name, doc, labels=list(labels))
+        return family_type(name, doc, value=value)
+    family = family_type(name, doc, labels=list(labels))
     family.add_metric(list(labels.values()), value)
     return family
