@@ -399,7 +399,7 @@ def test_urgent_request_takes_the_budget_of_worse_chunks(make_cache):
 
 
 def test_queue_order_matches_the_plain_walk_for_mixed_priorities(make_cache):
-    # `_enqueue` skips the walk of the queue in its common cases (simulator profile of
+    # `WaitingQueue.enqueue` skips the walk of the queue in its common cases (simulator profile of
     # an overloaded replica); the order must stay exactly the walk's: by priority, new
     # requests after their equals, resumed ones before them.
     rng = random.Random(7)
@@ -417,7 +417,7 @@ def test_queue_order_matches_the_plain_walk_for_mixed_priorities(make_cache):
             len(expected),
         )
         expected.insert(index, r)
-        sched._enqueue(r, resumed=resumed)
+        sched.waiting.enqueue(r, resumed=resumed)
         if rng.random() < 0.2:
             expected.pop(0)
             sched.waiting.popleft()
