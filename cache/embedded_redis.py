@@ -31,8 +31,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 SOCKET_NAME = "redis.sock"
-MAXMEMORY_HEADROOM = 1.25
-"""``maxmemory`` = requested bytes × this: room for Redis's per-key overhead."""
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _START_TIMEOUT_S = 10.0
@@ -94,6 +92,9 @@ def _tail(path: Path, num_lines: int = 20) -> str:
 class EmbeddedRedis:
     """One ``redis-server`` child process serving ``unix://<data_dir>/redis.sock``.
 
+    Its ``maxmemory`` is ``maxmemory_bytes`` exactly: the caller sizes it, room for
+    Redis's own overhead included (the server: ``server.stack.redis_maxmemory``).
+
     ``start()`` blocks until the server answers PING (at most 10 s); ``stop()`` is
     idempotent.  Raises :class:`EmbeddedRedisError` for a socket path longer than the
     107-byte unix limit (at construction), a data dir already served by a live
@@ -129,7 +130,6 @@ class EmbeddedRedis:
         return self._process is not None and self._process.poll() is None
 
     def _config(self) -> str:
-        maxmemory = int(self.maxmemory_bytes * MAXMEMORY_HEADROOM)
         return "\n".join(
             [
                 "port 0",
@@ -137,7 +137,7 @@ class EmbeddedRedis:
                 "unixsocketperm 700",
                 'save ""',
                 "appendonly no",
-                f"maxmemory {maxmemory}",
+                f"maxmemory {self.maxmemory_bytes}",
                 "maxmemory-policy noeviction",
                 f"dir {_quote(str(self.data_dir))}",
                 f"logfile {_quote(str(self.data_dir / _LOG_NAME))}",

@@ -18,15 +18,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from load import policy_sim, report, simulate_cli, workloads
-from load.argparser import OneLineErrorParser
+from load.argparser import OneLineErrorParser, positive_int
 from load.client import ServerUnreachableError
 from load.html_report import write_html_report
-from load.metrics_sampler import DEFAULT_INTERVAL_S
 from load.plots import write_plots
 from load.report import make_console
-from load.runner import Arrival, run_workload
+from load.runner import run_workload
 from load.stats import RequestRecord, Slo
-from load.trace import TRACE_SOURCE, TraceScale, read_trace, resolve_trace_path
+from load.trace import TRACE_SOURCE, read_trace, resolve_trace_path
+from load.workload_args import (
+    WORKLOAD_HELP,
+    add_workload_options,
+    arrival_of,
+    build_specs,
+    other_workloads_options,
+)
 
 BENCHES = ("tiers", "ttft", "capacity", "overhead")
 
@@ -35,13 +41,6 @@ TOKEN_NOTE = (
     "exact for tierkv); for other servers (vLLM, ...) they are approximate: a real "
     "tokenizer packs these synthetic texts into fewer tokens."
 )
-
-WORKLOAD_HELP = {
-    "multiturn": "chats sharing a system prompt, each turn resending the history",
-    "shared-prefix": "questions about a few long documents",
-    "trace": "Mooncake trace replay (--trace)",
-    "random": "unrelated random prompts (no sharing)",
-}
 
 EXAMPLES = f"""examples:
   tierkv-load run --base-url http://127.0.0.1:8000 --workload multiturn --out runs/mt
@@ -96,36 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
     p.add_argument(
@@ -144,90 +113,6 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     add_workload_options(p, client=True)
 
 
-def add_workload_options(p: argparse.ArgumentParser, client: bool) -> None:
-    """The workload, slice and arrival options of `run` (and of `simulate`, which has
-    no HTTP client: `client` False leaves out the client-only ones)."""
-    p.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
-    p.add_argument(
-        "--num-requests", type=_positive_int, help="cap on requests (random: how many; default 100)"
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=_positive_int,
-        help="output tokens per request (default 128; trace: a cap on its lengths)",
-    )
-    arrival = p.add_mutually_exclusive_group()
-    arrival.add_argument(
-        "--rate",
-        type=_positive_float,
-        help="open loop: Poisson arrivals at R requests/s ('inf': all at once)",
-    )
-    arrival.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        help="closed loop: C requests in flight (default 4; trace default: its own timestamps)",
-    )
-    p.add_argument("--slo-ttft", type=_positive_float, help="TTFT SLO in ms for goodput")
-    p.add_argument("--slo-tpot", type=_positive_float, help="TPOT SLO in ms for goodput")
-    if client:
-        p.add_argument(
-            "--ignore-eos",
-            action=argparse.BooleanOptionalAction,
-            default=True,
-            help="ask the server to generate exactly max_tokens (vLLM/tierkv extension)",
-        )
-        p.add_argument("--timeout", type=_positive_float, default=600.0, help="per request, s")
-        p.add_argument("--api-key", help="sent as a bearer token")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and report.html")
-    if client:
-        p.add_argument(
-            "--metrics-interval",
-            type=_non_negative_float,
-            default=DEFAULT_INTERVAL_S,
-            metavar="S",
-            help="sample the server's /metrics every S seconds during "
-            "the run (default %(default)s; 0: only before and after)",
-        )
-    g = p.add_argument_group("multiturn (default 16 users x 8 turns = 128 requests)")
-    g.add_argument("--num-users", type=_positive_int, default=16)
-    g.add_argument("--num-turns", type=_positive_int, default=8)
-    g.add_argument("--system-len", type=int, default=256, help="shared system prompt, tokens")
-    g.add_argument("--user-len", type=_positive_int, default=64, help="user message, tokens")
-    g = p.add_argument_group("shared-prefix (default 8 documents x 16 questions = 128 requests)")
-    g.add_argument("--num-docs", type=_positive_int, default=8)
-    g.add_argument("--questions-per-doc", type=_positive_int, default=16)
-    g.add_argument("--doc-len", type=_positive_int, default=2048, help="tokens")
-    g.add_argument("--question-len", type=_positive_int, default=64, help="tokens")
-    g = p.add_argument_group("random")
-    g.add_argument("--input-len", type=_positive_int, default=512, help="tokens")
-    g = p.add_argument_group("trace")
-    g.add_argument(
-        "--trace",
-        help="Mooncake-format JSONL trace: a path (absolute or "
-        "relative to the current directory) or a shipped trace's file name "
-        "(default: the shipped conversation trace)",
-    )
-    g.add_argument("--trace-offset", type=int, default=0, help="skip this many records")
-    g.add_argument(
-        "--length-scale",
-        type=_positive_float,
-        default=1.0,
-        help="multiply prompt and block lengths (the real trace averages 12k "
-        "tokens: try 0.05 on a small machine)",
-    )
-    g.add_argument(
-        "--output-scale",
-        type=_positive_float,
-        help="multiply output lengths (default: --length-scale)",
-    )
-    g.add_argument(
-        "--time-scale",
-        type=_positive_float,
-        default=1.0,
-        help="multiply inter-arrival times (0.1 = ten times faster)",
-    )
-
-
 def _add_policy(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trace",
@@ -239,7 +124,7 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
         "--capacity-blocks",
         required=True,
         nargs="+",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="cache sizes in trace blocks",
     )
@@ -249,7 +134,7 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
         + _policy_choices()
         + " (default: all; lru and belady are always included)",
     )
-    p.add_argument("--num-requests", type=_positive_int, help="use only the first N records")
+    p.add_argument("--num-requests", type=positive_int, help="use only the first N records")
     p.add_argument("--trace-offset", type=int, default=0)
     p.add_argument(
         "--hbm-fraction",
@@ -261,72 +146,8 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="JSON file for the table")
 
 
-# the options of each workload's argument group
-WORKLOAD_OPTIONS = {
-    "multiturn": ("num_users", "num_turns", "system_len", "user_len"),
-    "shared-prefix": ("num_docs", "questions_per_doc", "doc_len", "question_len"),
-    "random": ("input_len",),
-    "trace": ("trace", "trace_offset", "length_scale", "output_scale", "time_scale"),
-}
-
-
-def _other_workloads_options(workload: str) -> set[str]:
-    """Options that do not apply to ``workload`` (left out of result.json)."""
-    return {o for w, opts in WORKLOAD_OPTIONS.items() if w != workload for o in opts}
-
-
 def _policy_choices() -> str:
     return ", ".join(policy_sim.registered_policy_names())
-
-
-def build_specs(args: argparse.Namespace) -> list[workloads.RequestSpec]:
-    """The workload selected by ``run``'s options; ValueError on bad combinations."""
-    max_tokens = args.max_tokens or 128
-    if args.workload != "trace" and args.trace is not None:
-        raise ValueError("--trace is only for --workload trace")
-    if args.workload == "multiturn":
-        return workloads.multiturn(
-            args.num_users,
-            args.num_turns,
-            args.system_len,
-            args.user_len,
-            max_tokens,
-            args.seed,
-            args.num_requests,
-        )
-    if args.workload == "shared-prefix":
-        return workloads.shared_prefix(
-            args.num_docs,
-            args.questions_per_doc,
-            args.doc_len,
-            args.question_len,
-            max_tokens,
-            args.seed,
-            args.num_requests,
-        )
-    if args.workload == "random":
-        return workloads.random_prompts(
-            args.num_requests or 100, args.input_len, max_tokens, args.seed
-        )
-    scale = TraceScale(
-        length=args.length_scale,
-        output=args.output_scale or args.length_scale,
-        time=args.time_scale,
-    )
-    records = read_trace(
-        resolve_trace_path(args.trace), limit=args.num_requests, offset=args.trace_offset
-    )
-    return workloads.trace_replay(records, scale, args.seed, args.max_tokens)
-
-
-def arrival_of(args: argparse.Namespace) -> Arrival:
-    if args.rate is not None:
-        return Arrival(rate=args.rate, seed=args.seed)
-    if args.concurrency is not None:
-        return Arrival(concurrency=args.concurrency)
-    if args.workload == "trace":
-        return Arrival(trace_times=True)
-    return Arrival(concurrency=4)
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -382,7 +203,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         "options": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
-            if k not in ("command", "api_key") and k not in _other_workloads_options(args.workload)
+            if k not in ("command", "api_key") and k not in other_workloads_options(args.workload)
         },
     }
     result = report.build_result(outcome, meta)

@@ -21,6 +21,13 @@ from load.plots import write_plots
 from load.plots_sweep import write_sweep_plot
 from load.simulate import SimOutcome, simulate_workload
 from load.stats import RequestRecord, Slo
+from load.workload_args import (
+    WORKLOAD_HELP,
+    add_workload_options,
+    arrival_of,
+    build_specs,
+    other_workloads_options,
+)
 from server.cli import FLAG_CHOICES
 from server.config import Settings
 from server.simulate.engine import SimulationStuckError
@@ -58,8 +65,6 @@ result.json in `run`'s schema (times are virtual), the plots and report.html. Wi
 
 
 def add_parser(sub: Any) -> None:
-    from load.cli import WORKLOAD_HELP, add_workload_options
-
     p = sub.add_parser(
         "simulate",
         help="replay a workload on the server's scheduler and cache, virtual clock",
@@ -116,8 +121,6 @@ def settings_of(args: argparse.Namespace, ddr_gb: float, flash_gb: float) -> Set
 
 
 def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
-    from load.cli import arrival_of, build_specs
-
     default = Settings.model_fields
     ddr_sizes = list(getattr(args, "ddr_gb", [default["ddr_gb"].default]))
     flash_sizes = list(getattr(args, "flash_gb", [default["flash_gb"].default]))
@@ -195,8 +198,6 @@ def _write_run(
     out: Path,
     console: Console,
 ) -> dict[str, Any]:
-    from load.cli import _other_workloads_options
-
     meta = {
         "workload": args.workload,
         "base_url": "simulated",
@@ -207,7 +208,7 @@ def _write_run(
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
             if k not in ("command", *SIM_SETTINGS)
-            and k not in _other_workloads_options(args.workload)
+            and k not in other_workloads_options(args.workload)
         },
         "simulated": {
             "settings": {n: _plain(getattr(settings, n)) for n in SIM_SETTINGS},

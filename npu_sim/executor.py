@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from npu_sim.arbiter import SharedCores
-from npu_sim.cost_model import step_cost
+from npu_sim.cost_model import StepCost, step_cost
 from npu_sim.device import DeviceSpec
 from npu_sim.model import SeqChunk
 from npu_sim.model_config import ModelConfig
@@ -128,11 +128,7 @@ class Executor:
     def cost_seconds(self, seqs: Sequence[StepSequence]) -> float:
         """Modelled device time of a step over `seqs` (what `step` charges), without
         running it."""
-        return step_cost(
-            self._model_config,
-            self._device,
-            [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs],
-        ).seconds
+        return batch_cost(self._model_config, self._device, seqs).seconds
 
     def step(self, seqs: Sequence[StepSequence]) -> StepResult:
         """Run one forward over `seqs`, sample, and (with `Pace.REAL`) wait out the device.
@@ -156,11 +152,7 @@ class Executor:
             if s.sampler is not None:
                 sampled[s.seq_id] = s.sampler.sample(logits[row])
                 row += 1
-        cost = step_cost(
-            self._model_config,
-            self._device,
-            [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs],
-        )
+        cost = batch_cost(self._model_config, self._device, seqs)
         # On shared cores the step also waits for the neighbours' booked device time.
         end = started + cost.seconds
         if self._cores is not None:
@@ -176,6 +168,21 @@ class Executor:
             modelled_seconds=cost.seconds,
             wall_seconds=wall,
         )
+
+
+def batch_cost(
+    model_config: ModelConfig, device: DeviceSpec, seqs: Sequence[StepSequence]
+) -> StepCost:
+    """Modelled cost of one step over `seqs` on `device`, charged for `model_config`.
+
+    The one place a batch of `StepSequence`s becomes `step_cost` chunks: `Executor.step`
+    charges it, `Executor.cost_seconds` and the vNPU driver (`server.vnpu.sim`) predict
+    it, so they cannot disagree. Same preconditions as `step_cost` (`ValueError` for an
+    empty chunk); an empty batch costs nothing.
+    """
+    return step_cost(
+        model_config, device, [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in seqs]
+    )
 
 
 def _sleep_until(deadline: float) -> None:

@@ -14,49 +14,21 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from load.bench._servers import tierkv_server
-from load.client import ClientOptions, make_client, stream_request
-from load.workloads import Api
-
-FLAGS = (
-    "--emulate",
-    "llama-3-8b",
-    "--device",
-    "h100-sxm",
-    "--pace",
-    "real",
-    "--hbm-gb",
-    "40",
-    "--ddr-gb",
-    "0",
-    "--flash-gb",
-    "8",
-    "--max-model-len",
-    "8192",
-    "--log-level",
-    "warning",
-)
+from load.bench._servers import emulated_flash_server, warm_then_offload
 
 
 async def ttft_and_cached(base_url: str, prompt: str) -> tuple[float, int]:
-    async with make_client() as client:
-        opts = ClientOptions(base_url=base_url, model="llama-3-8b")
-        record = await stream_request(
-            client, opts, Api.COMPLETIONS, prompt, 1, 0, time.perf_counter()
-        )
-        if not record.is_ok or record.ttft_s is None:
-            raise RuntimeError(f"request failed: HTTP {record.status} {record.error}")
-        await client.post(f"{base_url}/cache/offload", json={"tier": "hbm"})
-        return record.ttft_s, record.cached_tokens
+    """TTFT and cached tokens of `prompt` alone; its blocks are offloaded afterwards."""
+    (record,) = await warm_then_offload(base_url, [prompt])
+    assert record.ttft_s is not None  # warm_then_offload raised otherwise
+    return record.ttft_s, record.cached_tokens
 
 
 def measure(media: str, policy: str) -> tuple[str, float, float]:
     data = Path(tempfile.mkdtemp(prefix="xo-")) / "data"
-    flags = (*FLAGS, "--flash-media", media, "--load-policy", policy)
-    with tierkv_server(data, *flags) as server:
+    with emulated_flash_server(data, "--flash-media", media, "--load-policy", policy) as server:
         rows = []
         for i in range(3):
             prompt = f"{i} " + "y" * 4094

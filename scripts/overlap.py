@@ -23,32 +23,11 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from load.bench._servers import tierkv_server
+from load.bench._servers import EMULATED_MODEL, emulated_flash_server, warm_then_offload
 from load.client import ClientOptions, make_client, stream_request
 from load.workloads import Api
 
-FLAGS = (
-    "--emulate",
-    "llama-3-8b",
-    "--device",
-    "h100-sxm",
-    "--pace",
-    "real",
-    "--hbm-gb",
-    "40",
-    "--ddr-gb",
-    "0",
-    "--flash-gb",
-    "8",
-    "--flash-media",
-    "nvme",
-    "--max-num-seqs",
-    "4",
-    "--max-model-len",
-    "8192",
-    "--log-level",
-    "warning",
-)
+FLAGS = ("--flash-media", "nvme", "--max-num-seqs", "4")
 SETTINGS = {
     "baseline": ("--prefetch-fraction", "0", "--load-policy", "always"),
     "prefetch": ("--prefetch-fraction", "0.25", "--load-policy", "always"),
@@ -73,12 +52,10 @@ def metrics(base_url: str) -> dict[str, float]:
 
 
 async def workload(base_url: str, round_no: int, num_decodes: int) -> list[float]:
-    opts = ClientOptions(base_url=base_url, model="llama-3-8b")
+    await warm_then_offload(base_url, [reload_prompt(i) for i in range(NUM_RELOADS)])
+    opts = ClientOptions(base_url=base_url, model=EMULATED_MODEL)
     async with make_client() as client:
         t0 = time.perf_counter()
-        for i in range(NUM_RELOADS):  # warm, then push to DDR
-            await stream_request(client, opts, Api.COMPLETIONS, reload_prompt(i), 1, i, t0)
-        await client.post(f"{base_url}/cache/offload", json={"tier": "hbm"})
         decodes = [
             stream_request(client, opts, Api.COMPLETIONS, f"decode {round_no} {i} " * 8, 96, i, t0)
             for i in range(num_decodes)
@@ -95,8 +72,8 @@ async def workload(base_url: str, round_no: int, num_decodes: int) -> list[float
 
 
 def run(work: str, name: str, round_no: int) -> str:
-    data = Path(tempfile.mkdtemp(prefix="overlap-", dir="/tmp/prefetch")) / "data"
-    with tierkv_server(data, *FLAGS, *SETTINGS[name]) as server:
+    data = Path(tempfile.mkdtemp(prefix="overlap-")) / "data"
+    with emulated_flash_server(data, *FLAGS, *SETTINGS[name]) as server:
         before = metrics(server.base_url)
         ttfts = asyncio.run(workload(server.base_url, round_no, WORKLOADS[work]))
         after = metrics(server.base_url)

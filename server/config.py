@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cache.policies.admission import ADMISSION_POLICIES
@@ -19,7 +19,7 @@ from npu_sim.device import get_device
 from npu_sim.emulated import DEFAULT_KV_BYTES_FRACTION, stored_head_dim
 from npu_sim.links import DEFAULT_DDR_MEDIA, DEFAULT_FLASH_MEDIA, get_media
 from npu_sim.model_config import get_cost_model_config, get_model_config
-from npu_sim.vnpu import parse_vnpu, plan_partitions
+from npu_sim.vnpu import DeviceSlice, parse_vnpu, plan_partitions
 
 GB = 1024**3
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -232,6 +232,9 @@ class Settings(BaseSettings):
         "shared DDR pool before answering; decode finds a prompt's blocks there before "
         "admitting it; both: neither (needs --redis-url and --ddr-gb > 0 unless both).",
     )
+    # `vnpu` parsed and planned once, by validation (see `vnpu_slices`), with the specs
+    # it was planned from.
+    _vnpu_plan: tuple[tuple[str, ...], tuple[DeviceSlice, ...]] = PrivateAttr(((), ()))
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -299,7 +302,21 @@ class Settings(BaseSettings):
         models = [s.model for s in specs]
         if len(set(models)) != len(models):
             raise ValueError(f"each vNPU needs its own model (requests route by it): {models}")
-        plan_partitions(get_device(self.device), specs)
+        slices = plan_partitions(get_device(self.device), specs)
+        self._vnpu_plan = (tuple(self.vnpu), tuple(slices))
+
+    @property
+    def vnpu_slices(self) -> tuple[DeviceSlice, ...]:
+        """The vNPUs `--vnpu` asks for, parsed and laid out on `--device` by validation
+        (in `--vnpu` order; empty without `--vnpu`). The one parse of `vnpu`: stack, CLI
+        and `server.vnpu` read this. A copy with another `vnpu` must be validated anew
+        (`RuntimeError` otherwise); one with `vnpu=None` has none."""
+        source, slices = self._vnpu_plan
+        if not self.vnpu:
+            return ()
+        if tuple(self.vnpu) != source:
+            raise RuntimeError("Settings.vnpu changed without validation: build a new Settings")
+        return slices
 
     @property
     def served_model(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from cache.stats import LATENCY_BUCKETS, CacheStats, Tier, TierOp
 from npu_sim.links import TransferTotals
 from server.engine.core import EngineStats
+from server.metrics_common import counter, gauge, histogram
 from server.vllm_metrics import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 
 # The same buckets as the vllm: series (vLLM's loggers.py), so both read alike.
@@ -35,23 +36,23 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = histogram(
+            self.registry,
             "tierkv:time_to_first_token_seconds",
             "Time to first token.",
-            buckets=TTFT_BUCKETS,
-            registry=self.registry,
+            TTFT_BUCKETS,
         )
-        self.inter_token_latency = Histogram(
+        self.inter_token_latency = histogram(
+            self.registry,
             "tierkv:inter_token_latency_seconds",
             "Time between consecutive output tokens.",
-            buckets=ITL_BUCKETS,
-            registry=self.registry,
+            ITL_BUCKETS,
         )
-        self.e2e_latency = Histogram(
+        self.e2e_latency = histogram(
+            self.registry,
             "tierkv:e2e_request_latency_seconds",
             "End-to-end latency of every finished request (aborts included).",
-            buckets=E2E_BUCKETS,
-            registry=self.registry,
+            E2E_BUCKETS,
         )
         self.request_success = Counter(
             "tierkv:request_success",
@@ -118,56 +119,53 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         engine, cache = self._source()
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"tierkv:{name}", doc, value=value)
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(f"tierkv:{name}", doc, value=value)
-
-        yield gauge("num_requests_running", "Requests in the running batch.", engine.num_running)
-        yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", engine.num_waiting)
         yield gauge(
-            "num_requests_loading_kv", "Requests waiting for KV reloads.", engine.num_loading
+            "tierkv:num_requests_running", "Requests in the running batch.", engine.num_running
+        )
+        yield gauge(
+            "tierkv:num_requests_waiting", "Requests waiting to be scheduled.", engine.num_waiting
+        )
+        yield gauge(
+            "tierkv:num_requests_loading_kv", "Requests waiting for KV reloads.", engine.num_loading
         )
         yield counter(
-            "num_preemptions", "Requests preempted for lack of HBM.", engine.num_preemptions
+            "tierkv:num_preemptions", "Requests preempted for lack of HBM.", engine.num_preemptions
         )
         yield counter(
-            "prompt_tokens",
+            "tierkv:prompt_tokens",
             "Prompt tokens computed (prefill, not cached).",
             engine.num_prompt_tokens_computed,
         )
-        yield counter("generation_tokens", "Generated tokens.", engine.num_generated_tokens)
+        yield counter("tierkv:generation_tokens", "Generated tokens.", engine.num_generated_tokens)
         yield counter(
-            "npu_modelled_busy_seconds",
+            "tierkv:npu_modelled_busy_seconds",
             "Modelled device time of all steps.",
             engine.modelled_busy_seconds,
         )
         yield counter(
-            "npu_wall_busy_seconds",
+            "tierkv:npu_wall_busy_seconds",
             "Wall time of all steps on this host.",
             engine.wall_busy_seconds,
         )
-        yield counter("engine_steps", "Engine steps run.", engine.num_steps)
+        yield counter("tierkv:engine_steps", "Engine steps run.", engine.num_steps)
         yield counter(
-            "prefetched_blocks",
+            "tierkv:prefetched_blocks",
             "Lower-tier blocks whose reload started while their request was queued.",
             engine.num_prefetched_blocks,
         )
         yield counter(
-            "tier_load_inflight_seconds",
+            "tierkv:tier_load_inflight_seconds",
             "Time with at least one KV reload (admitted or prefetched) in flight.",
             engine.load_inflight_seconds,
         )
         yield counter(
-            "tier_transfer_exposed_seconds",
+            "tierkv:tier_transfer_exposed_seconds",
             "Of that time, the part the NPU sat idle waiting (1 - exposed/inflight is the "
             "share of reload time hidden behind compute).",
             engine.load_exposed_seconds,
         )
         yield counter(
-            "prefix_cache_queries",
+            "tierkv:prefix_cache_queries",
             "Prompt tokens looked up in the prefix cache.",
             cache.query_tokens,
         )

@@ -28,7 +28,7 @@ series carries vLLM's `model_name` and `engine` labels. Meanings, as in vLLM v1:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,6 +37,9 @@ from prometheus_client.registry import Collector
 from cache.stats import CacheStats, Tier
 from server.engine.core import EngineStats
 from server.engine.request import FinishedRequest, FinishReason, RequestOutput
+from server.metrics_common import counter as one_counter
+from server.metrics_common import gauge as one_gauge
+from server.metrics_common import histogram as new_histogram
 
 # vLLM's buckets (loggers.py).
 TTFT_BUCKETS = (
@@ -146,8 +149,8 @@ class VllmMetrics:
         self._labels = (model_name, "0")
         token_buckets = build_1_2_5_buckets(max_model_len)
 
-        def histogram(name: str, doc: str, buckets: tuple | list) -> Histogram:
-            return Histogram(f"vllm:{name}", doc, LABELS, buckets=buckets, registry=registry)
+        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
+            return new_histogram(registry, f"vllm:{name}", doc, buckets, LABELS)
 
         def counter(name: str, doc: str) -> Counter:
             return Counter(f"vllm:{name}", doc, LABELS, registry=registry)
@@ -238,6 +241,7 @@ class _Collector(Collector):
     ) -> None:
         self._source = source
         self._labels = list(labels)
+        self._label_map = dict(zip(LABELS, labels, strict=True))
         self._block_size = block_size
         self._num_gpu_blocks = num_gpu_blocks
 
@@ -245,14 +249,10 @@ class _Collector(Collector):
         engine, cache = self._source()
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(f"vllm:{name}", doc, labels=LABELS)
-            g.add_metric(self._labels, value)
-            return g
+            return one_gauge(f"vllm:{name}", doc, value, self._label_map)
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            c = CounterMetricFamily(f"vllm:{name}", doc, labels=LABELS)
-            c.add_metric(self._labels, value)
-            return c
+            return one_counter(f"vllm:{name}", doc, value, self._label_map)
 
         yield gauge("num_requests_running", "Requests in the running batch.", engine.num_running)
         yield gauge(

@@ -1,5 +1,6 @@
 """Starting servers for benchmarks and tests: a subprocess on a free port, ready when
-``GET /health`` answers 200 (polled, never a fixed sleep), stopped at the end.
+``GET /health`` answers 200 (polled, never a fixed sleep), stopped at the end. Also the
+emulated flash-only server of the reload scripts and their warm-then-offload step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from load.client import ClientOptions, RequestRecord, make_client, stream_request
+from load.workloads import Api
+
+# What `emulated_flash_server` serves (clients name it as the model).
+EMULATED_MODEL = "llama-3-8b"
 
 
 class ServerStartError(RuntimeError):
@@ -173,3 +180,38 @@ def bare_sse_server(log_path: Path, port: int | None = None) -> ManagedServer:
         "warning",
     ]
     return ManagedServer(argv, port, log_path, startup_timeout_s=60.0)
+
+
+def emulated_flash_server(data_dir: Path, *flags: str) -> ManagedServer:
+    """`tierkv serve --emulate llama-3-8b --device h100-sxm --pace real` (steps and
+    transfers last their modelled time) with 40 GB of HBM, DDR off and 8 GB of flash, so
+    an HBM offload lands in flash; `flags` add to or override these (the last wins)."""
+    return tierkv_server(
+        data_dir,
+        *("--emulate", EMULATED_MODEL, "--device", "h100-sxm", "--pace", "real"),
+        *("--hbm-gb", "40", "--ddr-gb", "0", "--flash-gb", "8", "--max-model-len", "8192"),
+        *("--log-level", "warning"),
+        *flags,
+    )
+
+
+async def warm_then_offload(base_url: str, prompts: list[str]) -> list[RequestRecord]:
+    """Send each prompt alone, one after the other (one output token), then
+    `POST /cache/offload {"tier": "hbm"}`: their blocks leave HBM for the tier below.
+
+    Returns the records (times relative to the first request's start). Raises
+    `RuntimeError` if a request or the offload fails.
+    """
+    opts = ClientOptions(base_url=base_url, model=EMULATED_MODEL)
+    records = []
+    async with make_client() as client:
+        t0 = time.perf_counter()
+        for i, prompt in enumerate(prompts):
+            record = await stream_request(client, opts, Api.COMPLETIONS, prompt, 1, i, t0)
+            if not record.is_ok or record.ttft_s is None:
+                raise RuntimeError(f"request failed: HTTP {record.status} {record.error}")
+            records.append(record)
+        resp = await client.post(f"{base_url}/cache/offload", json={"tier": "hbm"})
+        if resp.status_code != 200:
+            raise RuntimeError(f"POST /cache/offload: HTTP {resp.status_code} {resp.text}")
+    return records

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cache.records import PrefixHit
 from cache.stats import Tier
 from npu_sim.cost_model import step_cost
 from npu_sim.device import DeviceSpec
@@ -44,6 +45,21 @@ class LoadPlanner:
     logical_block_bytes: int
     block_size: int
     chunk_tokens: int  # the step's token budget (long prompts prefill in chunks)
+
+    def plan(self, hit: PrefixHit, num_tokens: int, is_idle: bool) -> tuple[PrefixHit, int]:
+        """The part of `hit` worth reloading for a prompt of `num_tokens`, and how many of
+        its lower-tier blocks to compute while the others load (0: none). Splits (`split`)
+        only on an `is_idle` device: the split trades device time for TTFT, and in a
+        busy batch a load hides behind the others' compute (`blocks_to_load`)."""
+        if not hit.lower:
+            return hit, 0
+        tiers = [tier for _, tier in hit.lower]
+        head, h = 0, len(hit.hbm_block_ids)
+        if is_idle:
+            head, k = self.split(h, tiers, num_tokens)
+        else:
+            k = self.blocks_to_load(h, tiers, num_tokens)
+        return PrefixHit(hit.hbm_block_ids, hit.lower[:k]), head
 
     def load_seconds(self, tiers: Sequence[Tier]) -> float:
         """Modelled time to reload blocks from `tiers` (one entry per block)."""

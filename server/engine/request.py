@@ -67,7 +67,7 @@ class EngineRequest:
     num_committed_blocks: int = 0
     num_cached_tokens: int | None = None  # prompt tokens served from cache on admission
     # While waiting: blocks a prefetch holds (its HBM hits, then its slots), and whether
-    # its load is still in flight (see Scheduler._prefetch).
+    # its load is still in flight (see server.engine.prefetch).
     prefetch_block_ids: list[int] = field(default_factory=list)
     prefetch_num_hbm_blocks: int = 0
     is_prefetching: bool = False

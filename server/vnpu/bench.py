@@ -130,6 +130,27 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def run_neighbours(
+    mode: str, neighbour: ClosedLoop, noisy: ClosedLoop | None, duration: float
+) -> tuple[SimVnpu, SimVnpu]:
+    """Two vir08 vNPUs serving NEIGHBOUR (a) and NOISY (b), sharing the device as `mode`
+    says (see isolation()), run for `duration` modelled seconds: a's clients send
+    `neighbour`, b's send `noisy` (None: b stays idle). Returns (a, b) after the run, with
+    their token times and busy seconds (their engines are closed)."""
+    with partitioned([f"a=vir08:{NEIGHBOUR}", f"b=vir08:{NOISY}"]) as device:
+        a, b = sim_vnpus(device, mode)
+        driver = ModelledDriver([a, b])
+        for seed, (v, stack, load) in enumerate(
+            zip((a, b), device.vnpus, (neighbour, noisy), strict=True), start=1
+        ):
+            if load is not None:
+                clients = Clients(driver, v, load, stack.stack.numerics_id, seed=seed)
+                clients.stop_at = duration
+                clients.start()
+        driver.run(until=duration)
+    return a, b
+
+
 def isolation(duration: float, warmup: float) -> dict[str, Any]:
     """Neighbour's ITL with the other vNPU idle, then saturated, per sharing mode.
 
@@ -143,24 +164,14 @@ def isolation(duration: float, warmup: float) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for mode in MODES:
         for busy in (False, True):
-            with partitioned([f"a=vir08:{NEIGHBOUR}", f"b=vir08:{NOISY}"]) as device:
-                a, b = sim_vnpus(device, mode)
-                driver = ModelledDriver([a, b])
-                ca = Clients(driver, a, neighbour, device.vnpus[0].stack.numerics_id, seed=1)
-                ca.stop_at = duration
-                ca.start()
-                if busy:
-                    cb = Clients(driver, b, noisy, device.vnpus[1].stack.numerics_id, seed=2)
-                    cb.stop_at = duration
-                    cb.start()
-                driver.run(until=duration)
-                itl = a.itls(since=warmup, until=duration)
-                results[f"{mode}/{'saturated' if busy else 'idle'}"] = {
-                    "neighbour_itl_p50_ms": 1e3 * _pct(itl, 50),
-                    "neighbour_itl_p99_ms": 1e3 * _pct(itl, 99),
-                    "neighbour_gaps": len(itl),
-                    "noisy_busy_share": b.busy_seconds / duration,
-                }
+            a, b = run_neighbours(mode, neighbour, noisy if busy else None, duration)
+            itl = a.itls(since=warmup, until=duration)
+            results[f"{mode}/{'saturated' if busy else 'idle'}"] = {
+                "neighbour_itl_p50_ms": 1e3 * _pct(itl, 50),
+                "neighbour_itl_p99_ms": 1e3 * _pct(itl, 99),
+                "neighbour_gaps": len(itl),
+                "noisy_busy_share": b.busy_seconds / duration,
+            }
     for mode in MODES:
         idle, sat = results[f"{mode}/idle"], results[f"{mode}/saturated"]
         results[f"{mode}/p99_increase_pct"] = 100 * (

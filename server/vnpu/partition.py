@@ -28,16 +28,15 @@ from cache.supervisor import RedisSupervisor
 from npu_sim.arbiter import SharedCores
 from npu_sim.device import get_device
 from npu_sim.model_config import get_model_config
-from npu_sim.vnpu import DeviceSlice, Slicing, parse_vnpu, plan_partitions
+from npu_sim.vnpu import DeviceSlice, Slicing
 from server.config import GB, Settings
 from server.stack import (
-    REDIS_MEMORY_FLOOR,
-    REDIS_MEMORY_HEADROOM,
     ConfigError,
     EngineSlice,
     EngineStack,
     build_stack,
     hbm_num_blocks,
+    redis_maxmemory,
     stored_fraction,
 )
 
@@ -82,12 +81,6 @@ class VnpuDevice:
                 self.embedded_redis.stop()
 
 
-def plan_device(settings: Settings) -> list[DeviceSlice]:
-    """The slices `settings.vnpu` asks for (Settings has already checked they fit)."""
-    specs = [parse_vnpu(v) for v in settings.vnpu or ()]
-    return plan_partitions(get_device(settings.device), specs)
-
-
 def vnpu_settings(
     settings: Settings, sl: DeviceSlice, share: float, redis_url: str | None
 ) -> Settings:
@@ -117,7 +110,7 @@ def vnpu_settings(
 
 def check_fits(settings: Settings) -> None:
     """Raise `ConfigError` if a vNPU's model leaves too little of its HBM for KV."""
-    slices = plan_device(settings)
+    slices = settings.vnpu_slices
     total_hbm = sum(s.hbm_bytes for s in slices)
     for sl in slices:
         try:
@@ -134,7 +127,7 @@ def build_vnpu_device(
     `wakeup_for(name)` gives the callable that wakes vNPU `name`'s engine thread.
     Raises `ConfigError` (from `build_stack`) when a model does not fit its slice.
     """
-    slices = plan_device(settings)
+    slices = settings.vnpu_slices
     total_hbm = sum(s.hbm_bytes for s in slices)
     device = get_device(settings.device)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,8 +138,7 @@ def build_vnpu_device(
         if settings.ddr_bytes > 0 and url is None:
             # Sized in the bytes the vNPUs really store, as on one engine (stack.py).
             stored = sum(int(own.ddr_bytes * stored_fraction(own)) for own in owns)
-            memory = max(int(stored * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
-            embedded = EmbeddedRedis(settings.data_dir, memory).start()
+            embedded = EmbeddedRedis(settings.data_dir, redis_maxmemory(stored)).start()
             undo.callback(embedded.stop)
             url = embedded.url
         vnpus: list[VnpuStack] = []

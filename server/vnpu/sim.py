@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from npu_sim.arbiter import CoreGroup
-from npu_sim.cost_model import step_cost
 from npu_sim.device import DeviceSpec
+from npu_sim.executor import batch_cost
 from npu_sim.model_config import ModelConfig
 from server.engine.core import EngineCore, PlannedStep
 from server.engine.request import EngineRequest
@@ -57,8 +57,9 @@ class SimVnpu:
     busy_seconds: float = 0.0
 
     def step_seconds(self, planned: PlannedStep) -> float:
-        chunks = [(len(s.token_ids), s.start_pos + len(s.token_ids)) for s in planned.seqs]
-        return step_cost(self.cost_config, self.device, chunks).seconds
+        """Device time of `planned` on this vNPU's device (what its executor would charge
+        on that device: the same `batch_cost`)."""
+        return batch_cost(self.cost_config, self.device, planned.seqs).seconds
 
     def itls(self, since: float = 0.0, until: float = math.inf) -> list[float]:
         """Gaps between consecutive tokens of each request, for tokens in [since, until)."""

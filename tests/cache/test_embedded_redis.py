@@ -13,7 +13,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cache.embedded_redis import (
-    MAXMEMORY_HEADROOM,
     EmbeddedRedis,
     EmbeddedRedisError,
     redis_server_executable,
@@ -52,7 +51,7 @@ def test_configuration(server: EmbeddedRedis) -> None:
     client = connect_redis(server.url)
     config: dict[str, str] = client.config_get("*")  # type: ignore[assignment]
     client.close()
-    assert int(config["maxmemory"]) == int(MAXMEMORY * MAXMEMORY_HEADROOM)
+    assert int(config["maxmemory"]) == MAXMEMORY  # as asked: the caller sizes it
     assert config["maxmemory-policy"] == "noeviction"
     assert config["save"] == ""
     assert config["appendonly"] == "no"

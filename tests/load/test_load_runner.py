@@ -256,7 +256,8 @@ def test_help_lists_every_choice(capsys):
 
 
 def test_run_defaults_give_enough_requests_for_a_p99():
-    from load.cli import build_parser, build_specs
+    from load.cli import build_parser
+    from load.workload_args import build_specs
 
     for workload in ("multiturn", "shared-prefix", "random"):
         args = build_parser().parse_args(

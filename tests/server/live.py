@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +34,9 @@ class LiveServer:
     client: httpx.Client
     app: FastAPI | None = None  # the running app (for tests that reach into app.state)
 
-    def complete(self, prompt: str, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
-        body = {
+    def completion_body(self, prompt: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
+        """A greedy `/v1/completions` body that generates exactly `max_tokens`."""
+        return {
             "model": self.settings.served_model,
             "prompt": prompt,
             "max_tokens": max_tokens,
@@ -43,9 +44,50 @@ class LiveServer:
             "ignore_eos": True,
             **extra,
         }
-        r = self.client.post("/v1/completions", json=body)
+
+    def complete(self, prompt: str, max_tokens: int = 16, **extra: Any) -> dict[str, Any]:
+        r = self.client.post(
+            "/v1/completions", json=self.completion_body(prompt, max_tokens, **extra)
+        )
         assert r.status_code == 200, r.text
         return r.json()
+
+    def complete_in_threads(
+        self,
+        prompts: Sequence[str],
+        max_tokens: int,
+        timeout_s: float,
+        on_start: Callable[[int], None] | None = None,
+        one_at_a_time: bool = False,
+    ) -> list[Any]:
+        """POST each prompt's completion from its own thread; returns, per prompt, the
+        response's JSON or the exception (a hung request surfaces as its timeout).
+
+        `on_start(i)` runs on this thread right after request `i`'s thread started (the
+        other side of a race, say an offload). `one_at_a_time`: wait for each request
+        before starting the next (only the races with `on_start` overlap it).
+        """
+        results: list[Any] = [None] * len(prompts)
+
+        def ask(i: int) -> None:
+            body = self.completion_body(prompts[i], max_tokens)
+            try:
+                results[i] = self.client.post(
+                    "/v1/completions", json=body, timeout=timeout_s
+                ).json()
+            except Exception as exc:  # a hang surfaces as a timeout here
+                results[i] = exc
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for i, thread in enumerate(threads):
+            thread.start()
+            if on_start is not None:
+                on_start(i)
+            if one_at_a_time:
+                thread.join(timeout_s + 5)
+        for thread in threads:
+            thread.join(timeout_s + 5)
+        return results
 
     def offload(self, tier: str) -> int:
         r = self.client.post("/cache/offload", json={"tier": tier})

@@ -6,9 +6,7 @@ in LOADING_KV forever and kept their HBM blocks.
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Any
 
 from tests.server.live import run_server
 
@@ -30,30 +28,16 @@ def test_offload_while_requests_reload_hangs_nothing_and_leaks_nothing(make_sett
         assert server.offload("hbm") > 0
         assert server.cache_stats()["tiers"]["hbm"]["active_blocks"] == 0
 
-        results: dict[int, Any] = {}
-
-        def ask(i: int) -> None:
-            body = {
-                "model": server.settings.model,
-                "prompt": prompt(i),
-                "max_tokens": MAX_TOKENS,
-                "temperature": 0,
-                "ignore_eos": True,
-            }
-            try:
-                r = server.client.post("/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S)
-                results[i] = r.json()
-            except Exception as exc:  # a hang surfaces as a timeout here
-                results[i] = exc
-
-        for i in range(NUM_PROMPTS):
-            thread = threading.Thread(target=ask, args=(i,))
-            thread.start()
+        def race(i: int) -> None:
             # The race's jitter (0-19 ms between the request and the offload), not a wait
             # for work to finish.
             time.sleep((i % 20) / 1000)
             server.offload("hbm")
-            thread.join(REQUEST_TIMEOUT_S + 5)
+
+        prompts = [prompt(i) for i in range(NUM_PROMPTS)]
+        results = server.complete_in_threads(
+            prompts, MAX_TOKENS, REQUEST_TIMEOUT_S, on_start=race, one_at_a_time=True
+        )
 
         for i in range(NUM_PROMPTS):
             assert isinstance(results[i], dict), f"request {i}: {results[i]!r}"

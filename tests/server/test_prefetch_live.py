@@ -9,7 +9,6 @@ stays referenced.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -26,33 +25,15 @@ def prompt(i: int) -> str:
     return "".join(f"Queued prompt {i}, line {j}: prefetch me while I wait. " for j in range(8))
 
 
-def ask_all(server: LiveServer, race_offloads: bool) -> dict[int, Any]:
-    results: dict[int, Any] = {}
-
-    def ask(i: int) -> None:
-        body = {
-            "model": server.settings.model,
-            "prompt": prompt(i),
-            "max_tokens": MAX_TOKENS,
-            "temperature": 0,
-            "ignore_eos": True,
-        }
-        try:
-            r = server.client.post("/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S)
-            results[i] = r.json()
-        except Exception as exc:  # a hang surfaces as a timeout here
-            results[i] = exc
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(NUM_PROMPTS)]
-    for i, thread in enumerate(threads):
-        thread.start()
+def ask_all(server: LiveServer, race_offloads: bool) -> list[Any]:
+    def race(i: int) -> None:
         if race_offloads and i % 3 == 0:
             # The race's jitter, not a wait for work to finish.
             time.sleep((i % 7) / 1000)
             server.offload("hbm")
-    for thread in threads:
-        thread.join(REQUEST_TIMEOUT_S + 5)
-    return results
+
+    prompts = [prompt(i) for i in range(NUM_PROMPTS)]
+    return server.complete_in_threads(prompts, MAX_TOKENS, REQUEST_TIMEOUT_S, on_start=race)
 
 
 @pytest.mark.parametrize(

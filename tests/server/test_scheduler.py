@@ -7,7 +7,7 @@ a temp dir.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,8 +46,9 @@ def make_scheduler(
     return Scheduler(config, cache)
 
 
-@pytest.fixture
-def make_cache(tmp_path: Path) -> Iterator:
+def cache_factory(tmp_path: Path) -> Iterator[Callable[..., CacheManager]]:
+    """Yields `make(hbm_blocks, flash_blocks=0)`: a real `CacheManager` on `LAYOUT` (LMDB
+    flash under `tmp_path` when `flash_blocks`); closes every one made afterwards."""
     made: list[CacheManager] = []
 
     def make(hbm_blocks: int, flash_blocks: int = 0) -> CacheManager:
@@ -63,6 +64,11 @@ def make_cache(tmp_path: Path) -> Iterator:
     yield make
     for cache in made:
         cache.close()
+
+
+@pytest.fixture
+def make_cache(tmp_path: Path) -> Iterator[Callable[..., CacheManager]]:
+    yield from cache_factory(tmp_path)
 
 
 def request(
@@ -393,7 +399,7 @@ def test_urgent_request_takes_the_budget_of_worse_chunks(make_cache):
 
 
 def test_queue_order_matches_the_plain_walk_for_mixed_priorities(make_cache):
-    # `_enqueue` skips the walk of the queue in its common cases (simulator profile of
+    # `WaitingQueue.enqueue` skips the walk of the queue in its common cases (simulator profile of
     # an overloaded replica); the order must stay exactly the walk's: by priority, new
     # requests after their equals, resumed ones before them.
     rng = random.Random(7)
@@ -411,7 +417,7 @@ def test_queue_order_matches_the_plain_walk_for_mixed_priorities(make_cache):
             len(expected),
         )
         expected.insert(index, r)
-        sched._enqueue(r, resumed=resumed)
+        sched.waiting.enqueue(r, resumed=resumed)
         if rng.random() < 0.2:
             expected.pop(0)
             sched.waiting.popleft()

@@ -5,16 +5,14 @@ The cache manager is real: HBM pool in memory, LMDB flash in a temp dir.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
 import pytest
 
-from cache.block_format import encoded_size
-from cache.manager import CacheConfig, CacheManager
+from cache.manager import CacheManager
 from cache.stats import Tier
-from cache.tiers.lmdb_tier import LmdbTier
 from npu_sim.device import get_device
 from npu_sim.executor import Executor
 from npu_sim.links import TierPaths, get_media
@@ -23,7 +21,7 @@ from server.engine.core import EngineCore
 from server.engine.load_planner import LoadPlanner
 from server.engine.request import FinishReason, RequestStatus
 from server.engine.scheduler import Scheduler, SchedulerConfig
-from tests.server.test_scheduler import BS, LAYOUT, fill_flash, request, step
+from tests.server.test_scheduler import BS, cache_factory, fill_flash, request, step
 
 PROMPT = list(range(1, 14))  # 13 tokens: 3 full blocks cacheable
 
@@ -40,21 +38,8 @@ def make_scheduler(cache: CacheManager, prefetch_blocks: int, max_num_seqs: int 
 
 
 @pytest.fixture
-def make_cache(tmp_path: Path) -> Iterator:
-    made: list[CacheManager] = []
-
-    def make(hbm_blocks: int, flash_blocks: int) -> CacheManager:
-        flash = LmdbTier(tmp_path / f"flash{len(made)}", 16 << 20, LAYOUT.namespace)
-        block = encoded_size(LAYOUT.block_shape, LAYOUT.np_dtype)
-        cache = CacheManager(
-            LAYOUT, CacheConfig(hbm_blocks, flash_capacity_bytes=flash_blocks * block), flash=flash
-        )
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close()
+def make_cache(tmp_path: Path) -> Iterator[Callable[..., CacheManager]]:
+    yield from cache_factory(tmp_path)
 
 
 def settle(sched: Scheduler) -> None:
@@ -63,12 +48,34 @@ def settle(sched: Scheduler) -> None:
     sched.update_from_loads()
 
 
-def test_a_queued_request_is_prefetched_and_runs_at_once_when_admitted(make_cache):
+def queued_behind_busy(
+    make_cache: Callable[..., CacheManager],
+    busy_max_tokens: int,
+    r_max_tokens: int = 8,
+    prefetch_blocks: int = 8,
+) -> tuple[CacheManager, Scheduler]:
+    """PROMPT's 3 blocks in flash; one seat, taken by "busy" (3 tokens) at the first step,
+    with "r" (PROMPT) queued behind it."""
     cache = make_cache(hbm_blocks=16, flash_blocks=16)
     fill_flash(cache, PROMPT)
-    sched = make_scheduler(cache, prefetch_blocks=8)
-    sched.add(request("busy", [100, 101, 102], max_tokens=3))
-    sched.add(request("r", PROMPT, max_tokens=2))
+    sched = make_scheduler(cache, prefetch_blocks=prefetch_blocks)
+    sched.add(request("busy", [100, 101, 102], max_tokens=busy_max_tokens))
+    sched.add(request("r", PROMPT, max_tokens=r_max_tokens))
+    return cache, sched
+
+
+def run_to_end(sched: Scheduler, max_steps: int | None = None) -> None:
+    """Step and settle until no request is left (fails if `max_steps` do not do it)."""
+    num_steps = 0
+    while sched.requests:
+        assert max_steps is None or num_steps < max_steps, f"stuck: {list(sched.requests)}"
+        step(sched)
+        settle(sched)
+        num_steps += 1
+
+
+def test_a_queued_request_is_prefetched_and_runs_at_once_when_admitted(make_cache):
+    cache, sched = queued_behind_busy(make_cache, busy_max_tokens=3, r_max_tokens=2)
     step(sched)  # busy takes the only seat; r waits and its prefix starts loading
     r = sched.requests["r"]
     assert r.status is RequestStatus.WAITING and r.is_prefetching
@@ -86,19 +93,13 @@ def test_a_queued_request_is_prefetched_and_runs_at_once_when_admitted(make_cach
     assert cache.stats.tiers[Tier.FLASH].hit_blocks == 3
     assert cache.stats.hit_tokens[Tier.FLASH] == 12
     assert cache.stats.hit_tokens[Tier.HBM] == 0
-    while sched.requests:
-        step(sched)
-        settle(sched)
+    run_to_end(sched)
     assert [f.reason for f in sched.take_finished()] == [FinishReason.LENGTH] * 2
     assert cache.pool.num_active_blocks == 0
 
 
 def test_a_seat_freed_while_the_prefetch_runs_waits_for_that_load_not_a_second(make_cache):
-    cache = make_cache(hbm_blocks=16, flash_blocks=16)
-    fill_flash(cache, PROMPT)
-    sched = make_scheduler(cache, prefetch_blocks=8)
-    sched.add(request("busy", [100, 101, 102], max_tokens=3))
-    sched.add(request("r", PROMPT, max_tokens=2))
+    cache, sched = queued_behind_busy(make_cache, busy_max_tokens=3, r_max_tokens=2)
     step(sched)
     r = sched.requests["r"]
     while "busy" in sched.requests:  # no poll: the prefetch is still in flight for us
@@ -111,18 +112,12 @@ def test_a_seat_freed_while_the_prefetch_runs_waits_for_that_load_not_a_second(m
     step(sched)
     assert r.status is RequestStatus.RUNNING and r.num_cached_tokens == 12
     assert cache.stats.tiers[Tier.FLASH].hit_blocks == 3  # one load, counted once
-    while sched.requests:
-        step(sched)
-        settle(sched)
+    run_to_end(sched)
     assert cache.pool.num_active_blocks == 0
 
 
 def test_abort_while_waiting_in_a_seat_for_the_prefetch_frees_everything(make_cache):
-    cache = make_cache(hbm_blocks=16, flash_blocks=16)
-    fill_flash(cache, PROMPT)
-    sched = make_scheduler(cache, prefetch_blocks=8)
-    sched.add(request("busy", [100, 101, 102], max_tokens=1))
-    sched.add(request("r", PROMPT))
+    cache, sched = queued_behind_busy(make_cache, busy_max_tokens=1)
     step(sched)  # busy finishes at once
     step(sched)
     assert sched.requests["r"].status is RequestStatus.LOADING_KV
@@ -132,11 +127,7 @@ def test_abort_while_waiting_in_a_seat_for_the_prefetch_frees_everything(make_ca
 
 
 def test_without_prefetch_the_queued_request_loads_after_admission(make_cache):
-    cache = make_cache(hbm_blocks=16, flash_blocks=16)
-    fill_flash(cache, PROMPT)
-    sched = make_scheduler(cache, prefetch_blocks=0)
-    sched.add(request("busy", [100, 101, 102], max_tokens=3))
-    sched.add(request("r", PROMPT, max_tokens=2))
+    _, sched = queued_behind_busy(make_cache, 3, r_max_tokens=2, prefetch_blocks=0)
     while "busy" in sched.requests:
         step(sched)
         settle(sched)
@@ -146,11 +137,7 @@ def test_without_prefetch_the_queued_request_loads_after_admission(make_cache):
 
 
 def test_abort_while_prefetching_frees_the_blocks_when_the_load_lands(make_cache):
-    cache = make_cache(hbm_blocks=16, flash_blocks=16)
-    fill_flash(cache, PROMPT)
-    sched = make_scheduler(cache, prefetch_blocks=8)
-    sched.add(request("busy", [100, 101, 102], max_tokens=8))
-    sched.add(request("r", PROMPT))
+    cache, sched = queued_behind_busy(make_cache, busy_max_tokens=8)
     step(sched)
     assert sched.requests["r"].is_prefetching
     sched.abort("r")
@@ -162,11 +149,7 @@ def test_abort_while_prefetching_frees_the_blocks_when_the_load_lands(make_cache
 
 
 def test_abort_after_the_prefetch_landed_frees_its_hold(make_cache):
-    cache = make_cache(hbm_blocks=16, flash_blocks=16)
-    fill_flash(cache, PROMPT)
-    sched = make_scheduler(cache, prefetch_blocks=8)
-    sched.add(request("busy", [100, 101, 102], max_tokens=8))
-    sched.add(request("r", PROMPT))
+    cache, sched = queued_behind_busy(make_cache, busy_max_tokens=8)
     step(sched)
     settle(sched)
     assert len(sched.requests["r"].prefetch_block_ids) == 3
@@ -216,9 +199,7 @@ def test_a_running_request_takes_back_a_prefetch_hold_instead_of_preempting(make
             assert not sched.requests["r"].prefetch_block_ids
             released = True
     assert released and sched.num_preemptions == 0
-    while sched.requests:
-        step(sched)
-        settle(sched)
+    run_to_end(sched)
     assert cache.pool.num_active_blocks == 0
 
 
@@ -265,9 +246,7 @@ def test_a_split_request_computes_its_head_then_joins_its_loaded_tail(make_cache
     assert r.tail_load is None and r.num_computed_tokens == k * BS
     assert r.num_cached_tokens == (k - c) * BS
     assert cache.stats.tiers[Tier.FLASH].hit_blocks == k - c
-    while sched.requests:
-        step(sched)
-        settle(sched)
+    run_to_end(sched)
     assert [f.reason for f in sched.take_finished()] == [FinishReason.LENGTH]
     assert cache.pool.num_active_blocks == 0
 
@@ -295,12 +274,7 @@ def test_holds_of_requests_behind_it_never_keep_the_head_of_the_queue_out(make_c
     step(sched)
     settle(sched)
     assert len(sched.requests["b"].prefetch_block_ids) == 3
-    for _ in range(50):
-        if not sched.requests:
-            break
-        step(sched)
-        settle(sched)
-    assert not sched.requests, f"stuck: {list(sched.requests)}"
+    run_to_end(sched, max_steps=50)
     assert cache.pool.num_active_blocks == 0
 
 
@@ -317,12 +291,7 @@ def test_no_prefetch_starts_while_the_head_of_the_queue_waits_for_hbm(make_cache
     step(sched)
     assert sched.requests["a"].status is RequestStatus.WAITING
     assert not sched.requests["b"].prefetch_block_ids
-    for _ in range(50):
-        if not sched.requests:
-            break
-        step(sched)
-        settle(sched)
-    assert not sched.requests, f"stuck: {list(sched.requests)}"
+    run_to_end(sched, max_steps=50)
     assert cache.pool.num_active_blocks == 0
 
 

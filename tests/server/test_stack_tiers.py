@@ -1,4 +1,5 @@
-"""Start-up checks of the tiers in server.stack: external Redis eviction policy."""
+"""Start-up checks of the tiers in server.stack: external Redis eviction policy, the
+embedded Redis's maxmemory."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import logging
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from cache.embedded_redis import redis_server_executable
-from server.stack import warn_unless_noeviction
+from cache.tiers.redis_tier import connect_redis
+from server.config import Settings
+from server.stack import (
+    REDIS_MEMORY_FLOOR,
+    build_stack,
+    stored_fraction,
+    warn_unless_noeviction,
+)
 
 
 def free_port() -> int:
@@ -55,3 +64,22 @@ def test_an_evicting_external_redis_is_warned_about(tmp_path, caplog, policy, wa
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("overrides", [{"hbm_gb": 0.05}, {"hbm_gb": None, "emulate": "llama-3-8b"}])
+def test_the_embedded_redis_gets_one_headroom_over_the_stored_ddr_quota(
+    make_settings: Callable[..., Settings], overrides: dict
+) -> None:
+    """maxmemory is the DDR quota in stored bytes plus 25% for Redis's own overhead (or the
+    64 MiB floor). It was 1.56x: the stack added 25% and the embedded Redis 25% again."""
+    settings = make_settings(ddr_gb=8.0, **overrides)
+    stored = int(settings.ddr_bytes * stored_fraction(settings))
+    stack = build_stack(settings, lambda: None)
+    try:
+        assert stack.embedded_redis is not None
+        client = connect_redis(stack.embedded_redis.url)
+        maxmemory = int(client.config_get("maxmemory")["maxmemory"])
+        client.close()
+        assert maxmemory == max(int(stored * 1.25), REDIS_MEMORY_FLOOR) > REDIS_MEMORY_FLOOR
+    finally:
+        stack.close()

@@ -122,6 +122,19 @@ def test_bad_vnpu_settings_are_rejected(overrides: dict, match: str) -> None:
         Settings(**(base | overrides))
 
 
+def test_vnpu_specs_are_parsed_once_into_typed_slices() -> None:
+    settings = Settings(vnpu=["a=vir08:tiny-llama", "b=cores=4,hbm_gb=8,slicing=time:llama-3-8b"])
+    a, b = settings.vnpu_slices
+    assert (a.name, a.model, a.cores, a.slicing, a.first_core) == ("a", "tiny-llama", 8, "hard", 0)
+    assert (b.name, b.cores, b.hbm_bytes, b.slicing, b.first_core) == ("b", 4, 8 * GB, "time", 8)
+    assert b.device.ai_cores == 4
+    assert Settings().vnpu_slices == ()
+    assert settings.model_copy(update={"vnpu": None}).vnpu_slices == ()
+    assert settings.model_copy(update={"ddr_gb": 1.0}).vnpu_slices == (a, b)
+    with pytest.raises(RuntimeError, match="without validation"):
+        _ = settings.model_copy(update={"vnpu": ["c=vir02:tiny-llama"]}).vnpu_slices
+
+
 def test_vnpu_flag_repeats() -> None:
     args = build_parser().parse_args(
         ["serve", "--vnpu", "a=vir08:tiny-llama", "--vnpu", "b=vir08:smollm2-135m"]
@@ -192,7 +205,7 @@ def test_the_shared_redis_is_sized_in_stored_bytes(
         maxmemory = int(client.config_get("maxmemory")["maxmemory"])
         client.close()
         stored = settings.ddr_bytes * settings.kv_bytes_fraction
-        assert stored < maxmemory < 2 * stored  # headroom for Redis's own overhead
+        assert stored < maxmemory <= 1.25 * stored  # one headroom for Redis's own overhead
     finally:
         device.close()
 
