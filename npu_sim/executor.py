@@ -93,8 +93,9 @@ class StepResult:
     wall_seconds: wall time from the step's start on the device (`device_start`) to
         `step` returning: compute plus any pacing wait (with `Pace.REAL`, at least
         `modelled_seconds`, or the time the step waited for shared cores).
-    host_overlap_seconds: how much earlier than `step` was called the step started on the
-        device (host work since the previous step, hidden behind it; see the module doc).
+    host_overlap_seconds: host time since the previous step returned (scheduling, output
+        hand-off, ...) that ran while the device was busy, so it did not delay this step
+        (see the module doc); lateness made up is not counted.
     device_start, device_end: the step on the modelled device timeline, in
         `time.perf_counter` seconds.
     """
@@ -181,6 +182,7 @@ class Executor:
             raise ValueError("duplicate seq_id in one step")
         if self._device_free_at is None:
             launched = begin = started
+            hidden = 0.0
         else:
             # Async scheduling: the host's work for this step (scheduling, and the
             # previous step's outputs) began when it launched the previous step.
@@ -188,6 +190,7 @@ class Executor:
             # A late wake-up or a forward that outran its modelled time is made up by
             # later steps, but by at most MAX_LATENESS.
             begin = max(self._device_free_at, launched, started - MAX_LATENESS)
+            hidden = max(0.0, min(started - self._returned_at, started - begin))
         chunks = [
             SeqChunk(s.token_ids, s.start_pos, s.block_table, needs_logits=s.sampler is not None)
             for s in seqs
@@ -218,7 +221,7 @@ class Executor:
             num_tokens=sum(len(s.token_ids) for s in seqs),
             modelled_seconds=cost.seconds,
             wall_seconds=returned - begin,
-            host_overlap_seconds=started - begin,
+            host_overlap_seconds=hidden,
             device_start=begin,
             device_end=end,
         )
