@@ -90,9 +90,11 @@ class StepResult:
     sampled: seq_id -> sampled token, for every sequence that had a sampler.
     num_tokens: tokens pushed through the model (prefill + decode).
     modelled_seconds: device time from the cost model.
-    wall_seconds: wall time from the step's start on the device (`device_start`) to
-        `step` returning: compute plus any pacing wait (with `Pace.REAL`, at least
-        `modelled_seconds`, or the time the step waited for shared cores).
+    wall_seconds: wall time the step held the device: from its start on the device, or
+        from when the previous step returned if that is later, to `step` returning
+        (compute plus any pacing wait). Back to back, steps' wall times add up to the
+        wall time the device was busy, with no overlap; with `Pace.REAL` that sum is at
+        least their modelled time.
     host_overlap_seconds: host time since the previous step returned (scheduling, output
         hand-off, ...) that ran while the device was busy, so it did not delay this step
         (see the module doc); lateness made up is not counted.
@@ -214,17 +216,18 @@ class Executor:
         if self._pace is Pace.REAL:
             _sleep_until(end)
         returned = time.perf_counter()
-        if self._pace is Pace.REAL:  # unpaced, the device timeline would run ahead
-            self._device_free_at, self._launched_at, self._returned_at = end, launched, returned
-        return StepResult(
+        result = StepResult(
             sampled=sampled,
             num_tokens=sum(len(s.token_ids) for s in seqs),
             modelled_seconds=cost.seconds,
-            wall_seconds=returned - begin,
+            wall_seconds=returned - max(begin, self._returned_at),
             host_overlap_seconds=hidden,
             device_start=begin,
             device_end=end,
         )
+        if self._pace is Pace.REAL:  # unpaced, the device timeline would run ahead
+            self._device_free_at, self._launched_at, self._returned_at = end, launched, returned
+        return result
 
 
 def _sleep_until(deadline: float) -> None:
