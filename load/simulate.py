@@ -26,6 +26,7 @@ from load.stats import RequestRecord, Slo, aggregate
 from load.workloads import Api, RequestSpec
 from server.config import Settings
 from server.simulate.engine import SimRecord, SimRequest, SimSample, SimTotals, Simulator
+from server.simulate.front_end import FrontEndModel
 
 # Requests are tokenized when their arrival comes within this many virtual seconds, not
 # all at once: an hour of the Mooncake trace is ~145M prompt tokens.
@@ -161,12 +162,14 @@ def simulate_workload(
     slo: Slo,
     on_done: OnDone | None = None,
     sample_interval_s: float | None = 1.0,
+    front_end: FrontEndModel | None = None,
 ) -> SimOutcome:
     """Run `specs` through a simulated replica configured by `settings` (which must
-    set `emulate`); records in spec order, as `run_workload` returns them."""
+    set `emulate`); records in spec order, as `run_workload` returns them. `front_end`:
+    the optional host-overhead model (`server.simulate.front_end`)."""
     started_at = time.time()
     wall = time.perf_counter()
-    sim = Simulator(settings, sample_interval_s)
+    sim = Simulator(settings, sample_interval_s, front_end)
     client = _Client(sim, specs, on_done)
     if arrival.concurrency is not None:
         _closed_loop(client, specs, arrival.concurrency)

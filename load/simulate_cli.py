@@ -31,6 +31,7 @@ from load.workload_args import (
 from server.cli import FLAG_CHOICES
 from server.config import Settings
 from server.simulate.engine import SimulationStuckError
+from server.simulate.front_end import FrontEndModel
 from server.stack import ConfigError
 
 # The `tierkv serve` settings a simulated replica takes (same names, meaning, defaults).
@@ -106,6 +107,30 @@ def add_parser(sub: Any) -> None:
         default=1.0,
         metavar="S",
         help="virtual seconds between samples of the engine's gauges (default %(default)s)",
+    )
+    p.add_argument(
+        "--front-end-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="host-overhead model (off by default): each request spends MS milliseconds, "
+        "plus --front-end-us-per-token per prompt token, in one FIFO front end (HTTP and "
+        "tokenization on the server's event loop) before it reaches the engine",
+    )
+    p.add_argument(
+        "--front-end-us-per-token",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help="host-overhead model: front-end microseconds per prompt token (default 0)",
+    )
+    p.add_argument(
+        "--tie-order-seed",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="take requests that arrive at the same instant in a random order drawn with "
+        "SEED, as a live server's event loop does (default: in the workload's order)",
     )
     add_workload_options(p, client=False)
 
@@ -184,8 +209,13 @@ def _simulate(
                 # Logs get a line every 5% (the bar only redraws on a terminal).
                 console.print(f"{done}/{total} requests, virtual {now:,.1f} s")
 
+        front_end = FrontEndModel(
+            seconds_per_request=args.front_end_ms / 1000,
+            seconds_per_token=args.front_end_us_per_token / 1e6,
+            tie_order_seed=args.tie_order_seed,
+        )
         return simulate_workload(
-            settings, specs, arrival, slo, on_done, args.sample_interval or None
+            settings, specs, arrival, slo, on_done, args.sample_interval or None, front_end
         )
 
 

@@ -6,6 +6,15 @@ simulated device; with `Pace.REAL` the executor sleeps until the
 step has lasted at least that long. That sleep *is* the device simulation: wall-clock
 behaviour (latency, throughput, queueing) then looks like the modelled accelerator as long
 as numpy on the host is faster than the modelled device.
+
+Host work between steps is overlapped with the device, as in vLLM's async scheduling
+(the next step is scheduled while the current one runs, and outputs are processed while
+the next one runs): a step that follows another without the device going idle starts on
+the modelled clock when the device is free, not when the host handed it over, unless the
+host's own work since it launched the previous step took longer than that step. So
+scheduling, cache polls, spills and output hand-off cost nothing as long as they fit in
+the device's step time, which is what `tierkv simulate` assumes. The engine calls
+`Executor.idle` when it has nothing to run; the step after that starts when submitted.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ from npu_sim.sampling import Sampler
 
 # With Pace.REAL a step ends when the modelled clock says, and lateness (a sleep that
 # woke late on a busy host, a step whose host compute outran its modelled time) is made
-# up by shortening the next steps' waits, so busy wall time tracks modelled time over a
-# run rather than drifting by the host's scheduling latency on every step. Capped at
+# up by starting the next steps earlier on the device timeline (from when the device
+# was free), so busy wall time tracks modelled time over a run rather than drifting by
+# the host's scheduling latency on every step. Lateness is not carried over an idle
+# device (`Executor.idle`): a step after a lull is never shortened. Capped at
 # about ten decode steps, so that one long stall is not repaid by a long burst of
 # back-to-back steps (measured: 4 replicas on a CPU-starved host, wall/modelled 1.70-1.76
 # with a 20 ms cap, 1.34-1.45 with 250 ms).
@@ -79,13 +90,25 @@ class StepResult:
     sampled: seq_id -> sampled token, for every sequence that had a sampler.
     num_tokens: tokens pushed through the model (prefill + decode).
     modelled_seconds: device time from the cost model.
-    wall_seconds: how long `step` took, compute plus any pacing wait.
+    wall_seconds: wall time the step held the device: from its start on the device, or
+        from when the previous step returned if that is later, to `step` returning
+        (compute plus any pacing wait). Back to back, steps' wall times add up to the
+        wall time the device was busy, with no overlap; with `Pace.REAL` that sum is at
+        least their modelled time.
+    host_overlap_seconds: host time since the previous step returned (scheduling, output
+        hand-off, ...) that ran while the device was busy, so it did not delay this step
+        (see the module doc); lateness made up is not counted.
+    device_start, device_end: the step on the modelled device timeline, in
+        `time.perf_counter` seconds.
     """
 
     sampled: dict[str, int] = field(default_factory=dict)
     num_tokens: int = 0
     modelled_seconds: float = 0.0
     wall_seconds: float = 0.0
+    host_overlap_seconds: float = 0.0
+    device_start: float = 0.0
+    device_end: float = 0.0
 
 
 class Executor:
@@ -115,7 +138,12 @@ class Executor:
         self._device = device
         self._pace = pace
         self._kv_pool = kv_pool
-        self._lateness = 0.0  # wall seconds past the modelled clock, to be made up
+        # The device timeline while steps follow each other (None: the device is idle).
+        # `_launched_at`: when the host handed the last step over (on the async-scheduling
+        # host timeline); `_returned_at`: when `step` returned it, on the wall clock.
+        self._device_free_at: float | None = None
+        self._launched_at = 0.0
+        self._returned_at = 0.0
 
     @property
     def pace(self) -> Pace:
@@ -130,17 +158,37 @@ class Executor:
         running it."""
         return batch_cost(self._model_config, self._device, seqs).seconds
 
+    def idle(self) -> None:
+        """The engine has nothing to run: the device goes idle, and the next step starts
+        on the device when `step` is called (no host time to hide behind a running step)."""
+        self._device_free_at = None
+
     def step(self, seqs: Sequence[StepSequence]) -> StepResult:
         """Run one forward over `seqs`, sample, and (with `Pace.REAL`) wait out the device.
 
-        Raises `ValueError` on duplicate seq ids or an invalid batch (see `Model.forward`);
-        the KV pool may then hold partial writes for the batch's own slots.
+        Unless `idle` was called since the last step, the step starts on the device when
+        the previous one ended, or when the host's work since launching the previous step
+        was done if that is later (see the module doc), or at most `MAX_LATENESS` before
+        now. Raises `ValueError` on duplicate seq ids or an invalid batch (see
+        `Model.forward`); the KV pool may then hold partial writes for the batch's own
+        slots.
         """
         started = time.perf_counter()
         if not seqs:
             return StepResult()
         if len({s.seq_id for s in seqs}) != len(seqs):
             raise ValueError("duplicate seq_id in one step")
+        if self._device_free_at is None:
+            launched = begin = started
+            hidden = 0.0
+        else:
+            # Async scheduling: the host's work for this step (scheduling, and the
+            # previous step's outputs) began when it launched the previous step.
+            launched = self._launched_at + (started - self._returned_at)
+            # A late wake-up or a forward that outran its modelled time is made up by
+            # later steps, but by at most MAX_LATENESS.
+            begin = max(self._device_free_at, launched, started - MAX_LATENESS)
+            hidden = max(0.0, min(started - self._returned_at, started - begin))
         chunks = [
             SeqChunk(s.token_ids, s.start_pos, s.block_table, needs_logits=s.sampler is not None)
             for s in seqs
@@ -154,20 +202,24 @@ class Executor:
                 row += 1
         cost = batch_cost(self._model_config, self._device, seqs)
         # On shared cores the step also waits for the neighbours' booked device time.
-        end = started + cost.seconds
+        end = begin + cost.seconds
         if self._cores is not None:
-            end = self._cores.reserve(started, cost.seconds)
+            end = self._cores.reserve(begin, cost.seconds)
         if self._pace is Pace.REAL:
-            _sleep_until(end - self._lateness)
-        wall = time.perf_counter() - started
-        expected = end - started
-        self._lateness = min(max(0.0, self._lateness + wall - expected), MAX_LATENESS)
-        return StepResult(
+            _sleep_until(end)
+        returned = time.perf_counter()
+        result = StepResult(
             sampled=sampled,
             num_tokens=sum(len(s.token_ids) for s in seqs),
             modelled_seconds=cost.seconds,
-            wall_seconds=wall,
+            wall_seconds=returned - max(begin, self._returned_at),
+            host_overlap_seconds=hidden,
+            device_start=begin,
+            device_end=end,
         )
+        if self._pace is Pace.REAL:  # unpaced, the device timeline would run ahead
+            self._device_free_at, self._launched_at, self._returned_at = end, launched, returned
+        return result
 
 
 def batch_cost(

@@ -132,7 +132,11 @@ class AsyncEngine:
                 while self._inbox:  # FIFO: an abort of a request comes after its add
                     self._inbox.popleft()()
                 self._core.poll_transfers()
-                outputs = self._core.step() if self._core.has_work() else []
+                if self._core.has_work():
+                    outputs = self._core.step()
+                else:
+                    outputs = []
+                    self._core.idle()
                 # Publish before dispatch: a client that sees a token and then asks
                 # /metrics must find the stats of the step that made it.
                 self._publish_stats()
@@ -143,6 +147,7 @@ class AsyncEngine:
                 # (a tail load): then sleep until a transfer wakes us, do not spin.
                 if outputs or (self._core.scheduler.running and self._core.ran_step):
                     continue
+                self._core.idle()  # whatever wakes us, the device idled meanwhile
                 self._wakeup.wait(timeout=1.0)
         except BaseException as exc:  # surface engine bugs to every waiting client
             logger.exception("engine thread crashed")

@@ -29,7 +29,8 @@ class EngineStats:
     num_prompt_tokens_computed: int = 0
     num_generated_tokens: int = 0
     modelled_busy_seconds: float = 0.0
-    wall_busy_seconds: float = 0.0
+    wall_busy_seconds: float = 0.0  # from each step's start on the device to its return
+    host_overlap_seconds: float = 0.0  # host time between steps hidden behind the device
     num_prefetched_blocks: int = 0
     load_inflight_seconds: float = 0.0  # see server.engine.overlap
     load_exposed_seconds: float = 0.0
@@ -84,6 +85,10 @@ class EngineCore:
         planned = self.plan()
         return [] if planned is None else self.execute(planned)
 
+    def idle(self) -> None:
+        """Nothing to run this iteration: the device idles (see `Executor.idle`)."""
+        self.executor.idle()
+
     def plan(self) -> PlannedStep | None:
         """Schedule the next step (None: nothing to run). A plan that is dropped instead
         of executed has no effect beyond blocks the scheduler reserved and admissions it
@@ -92,6 +97,7 @@ class EngineCore:
         self.ran_step = bool(plan.chunks)
         self._observe(busy=self.ran_step)
         if not plan.chunks:
+            self.idle()
             return None
         seqs = []
         for chunk in plan.chunks:
@@ -118,6 +124,7 @@ class EngineCore:
         self.stats.num_steps += 1
         self.stats.modelled_busy_seconds += result.modelled_seconds
         self.stats.wall_busy_seconds += result.wall_seconds
+        self.stats.host_overlap_seconds += result.host_overlap_seconds
         self.stats.num_generated_tokens += len(result.sampled)
         return self.scheduler.update_from_output(planned.plan, result.sampled)
 

@@ -14,12 +14,15 @@ Discrete events, no sleeping. Each iteration does what the server's engine threa
 
 When nothing can run (no work, or the scheduler planned nothing), the clock jumps to
 the next arrival or load arrival. The clock never goes back (`VirtualClock`).
+
+With a `FrontEndModel` (default off, `server.simulate.front_end`), an arrived request
+first passes the modelled front end (HTTP parsing and tokenization on the event loop)
+and reaches `Scheduler.add` when that is done.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -35,6 +38,7 @@ from server.engine.request import EngineRequest
 from server.engine.scheduler import Scheduler
 from server.simulate.cache import VirtualTimeCache
 from server.simulate.clock import LaneTotals, VirtualClock, VirtualLanes
+from server.simulate.front_end import FrontEnd, FrontEndModel
 from server.simulate.memory_tier import MemoryTier
 from server.simulate.sizing import SimSizing, sim_sizing
 from server.stack import ConfigError, load_planner, model_shape, scheduler_config, transfer_clock
@@ -107,7 +111,13 @@ class Simulator:
     server would feed its engine for the same HTTP request.
     """
 
-    def __init__(self, settings: Settings, sample_interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sample_interval_s: float | None = None,
+        front_end: FrontEndModel | None = None,
+    ) -> None:
+        """`front_end`: host time before the engine (None: none, as by default)."""
         if settings.emulate is None:
             raise ConfigError("the simulator models an --emulate MODEL replica: set emulate")
         self.settings = settings
@@ -135,8 +145,11 @@ class Simulator:
         self._token = self.tokenizer.encode("x")[0]  # every sampled token (never a stop)
         self._sampler = Sampler(SamplingParams(), self.tokenizer.sampleable_mask)  # unused
         self._root = root_hash(f"sim:{self._cost_config.name}", LAYOUT_VERSION)
-        self._arrivals: list[tuple[float, int, SimRequest]] = []
-        self._seq = itertools.count()
+        self._arrivals: list[tuple[float, float, SimRequest]] = []
+        model = front_end or FrontEndModel()
+        self._seq = model.tie_breakers()  # orders same-instant arrivals
+        self._front_end = FrontEnd(model) if model.has_service_time else None
+        self._handed_over: list[tuple[float, float, SimRequest]] = []  # front end -> engine
         self._live: dict[str, SimRecord] = {}
         self._done: list[SimRecord] = []
         self._blocked = False  # the last step planned nothing: wait for an event
@@ -198,7 +211,7 @@ class Simulator:
 
     @property
     def num_in_flight(self) -> int:
-        return len(self._arrivals) + len(self._live)
+        return len(self._arrivals) + len(self._handed_over) + len(self._live)
 
     def totals(self) -> SimTotals:
         stats = self.cache.snapshot_stats()
@@ -220,6 +233,8 @@ class Simulator:
         candidates = []
         if self._arrivals:
             candidates.append(self._arrivals[0][0])
+        if self._handed_over:
+            candidates.append(self._handed_over[0][0])
         load = self.cache.next_load_arrival()
         if load is not None:
             candidates.append(load)
@@ -238,8 +253,16 @@ class Simulator:
         now = self.clock.now
         self._sample(now)
         while self._arrivals and self._arrivals[0][0] <= now:
-            _, _, request = heapq.heappop(self._arrivals)
-            self._add(request)
+            _, tie, request = heapq.heappop(self._arrivals)
+            if self._front_end is None:
+                self._add(request)
+                self._blocked = False
+            else:
+                n = len(request.prompt_token_ids)
+                at = self._front_end.enter(request.arrival_s, n)
+                heapq.heappush(self._handed_over, (at, tie, request))
+        while self._handed_over and self._handed_over[0][0] <= now:
+            self._add(heapq.heappop(self._handed_over)[2])
             self._blocked = False
         num_loading = self.scheduler.num_loading
         self.scheduler.update_from_loads()

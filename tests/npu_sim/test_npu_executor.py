@@ -10,7 +10,7 @@ import pytest
 
 from npu_sim.cost_model import step_cost
 from npu_sim.device import DeviceSpec, get_device
-from npu_sim.executor import Executor, Pace, StepSequence
+from npu_sim.executor import MAX_LATENESS, Executor, Pace, StepSequence
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.sampling import Sampler, SamplingParams
@@ -118,3 +118,134 @@ def test_real_pace_never_runs_ahead_of_the_modelled_clock(
     executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
     results = [executor.step([StepSequence("a", [65 + i], i, [0], _greedy())]) for i in range(4)]
     assert sum(r.wall_seconds for r in results) >= sum(r.modelled_seconds for r in results)
+
+
+class _VirtualTime:
+    """Stands in for the executor module's `time`: `sleep` moves the clock and is
+    counted; `late` is added to every wake-up (a busy host)."""
+
+    def __init__(self, late: float = 0.0) -> None:
+        self.now = 1000.0
+        self.late = late
+        self.num_sleeps = 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.num_sleeps += 1
+        self.now += seconds + self.late
+
+
+@pytest.fixture
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> _VirtualTime:
+    clock = _VirtualTime()
+    monkeypatch.setattr("npu_sim.executor.time", clock)
+    return clock
+
+
+def _decode_step(i: int) -> list[StepSequence]:
+    return [StepSequence("a", [65 + i % 26], i, [0, 1, 2, 3], _greedy())]
+
+
+def test_host_time_between_steps_hides_behind_the_device(
+    model: Model,
+    huge_config: ModelConfig,
+    slow_device: DeviceSpec,
+    new_pool: PoolFactory,
+    virtual_time: _VirtualTime,
+) -> None:
+    # Async scheduling: host work after a step (output hand-off, scheduling the next)
+    # runs while the device is busy, so a step that follows another starts when the
+    # device is free. Before, host time was added to every step.
+    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    t0 = virtual_time.now
+    first = executor.step(_decode_step(0))
+    host = first.modelled_seconds / 4
+    virtual_time.now += host
+    second = executor.step(_decode_step(1))
+    assert first.device_start == t0 and first.host_overlap_seconds == 0.0
+    assert second.device_start == first.device_end
+    assert second.host_overlap_seconds == pytest.approx(host)
+    assert virtual_time.now == pytest.approx(t0 + first.modelled_seconds + second.modelled_seconds)
+    # The host time ran while the device was busy: it is in the device's busy span.
+    assert second.wall_seconds == pytest.approx(second.modelled_seconds)
+
+
+def test_host_time_longer_than_the_step_delays_the_device(
+    model: Model,
+    huge_config: ModelConfig,
+    slow_device: DeviceSpec,
+    new_pool: PoolFactory,
+    virtual_time: _VirtualTime,
+) -> None:
+    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    first = executor.step(_decode_step(0))
+    host = first.modelled_seconds * 3
+    virtual_time.now += host
+    second = executor.step(_decode_step(1))
+    # The host began this work when it launched the first step.
+    assert second.device_start == pytest.approx(first.device_start + host)
+    assert second.device_end == pytest.approx(second.device_start + second.modelled_seconds)
+
+
+def test_a_step_after_idle_starts_when_submitted(
+    model: Model,
+    huge_config: ModelConfig,
+    slow_device: DeviceSpec,
+    new_pool: PoolFactory,
+    virtual_time: _VirtualTime,
+) -> None:
+    # Lateness and host time are not carried over a lull: the first step after it is
+    # never shortened.
+    virtual_time.late = 0.1  # every wake-up 100 ms late
+    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    executor.step(_decode_step(0))
+    executor.idle()
+    virtual_time.late = 0.0
+    virtual_time.now += 5.0
+    submitted = virtual_time.now
+    after = executor.step(_decode_step(1))
+    assert after.device_start == submitted and after.host_overlap_seconds == 0.0
+    assert virtual_time.now == pytest.approx(submitted + after.modelled_seconds)
+
+
+def test_late_wake_ups_are_made_up_up_to_a_cap(
+    model: Model,
+    huge_config: ModelConfig,
+    slow_device: DeviceSpec,
+    new_pool: PoolFactory,
+    virtual_time: _VirtualTime,
+) -> None:
+    virtual_time.late = 0.02  # every wake-up 20 ms late
+    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    results = [executor.step(_decode_step(i)) for i in range(5)]
+    # Back to back, each late wake-up is made up by the next step: it starts on the
+    # device where the previous one ended, so the device timeline has no gaps.
+    for prev, cur in zip(results, results[1:], strict=False):
+        assert cur.device_start == prev.device_end
+        assert cur.host_overlap_seconds == 0.0  # lateness made up is not host time
+    # Busy wall time is counted once: the steps' wall times add up to the span.
+    span = virtual_time.now - results[0].device_start
+    assert sum(r.wall_seconds for r in results) == pytest.approx(span)
+    virtual_time.late = 1.0  # one long stall is made up by at most MAX_LATENESS
+    executor.step(_decode_step(5))
+    virtual_time.late = 0.0
+    submitted = virtual_time.now
+    after = executor.step(_decode_step(6))
+    assert after.device_start == pytest.approx(submitted - MAX_LATENESS)
+
+
+def test_unpaced_steps_each_start_when_submitted(
+    model: Model,
+    huge_config: ModelConfig,
+    slow_device: DeviceSpec,
+    new_pool: PoolFactory,
+    virtual_time: _VirtualTime,
+) -> None:
+    executor = Executor(model, huge_config, slow_device, Pace.NONE, new_pool())
+    first = executor.step(_decode_step(0))
+    virtual_time.now += 0.001
+    second = executor.step(_decode_step(1))
+    assert virtual_time.num_sleeps == 0
+    assert second.device_start == first.device_start + 0.001
