@@ -157,3 +157,33 @@ def test_ddr_failing_while_a_spill_is_in_flight_degrades_to_recompute_then_flash
             assert m.kv[block_id].tobytes() == data[h].tobytes()
     finally:
         m.close()
+
+
+def test_a_load_still_passes_queued_spills_of_other_blocks(redis_url: str, tmp_path: Path) -> None:
+    """The priority lanes see a spill's keys (now `StoreJob.keys`): an urgent load of
+    other blocks runs before the queued spill, whose encoding is its own lane work."""
+    m = make(redis_url, tmp_path / "flash", hbm=8)
+    try:
+        old = chain(4, seed=7)
+        fill_and_cache(m, old)
+        m.offload(Tier.HBM)  # `old` is in DDR only
+        fresh = chain(8, seed=8)
+        fill_and_cache(m, fresh)  # fills HBM: the load's slots will evict and spill these
+        finished: list[str] = []
+        post = m._worker._post
+
+        def record(result: Any) -> None:
+            finished.append(type(result.job).__name__)
+            post(result)
+
+        m._worker._post = record  # type: ignore[method-assign]
+        gate = hold_lane(m, Tier.DDR)
+        admission = m.admit(m.match(old, 4), "r", 16, 4)  # spills 4 fresh blocks first
+        assert admission is not None and admission.is_loading
+        gate.set()
+        (done,) = poll_until(m)
+        assert done.num_loaded_blocks == 4
+        m.wait_transfers()
+        assert finished == ["LoadJob", "StoreJob"]
+    finally:
+        m.close()
