@@ -1,4 +1,5 @@
-"""The transfer threads: every Redis and LMDB operation of the cache manager runs here.
+"""The transfer threads: every Redis and LMDB operation of the cache manager runs here,
+and the encoding of spilled blocks (headers, checksums: see `StoreJob`).
 
 The engine thread submits jobs and later polls their results; it never waits on I/O.
 Each lower tier has its own thread running that tier's jobs in submission order (FIFO),
