@@ -124,6 +124,32 @@ def encode_block(block: np.ndarray, key: bytes = b"") -> bytes:
     return b"".join((_pack_header(arr.shape, code, payload, key), payload))
 
 
+def encode_blocks(blocks: np.ndarray, keys: Sequence[bytes]) -> list[bytes]:
+    """Encode ``blocks[i]`` under ``keys[i]``: the per-job form of :func:`encode_block`.
+
+    ``blocks`` holds one block per leading index (a spill's staging copy, gathered from
+    HBM in one copy by the engine thread); the result is byte for byte what
+    ``encode_block(blocks[i], key=keys[i])`` returns. The header is built once per job,
+    so a block costs one checksum and one copy into its ``bytes`` (the transfer lanes
+    run this, off the engine thread). Raises ``ValueError`` as ``encode_block`` does.
+    """
+    if len(blocks) != len(keys):
+        raise ValueError(f"{len(blocks)} blocks for {len(keys)} keys")
+    if not keys:
+        return []
+    arr = np.ascontiguousarray(blocks, dtype=blocks.dtype.newbyteorder("<"))
+    exp = _expected(tuple(arr.shape[1:]), arr.dtype.str)
+    rows = arr.reshape(len(keys), -1).view(np.uint8)
+    head, tail, pack, xxh3 = exp.head, exp.tail, _CHECKSUM.pack, xxhash.xxh3_64
+    out: list[bytes] = []
+    for key, row in zip(keys, rows, strict=True):
+        payload = row.data
+        hasher = xxh3(key)
+        hasher.update(payload)
+        out.append(b"".join((head, pack(hasher.intdigest()), tail, payload)))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Expected:
     """The header bytes every valid block of one (shape, dtype) has, but the checksum."""

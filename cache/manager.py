@@ -13,7 +13,8 @@ Admission is two calls: `match` (pure: no statistics, no LRU touches, no spills)
 `admit`, which does everything a request needs (references, touches, allocation, load
 submission, statistics) or nothing at all.
 
-Threading: engine thread only; I/O runs on the `TransferWorker`. Finished transfers are
+Threading: engine thread only; I/O and spill encoding run on the `TransferWorker` (a
+spill's engine part is one gather of its slots, see `_submit_store`). Finished transfers are
 applied in one place (`_apply_results`); loads wait in the `LoadBook` until `poll()` hands
 them over, so no path (not even the blocking `offload()`) can lose one. A load running at
 its deadline (`reload_timeout_s`) is abandoned there and handed over with what arrived.
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from cache.accounting import account_result, drop_restarted, refresh_occupancy
-from cache.block_format import encode_block, encoded_size
+from cache.block_format import encoded_size
 from cache.block_hash import BlockHash
 from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
 from cache.hbm_pool import HbmBlockPool
@@ -278,9 +279,9 @@ class CacheManager(PoolHandoff):
             for block_hash, _ in batch:
                 self._make_room(Tier.FLASH, self._block_size)
                 flash.add(block_hash, self._block_size)
-            items = [(h, encode_block(self.pool.kv[b], key=h)) for h, b in batch if b is not None]
-            if items:
-                self._worker.submit(StoreJob(Tier.FLASH, items))
+            from_hbm = [(h, b) for h, b in batch if b is not None]
+            if from_hbm:
+                self._submit_store(Tier.FLASH, [h for h, _ in from_hbm], [b for _, b in from_hbm])
             from_ddr = [h for h, b in batch if b is None]
             if from_ddr:
                 self._worker.submit(DemoteJob(from_ddr, keep_source=True))
@@ -367,23 +368,30 @@ class CacheManager(PoolHandoff):
         blocks: Sequence[tuple[BlockHash, int]],
         should_store: Callable[[BlockHash], bool],
     ) -> None:
-        """Encode HBM blocks (in order, each if `should_store`) and store them in `target`,
-        making room there as the batch grows."""
-        items: list[tuple[BlockHash, bytes]] = []
+        """Store HBM blocks (in order, each if `should_store`) in `target`, making room
+        there as the batch grows (bookkeeping, then `_submit_store`)."""
+        keys: list[BlockHash] = []
+        ids: list[int] = []
         for block_hash, block_id in blocks:
             if not should_store(block_hash):
                 continue
-            if items and not self._index[target].has_room(self._block_size):
+            if keys and not self._index[target].has_room(self._block_size):
                 # Making room may demote a block of this very batch: store it first, so
                 # the FIFO transfer thread writes it before it reads it back to demote.
-                self._worker.submit(StoreJob(target, items))
-                items = []
+                self._submit_store(target, keys, ids)
+                keys, ids = [], []
             if not self._make_room(target, self._block_size):
                 continue
-            items.append((block_hash, encode_block(self.pool.kv[block_id], key=block_hash)))
+            keys.append(block_hash)
+            ids.append(block_id)
             self._index[target].add(block_hash, self._block_size)
-        if items:
-            self._worker.submit(StoreJob(target, items))
+        if keys:
+            self._submit_store(target, keys, ids)
+
+    def _submit_store(self, tier: Tier, keys: list[BlockHash], block_ids: list[int]) -> None:
+        """One vectorised gather of the slots into the job's staging copy (the slots are
+        reusable once this returns); the lane encodes and writes (see `StoreJob`)."""
+        self._worker.submit(StoreJob(tier, keys, np.take(self.pool.kv, block_ids, axis=0)))
 
     def _record_accesses(self, hashes: Sequence[BlockHash]) -> None:
         for block_hash in hashes:
@@ -553,23 +561,23 @@ class CacheManager(PoolHandoff):
 
     def _fall_through(self, job: StoreJob) -> None:
         """A tier refused or failed a spill: write the blocks one tier down instead."""
-        for block_hash, _ in job.items:
+        for block_hash in job.keys:
             self._index[job.tier].remove(block_hash)
         if job.tier is not Tier.DDR or Tier.FLASH not in self._index:
             return
-        items: list[tuple[BlockHash, bytes]] = []
-        for block_hash, payload in job.items:
+        rows: list[int] = []  # of the job's staging copy (the HBM slots may hold others now)
+        for i, block_hash in enumerate(job.keys):
             if block_hash in self._index[Tier.FLASH]:
                 continue
-            if items and not self._index[Tier.FLASH].has_room(self._block_size):
-                self._worker.submit(StoreJob(Tier.FLASH, items))  # FIFO: see _spill
-                items = []
+            if rows and not self._index[Tier.FLASH].has_room(self._block_size):
+                self._worker.submit(job.take(Tier.FLASH, rows))  # FIFO: see _store_blocks
+                rows = []
             if self._make_room(Tier.FLASH, self._block_size):
                 self._index[Tier.FLASH].add(block_hash, self._block_size)
-                items.append((block_hash, payload))
-        if items:
-            logger.info("DDR refused %d blocks; writing them to flash", len(items))
-            self._worker.submit(StoreJob(Tier.FLASH, items))
+                rows.append(i)
+        if rows:
+            logger.info("DDR refused %d blocks; writing them to flash", len(rows))
+            self._worker.submit(job.take(Tier.FLASH, rows))
 
     def _refresh_occupancy(self) -> None:
         refresh_occupancy(self.stats, self.pool, self._index, self.health, self._stores)

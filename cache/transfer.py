@@ -1,4 +1,5 @@
-"""The transfer threads: every Redis and LMDB operation of the cache manager runs here.
+"""The transfer threads: every Redis and LMDB operation of the cache manager runs here,
+and the encoding of spilled blocks (headers, checksums: see `StoreJob`).
 
 The engine thread submits jobs and later polls their results; it never waits on I/O.
 Each lower tier has its own thread running that tier's jobs in submission order (FIFO),
@@ -24,7 +25,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from cache.block_format import decode_blocks
+from cache.block_format import decode_blocks, encode_blocks
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
 from cache.stats import Tier, TierOp
@@ -42,10 +43,24 @@ class LoadStatus(StrEnum):
 
 @dataclass(slots=True)
 class StoreJob:
-    """Write encoded blocks into `tier`."""
+    """Write `blocks[i]` into `tier` under `keys[i]`.
+
+    `blocks` is the job's own staging copy of the blocks' KV (one block per leading
+    index), gathered from the HBM pool by the engine thread in one copy when it submits
+    the job, so the slots are free to reuse at once. The lane encodes it
+    (`encode_blocks`: header and checksum per block) and writes it: the engine thread
+    does no per-block encoding work for a spill.
+    """
 
     tier: Tier
-    items: list[tuple[BlockHash, bytes]]
+    keys: list[BlockHash]
+    blocks: np.ndarray
+
+    def take(self, tier: Tier, rows: list[int]) -> StoreJob:
+        """A job writing the blocks at `rows` of this one to `tier` (engine thread: a
+        failed spill falling through; no copy when `rows` is all of them)."""
+        blocks = self.blocks if len(rows) == len(self.keys) else self.blocks[rows]
+        return StoreJob(tier, [self.keys[i] for i in rows], blocks)
 
 
 @dataclass(slots=True)
@@ -293,11 +308,7 @@ class TransferWorker:
         else:
             run = self._store if isinstance(job, StoreJob) else self._remove
             parts = _Parts(job, 1, self._post)
-            keys = (
-                frozenset(k[0] for k in job.items)
-                if isinstance(job, StoreJob)
-                else frozenset(job.keys)
-            )
+            keys = frozenset(job.keys)
             self._lanes[job.tier].put(self._task(job, parts, lambda: run(job)), keys)  # type: ignore[arg-type]
 
     def poll(self) -> list[JobResult]:
@@ -379,16 +390,18 @@ class TransferWorker:
         self._notify()
 
     def _store(self, job: StoreJob) -> JobResult:
+        """Encode the job's staging copy (off the engine thread), then write it."""
         result = JobResult(job)
-        start = time.perf_counter()
+        items = list(zip(job.keys, encode_blocks(job.blocks, job.keys), strict=True))
+        start = time.perf_counter()  # the modelled link carries the encoded bytes
         try:
-            self._tiers[job.tier].put_many(job.items)
+            self._tiers[job.tier].put_many(items)
         except TierError as exc:
             result.fail(job.tier, TierOp.STORE, exc)
-            result.statuses = [LoadStatus.IO_ERROR] * len(job.items)
+            result.statuses = [LoadStatus.IO_ERROR] * len(items)
             return result
-        result.statuses = [LoadStatus.OK] * len(job.items)
-        result.write_bytes[job.tier] = sum(len(v) for _, v in job.items)
+        result.statuses = [LoadStatus.OK] * len(items)
+        result.write_bytes[job.tier] = sum(len(v) for _, v in items)
         self._charged(job.tier, result.write_bytes[job.tier], start, write=True)
         result.seconds[job.tier] = time.perf_counter() - start
         return result

@@ -10,6 +10,7 @@ from cache.block_format import (
     CorruptBlockError,
     decode_block,
     encode_block,
+    encode_blocks,
     encoded_size,
     header_size,
 )
@@ -184,3 +185,17 @@ def test_decode_blocks_rejects_a_block_under_another_key() -> None:
     block = np.ones((2, 2), np.float16)
     out = np.zeros((1, 2, 2), np.float16)
     assert decode_blocks([encode_block(block, key=b"a")], [b"b"], out, [0]) == [False]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES[1:])  # a job's blocks are rows of one array
+def test_encode_blocks_is_encode_block_per_row(shape: tuple[int, ...], dtype: str) -> None:
+    blocks = sample((5, *shape), dtype)
+    keys = [bytes([i]) * 16 for i in range(5)]
+    expected = [encode_block(blocks[i], key=keys[i]) for i in range(5)]
+    assert encode_blocks(blocks, keys) == expected
+    swapped = blocks.astype(blocks.dtype.newbyteorder(">"))  # big-endian staging copy
+    assert encode_blocks(swapped, keys) == expected
+    assert encode_blocks(blocks[:0], []) == []
+    with pytest.raises(ValueError):
+        encode_blocks(blocks, keys[:4])

@@ -1,0 +1,189 @@
+"""Spill encoding runs on the transfer lanes, not the engine thread (issue #10 item 2).
+
+The engine thread's share of a spill is one gather of the evicted slots into a staging
+copy; the lane adds headers and checksums and writes. Real Redis and LMDB.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cache.manager import CacheConfig, CacheManager
+from cache.stats import Tier
+from cache.tiers.faulty import FaultSpec, FaultyTier
+from cache.tiers.lmdb_tier import LmdbTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
+from tests.cache.test_manager import BLOCK, LAYOUT, chain, fill_and_cache, reload
+from tests.cache.test_manager_reliability import poll_until
+
+
+class EncodingCalls:
+    """Records, per thread name, the calls into cache/block_format.py and into xxhash
+    (headers and checksums) while `recording`."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.by_thread: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def profile(self, frame: FrameType, event: str, arg: Any) -> None:
+        if not self.recording:
+            return
+        name = None
+        if event == "call" and frame.f_code.co_filename.endswith("block_format.py"):
+            name = frame.f_code.co_name
+        elif event == "c_call" and "xxh" in repr(arg):
+            name = repr(arg)
+        if name is not None:
+            with self._lock:
+                self.by_thread.setdefault(threading.current_thread().name, []).append(name)
+
+    def __enter__(self) -> EncodingCalls:
+        threading.setprofile(self.profile)  # threads started from now on (the lanes)
+        sys.setprofile(self.profile)  # this thread: the engine thread of the test
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+        self.recording = False
+
+
+def make(redis_url: str | None, flash: Path | None, hbm: int = 8, ddr: Any = None) -> CacheManager:
+    if ddr is None and redis_url is not None:
+        ddr = RedisTier(connect_redis(redis_url), f"t-{uuid.uuid4().hex}")
+    store = LmdbTier(flash, 64 << 20, LAYOUT.namespace) if flash else None
+    return CacheManager(LAYOUT, CacheConfig(hbm, 64 * BLOCK, 64 * BLOCK), ddr=ddr, flash=store)
+
+
+def hold_lane(m: CacheManager, tier: Tier) -> threading.Event:
+    """Block `tier`'s transfer lane until the returned event is set."""
+    gate = threading.Event()
+    m._worker._lanes[tier].put(gate.wait)
+    return gate
+
+
+def test_the_engine_thread_neither_checksums_nor_encodes_spilled_blocks(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Failed before the change: `encode_block` (header + xxh3 checksum + a copy per
+    block) ran on the engine thread for every spilled block."""
+    with EncodingCalls() as calls:
+        m = make(redis_url, tmp_path / "flash")
+        try:
+            hashes = chain(8)
+            data = fill_and_cache(m, hashes)
+            calls.recording = True
+            ids = m.allocate(8)  # evicts and spills all 8
+            assert ids is not None
+            m.wait_transfers()
+            m.poll()
+            calls.recording = False
+            m.free(ids)
+            engine = threading.current_thread().name
+            assert calls.by_thread.get(engine, []) == []
+            lane = calls.by_thread.get("tierkv-transfer-ddr", [])
+            assert any("xxh" in c for c in lane)  # the lane did the checksums
+            ids, loaded = reload(m, hashes)
+            assert loaded == 8
+            for block_id, h in zip(ids, hashes, strict=True):
+                assert m.kv[block_id].tobytes() == data[h].tobytes()
+        finally:
+            m.close()
+
+
+def test_a_load_queued_behind_its_blocks_spill_gets_the_bytes_of_the_evicted_slots(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The spill's staging copy is taken at eviction: the engine reusing the slots
+    before the lane encodes them changes nothing, and the load, queued behind the spill
+    of its own blocks, reads the whole spilled blocks."""
+    m = make(redis_url, tmp_path / "flash", hbm=4)
+    try:
+        hashes = chain(4)
+        data = fill_and_cache(m, hashes)
+        gate = hold_lane(m, Tier.DDR)
+        ids = m.allocate(4)  # evicts all four; their spill waits behind the gate
+        assert ids is not None
+        m.kv[ids] = 0  # the engine computes into the reused slots at once
+        m.free(ids)
+        hit = m.match(hashes, 4)
+        assert [t for _, t in hit.lower] == [Tier.DDR] * 4
+        admission = m.admit(hit, "r", 16, 4)
+        assert admission is not None and admission.is_loading
+        gate.set()
+        (done,) = poll_until(m)
+        assert done.num_loaded_blocks == 4
+        for block_id, h in zip(admission.block_ids, hashes, strict=True):
+            assert m.kv[block_id].tobytes() == data[h].tobytes()
+    finally:
+        m.close()
+
+
+def test_ddr_failing_while_a_spill_is_in_flight_degrades_to_recompute_then_flash(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """DDR fails the queued spill and the load queued behind it: the load reports no
+    block (recompute), the spill falls through to flash, whose reload is exact."""
+    ddr = FaultyTier(RedisTier(connect_redis(redis_url), f"t-{uuid.uuid4().hex}"), FaultSpec())
+    m = make(None, tmp_path / "flash", hbm=4, ddr=ddr)
+    try:
+        hashes = chain(4)
+        data = fill_and_cache(m, hashes)
+        gate = hold_lane(m, Tier.DDR)
+        ids = m.allocate(4)
+        assert ids is not None
+        m.kv[ids] = 0
+        m.free(ids)
+        admission = m.admit(m.match(hashes, 4), "r", 16, 4)
+        assert admission is not None and admission.is_loading
+        ddr.spec = FaultSpec(down=True)
+        gate.set()
+        (done,) = poll_until(m)
+        assert done.num_loaded_blocks == 0  # recomputed, never half-written bytes
+        m.free(admission.block_ids)
+        m.wait_transfers()
+        m.poll()
+        ddr.spec = FaultSpec()
+        assert [t for _, t in m.match(hashes, 4).lower] == [Tier.FLASH] * 4
+        ids, loaded = reload(m, hashes)
+        assert loaded == 4
+        for block_id, h in zip(ids, hashes, strict=True):
+            assert m.kv[block_id].tobytes() == data[h].tobytes()
+    finally:
+        m.close()
+
+
+def test_a_load_still_passes_queued_spills_of_other_blocks(redis_url: str, tmp_path: Path) -> None:
+    """The priority lanes see a spill's keys (now `StoreJob.keys`): an urgent load of
+    other blocks runs before the queued spill, whose encoding is its own lane work."""
+    m = make(redis_url, tmp_path / "flash", hbm=8)
+    try:
+        old = chain(4, seed=7)
+        fill_and_cache(m, old)
+        m.offload(Tier.HBM)  # `old` is in DDR only
+        fresh = chain(8, seed=8)
+        fill_and_cache(m, fresh)  # fills HBM: the load's slots will evict and spill these
+        finished: list[str] = []
+        post = m._worker._post
+
+        def record(result: Any) -> None:
+            finished.append(type(result.job).__name__)
+            post(result)
+
+        m._worker._post = record  # type: ignore[method-assign]
+        gate = hold_lane(m, Tier.DDR)
+        admission = m.admit(m.match(old, 4), "r", 16, 4)  # spills 4 fresh blocks first
+        assert admission is not None and admission.is_loading
+        gate.set()
+        (done,) = poll_until(m)
+        assert done.num_loaded_blocks == 4
+        m.wait_transfers()
+        assert finished == ["LoadJob", "StoreJob"]
+    finally:
+        m.close()
