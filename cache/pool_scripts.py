@@ -20,7 +20,10 @@ Keys (``P`` = ``tkvpool:{<namespace>}``):
   forgotten, no longer visible).
 * ``P:lease``: ZSET block -> expiry, blocks a replica is loading (never claimed).
 * ``P:log``: STREAM of ``op`` (``a`` added, ``r`` removed), ``h`` (block), ``s`` (size), ``n``,
-  capped at about ``maxlen`` entries: what replicas follow to stay in sync.
+  capped at about ``maxlen`` entries: what replicas follow to stay in sync. A shared
+  flash tier (``cache.tiers.shared_flash``) logs its stores and deletions here too, as
+  ``op`` ``fa`` / ``fr`` with ``e`` (the flash environment's id: only replicas on that
+  environment apply them) and ``w`` (the writing replica, which skips its own).
 * ``P:seq``: INCR'd once per log entry, whose field ``n`` carries it: a follower that
   sees a gap in ``n`` (the log was trimmed past it) re-reads the whole index.
 * ``P:demoter``: STRING, the replica id holding the demoter lease.
@@ -183,6 +186,20 @@ while used - ev > target and #victims < maxv do
 end
 redis.call('SET', KEYS[4], ev)
 return victims
+"""
+)
+
+FLASHLOG = (
+    _NOW
+    + """
+-- KEYS: log seq; ARGV: maxlen op env writer hash size hash size ...
+-- Log a shared flash tier's stores (op fa) or deletions (op fr), one entry per block.
+for i = 5, #ARGV, 2 do
+  local n = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'op', ARGV[2], 'h', ARGV[i],
+             's', ARGV[i + 1], 'n', n, 'e', ARGV[3], 'w', ARGV[4])
+end
+return 0
 """
 )
 
