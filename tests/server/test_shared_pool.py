@@ -126,3 +126,45 @@ def test_replicas_filling_the_pool_stay_within_one_capacity_and_keep_their_token
             server = (b, a)[i % 2]
             assert server.complete(prompt, MAX_TOKENS)["choices"][0]["text"] == cold[prompt]
     client.close()
+
+
+def test_replicas_of_one_host_hit_blocks_the_demoter_moved_to_their_shared_flash(
+    replica_settings,
+):
+    """`--flash-pool shared`: one --data-dir, one LMDB environment. The demoter writes the
+    pool's blocks to it; the other replica, started first, hits them from flash."""
+    shared = dict(flash_pool="shared")
+    with (
+        run_server(replica_settings("host", **shared)) as b,
+        run_server(replica_settings("host", **shared)) as a,
+    ):
+        cold, cached = complete(a)
+        assert cached == 0
+        moved = a.offload("hbm")
+        assert moved > 0
+        wait_for_ddr_blocks(b, moved)
+        # Only the flash's writer (the pool's demoter, once elected) may demote to it.
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            writer, reader = next(
+                ((w, r) for w, r in ((a, b), (b, a)) if _offload_ddr(w) == 200), (None, None)
+            )
+            if writer is not None and reader is not None:
+                break
+            assert time.monotonic() < deadline, "no replica became the flash's writer"
+            time.sleep(0.01)  # poll interval
+        while reader.cache_stats()["tiers"]["flash"]["blocks"] < moved:
+            assert time.monotonic() < deadline, reader.cache_stats()["tiers"]
+            time.sleep(0.01)  # poll interval
+        assert reader.cache_stats()["tiers"]["ddr"]["blocks"] == 0
+        text, cached = complete(reader)
+        assert cached > 0
+        assert text == cold
+        assert reader.metric("tierkv:prefix_cache_hits_total", tier="flash") == cached
+
+
+def _offload_ddr(server: LiveServer) -> int:
+    """POST /cache/offload ddr; 400 from a replica that is not the shared flash's writer."""
+    r = server.client.post("/cache/offload", json={"tier": "ddr"})
+    assert r.status_code in (200, 400), r.text
+    return r.status_code
