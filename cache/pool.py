@@ -39,6 +39,7 @@ raise `TierError` through the tier (`cache.tiers.redis_tier.PooledRedisTier`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -130,6 +131,7 @@ class SharedPool:
             for name in (
                 "RESERVE",
                 "COMMIT",
+                "RELEASE",
                 "FORGET",
                 "LEASE",
                 "CLAIM",
@@ -144,6 +146,8 @@ class SharedPool:
         self._last_id = b"0-0"
         self._last_seq = 0
         self._notify: Callable[[], None] = lambda: None
+        self._tokens: dict[BlockHash, str] = {}  # reservations held (the DDR lane's)
+        self._num_reserves = itertools.count()
         self.is_demoter = False
         self.num_resyncs = 0
         self.flash: SharedFlash | None = None
@@ -153,24 +157,43 @@ class SharedPool:
 
     def reserve(self, client: Any, hashes: Sequence[BlockHash], size: int) -> list[int]:
         """Reserve `size` bytes for each block: 0 reserved (SET it, then `commit`), 1
-        already pooled (touched), 2 refused (pool full), 3 being written or demoted."""
+        already pooled (touched), 2 refused (pool full), 3 being written or demoted.
+        Each reservation gets this call's token, which `commit` and `release` present:
+        a reservation that expired and was taken by another writer is not ours."""
         k = self.keys
-        args = [self.config.capacity_bytes, int(self.config.reservation_s * 1000), size]
-        return [
+        token = f"{self.config.replica_id}.{next(self._num_reserves)}"
+        args = [self.config.capacity_bytes, int(self.config.reservation_s * 1000), size, token]
+        statuses = [
             int(r)
             for r in self._run(
-                "RESERVE", [k.lru, k.size, k.used, k.reserved], [*args, *hashes], client
+                "RESERVE", [k.lru, k.size, k.used, k.reserved, k.rtoken], [*args, *hashes], client
             )
         ]
+        for block_hash, status in zip(hashes, statuses, strict=True):
+            if status == 0:
+                self._tokens[block_hash] = token
+        return statuses
 
-    def commit(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
-        """Make reserved, stored blocks visible; False: the reservation had expired (the
-        caller deletes that value)."""
-        return [bool(int(r)) for r in self._run(*self.call("COMMIT", hashes), client)]
+    def commit(self, client: Any, hashes: Sequence[BlockHash]) -> list[int]:
+        """Make blocks this pool reserved, and whose values are stored, visible: 1 done;
+        0 the reservation expired (the caller deletes its value); 2 it expired and the
+        block is another writer's now (reserved, pooled or being demoted: the value, the
+        same bytes, is theirs to keep)."""
+        return [int(r) for r in self._run(*self.call("COMMIT", hashes), client)]
+
+    def release(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
+        """Give back reservations whose SET failed; True where this pool still held it
+        (the caller may delete that value), False where it was not ours any more."""
+        k = self.keys
+        args: list[Any] = []
+        for block_hash in hashes:
+            args += [block_hash, self._tokens.pop(block_hash, "")]
+        reply = self._run("RELEASE", [k.size, k.used, k.reserved, k.rtoken], args, client)
+        return [bool(int(r)) for r in reply]
 
     def forget(self, client: Any, hashes: Sequence[BlockHash]) -> int:
-        """Drop deleted blocks from the books (call after their values are DEL'd), and give
-        back the reservations of blocks whose SET failed. Returns how many it dropped."""
+        """Drop deleted blocks from the books (call after their values are DEL'd).
+        Returns how many it dropped."""
         return int(self._run(*self.call("FORGET", hashes), client))
 
     def lease(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
@@ -178,12 +201,16 @@ class SharedPool:
         return [bool(int(r)) for r in self._run(*self.call("LEASE", hashes), client)]
 
     def call(self, name: str, hashes: Sequence[BlockHash]) -> tuple[str, list[bytes], list[Any]]:
-        """(script, keys, args) of COMMIT, FORGET or LEASE on `hashes`."""
+        """(script, keys, args) of COMMIT, FORGET or LEASE on `hashes` (COMMIT takes the
+        blocks' reservation tokens: call it once per reservation)."""
         k, cfg = self.keys, self.config
         if name == "COMMIT":
-            return name, [k.lru, k.size, k.reserved, k.log, k.seq], [cfg.log_maxlen, *hashes]
+            args: list[Any] = [cfg.log_maxlen]
+            for block_hash in hashes:
+                args += [block_hash, self._tokens.pop(block_hash, "")]
+            return name, [k.lru, k.size, k.reserved, k.log, k.seq, k.rtoken], args
         if name == "FORGET":
-            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq, k.reserved]
+            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq]
             return name, keys, [cfg.log_maxlen, *hashes]
         if name == "LEASE":
             return name, [k.lru, k.lease], [int(cfg.lease_s * 1000), *hashes]
