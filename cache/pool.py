@@ -105,7 +105,11 @@ class SharedFlash:
     """The flash environment this replica shares with others on its host."""
 
     env_id: str  # see cache.tiers.shared_flash.environment_id
-    scan: Callable[[], list[BlockHash]]  # its blocks, oldest write first (follower thread)
+    # Its blocks, oldest write first (follower thread): `scan` for a new writer's books
+    # (exact: repairs missing records), `scan_recorded` for a follower's re-read (reads
+    # only the records, never writes, while the writer may be writing).
+    scan: Callable[[], list[BlockHash]]
+    scan_recorded: Callable[[], list[BlockHash]]
     close: Callable[[], None] = lambda: None  # after the follower stopped
 
 
@@ -315,13 +319,14 @@ class SharedPool:
             # After the log position: a store logged since then is applied again (an
             # add is idempotent), a deletion logged before it and not yet done at the
             # scan leaves an entry whose load misses (the request recomputes).
-            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash()))
+            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash(recorded=True)))
         self.num_resyncs += 1
 
-    def _scan_flash(self) -> tuple[tuple[BlockHash, int], ...]:
+    def _scan_flash(self, recorded: bool = False) -> tuple[tuple[BlockHash, int], ...]:
         assert self.flash is not None
+        scan = self.flash.scan_recorded if recorded else self.flash.scan
         try:
-            return tuple((h, 0) for h in self.flash.scan())
+            return tuple((h, 0) for h in scan())
         except TierError as exc:  # the follower's caller backs off and re-reads
             raise _FlashScanError(str(exc)) from exc
 

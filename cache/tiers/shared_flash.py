@@ -108,7 +108,10 @@ class SharedFlashTier(StorageTier):
         def scan() -> list[BlockHash]:
             return reader.scan_keys_of_size(size)
 
-        pool.share_flash(SharedFlash(tier.env_id, scan, reader.close))
+        def scan_recorded() -> list[BlockHash]:
+            return reader.scan_recorded_keys(size)
+
+        pool.share_flash(SharedFlash(tier.env_id, scan, scan_recorded, reader.close))
         return tier
 
     def _log(self, added: bool, blocks: Sequence[tuple[BlockHash, int]]) -> None:
