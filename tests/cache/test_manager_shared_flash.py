@@ -201,3 +201,22 @@ def test_replicas_in_other_processes_read_the_same_environment(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(path), key.hex()], check=True, cwd=root)
         assert here.get(key) == b"x" * 100
     assert environment_id(path) == environment_id(path)  # stable
+
+
+def test_a_block_deleted_before_the_follower_heard_of_it_is_a_miss(replicas, tmp_path):
+    """The writer evicted a block and the follower has not applied the record yet: its
+    load finds the block missing, the prefix ends there (the request recomputes the rest),
+    the entry is dropped; the blocks before it arrive intact."""
+    a, b = replicas(), replicas()
+    hashes, data = fill_pool(a, 8, seed=60)
+    poll_until(a, lambda: demoted_and_agreed([a, b], tmp_path / "shared", 8))
+    follower = b if a.is_flash_writer else a
+    gone = next(h for h in reversed(hashes) if h in follower._index[Tier.FLASH])
+    with LmdbTier(tmp_path / "shared", MAP_SIZE, LAYOUT.namespace) as tier:
+        tier.remove(gone)  # no log record: as if it had not arrived yet
+    ids, loaded = load_all(follower, hashes)
+    assert loaded == hashes.index(gone)
+    for block_id, h in zip(ids[:loaded], hashes[:loaded], strict=True):
+        np.testing.assert_array_equal(follower.kv[block_id], data[h])
+    assert gone not in follower._index[Tier.FLASH]
+    assert follower.stats.tiers[Tier.FLASH].index_repairs == 1
