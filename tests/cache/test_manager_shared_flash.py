@@ -179,8 +179,16 @@ def test_another_hosts_flash_records_are_not_hits(replicas, tmp_path):
 
     poll_until(a, demoted)
     writer = next(m for m in (a, b, c) if m.is_flash_writer)
-    writer_env = "host2" if writer is c else "host1"
-    others = [c] if writer_env == "host1" else [a, b]
+    others = [c] if writer is not c else [a, b]
+    writer.wait_transfers()  # its demotions stored and logged
+    writer_dir = tmp_path / ("host2" if writer is c else "host1")
+    assert lmdb_keys(writer_dir)
+    # A later pool write, logged after those flash records: once every replica has it,
+    # every replica has read them.
+    later = chain(2, seed=41)
+    fill_and_cache(writer, later)
+    push_out_of_hbm(writer)
+    poll_until(a, lambda: settle([a, b, c]) or all(later[0] in m._index[Tier.DDR] for m in others))
     for m in others:  # they heard of the demotions and applied none
         assert len(m._index[Tier.FLASH]) == 0
         hit = m.match(hashes, len(hashes))

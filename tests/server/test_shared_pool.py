@@ -144,15 +144,8 @@ def test_replicas_of_one_host_hit_blocks_the_demoter_moved_to_their_shared_flash
         assert moved > 0
         wait_for_ddr_blocks(b, moved)
         # Only the flash's writer (the pool's demoter, once elected) may demote to it.
+        writer, reader = _demote_on_the_writer(a, b)
         deadline = time.monotonic() + DEADLINE_S
-        while True:
-            writer, reader = next(
-                ((w, r) for w, r in ((a, b), (b, a)) if _offload_ddr(w) == 200), (None, None)
-            )
-            if writer is not None and reader is not None:
-                break
-            assert time.monotonic() < deadline, "no replica became the flash's writer"
-            time.sleep(0.01)  # poll interval
         while reader.cache_stats()["tiers"]["flash"]["blocks"] < moved:
             assert time.monotonic() < deadline, reader.cache_stats()["tiers"]
             time.sleep(0.01)  # poll interval
@@ -161,6 +154,41 @@ def test_replicas_of_one_host_hit_blocks_the_demoter_moved_to_their_shared_flash
         assert cached > 0
         assert text == cold
         assert reader.metric("tierkv:prefix_cache_hits_total", tier="flash") == cached
+
+
+def test_a_replica_on_another_flash_does_not_hit_what_the_demoter_moved_to_its_own(
+    replica_settings,
+):
+    """Two hosts (two --data-dirs), one pool: the demoter's flash records name its
+    environment; the other replica ignores them and recomputes, with the same tokens."""
+    shared = dict(flash_pool="shared")
+    with (
+        run_server(replica_settings("host2", **shared)) as b,
+        run_server(replica_settings("host1", **shared)) as a,
+    ):
+        cold, _ = complete(a)
+        moved = a.offload("hbm")
+        wait_for_ddr_blocks(b, moved)
+        writer, reader = _demote_on_the_writer(a, b)
+        assert writer.cache_stats()["tiers"]["flash"]["blocks"] >= moved
+        # A later pool write the reader sees, so it has read the flash records before it.
+        writer.complete("A later prompt, after the demotion. " * 8, MAX_TOKENS)
+        writer.offload("hbm")
+        wait_for_ddr_blocks(reader, writer.cache_stats()["tiers"]["ddr"]["blocks"])
+        assert reader.cache_stats()["tiers"]["flash"]["blocks"] == 0
+        text, cached = complete(reader)
+        assert (text, cached) == (cold, 0)
+
+
+def _demote_on_the_writer(a: LiveServer, b: LiveServer) -> tuple[LiveServer, LiveServer]:
+    """Offload DDR on whichever replica writes the shared flash: (writer, the other)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        for writer, reader in ((a, b), (b, a)):
+            if _offload_ddr(writer) == 200:
+                return writer, reader
+        assert time.monotonic() < deadline, "no replica became the flash's writer"
+        time.sleep(0.01)  # poll interval
 
 
 def _offload_ddr(server: LiveServer) -> int:
