@@ -21,6 +21,13 @@ Design (docs/architecture.md, "Shared DDR pool"):
   LRU is every replica's use); the demoter never claims a leased block. A block claimed
   before a load's lease is a miss for that load (the request recomputes), never wrong
   tokens.
+* **A shared flash tier** (`share_flash`, `--flash-pool shared`): replicas on one host
+  open one LMDB environment. The demoter is its one writer (demoted blocks in, flash
+  LRU victims out); its flash lane logs every store and deletion on the pool's log
+  (`log_flash`), tagged with the environment's id, and followers on the same environment
+  mirror them into their flash index (others ignore them). A follower that becomes the
+  demoter first re-reads the flash's keys (`ChangeKind.LEAD`), so its books start from
+  what the environment holds; a resync re-reads them too (`FLASH_RESET`).
 
 Threading: `SharedPool` is shared by the DDR transfer lane (`reserve`, `commit`,
 `forget`, `lease`, through its own client), the follower thread and the engine thread
@@ -32,6 +39,7 @@ raise `TierError` through the tier (`cache.tiers.redis_tier.PooledRedisTier`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -48,6 +56,7 @@ from cache import pool_scripts
 from cache.block_hash import BlockHash
 from cache.pool_scripts import PoolKeys
 from cache.tier_index import TierIndex
+from cache.tiers.base import TierError
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +86,31 @@ class ChangeKind(StrEnum):
     REMOVE = "remove"  # blocks left it (or a write of ours was refused)
     RESET = "reset"  # the whole index, least recently used first (start, resync)
     DEMOTE = "demote"  # this replica, the demoter, must demote these (claimed) blocks
+    # A shared flash tier (`SharedPool.share_flash`):
+    FLASH_ADD = "flash_add"  # another replica stored these blocks in our flash environment
+    FLASH_REMOVE = "flash_remove"  # ... or deleted them
+    FLASH_RESET = "flash_reset"  # every block the environment holds, oldest write first
+    LEAD = "lead"  # this replica became the flash's writer; blocks: as FLASH_RESET
+    FOLLOW = "follow"  # this replica is no longer the flash's writer
 
 
 @dataclass(frozen=True, slots=True)
 class PoolChange:
     kind: ChangeKind
     blocks: tuple[tuple[BlockHash, int], ...]  # (hash, stored bytes); size 0 if unknown
+
+
+@dataclass(frozen=True, slots=True)
+class SharedFlash:
+    """The flash environment this replica shares with others on its host."""
+
+    env_id: str  # see cache.tiers.shared_flash.environment_id
+    # Its blocks, oldest write first (follower thread): `scan` for a new writer's books
+    # (exact: repairs missing records), `scan_recorded` for a follower's re-read (reads
+    # only the records, never writes, while the writer may be writing).
+    scan: Callable[[], list[BlockHash]]
+    scan_recorded: Callable[[], list[BlockHash]]
+    close: Callable[[], None] = lambda: None  # after the follower stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +132,17 @@ class SharedPool:
         self._client = client
         self._scripts = {
             name: client.register_script(getattr(pool_scripts, name))
-            for name in ("RESERVE", "COMMIT", "FORGET", "LEASE", "CLAIM", "SNAPSHOT", "ELECT")
+            for name in (
+                "RESERVE",
+                "COMMIT",
+                "RELEASE",
+                "FORGET",
+                "LEASE",
+                "CLAIM",
+                "SNAPSHOT",
+                "ELECT",
+                "FLASHLOG",
+            )
         }
         self._changes: queue.SimpleQueue[PoolChange] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -112,31 +150,54 @@ class SharedPool:
         self._last_id = b"0-0"
         self._last_seq = 0
         self._notify: Callable[[], None] = lambda: None
+        self._tokens: dict[BlockHash, str] = {}  # reservations held (the DDR lane's)
+        self._num_reserves = itertools.count()
         self.is_demoter = False
         self.num_resyncs = 0
+        self.flash: SharedFlash | None = None
+        self._is_flash_writer = False  # LEAD queued, FOLLOW not yet
 
     # -- write side (the DDR transfer lane) ----------------------------------------------
 
     def reserve(self, client: Any, hashes: Sequence[BlockHash], size: int) -> list[int]:
         """Reserve `size` bytes for each block: 0 reserved (SET it, then `commit`), 1
-        already pooled (touched), 2 refused (pool full), 3 being written or demoted."""
+        already pooled (touched), 2 refused (pool full), 3 being written or demoted.
+        Each reservation gets this call's token, which `commit` and `release` present:
+        a reservation that expired and was taken by another writer is not ours."""
         k = self.keys
-        args = [self.config.capacity_bytes, int(self.config.reservation_s * 1000), size]
-        return [
+        token = f"{self.config.replica_id}.{next(self._num_reserves)}"
+        args = [self.config.capacity_bytes, int(self.config.reservation_s * 1000), size, token]
+        statuses = [
             int(r)
             for r in self._run(
-                "RESERVE", [k.lru, k.size, k.used, k.reserved], [*args, *hashes], client
+                "RESERVE", [k.lru, k.size, k.used, k.reserved, k.rtoken], [*args, *hashes], client
             )
         ]
+        for block_hash, status in zip(hashes, statuses, strict=True):
+            if status == 0:
+                self._tokens[block_hash] = token
+        return statuses
 
-    def commit(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
-        """Make reserved, stored blocks visible; False: the reservation had expired (the
-        caller deletes that value)."""
-        return [bool(int(r)) for r in self._run(*self.call("COMMIT", hashes), client)]
+    def commit(self, client: Any, hashes: Sequence[BlockHash]) -> list[int]:
+        """Make blocks this pool reserved, and whose values are stored, visible: 1 done;
+        0 the reservation expired (the caller deletes its value); 2 it expired and the
+        block is another writer's now (reserved, pooled or being demoted: the value, the
+        same bytes, is theirs to keep)."""
+        return [int(r) for r in self._run(*self.call("COMMIT", hashes), client)]
+
+    def release(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
+        """Give back reservations whose SET failed; True where this pool still held it
+        (the caller may delete that value), False where it was not ours any more."""
+        k = self.keys
+        args: list[Any] = []
+        for block_hash in hashes:
+            args += [block_hash, self._tokens.pop(block_hash, "")]
+        reply = self._run("RELEASE", [k.size, k.used, k.reserved, k.rtoken], args, client)
+        return [bool(int(r)) for r in reply]
 
     def forget(self, client: Any, hashes: Sequence[BlockHash]) -> int:
-        """Drop deleted blocks from the books (call after their values are DEL'd), and give
-        back the reservations of blocks whose SET failed. Returns how many it dropped."""
+        """Drop deleted blocks from the books (call after their values are DEL'd).
+        Returns how many it dropped."""
         return int(self._run(*self.call("FORGET", hashes), client))
 
     def lease(self, client: Any, hashes: Sequence[BlockHash]) -> list[bool]:
@@ -144,12 +205,16 @@ class SharedPool:
         return [bool(int(r)) for r in self._run(*self.call("LEASE", hashes), client)]
 
     def call(self, name: str, hashes: Sequence[BlockHash]) -> tuple[str, list[bytes], list[Any]]:
-        """(script, keys, args) of COMMIT, FORGET or LEASE on `hashes`."""
+        """(script, keys, args) of COMMIT, FORGET or LEASE on `hashes` (COMMIT takes the
+        blocks' reservation tokens: call it once per reservation)."""
         k, cfg = self.keys, self.config
         if name == "COMMIT":
-            return name, [k.lru, k.size, k.reserved, k.log, k.seq], [cfg.log_maxlen, *hashes]
+            args: list[Any] = [cfg.log_maxlen]
+            for block_hash in hashes:
+                args += [block_hash, self._tokens.pop(block_hash, "")]
+            return name, [k.lru, k.size, k.reserved, k.log, k.seq, k.rtoken], args
         if name == "FORGET":
-            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq, k.reserved]
+            keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.log, k.seq]
             return name, keys, [cfg.log_maxlen, *hashes]
         if name == "LEASE":
             return name, [k.lru, k.lease], [int(cfg.lease_s * 1000), *hashes]
@@ -165,6 +230,22 @@ class SharedPool:
         """SCRIPT LOAD every script (after a NOSCRIPT from a queued call)."""
         for script in self._scripts.values():
             client.script_load(script.script)
+
+    def share_flash(self, flash: SharedFlash) -> None:
+        """Follow a shared flash environment's log records too (before `start`)."""
+        self.flash = flash
+
+    def log_flash(self, client: Any, added: bool, blocks: Sequence[tuple[BlockHash, int]]) -> None:
+        """Log stores (`added`) or deletions in the shared flash (its writer's flash lane:
+        after the LMDB commit of a store, before the deletion). Raises Redis errors."""
+        if self.flash is None or not blocks:
+            return
+        cfg = self.config
+        args: list[Any] = [cfg.log_maxlen, "fa" if added else "fr", self.flash.env_id]
+        args.append(cfg.replica_id)
+        for block_hash, size in blocks:
+            args += [block_hash, size]
+        self._run("FLASHLOG", [self.keys.log, self.keys.seq], args, client)
 
     def refused(self, hashes: Sequence[BlockHash]) -> None:
         """Writes of ours the pool did not take: the engine drops them from its index."""
@@ -223,6 +304,8 @@ class SharedPool:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.flash is not None:
+            self.flash.close()
         try:
             self._client.close()
         except _REDIS_ERRORS:
@@ -232,7 +315,20 @@ class SharedPool:
         last_id, seq, blocks = self.snapshot(self._client)
         self._last_id, self._last_seq = last_id, seq
         self._put(PoolChange(ChangeKind.RESET, tuple(blocks)))
+        if self.flash is not None:
+            # After the log position: a store logged since then is applied again (an
+            # add is idempotent), a deletion logged before it and not yet done at the
+            # scan leaves an entry whose load misses (the request recomputes).
+            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash(recorded=True)))
         self.num_resyncs += 1
+
+    def _scan_flash(self, recorded: bool = False) -> tuple[tuple[BlockHash, int], ...]:
+        assert self.flash is not None
+        scan = self.flash.scan_recorded if recorded else self.flash.scan
+        try:
+            return tuple((h, 0) for h in scan())
+        except TierError as exc:  # the follower's caller backs off and re-reads
+            raise _FlashScanError(str(exc)) from exc
 
     def _follow(self, resynced: bool) -> None:
         backoff = 0.0 if resynced else 0.05
@@ -243,7 +339,7 @@ class SharedPool:
                     backoff = 0.0
                 self._read_log()
                 self._demote_if_elected()
-            except _REDIS_ERRORS as exc:
+            except (*_REDIS_ERRORS, _FlashScanError) as exc:
                 backoff = min(2.0, backoff * 2 or 0.05)
                 logger.warning("shared pool follower: %s; re-reading in %.2fs", exc, backoff)
                 self._stop.wait(backoff)
@@ -267,7 +363,10 @@ class SharedPool:
                     self._resync()
                     return
                 self._last_id, self._last_seq = bytes(entry_id), seq
-                kind = ChangeKind.ADD if fields[b"op"] == b"a" else ChangeKind.REMOVE
+                found = self._kind_of(fields)
+                if found is None:
+                    continue  # another flash environment's record, or our own
+                kind = found
                 block = (BlockHash(bytes(fields[b"h"])), int(fields[b"s"] or 0))
                 if changes and changes[-1].kind is kind:
                     changes[-1] = PoolChange(kind, (*changes[-1].blocks, block))
@@ -276,12 +375,33 @@ class SharedPool:
         for change in changes:
             self._put(change)
 
+    def _kind_of(self, fields: dict[bytes, bytes]) -> ChangeKind | None:
+        op = fields[b"op"]
+        if op == b"a":
+            return ChangeKind.ADD
+        if op == b"r":
+            return ChangeKind.REMOVE
+        flash = self.flash
+        if flash is None or fields.get(b"e", b"").decode() != flash.env_id:
+            return None  # not our flash environment (another host's, or not shared)
+        if fields.get(b"w", b"").decode() == self.config.replica_id:
+            return None  # ours: applied when we wrote it
+        return ChangeKind.FLASH_ADD if op == b"fa" else ChangeKind.FLASH_REMOVE
+
     def _demote_if_elected(self) -> None:
         cfg = self.config
         ttl = int(cfg.demoter_lease_s * 1000)
         self.is_demoter = bool(
             int(self._scripts["ELECT"](keys=[self.keys.demoter], args=[cfg.replica_id, ttl]))
         )
+        if self.flash is not None and self.is_demoter != self._is_flash_writer:
+            # Hand the flash's writing over before any claim: the engine applies changes
+            # in order, so it holds fresh books before it demotes anything.
+            if self.is_demoter:
+                self._put(PoolChange(ChangeKind.LEAD, self._scan_flash()))
+            else:
+                self._put(PoolChange(ChangeKind.FOLLOW, ()))
+            self._is_flash_writer = self.is_demoter
         if not self.is_demoter:
             return
         usage = self.usage()
@@ -312,6 +432,10 @@ class SharedPool:
             self._client.delete(key)
 
 
+class _FlashScanError(RuntimeError):
+    """The shared flash could not be scanned (the follower backs off and re-reads)."""
+
+
 def apply_changes(
     index: TierIndex, changes: Sequence[PoolChange], block_size: int
 ) -> list[BlockHash]:
@@ -333,8 +457,9 @@ def apply_changes(
                 index.remove(block_hash)
             for block_hash, size in change.blocks:  # least recently used first
                 index.add(block_hash, size or block_size)
-        else:
+        elif change.kind is ChangeKind.DEMOTE:
             for block_hash, _ in change.blocks:
                 index.remove(block_hash)
                 to_demote.append(block_hash)
+        # the flash kinds are the caller's (cache.pooled_manager)
     return to_demote

@@ -9,6 +9,10 @@ Differences from `CacheManager` (see `cache.pool` for the pool's design):
   its demoter keeps it under a watermark); when this replica is the demoter, it moves
   the blocks the pool claimed to its flash (or deletes them without flash);
 * it saves nothing of DDR at shutdown (the pool outlives it);
+* with a shared flash (`SharedPool.share_flash`, `cache.tiers.shared_flash`) its flash
+  index mirrors the environment's, and it writes flash (stores, evictions, shutdown
+  write-back) only while it is the demoter: the one writer of that flash. A follower's
+  flash index never evicts (the writer's deletions reach it through the log).
 
 Threading as `CacheManager`: every method on the engine thread.
 """
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cache.block_hash import BlockHash
 from cache.events import EventCallback, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheManager
-from cache.pool import SharedPool, apply_changes
+from cache.pool import ChangeKind, PoolChange, SharedPool, apply_changes
 from cache.records import CacheConfig
 from cache.stats import Tier
 from cache.tiers.base import StorageTier
@@ -49,7 +54,11 @@ class SharedPoolCacheManager(CacheManager):
         index before returning (blocking: call at start-up). Without `ddr` the pool is
         not used."""
         self._pool = pool
+        self._shares_flash = pool.flash is not None and flash is not None
+        self._is_flash_writer = not self._shares_flash  # a shared flash: on LEAD
         super().__init__(layout, config, ddr, flash, notify, on_event, charge)
+        self._shares_flash = self._shares_flash and Tier.FLASH in self._index
+        self._is_flash_writer = not self._shares_flash
         if Tier.DDR in self._index:
             pool.start(notify)
             self._follow_pool()
@@ -58,10 +67,40 @@ class SharedPoolCacheManager(CacheManager):
         self._pool.stop()
         super().close()
 
+    @property
+    def is_flash_writer(self) -> bool:
+        """Whether this replica may store in (and evict from) its flash now."""
+        return self._is_flash_writer
+
     def _make_room(self, tier: Tier, size: int) -> bool:
         if tier is Tier.DDR:
             return self._index[tier].fits(size)  # the pool enforces its capacity itself
+        if not self._is_flash_writer:
+            return False  # a shared flash's follower never writes it
         return super()._make_room(tier, size)
+
+    def offload(self, tier: Tier) -> int:
+        if tier is Tier.DDR and not self._is_flash_writer:
+            raise ValueError(
+                "the flash is shared and this replica is not its writer (the pool's "
+                "demoter is): offload DDR there"
+            )
+        return super().offload(tier)
+
+    def write_back(self, timeout_s: float) -> int:
+        return super().write_back(timeout_s) if self._is_flash_writer else 0
+
+    def _rebuild_indexes(self) -> None:
+        if not self._shares_flash or Tier.FLASH not in self._stores:
+            super()._rebuild_indexes()
+            return
+        # The follower's first re-read fills the flash index, after the log position it
+        # follows from (a scan here would miss what changes in between).
+        flash = self._stores.pop(Tier.FLASH)
+        try:
+            super()._rebuild_indexes()
+        finally:
+            self._stores[Tier.FLASH] = flash
 
     def _apply_results(self) -> None:
         super()._apply_results()
@@ -73,6 +112,8 @@ class SharedPoolCacheManager(CacheManager):
         if not changes:
             return
         victims = apply_changes(self._index[Tier.DDR], changes, self._block_size)
+        if self._shares_flash:
+            self._follow_flash(changes)
         if victims:
             self.stats.tiers[Tier.DDR].evictions += len(victims)
             if Tier.FLASH in self._index and not self.health[Tier.FLASH].is_down:
@@ -80,3 +121,43 @@ class SharedPoolCacheManager(CacheManager):
             else:
                 self._worker.submit(RemoveJob(Tier.DDR, victims))
         self._refresh_occupancy()
+
+    def _follow_flash(self, changes: list[PoolChange]) -> None:
+        """Apply the shared flash's changes to the flash index, in order."""
+        index = self._index[Tier.FLASH]
+        for change in changes:
+            kind = change.kind
+            if kind is ChangeKind.FOLLOW:
+                self._is_flash_writer = False
+            elif kind is ChangeKind.LEAD or (
+                kind is ChangeKind.FLASH_RESET and not self._is_flash_writer
+            ):
+                # A writer's own index is its books (it logs what it does and skips its own
+                # records), so only LEAD replaces them: with what the environment holds.
+                wanted = {h for h, _ in change.blocks}
+                for block_hash in [h for h in index if h not in wanted]:
+                    index.remove(block_hash)
+                for block_hash, _ in change.blocks:  # oldest write first
+                    index.add(block_hash, self._block_size)
+                if kind is ChangeKind.LEAD:
+                    self._is_flash_writer = True
+                    self._trim_flash()
+            elif kind is ChangeKind.FLASH_ADD:
+                for block_hash, size in change.blocks:
+                    index.add(block_hash, size or self._block_size)
+            elif kind is ChangeKind.FLASH_REMOVE:
+                for block_hash, _ in change.blocks:
+                    index.remove(block_hash)
+
+    def _trim_flash(self) -> None:
+        """The new writer deletes what is beyond the flash's capacity (oldest first)."""
+        index = self._index[Tier.FLASH]
+        extra: list[BlockHash] = []
+        while index.used_bytes > index.capacity_bytes:
+            victim = index.pop_victim()
+            if victim is None:
+                break
+            extra.append(victim)
+        if extra:
+            self.stats.tiers[Tier.FLASH].evictions += len(extra)
+            self._worker.submit(RemoveJob(Tier.FLASH, extra))

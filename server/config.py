@@ -40,6 +40,11 @@ class DdrPool(StrEnum):
     SHARED = "shared"  # one live pool for every replica on the Redis (see cache.pool)
 
 
+class FlashPool(StrEnum):
+    PRIVATE = "private"  # this replica's flash: it writes and evicts it alone
+    SHARED = "shared"  # one flash per host, written by the demoter (cache.tiers.shared_flash)
+
+
 class Role(StrEnum):
     """What a replica does in prefill/decode disaggregation (see server/pd.py)."""
 
@@ -129,6 +134,12 @@ class Settings(BaseSettings):
         "replica's DDR only. With the embedded Redis, shared is a pool of one.",
     )
     flash_gb: float = Field(16.0, ge=0, description="Flash (LMDB) KV capacity in GiB; 0 disables.")
+    flash_pool: FlashPool = Field(
+        FlashPool.PRIVATE,
+        description="shared (needs --ddr-pool shared, --ddr-gb > 0): replicas with one "
+        "--data-dir on one host share its flash; the pool's demoter alone writes and evicts "
+        "it, every replica hits it. private: this replica's flash only.",
+    )
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
     pace: PaceMode = Field(
         PaceMode.REAL,
@@ -256,6 +267,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"role {self.role.value} shares KV through a DDR pool: it needs --redis-url "
                 "(the Redis every replica uses) and --ddr-gb > 0"
+            )
+        if self.flash_pool is FlashPool.SHARED and (
+            self.ddr_pool is not DdrPool.SHARED or self.ddr_gb <= 0
+        ):
+            raise ValueError(
+                "flash-pool shared needs ddr-pool shared and ddr-gb > 0 (the pool's demoter "
+                "is the flash's one writer)"
             )
         if self.eviction_policy not in EVICTION_POLICIES:
             choices = ", ".join(sorted(EVICTION_POLICIES))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from cache.block_format import encoded_size
 from cache.embedded_redis import EmbeddedRedis
 from cache.events import KVEventPublisher, ignore_event
 from cache.layout import KVLayout
@@ -28,6 +29,7 @@ from cache.tiers.faulty import FaultyTier, parse_tier_faults
 from cache.tiers.lmdb_check import check_environment, move_aside
 from cache.tiers.lmdb_tier import META_DIR, LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
+from cache.tiers.shared_flash import SharedFlashTier
 from npu_sim.arbiter import SharedCores
 from npu_sim.device import DeviceSpec, get_device
 from npu_sim.emulated import EmulatedModel, stored_head_dim
@@ -37,7 +39,7 @@ from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_cost_model_config, get_model_config
 from npu_sim.pretrained import is_pretrained, load_pretrained
 from npu_sim.tokenizers import ByteTokenizer, Tokenizer
-from server.config import GB, DdrPool, LoadPolicy, Settings
+from server.config import GB, DdrPool, FlashPool, LoadPolicy, Settings
 from server.engine.core import EngineCore
 from server.engine.load_planner import LoadPlanner
 from server.engine.scheduler import Scheduler, SchedulerConfig
@@ -265,6 +267,10 @@ def build_stack(
                 pool = SharedPool(connect_redis(url), namespace, config)
                 undo.callback(pool.stop)  # idempotent: cache.close() stops it again
                 ddr = PooledRedisTier(connect_redis(url), namespace, pool)
+                if isinstance(flash, LmdbTier) and settings.flash_pool is FlashPool.SHARED:
+                    block = encoded_size(layout.block_shape, layout.np_dtype)
+                    flash = SharedFlashTier.share(flash, pool, connect_redis(url), map_size, block)
+                    undo.callback(flash.close)  # idempotent
             else:
                 ddr = RedisTier(connect_redis(url), namespace)
             undo.callback(ddr.close)  # idempotent: cache.close() closes it again

@@ -300,14 +300,30 @@ class LmdbTier(StorageTier):
             other_sizes.extend(key for key, ok in zip(keys, matches, strict=True) if not ok)
         return [key for key, ok in zip(keys, matches, strict=True) if ok]
 
-    def _read_meta(self) -> tuple[list[BlockHash], np.ndarray] | None:
+    def scan_recorded_keys(self, size: int) -> list[BlockHash]:
+        """Keys with a meta record of a ``size``-byte value, least recently written first:
+        reads the meta environment only and repairs nothing, so it suits a reader while
+        another process writes (records are written after their values and deleted before
+        them, so every key listed has its value, bar a crash in between)."""
+        meta = self._read_meta(check_count=False)
+        if meta is None:  # unreachable without the count check
+            return []
+        keys, sizes = meta
+        if bool((sizes == size).all()):
+            return keys
+        return [key for key, ok in zip(keys, (sizes == size).tolist(), strict=True) if ok]
+
+    def _read_meta(self, check_count: bool = True) -> tuple[list[BlockHash], np.ndarray] | None:
         """Every key, least recently written first, and its value sizes; ``None`` if the
-        meta records do not cover every value (then the values must be scanned)."""
-        with _wrap_errors("scan"), self._begin() as txn:
-            num_values = txn.stat(self._db)["entries"]
+        meta records do not cover every value (then the values must be scanned; not
+        checked without ``check_count``)."""
+        num_values = -1
+        if check_count:
+            with _wrap_errors("scan"), self._begin() as txn:
+                num_values = txn.stat(self._db)["entries"]
         _read_sequentially(self._meta_path / "data.mdb")
         with _wrap_errors("scan"), self._begin_meta() as txn:
-            if txn.stat(self._meta_db)["entries"] != num_values:
+            if check_count and txn.stat(self._meta_db)["entries"] != num_values:
                 return None
             # Keys and records in two C-level passes (no per-entry tuples: at 1M
             # entries building and unzipping pairs cost more than the reads).

@@ -219,8 +219,10 @@ class PooledRedisTier(RedisTier):
     Same values under the same keys; every write, read and delete also keeps the pool's
     books (:class:`cache.pool.SharedPool`): a write reserves its bytes first and is
     committed after its SET (or refused when the pool is full, reported to the pool so
-    the engine drops it from its index), a read leases and touches its blocks, a delete
-    DELs and then forgets. ``scan`` lists the pool's index, least recently used first.
+    the engine drops it from its index; a reservation carries a token, so a writer that
+    stalled past it never commits or releases another writer's later one), a read leases
+    and touches its blocks, a delete DELs and then forgets. ``scan`` lists the pool's
+    index, least recently used first.
     On a plain Redis the bookkeeping shares its round trip where order allows (LEASE and
     MGET, DELs and FORGET each in one pipeline); RESERVE must answer before any SET, and
     COMMIT runs only after every SET succeeded (a pipeline would run it even after a
@@ -296,16 +298,19 @@ class PooledRedisTier(RedisTier):
             try:
                 super().put_many(todo)
             except TierError:
-                with contextlib.suppress(TierError), _wrap_errors("pool forget"):
-                    super().remove_many(todo_keys)
-                    self.pool.forget(self._client, todo_keys)
+                with contextlib.suppress(TierError), _wrap_errors("pool release"):
+                    ours = self.pool.release(self._client, todo_keys)
+                    mine = [k for k, held in zip(todo_keys, ours, strict=True) if held]
+                    super().remove_many(mine)
                 raise
             with _wrap_errors("pool commit"):
                 committed = self.pool.commit(self._client, todo_keys)
-            late = [k for (k, _), ok in zip(todo, committed, strict=True) if not ok]
+            # 0: our reservation expired, the value is ours to delete; 2: it expired and
+            # another writer holds the block now (same bytes): leave its value alone.
+            late = [k for k, status in zip(todo_keys, committed, strict=True) if status == 0]
             if late:
                 super().remove_many(late)
-                refused += late
+            refused += [k for k, status in zip(todo_keys, committed, strict=True) if status != 1]
         self.pool.refused(refused)
 
     def get_many(

@@ -107,16 +107,18 @@ def test_the_demoter_moves_pool_blocks_to_flash_and_every_replica_drops_them(rep
     push_out_of_hbm(a)
     data |= fill_and_cache(a, hashes[4:], seed=4)
     push_out_of_hbm(a)
-    # One of them is the demoter: the pool goes down to 2 blocks; the rest is in its flash.
+    # One of them is the demoter: the pool goes below its watermark; the rest is in its
+    # flash. (Usually 2 and 6; a claim made while the second batch was reserved but not
+    # yet committed takes only what was visible, and the pool then stays below 5.)
     managers = [a, b]
 
     def settled() -> bool:
         for m in managers:
             m.wait_transfers()
             m.poll()
-        ddr = [len(m._index[Tier.DDR]) for m in managers]
+        ddr = [set(m._index[Tier.DDR]) for m in managers]
         flash = sum(len(m._index[Tier.FLASH]) for m in managers)
-        return ddr == [2, 2] and flash == 6
+        return ddr[0] == ddr[1] and len(ddr[0]) <= 5 and flash > 0 and len(ddr[0]) + flash == 8
 
     poll_until(a, settled)
     demoter = max(managers, key=lambda m: len(m._index[Tier.FLASH]))

@@ -281,3 +281,43 @@ def test_a_set_redis_refuses_is_not_published_to_the_pool(tmp_path, namespace):
         finally:
             tier.close()
             client.close()
+
+
+def test_a_stalled_writers_commit_does_not_publish_a_later_reservation(open_pool, url):
+    """A writer stalled past its reservation: another replica reserved the same block
+    since. The stalled writer's COMMIT published that reservation (before its owner's
+    SET), and the owner's own COMMIT then found nothing to commit and deleted the value."""
+    stalled, other = open_pool(reservation_s=0.05), open_pool()
+    client = connect_redis(url)
+    h = block(7)
+    try:
+        assert stalled.pool.reserve(client, [h], SIZE) == [0]
+        deadline = time.monotonic() + DEADLINE_S
+        while other.pool.reserve(client, [h], SIZE) != [0]:  # 3 until it expires
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # poll interval
+        # The stalled writer wakes up (its SET wrote the same bytes: content-addressed).
+        assert stalled.pool.commit(client, [h]) == [2]  # not committed, not its value
+        assert stalled.pool.contains_many(client, [h]) == [False]  # not published
+        assert other.pool.commit(client, [h]) == [1]
+        assert other.pool.contains_many(client, [h]) == [True]
+        assert other.pool.usage(client).used_bytes == SIZE
+    finally:
+        client.close()
+
+
+def test_a_stalled_writers_failed_set_does_not_give_back_a_later_reservation(open_pool, url):
+    stalled, other = open_pool(reservation_s=0.05), open_pool()
+    client = connect_redis(url)
+    h = block(8)
+    try:
+        assert stalled.pool.reserve(client, [h], SIZE) == [0]
+        deadline = time.monotonic() + DEADLINE_S
+        while other.pool.reserve(client, [h], SIZE) != [0]:  # 3 until it expires
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # poll interval
+        assert stalled.pool.release(client, [h]) == [False]  # its SET failed: not its to free
+        assert other.pool.usage(client).used_bytes == SIZE
+        assert other.pool.commit(client, [h]) == [1]
+    finally:
+        client.close()

@@ -38,6 +38,9 @@ def test_flags_and_env(monkeypatch: pytest.MonkeyPatch):
         {"kv_bytes_fraction": 0},
         {"ddr_media": "tape"},
         {"flash_media": "floppy"},
+        {"flash_pool": "shared"},  # needs a shared DDR pool, whose demoter writes it
+        {"flash_pool": "shared", "ddr_pool": "shared", "ddr_gb": 0},
+        {"flash_pool": "nfs"},
     ],
 )
 def test_invalid_settings_are_rejected(bad: dict):

@@ -126,3 +126,73 @@ def test_replicas_filling_the_pool_stay_within_one_capacity_and_keep_their_token
             server = (b, a)[i % 2]
             assert server.complete(prompt, MAX_TOKENS)["choices"][0]["text"] == cold[prompt]
     client.close()
+
+
+def test_replicas_of_one_host_hit_blocks_the_demoter_moved_to_their_shared_flash(
+    replica_settings,
+):
+    """`--flash-pool shared`: one --data-dir, one LMDB environment. The demoter writes the
+    pool's blocks to it; the other replica, started first, hits them from flash."""
+    shared = dict(flash_pool="shared")
+    with (
+        run_server(replica_settings("host", **shared)) as b,
+        run_server(replica_settings("host", **shared)) as a,
+    ):
+        cold, cached = complete(a)
+        assert cached == 0
+        moved = a.offload("hbm")
+        assert moved > 0
+        wait_for_ddr_blocks(b, moved)
+        # Only the flash's writer (the pool's demoter, once elected) may demote to it.
+        writer, reader = _demote_on_the_writer(a, b)
+        deadline = time.monotonic() + DEADLINE_S
+        while reader.cache_stats()["tiers"]["flash"]["blocks"] < moved:
+            assert time.monotonic() < deadline, reader.cache_stats()["tiers"]
+            time.sleep(0.01)  # poll interval
+        assert reader.cache_stats()["tiers"]["ddr"]["blocks"] == 0
+        text, cached = complete(reader)
+        assert cached > 0
+        assert text == cold
+        assert reader.metric("tierkv:prefix_cache_hits_total", tier="flash") == cached
+
+
+def test_a_replica_on_another_flash_does_not_hit_what_the_demoter_moved_to_its_own(
+    replica_settings,
+):
+    """Two hosts (two --data-dirs), one pool: the demoter's flash records name its
+    environment; the other replica ignores them and recomputes, with the same tokens."""
+    shared = dict(flash_pool="shared")
+    with (
+        run_server(replica_settings("host2", **shared)) as b,
+        run_server(replica_settings("host1", **shared)) as a,
+    ):
+        cold, _ = complete(a)
+        moved = a.offload("hbm")
+        wait_for_ddr_blocks(b, moved)
+        writer, reader = _demote_on_the_writer(a, b)
+        assert writer.cache_stats()["tiers"]["flash"]["blocks"] >= moved
+        # A later pool write the reader sees, so it has read the flash records before it.
+        writer.complete("A later prompt, after the demotion. " * 8, MAX_TOKENS)
+        writer.offload("hbm")
+        wait_for_ddr_blocks(reader, writer.cache_stats()["tiers"]["ddr"]["blocks"])
+        assert reader.cache_stats()["tiers"]["flash"]["blocks"] == 0
+        text, cached = complete(reader)
+        assert (text, cached) == (cold, 0)
+
+
+def _demote_on_the_writer(a: LiveServer, b: LiveServer) -> tuple[LiveServer, LiveServer]:
+    """Offload DDR on whichever replica writes the shared flash: (writer, the other)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        for writer, reader in ((a, b), (b, a)):
+            if _offload_ddr(writer) == 200:
+                return writer, reader
+        assert time.monotonic() < deadline, "no replica became the flash's writer"
+        time.sleep(0.01)  # poll interval
+
+
+def _offload_ddr(server: LiveServer) -> int:
+    """POST /cache/offload ddr; 400 from a replica that is not the shared flash's writer."""
+    r = server.client.post("/cache/offload", json={"tier": "ddr"})
+    assert r.status_code in (200, 400), r.text
+    return r.status_code

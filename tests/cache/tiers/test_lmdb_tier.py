@@ -136,3 +136,15 @@ def test_namespace_without_meta_records_is_scanned_once_and_backfilled(tmp_path:
             assert txn.stat(tier._meta_db)["entries"] == 3
         tier.remove(key(2))
         assert dict(tier.scan()) == {key(1): 1, key(3): 3}
+
+
+def test_a_readers_keys_only_scan_lists_recorded_keys_and_repairs_nothing(tmp_path: Path) -> None:
+    """A shared flash's follower re-reads while the writer may be between a value's
+    commit and its record: it must neither read every value nor rewrite the records."""
+    with LmdbTier(tmp_path, MAP_SIZE, "flash") as tier:
+        tier.put_many([(key(2), b"b" * 8), (key(1), b"a" * 8), (key(3), b"c" * 5)])
+        with tier._env.begin(db=tier._db, write=True) as txn:
+            txn.put(key(4), b"d" * 8)  # a value whose record is not written yet
+        assert tier.scan_recorded_keys(8) == [key(2), key(1)]  # oldest write first
+        with tier._meta_env.begin(db=tier._meta_db) as txn:
+            assert txn.stat(tier._meta_db)["entries"] == 3  # nothing backfilled
