@@ -202,6 +202,8 @@ class Proxy:
             if not ok:
                 logger.info("prefill on %s answered %d", replica.url, response.status_code)
         except httpx.HTTPError as exc:
+            # No answer: not routed there (as `forward` does for a refused connection).
+            replica.num_routed -= 1
             logger.warning("prefill on %s failed: %s", replica.url, exc)
         finally:
             replica.in_flight.pop(key, None)

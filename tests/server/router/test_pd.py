@@ -140,7 +140,10 @@ def test_a_prefill_replica_that_went_away_degrades_to_decode_computing(
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["text"] == expected
         assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
-        pd = router.get("/router/stats").json()["pd"]
-        assert pd["prefills"] == 1 and pd["prefill_failures"] == 1
+        stats = router.get("/router/stats").json()
+        assert stats["pd"]["prefills"] == 1 and stats["pd"]["prefill_failures"] == 1
+        # The failed prefill call is not counted as routed to the replica that failed it.
+        routed = {r["role"]: r["routed"] for r in stats["replicas"]}
+        assert routed == {"prefill": 0, "decode": 1}
     finally:
         router.__exit__(None, None, None)
