@@ -82,20 +82,22 @@ class PoolHandoff:
     def adopt(self, tier: Tier, hashes: Sequence[BlockHash]) -> int:
         """Index blocks that another process wrote to `tier`'s shared store (a decode
         replica learns of a prefill replica's blocks this way), in order, making room as
-        for a spill; stops at the first that does not fit. Blocks already indexed are
-        touched. Returns how many were added. The caller checked that the store holds
-        them; one gone since is repaired as any missing block (the request recomputes).
+        for a spill; stops at the first that does not fit. Blocks already indexed (a
+        shared pool's live index often has them first) are touched. Returns how many
+        leading `hashes` are indexed now, already or added. The caller checked that the
+        store holds them; one gone since is repaired as any missing block (the request
+        recomputes).
         """
         index = self._index.get(tier)
         if index is None:
             return 0
-        added = 0
+        indexed = 0
         for block_hash in hashes:
             if block_hash in index:
                 index.touch(block_hash)
-                continue
-            if not self._make_room(tier, self._block_size):
+            elif self._make_room(tier, self._block_size):
+                index.add(block_hash, self._block_size)
+            else:
                 break
-            index.add(block_hash, self._block_size)
-            added += 1
-        return added
+            indexed += 1
+        return indexed

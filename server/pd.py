@@ -80,7 +80,8 @@ class PrefillDecode:
         )
         self.blocks_found = Counter(
             "tierkv:pd_blocks_found",
-            "Prompt blocks a decode replica found in the shared DDR pool and indexed.",
+            "Prompt blocks a decode replica found in the shared DDR pool (with "
+            "--ddr-pool shared its live index often has them first; they count too).",
             registry=registry,
         )
         self.handoff_seconds = Histogram(
@@ -107,8 +108,8 @@ class PrefillDecode:
             logger.warning("shared pool lookup failed (%s); the request recomputes", exc)
             return
         if found:
-            added = await self._engine.call(lambda core: core.cache.adopt(Tier.DDR, found))
-            self.blocks_found.inc(added)
+            indexed = await self._engine.call(lambda core: core.cache.adopt(Tier.DDR, found))
+            self.blocks_found.inc(indexed)
 
     async def after_finish(self, request: EngineRequest) -> None:
         """Prefill role: write the prompt's blocks through to DDR and wait for it."""

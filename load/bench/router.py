@@ -9,6 +9,13 @@ Run: ``python -m load.bench.router [--policies cache-aware,least-loaded,round-ro
 [--replicas 2] [--out results/router]``. Replica flags go in ``--server-flags "..."``,
 `tierkv-load run` flags in ``--load-flags "..."``.
 
+``--trace-conversations K`` (with ``--workload trace`` in the load flags) replays every
+K-th conversation of the trace instead of every record (load.trace.sample_conversations:
+written to a temporary trace file that ``--trace-offset`` and ``--num-requests`` then
+slice). For a trace workload the run also prints the selection's reuse ceiling: the hit
+rate of one unbounded cache over the same records (load.trace.reuse_ceiling), which no
+routing can beat.
+
 The setup ``pd`` (in ``--policies``) is P/D disaggregation (server/pd.py): half the
 replicas (at least one) run ``--role prefill``, the rest ``--role decode``, all on one
 shared Redis started here (``--ddr-gb`` from ``--pd-ddr-gb``), behind the cache-aware
@@ -34,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cache.embedded_redis import EmbeddedRedis
 from load.bench._servers import ManagedServer, free_port, tierkv_server
+from load.trace import read_trace, resolve_trace_path, reuse_ceiling, sample_conversations
 
 DEFAULT_SERVER_FLAGS = (
     "--pace real --cost-model llama-3-8b --hbm-gb 0.08 --ddr-gb 0 --flash-gb 0 --max-model-len 4096"
@@ -56,8 +64,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-flags", default=DEFAULT_LOAD_FLAGS)
     p.add_argument("--router-flags", default="", help="extra `tierkv route` flags")
     p.add_argument("--pd-ddr-gb", default="0.5", help="--ddr-gb of the pd setup's replicas")
+    p.add_argument(
+        "--trace-conversations",
+        type=int,
+        default=0,
+        metavar="K",
+        help="trace workload: replay every K-th conversation (0: every record)",
+    )
     p.add_argument("--out", type=Path, default=Path("results/router"))
     return p
+
+
+def _trace_selection(load_flags: list[str]) -> tuple[str | None, int, int | None, bool]:
+    """(--trace, --trace-offset, --num-requests, is a trace workload) of `load_flags`."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--workload")
+    p.add_argument("--trace")
+    p.add_argument("--trace-offset", type=int, default=0)
+    p.add_argument("--num-requests", type=int)
+    known, _ = p.parse_known_args(load_flags)
+    return known.trace, known.trace_offset, known.num_requests, known.workload == "trace"
+
+
+def prepare_trace(args: argparse.Namespace, work: Path) -> float | None:
+    """Write the sampled trace (``--trace-conversations``) and point the load flags at
+    it; return the replayed selection's reuse ceiling (None: not a trace workload)."""
+    flags = shlex.split(args.load_flags)
+    trace, offset, limit, is_trace = _trace_selection(flags)
+    if not is_trace:
+        if args.trace_conversations:
+            raise SystemExit("--trace-conversations needs --workload trace in --load-flags")
+        return None
+    path = resolve_trace_path(trace)
+    if args.trace_conversations:
+        sampled = sample_conversations(read_trace(path), args.trace_conversations)
+        path = work / f"conversations-every-{args.trace_conversations}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for r in sampled:
+                f.write(
+                    json.dumps(
+                        {"timestamp": r.timestamp_ms, "input_length": r.input_length,
+                         "output_length": r.output_length, "hash_ids": list(r.hash_ids)}
+                    ) + "\n"
+                )  # fmt: skip
+        args.load_flags = shlex.join([*flags, "--trace", str(path)])
+    return reuse_ceiling(read_trace(path, limit=limit, offset=offset))
 
 
 def replica_latency(base_url: str) -> dict[str, float | None]:
@@ -168,11 +219,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tkv-route-") as tmp:
+        ceiling = prepare_trace(args, Path(tmp))
+        if ceiling is not None:
+            print(f"reuse ceiling (one unbounded cache, trace blocks): {ceiling:.1%}")
         for policy in args.policies.split(","):
             rows.append(run_policy(policy.strip(), args, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(rows, indent=2))
+    summary = {"reuse_ceiling": ceiling, "rows": rows}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     base = next((r for r in rows if r["policy"] == "round-robin"), rows[-1])
     print(
         f"\n| policy | hit rate | vs {base['policy']} | TTFT mean / p50 / p90 ms "

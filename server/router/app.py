@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -86,6 +87,38 @@ def prefill_request_body(body: bytes) -> bytes | None:
     for name in ("stream_options", "min_tokens"):
         data.pop(name, None)
     return json.dumps(data).encode()
+
+
+@dataclass(slots=True)
+class FirstTokenWatch:
+    """Tells, chunk by chunk, whether a relayed response has reached its first output
+    token, the end of the replica's prefill for that request.
+
+    A chat stream opens with a role-only event that a replica may send before its
+    prefill (tierkv does), so there the first token is the second SSE event; in a
+    completion stream it is the first. Any other response (JSON) arrives whole.
+    """
+
+    token_event: int  # the SSE event (1-based) that carries the first token; 0: not SSE
+    _seen: int = 0
+    _tail: bytes = b""
+
+    @classmethod
+    def for_response(cls, path: str, content_type: str | None) -> FirstTokenWatch:
+        if not (content_type or "").startswith("text/event-stream"):
+            return cls(0)
+        return cls(2 if path.endswith("chat/completions") else 1)
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next raw chunk; True once the first token has arrived."""
+        if self.token_event == 0:
+            return True
+        # "data:" may straddle two chunks: count over the previous chunk's last 4 bytes
+        # (too short to hold one) plus this one.
+        data = self._tail + chunk
+        self._seen += data.count(b"data:")
+        self._tail = data[-4:]
+        return self._seen >= self.token_event
 
 
 class Proxy:
@@ -166,7 +199,7 @@ class Proxy:
                 if allowed <= tried:
                     return _error(502, f"no replica answered: {exc}", "bad_gateway")
                 continue
-            return self._relay(response, replica, key)
+            return self._relay(response, replica, key, path)
 
     def _urls(self, *roles: str) -> set[str]:
         return {r.url for r in self.replicas if r.role in roles}
@@ -202,6 +235,8 @@ class Proxy:
             if not ok:
                 logger.info("prefill on %s answered %d", replica.url, response.status_code)
         except httpx.HTTPError as exc:
+            # No answer: not routed there (as `forward` does for a refused connection).
+            replica.num_routed -= 1
             logger.warning("prefill on %s failed: %s", replica.url, exc)
         finally:
             replica.in_flight.pop(key, None)
@@ -209,14 +244,17 @@ class Proxy:
         self.num_prefill_failures += 0 if ok else 1
         self.prefill_seconds += time.perf_counter() - started
 
-    def _relay(self, response: httpx.Response, replica: Replica, key: int) -> Response:
+    def _relay(
+        self, response: httpx.Response, replica: Replica, key: int, path: str
+    ) -> StreamingResponse:
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+        watch = FirstTokenWatch.for_response(path, response.headers.get("content-type"))
 
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for chunk in response.aiter_raw():
                     flight = replica.in_flight.get(key)
-                    if flight is not None:
+                    if flight is not None and flight.is_prefilling and watch.feed(chunk):
                         flight.is_prefilling = False
                     yield chunk
             finally:

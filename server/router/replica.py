@@ -27,7 +27,7 @@ class InFlight:
 
     num_blocks: int  # prompt + expected output, in blocks
     num_prefill_blocks: int  # prompt blocks the replica must compute (not cached)
-    is_prefilling: bool = True  # until the first streamed byte (or the response) arrives
+    is_prefilling: bool = True  # until its first output token comes back (FirstTokenWatch)
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ def test_store_through_then_adopt_reloads_identical_bytes(redis_url: str) -> Non
         assert find_shared_prefix(lookup, hashes + chain(1, seed=4)) == hashes
         assert decode.match(hashes, 5).num_blocks == 0  # not indexed yet
         assert decode.adopt(Tier.DDR, hashes) == 5
-        assert decode.adopt(Tier.DDR, hashes) == 0  # already indexed: touched only
+        assert decode.adopt(Tier.DDR, hashes) == 5  # already indexed: touched, counted
         block_ids, loaded = reload(decode, hashes)
         assert loaded == 5
         for block_id, h in zip(block_ids, hashes, strict=True):

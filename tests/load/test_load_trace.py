@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from load.trace import BlockSynthesizer, TraceRecord, TraceScale, default_trace_path, read_trace
+from load.trace import (
+    BlockSynthesizer,
+    TraceRecord,
+    TraceScale,
+    default_trace_path,
+    read_trace,
+    reuse_ceiling,
+    sample_conversations,
+)
 from load.workloads import trace_replay
 
 REAL_TRACE = str(default_trace_path())
@@ -12,6 +20,10 @@ REAL_TRACE = str(default_trace_path())
 
 def record(ts, n_in, n_out, ids):
     return TraceRecord(float(ts), n_in, n_out, tuple(ids))
+
+
+def records_of(id_lists):
+    return [record(i, 10, 1, ids) for i, ids in enumerate(id_lists)]
 
 
 def test_same_ids_give_identical_prefixes_and_different_ids_differ():
@@ -123,3 +135,27 @@ def test_policy_command_finds_a_relative_trace_and_names_a_missing_one(
     assert main(["policy", "--trace", "t.jsonl", "--capacity-blocks", "2"]) == 0
     assert main(["policy", "--trace", "gone.jsonl", "--capacity-blocks", "2"]) == 2
     assert str(tmp_path / "gone.jsonl") in capsys.readouterr().out.replace("\n", "")
+
+
+def test_sample_conversations_keeps_every_kth_conversation_with_all_its_turns():
+    records = [
+        record(0, 10, 1, [0, 1]),  # conversation 0
+        record(1, 10, 1, [0, 2]),  # conversation 1
+        record(2, 10, 1, [0, 3]),  # conversation 2
+        record(3, 10, 1, [0, 1, 4]),  # conversation 0, turn 2
+        record(4, 10, 1, [0, 2, 5]),  # conversation 1, turn 2
+        record(5, 10, 1, [7]),  # conversation 3 (one block)
+        record(6, 10, 1, [0, 3, 6, 8]),  # conversation 2, turn 2
+    ]
+    assert sample_conversations(records, 1) == records
+    assert [r.timestamp_ms for r in sample_conversations(records, 2)] == [0, 2, 3, 6]
+    assert [r.timestamp_ms for r in sample_conversations(records, 3)] == [0, 3, 5]
+    with pytest.raises(ValueError):
+        sample_conversations(records, 0)
+
+
+def test_sampled_conversations_of_the_real_trace_reuse_more_than_a_contiguous_slice():
+    contiguous = read_trace(REAL_TRACE, limit=300)
+    sampled = sample_conversations(read_trace(REAL_TRACE), 30)[:300]
+    assert reuse_ceiling(sampled) > 3 * reuse_ceiling(contiguous)
+    assert reuse_ceiling(records_of([[0, 1], [0, 1, 2], [0, 3]])) == 3 / 7

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cache.embedded_redis import EmbeddedRedis
-from server.config import Role, Settings
+from server.config import DdrPool, Role, Settings
 from server.router.app import build_router_app, prefill_request_body
 from server.router.config import RouterConfig
 from tests.server.live import LiveServer, run_server
@@ -30,15 +30,17 @@ def _settings(data_dir: Path, **extra: Any) -> Settings:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[dict[str, LiveServer]]:
-    """A cold single replica (own embedded Redis), and prefill + decode on one Redis."""
+@pytest.fixture(scope="module", params=[DdrPool.PRIVATE, DdrPool.SHARED], ids=lambda p: p.value)
+def fleet(request: pytest.FixtureRequest) -> Iterator[dict[str, LiveServer]]:
+    """A cold single replica (own embedded Redis), and prefill + decode on one Redis,
+    each with its own DDR index (`--ddr-pool private`) or following the pool's
+    (`shared`)."""
     root = Path(tempfile.mkdtemp(prefix="tkv-pd-"))
     try:
         with ExitStack() as stack:
             redis = EmbeddedRedis(root / "pool", 256 * 1024**2).start()
             stack.callback(redis.stop)
-            shared = {"redis_url": redis.url}
+            shared = {"redis_url": redis.url, "ddr_pool": request.param}
             yield {
                 "single": stack.enter_context(run_server(_settings(root / "single"))),
                 "prefill": stack.enter_context(
@@ -128,8 +130,9 @@ def test_a_prefill_replica_that_went_away_degrades_to_decode_computing(
 ) -> None:
     prompt = "".join(random.Random(99).choice("ijklmnop ") for _ in range(200))  # unseen
     expected = fleet["single"].complete(prompt, max_tokens=6)["choices"][0]["text"]
-    url = fleet["prefill"].settings.redis_url
-    with run_server(_settings(tmp_path / "p2", role=Role.PREFILL, redis_url=url)) as gone:
+    url, pool = fleet["prefill"].settings.redis_url, fleet["prefill"].settings.ddr_pool
+    gone_settings = _settings(tmp_path / "p2", role=Role.PREFILL, redis_url=url, ddr_pool=pool)
+    with run_server(gone_settings) as gone:
         config = RouterConfig(replicas=(gone.url, fleet["decode"].url))
         router = TestClient(build_router_app(config))
         router.__enter__()
@@ -140,7 +143,10 @@ def test_a_prefill_replica_that_went_away_degrades_to_decode_computing(
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["text"] == expected
         assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
-        pd = router.get("/router/stats").json()["pd"]
-        assert pd["prefills"] == 1 and pd["prefill_failures"] == 1
+        stats = router.get("/router/stats").json()
+        assert stats["pd"]["prefills"] == 1 and stats["pd"]["prefill_failures"] == 1
+        # The failed prefill call is not counted as routed to the replica that failed it.
+        routed = {r["role"]: r["routed"] for r in stats["replicas"]}
+        assert routed == {"prefill": 0, "decode": 1}
     finally:
         router.__exit__(None, None, None)
