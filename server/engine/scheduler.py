@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 from cache.manager import CacheManager
 from cache.records import PrefixHit
 from server.engine.finish import finished_record, token_output
 from server.engine.load_planner import LoadPlanner
-from server.engine.plan import ScheduledChunk, SchedulerOutput
+from server.engine.plan import ScheduledChunk, SchedulerConfig, SchedulerOutput
 from server.engine.preemption import (
     chunks_to_reclaim,
     priority_of,
@@ -47,19 +46,6 @@ from server.engine.waiting import WaitingQueue
 __all__ = ["ScheduledChunk", "Scheduler", "SchedulerConfig", "SchedulerOutput"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
-    block_size: int
-    # A waiting request may preempt running requests of a worse (higher) priority value
-    # to be admitted at once (vNPU engines; see `_preempt_for_priority`). Off: a
-    # waiting request never preempts, it waits for room.
-    preempt_for_priority: bool = False
-    prefetch_blocks: int = 0  # most HBM blocks prefetches for queued requests hold; 0: off
 
 
 class Scheduler:
@@ -370,9 +356,8 @@ class Scheduler:
         logger.debug("preempted %s at %d tokens", request.request_id, request.num_tokens)
 
     def _reclaim_budget(self, request: EngineRequest, out: SchedulerOutput) -> int:
-        """With `preempt_for_priority`: take chunks of requests with a worse priority
-        value than `request`'s out of this step (worst first; they keep their blocks and
-        run at the next step) until `request`'s tokens fit. Returns the budget freed."""
+        """With `preempt_for_priority`: take `chunks_to_reclaim` out of this step (they
+        keep their blocks and run at the next step). Returns the budget freed."""
         if not self.config.preempt_for_priority:
             return 0
         taken = chunks_to_reclaim(request, out.chunks)
@@ -381,11 +366,9 @@ class Scheduler:
         return sum(c.num_new_tokens for c in taken)
 
     def _preempt_for_priority(self, request: EngineRequest, out: SchedulerOutput) -> bool:
-        """With `preempt_for_priority`: preempt the running request with the worst
-        priority value, if it is worse than `request`'s, taking its chunk out of this
-        step (a planned chunk has no effect until `update_from_output`). Its full blocks
-        stay cached (spilled to DDR when evicted) and it resumes from cache. Returns
-        whether a request was preempted."""
+        """With `preempt_for_priority`: preempt `victim_for_priority`, taking its chunk
+        out of this step (a planned chunk has no effect until `update_from_output`); it
+        resumes from cache. Returns whether a request was preempted."""
         if not self.config.preempt_for_priority:
             return False
         victim = victim_for_priority(request, self.running)
