@@ -141,6 +141,11 @@ class HbmBlockPool:
             block_ids.append(block_id)
         return Allocation(block_ids, evicted)
 
+    def note_request(self, hashes: Sequence[BlockHash]) -> None:
+        """Tell the eviction policy a new request uses this chain (see
+        `EvictionPolicy.note_request`)."""
+        self._evictable.note_request(hashes)
+
     def acquire_cached(self, block_ids: Iterable[int]) -> None:
         """Take a reference on cached blocks (a prefix hit)."""
         for block_id in block_ids:

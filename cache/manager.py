@@ -170,6 +170,13 @@ class CacheManager(PoolHandoff):
                 self.stats.tiers[tier].miss_blocks += 1
         return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
 
+    def note_request(self, hashes: Sequence[BlockHash]) -> None:
+        """A new request (not a resumed one) was admitted with the prompt chain `hashes`:
+        request-aware eviction policies (`prefix-aware`) of every tier learn from it."""
+        self.pool.note_request(hashes)
+        for index in self._index.values():
+            index.note_request(hashes)
+
     def prefetch(self, hit: PrefixHit, key: str) -> Admission | None:
         """`admit` minus the query and fresh blocks, for a queued request. The caller holds
         the blocks; once `poll` reports `key` it `free`s all but the HBM hits and the first

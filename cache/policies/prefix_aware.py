@@ -1,0 +1,224 @@
+"""``prefix-aware`` eviction: LRU per chain class, with learned reuse odds, orphans first.
+
+A prefix cache only serves a request's *leading* cached blocks, so two things matter
+that plain LRU ignores:
+
+* **Orphans.** Once this policy evicted a block, the blocks it still holds that chain
+  from it (its children, as last noted) cannot be hit through this tier until the
+  parent returns: they go next, oldest orphaning first, before any other block. (In
+  HBM and DDR the evicted parent moves one tier down, so evicting its children next
+  keeps a chain together in the lower tier rather than splitting it.) When the parent
+  is inserted again, its orphaned children return to the LRU order as just used.
+* **Which chains come back.** Every request is classed, when the caller notes it
+  (:meth:`PrefixAwarePolicy.note_request`), as a *continuation* if its chain runs
+  through the end of an earlier request's chain (a conversation's next turn reuses its
+  whole previous prompt), otherwise as *fresh*; its blocks take its class. The policy
+  learns online, per class, the odds ``p`` that a chain is continued, and the
+  distribution of the gap (in noted requests) until it is. A block last used ``a``
+  requests ago in class ``c`` is still to be reused with the conditional probability
+  ``p_c S(a) / (p_c S(a) + 1 - p_c)`` (``S``: the share of observed gaps longer than
+  ``a``); the victim is the oldest block of the class where that is lowest (within a
+  class, blocks go in LRU order).
+
+Before any request is noted (or if the caller never notes any) every block is fresh and
+the policy is plain LRU, orphans first. Memory: the class and parent of the last
+``max(4 x tracked, 4096)`` noted blocks (keys only) and of as many chain ends.
+
+This is HyperOffload's "frequency x recompute / transfer" with the frequency replaced by
+a learned reuse probability: our blocks all cost the same to recompute and to move per
+tier. Costs: ``note_request`` O(blocks of the request); insert, touch and remove O(1);
+``pop_victim`` O(number of classes) = O(1). Not thread-safe (the engine thread owns it).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Generic
+
+from cache.policies.eviction import EvictionPolicy, K
+
+FRESH = 0
+CONTINUATION = 1
+_CLASSES = (FRESH, CONTINUATION)
+_ORPHAN = -1
+_MIN_GHOST = 4096
+_CHAIN_END_BLOCKS = 2
+"""Blocks at a chain's end marked as its end: the last one, and the one before (in a
+Mooncake trace a request's last block is usually partial, so the next turn's chain runs
+through the one before; in the server a chain holds full blocks only)."""
+
+
+class PrefixAwarePolicy(EvictionPolicy[K], Generic[K]):
+    """See the module docstring. The contract is :class:`EvictionPolicy`'s, plus
+    ``note_request``."""
+
+    def __init__(self) -> None:
+        # per class, in LRU order: key -> (clock when last used, placement sequence)
+        self._lists: dict[int, OrderedDict[K, tuple[int, int]]] = {
+            c: OrderedDict() for c in _CLASSES
+        }
+        self._seq = 0
+        self._orphans: OrderedDict[K, int] = OrderedDict()  # -> placement sequence
+        self._where: dict[K, int] = {}  # tracked key -> its class, or _ORPHAN
+        self._parent: dict[K, K] = {}  # tracked key -> its parent when inserted
+        self._children: dict[K, set[K]] = {}  # parent (tracked or not) -> tracked children
+        self._meta: OrderedDict[K, tuple[int, K | None]] = OrderedDict()  # class, parent
+        self._ends: OrderedDict[K, tuple[int, int]] = OrderedDict()  # open chain ends
+        self._clock = 0  # requests noted
+        self._noted = Counter[int]()
+        self._continued = Counter[int]()
+        self._gaps = Counter[int]()  # continuation gaps, by bit length
+        self._num_gaps = 0
+        self._survival: dict[int, float] = {}  # S by bit length, cleared on a new gap
+
+    # -- request notes and learning ------------------------------------------------------
+
+    def note_request(self, hashes: Sequence[K]) -> None:
+        """A new request uses the chain ``hashes`` (its blocks in order, root first).
+
+        Call once per request, before it touches or inserts its blocks; a preempted
+        request resuming is not a new request."""
+        self._clock += 1
+        cls = FRESH
+        for key in reversed(hashes):
+            end = self._ends.pop(key, None)
+            if end is not None:
+                end_cls, noted_at = end
+                self._continued[end_cls] += 1
+                self._gaps[(self._clock - noted_at).bit_length()] += 1
+                self._num_gaps += 1
+                self._survival.clear()
+                cls = CONTINUATION
+                break
+        self._noted[cls] += 1
+        parent: K | None = None
+        for key in hashes:
+            self._meta[key] = (cls, parent)
+            self._meta.move_to_end(key)
+            parent = key
+        for key in hashes[-_CHAIN_END_BLOCKS:]:
+            self._ends[key] = (cls, self._clock)
+            self._ends.move_to_end(key)
+        bound = max(4 * len(self._where), _MIN_GHOST)
+        for ghost in (self._meta, self._ends):
+            while len(ghost) > bound:
+                ghost.popitem(last=False)
+
+    def continuation_odds(self, cls: int) -> float:
+        """Learned probability that a chain of class ``cls`` is continued (Laplace)."""
+        return (self._continued[cls] + 1) / (self._noted[cls] + 2)
+
+    def _survives(self, age: int) -> float:
+        """Share of observed continuation gaps longer than ``age`` requests."""
+        bucket = age.bit_length()
+        cached = self._survival.get(bucket)
+        if cached is None:
+            if self._num_gaps == 0:
+                return 1.0
+            longer = sum(n for b, n in self._gaps.items() if b > bucket)
+            cached = (longer + self._gaps.get(bucket, 0) / 2) / self._num_gaps
+            self._survival[bucket] = cached
+        return cached
+
+    def reuse_score(self, cls: int, age: int) -> float:
+        """Probability that a block of class ``cls`` last used ``age`` requests ago is
+        used again, under the learned odds and gaps."""
+        p = self.continuation_odds(cls) * self._survives(age)
+        return p / (p + 1.0 - self.continuation_odds(cls))
+
+    # -- EvictionPolicy --------------------------------------------------------------------
+
+    def insert(self, key: K) -> None:
+        if key in self._where:
+            self.touch(key)
+            return
+        cls, parent = self._meta.get(key, (FRESH, None))
+        self._seq += 1
+        self._lists[cls][key] = (self._clock, self._seq)
+        self._where[key] = cls
+        if parent is not None:
+            self._parent[key] = parent
+            self._children.setdefault(parent, set()).add(key)
+        orphans = [c for c in self._children.get(key, ()) if self._where[c] == _ORPHAN]
+        for child in sorted(orphans, key=self._orphans.__getitem__):  # in their order
+            del self._orphans[child]
+            self._place(child)
+
+    def touch(self, key: K) -> None:
+        where = self._where[key]  # raises KeyError if untracked
+        if where == _ORPHAN:
+            return  # its parent is gone: a use without the parent cannot be a prefix hit
+        del self._lists[where][key]
+        self._place(key)
+
+    def _place(self, key: K) -> None:
+        cls = self._meta.get(key, (FRESH, None))[0]
+        self._seq += 1
+        self._lists[cls][key] = (self._clock, self._seq)
+        self._where[key] = cls
+
+    def remove(self, key: K) -> None:
+        where = self._where.pop(key, None)
+        if where is None:
+            return
+        if where == _ORPHAN:
+            del self._orphans[key]
+        else:
+            del self._lists[where][key]
+        parent = self._parent.pop(key, None)
+        if parent is not None:
+            siblings = self._children[parent]
+            siblings.discard(key)
+            if not siblings:
+                del self._children[parent]
+
+    def peek_victim(self) -> K | None:
+        if self._orphans:
+            return next(iter(self._orphans))
+        best: tuple[float, int, K] | None = None
+        for entries in self._lists.values():
+            if entries:
+                key, (used_at, seq) = next(iter(entries.items()))
+                cls = self._where[key]
+                candidate = (self.reuse_score(cls, self._clock - used_at), seq, key)
+                if best is None or candidate[:2] < best[:2]:
+                    best = candidate
+        return None if best is None else best[2]
+
+    def pop_victim(self) -> K | None:
+        key = self.peek_victim()
+        if key is None:
+            return None
+        self.remove(key)
+        children = [c for c in self._children.get(key, ()) if self._where[c] != _ORPHAN]
+        children.sort(key=lambda c: self._lists[self._where[c]][c][1])  # oldest first
+        for child in children:
+            self._orphans[child] = self._lists[self._where[child]].pop(child)[1]
+            self._where[child] = _ORPHAN
+        return key
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __iter__(self) -> Iterator[K]:
+        """Victim order as of now (the order repeated ``pop_victim`` calls would give),
+        computed on a copy: O(n log n)."""
+        clone = self._copy_for_popping()
+        while (key := clone.pop_victim()) is not None:
+            yield key
+
+    def _copy_for_popping(self) -> PrefixAwarePolicy[K]:
+        """A copy whose ``pop_victim`` calls leave this policy as it is (notes and learned
+        odds are shared: popping reads them only)."""
+        clone: PrefixAwarePolicy[K] = copy.copy(self)
+        clone._lists = {c: entries.copy() for c, entries in self._lists.items()}
+        clone._orphans = self._orphans.copy()
+        clone._where = self._where.copy()
+        clone._parent = self._parent.copy()
+        clone._children = {k: v.copy() for k, v in self._children.items()}
+        return clone
