@@ -159,8 +159,10 @@ class HbmBlockPool:
         """Drop one reference on each block.
 
         Pass a sequence's blocks in order; they are released last-first so that, among
-        blocks freed together, descendants become eviction victims before their parents.
+        blocks freed together, descendants become eviction victims before their parents,
+        and the policy is told they chain (`EvictionPolicy.note_chain`).
         """
+        self._evictable.note_chain([h for b in block_ids if (h := self._hash[b]) is not None])
         for block_id in reversed(block_ids):
             if self._refcount[block_id] <= 0:
                 raise ValueError(f"double free of HBM block {block_id}")

@@ -171,8 +171,7 @@ class CacheManager(PoolHandoff):
         return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
 
     def note_request(self, hashes: Sequence[BlockHash]) -> None:
-        """A new request (not a resumed one) was admitted with the prompt chain `hashes`:
-        request-aware eviction policies (`prefix-aware`) of every tier learn from it."""
+        """A new (not resumed) request's prompt chain, for `prefix-aware` eviction."""
         self.pool.note_request(hashes)
         for index in self._index.values():
             index.note_request(hashes)
@@ -217,6 +216,9 @@ class CacheManager(PoolHandoff):
 
     def free(self, block_ids: Sequence[int]) -> None:
         """Release a request's blocks (in sequence order); cached ones stay reusable."""
+        chain = [h for b in block_ids if (h := self.pool.block_hash(b)) is not None]
+        for index in self._index.values():  # the pool notes its own
+            index.note_chain(chain)
         self.pool.free(block_ids)
 
     # -- completion ----------------------------------------------------------------------

@@ -77,6 +77,10 @@ class TierIndex:
         `EvictionPolicy.note_request`)."""
         self._policy.note_request(block_hashes)
 
+    def note_chain(self, block_hashes: Sequence[BlockHash]) -> None:
+        """See `EvictionPolicy.note_chain`."""
+        self._policy.note_chain(block_hashes)
+
     def touch(self, block_hash: BlockHash) -> None:
         if block_hash in self._sizes:
             self._policy.touch(block_hash)

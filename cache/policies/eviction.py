@@ -51,6 +51,10 @@ class EvictionPolicy(ABC, Generic[K]):
         request before its blocks are touched or inserted. Only request-aware policies
         (``prefix-aware``) use it."""
 
+    def note_chain(self, hashes: Sequence[K]) -> None:  # noqa: B027 (optional hook)
+        """The blocks ``hashes`` follow one another in one request's sequence (output
+        blocks included); called before they are inserted. Only ``prefix-aware`` uses it."""
+
     @abstractmethod
     def touch(self, key: K) -> None: ...
 

@@ -1,14 +1,17 @@
-"""``prefix-aware`` eviction: LRU per chain class, with learned reuse odds, orphans first.
+"""``prefix-aware`` eviction: leaves first, orphans first, learned reuse odds per class.
 
-A prefix cache only serves a request's *leading* cached blocks, so two things matter
+A prefix cache only serves a request's *leading* cached blocks, so three things matter
 that plain LRU ignores:
 
-* **Orphans.** Once this policy evicted a block, the blocks it still holds that chain
-  from it (its children, as last noted) cannot be hit through this tier until the
-  parent returns: they go next, oldest orphaning first, before any other block. (In
-  HBM and DDR the evicted parent moves one tier down, so evicting its children next
-  keeps a chain together in the lower tier rather than splitting it.) When the parent
-  is inserted again, its orphaned children return to the LRU order as just used.
+* **Leaves first.** A block is evicted only when this tier holds none of its children
+  (as last noted): when the chosen block has some, its deepest descendant goes instead
+  (the oldest child at each level), as SGLang's radix cache evicts leaves only. So a
+  tier never holds a block whose parent it evicted.
+* **Orphans.** A block inserted while its parent is gone (this policy evicted the parent
+  and has not held it since; e.g. a block a request held in HBM while its parent was
+  evicted) cannot be a prefix hit through this tier: it goes first, before any other,
+  oldest first. (Evicted from HBM or DDR it moves one tier down, next to its parent.)
+  When the parent is inserted again, its orphans return to the LRU order as just used.
 * **Which chains come back.** Every request is classed, when the caller notes it
   (:meth:`PrefixAwarePolicy.note_request`), as a *continuation* if its chain runs
   through the end of an earlier request's chain (a conversation's next turn reuses its
@@ -20,14 +23,16 @@ that plain LRU ignores:
   ``a``); the victim is the oldest block of the class where that is lowest (within a
   class, blocks go in LRU order).
 
-Before any request is noted (or if the caller never notes any) every block is fresh and
-the policy is plain LRU, orphans first. Memory: the class and parent of the last
-``max(4 x tracked, 4096)`` noted blocks (keys only) and of as many chain ends.
+Before any request is noted (or if the caller never notes any) every block is fresh,
+without parent, and the policy is plain LRU. Memory: the class and parent of the last
+``max(4 x tracked, 4096)`` noted blocks (keys only), and as many chain ends and evicted
+keys.
 
 This is HyperOffload's "frequency x recompute / transfer" with the frequency replaced by
 a learned reuse probability: our blocks all cost the same to recompute and to move per
 tier. Costs: ``note_request`` O(blocks of the request); insert, touch and remove O(1);
-``pop_victim`` O(number of classes) = O(1). Not thread-safe (the engine thread owns it).
+``pop_victim`` O(number of classes + depth of the chosen block's subtree). Not
+thread-safe (the engine thread owns it).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class PrefixAwarePolicy(EvictionPolicy[K], Generic[K]):
         self._children: dict[K, set[K]] = {}  # parent (tracked or not) -> tracked children
         self._meta: OrderedDict[K, tuple[int, K | None]] = OrderedDict()  # class, parent
         self._ends: OrderedDict[K, tuple[int, int]] = OrderedDict()  # open chain ends
+        self._gone: OrderedDict[K, None] = OrderedDict()  # evicted by us, not back since
         self._clock = 0  # requests noted
         self._noted = Counter[int]()
         self._continued = Counter[int]()
@@ -95,16 +101,38 @@ class PrefixAwarePolicy(EvictionPolicy[K], Generic[K]):
         self._noted[cls] += 1
         parent: K | None = None
         for key in hashes:
+            self._gone.pop(key, None)  # the request brings it back (a hit, load or compute)
             self._meta[key] = (cls, parent)
             self._meta.move_to_end(key)
             parent = key
         for key in hashes[-_CHAIN_END_BLOCKS:]:
             self._ends[key] = (cls, self._clock)
             self._ends.move_to_end(key)
-        bound = max(4 * len(self._where), _MIN_GHOST)
+        bound = self._ghost_bound()
         for ghost in (self._meta, self._ends):
             while len(ghost) > bound:
                 ghost.popitem(last=False)
+
+    def note_chain(self, hashes: Sequence[K]) -> None:
+        """The blocks ``hashes`` follow one another in one request's sequence (its output
+        blocks included, which ``note_request`` never saw): each gets its predecessor as
+        parent, and a block not noted yet its predecessor's class. Not a new request."""
+        if not hashes:
+            return
+        prev = hashes[0]
+        cls = self._meta.get(prev, (FRESH, None))[0]
+        for key in hashes[1:]:
+            meta = self._meta.get(key)
+            if meta is None or meta[1] != prev:
+                self._meta[key] = (cls if meta is None else meta[0], prev)
+            cls = self._meta[key][0]
+            prev = key
+        bound = self._ghost_bound()
+        while len(self._meta) > bound:
+            self._meta.popitem(last=False)
+
+    def _ghost_bound(self) -> int:
+        return max(4 * len(self._where), _MIN_GHOST)
 
     def continuation_odds(self, cls: int) -> float:
         """Learned probability that a chain of class ``cls`` is continued (Laplace)."""
@@ -138,9 +166,13 @@ class PrefixAwarePolicy(EvictionPolicy[K], Generic[K]):
         self._seq += 1
         self._lists[cls][key] = (self._clock, self._seq)
         self._where[key] = cls
+        self._gone.pop(key, None)
         if parent is not None:
             self._parent[key] = parent
             self._children.setdefault(parent, set()).add(key)
+            if parent in self._gone:  # cannot be a prefix hit here until the parent returns
+                self._orphans[key] = self._lists[cls].pop(key)[1]
+                self._where[key] = _ORPHAN
         orphans = [c for c in self._children.get(key, ()) if self._where[c] == _ORPHAN]
         for child in sorted(orphans, key=self._orphans.__getitem__):  # in their order
             del self._orphans[child]
@@ -176,7 +208,7 @@ class PrefixAwarePolicy(EvictionPolicy[K], Generic[K]):
 
     def peek_victim(self) -> K | None:
         if self._orphans:
-            return next(iter(self._orphans))
+            return self._deepest(next(iter(self._orphans)))
         best: tuple[float, int, K] | None = None
         for entries in self._lists.values():
             if entries:
@@ -185,18 +217,22 @@ class PrefixAwarePolicy(EvictionPolicy[K], Generic[K]):
                 candidate = (self.reuse_score(cls, self._clock - used_at), seq, key)
                 if best is None or candidate[:2] < best[:2]:
                     best = candidate
-        return None if best is None else best[2]
+        return None if best is None else self._deepest(best[2])
+
+    def _deepest(self, key: K) -> K:
+        """``key``'s deepest tracked descendant by oldest children (``key`` if a leaf)."""
+        while children := self._children.get(key):
+            key = min(children, key=lambda c: self._lists[self._where[c]][c][1])
+        return key
 
     def pop_victim(self) -> K | None:
         key = self.peek_victim()
         if key is None:
             return None
         self.remove(key)
-        children = [c for c in self._children.get(key, ()) if self._where[c] != _ORPHAN]
-        children.sort(key=lambda c: self._lists[self._where[c]][c][1])  # oldest first
-        for child in children:
-            self._orphans[child] = self._lists[self._where[child]].pop(child)[1]
-            self._where[child] = _ORPHAN
+        self._gone[key] = None
+        while len(self._gone) > self._ghost_bound():
+            self._gone.popitem(last=False)
         return key
 
     def __contains__(self, key: object) -> bool:
@@ -218,6 +254,7 @@ class PrefixAwarePolicy(EvictionPolicy[K], Generic[K]):
         clone: PrefixAwarePolicy[K] = copy.copy(self)
         clone._lists = {c: entries.copy() for c, entries in self._lists.items()}
         clone._orphans = self._orphans.copy()
+        clone._gone = self._gone.copy()
         clone._where = self._where.copy()
         clone._parent = self._parent.copy()
         clone._children = {k: v.copy() for k, v in self._children.items()}

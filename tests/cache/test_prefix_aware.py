@@ -7,11 +7,22 @@ worked out by hand.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from cache.block_hash import BlockHash, hash_full_blocks, root_hash
+from cache.layout import KVLayout
+from cache.manager import CacheConfig, CacheManager
 from cache.policies.eviction import make_policy
 from cache.policies.prefix_aware import CONTINUATION, FRESH, PrefixAwarePolicy
 from load.policy_sim import simulate_online
+
+LAYOUT = KVLayout("test-model", num_layers=2, num_kv_heads=2, head_dim=8, block_size=4)
+
+
+def chain(n: int) -> list[BlockHash]:
+    tokens = list(np.random.default_rng(0).integers(0, 256, n * LAYOUT.block_size))
+    return hash_full_blocks(tokens, LAYOUT.block_size, root_hash("test-model", 1))
 
 
 def _pop_all(policy: PrefixAwarePolicy[int]) -> list[int]:
@@ -23,11 +34,12 @@ def _pop_all(policy: PrefixAwarePolicy[int]) -> list[int]:
     return popped
 
 
-def test_children_of_an_evicted_block_go_next() -> None:
+def test_leaves_go_first() -> None:
     """Chain 1 -> 2 -> 3 and an unrelated block 9, used in the order 1, 2, 9, 3.
 
-    LRU evicts 1, 2, 9, 3. Once 1 is gone, 2 and then 3 can never be prefix hits here,
-    so prefix-aware evicts them before 9: 1, 2, 3, 9."""
+    LRU evicts 1, 2, 9, 3: once 1 is gone, 2 and 3 can never be prefix hits here. Block 1
+    is also prefix-aware's first choice, but it evicts 1's deepest descendant in its
+    place: 3, then 2, then 1, then 9, so the chain's head stays usable longest."""
     lru = make_policy("lru")
     policy: PrefixAwarePolicy[int] = PrefixAwarePolicy()
     policy.note_request([1, 2, 3])
@@ -35,40 +47,65 @@ def test_children_of_an_evicted_block_go_next() -> None:
         lru.insert(key)
         policy.insert(key)
     assert [lru.pop_victim() for _ in range(4)] == [1, 2, 9, 3]
-    assert _pop_all(policy) == [1, 2, 3, 9]
+    assert _pop_all(policy) == [3, 2, 1, 9]
 
 
-def test_orphans_go_oldest_first_and_return_when_the_parent_does() -> None:
+def test_the_oldest_child_is_followed_down() -> None:
     policy: PrefixAwarePolicy[int] = PrefixAwarePolicy()
     policy.note_request([1, 2, 3])
-    policy.note_request([1, 4])  # a fork: 1 has children 2 and 4
-    for key in (1, 4, 2, 3, 9):
+    policy.note_request([1, 4])  # a fork: 1 has children 2 (used first) and 4
+    for key in (1, 2, 4, 3):
         policy.insert(key)
-    assert policy.pop_victim() == 1  # orphans 4 (used before 2) and 2
-    assert list(policy)[:2] == [4, 2]
-    policy.insert(1)  # the parent is back: 4 and 2 rejoin the LRU order as just used
-    assert list(policy) == [3, 9, 1, 4, 2]
+    assert _pop_all(policy) == [3, 2, 4, 1]
 
 
-def test_a_touched_orphan_stays_an_orphan() -> None:
-    """A use of a block whose parent is gone cannot be a prefix hit through this tier."""
+def test_a_block_inserted_after_its_parent_was_evicted_goes_first() -> None:
+    """Block 2's parent 1 was evicted before 2 came in (a request held 2 in HBM while
+    1 went): 2 cannot be a prefix hit here, so it goes before the older 9, and it
+    rejoins the LRU order when 1 returns."""
     policy: PrefixAwarePolicy[int] = PrefixAwarePolicy()
     policy.note_request([1, 2])
-    for key in (1, 9, 2):
-        policy.insert(key)
+    policy.insert(1)
+    policy.insert(9)
     assert policy.pop_victim() == 1
-    policy.touch(2)
-    assert policy.peek_victim() == 2
+    policy.insert(2)
+    policy.insert(8)
+    assert list(policy) == [2, 9, 8]
+    policy.touch(2)  # a use without the parent cannot be a prefix hit: still first
+    assert list(policy) == [2, 9, 8]
+    policy.insert(1)  # the parent is back: 2 rejoins the LRU order as just used
+    assert list(policy) == [9, 8, 2, 1]
+
+
+def test_a_new_request_brings_its_chain_back() -> None:
+    policy: PrefixAwarePolicy[int] = PrefixAwarePolicy()
+    policy.note_request([1, 2])
+    policy.insert(1)
+    assert policy.pop_victim() == 1
+    policy.note_request([1, 2])  # this request recomputes or reloads 1
+    policy.insert(2)
+    policy.insert(9)
+    assert list(policy) == [2, 9]
 
 
 def test_a_block_in_use_elsewhere_does_not_orphan_its_children() -> None:
     """``remove`` (the HBM pool takes a block a request uses) is not an eviction."""
     policy: PrefixAwarePolicy[int] = PrefixAwarePolicy()
     policy.note_request([1, 2])
-    for key in (1, 9, 2):
+    for key in (9, 1, 2):
         policy.insert(key)
     policy.remove(1)
-    assert list(policy) == [9, 2]
+    policy.insert(3)
+    assert list(policy) == [9, 2, 3]
+
+
+def test_chained_output_blocks_take_their_parent_and_class() -> None:
+    policy: PrefixAwarePolicy[int] = PrefixAwarePolicy()
+    policy.note_request([1, 2])
+    policy.note_chain([1, 2, 3])  # 3: an output block the request computed
+    for key in (1, 2, 3):  # root first, so LRU alone would evict 1 first
+        policy.insert(key)
+    assert _pop_all(policy) == [3, 2, 1]
 
 
 def test_continuation_is_learned_from_chain_ends() -> None:
@@ -107,3 +144,22 @@ def test_notes_are_bounded() -> None:
     for i in range(20_000):
         policy.note_request([i, i + 1_000_000])
     assert len(policy._meta) <= 4096 and len(policy._ends) <= 4096
+
+
+def test_the_manager_chains_a_request_s_output_blocks() -> None:
+    """A continuation's prompt blocks h0-h2 and its output block h3 (committed during
+    decode, so never in a note) are freed together. The continuation class scores lower
+    than the fresh one here, so the class's oldest block goes first: that must be h3,
+    the chain's leaf, not h2 (which would leave h3 in HBM behind a missing parent: the
+    HBM part of a match must lead, so h3 could never be hit)."""
+    hashes = chain(4)
+    config = CacheConfig(4, 0, 0, eviction_policy="prefix-aware")
+    manager = CacheManager(LAYOUT, config)
+    manager.note_request(hashes[:1])  # a first request...
+    manager.note_request(hashes[:3])  # ...and its continuation, through its end
+    block_ids = manager.allocate(4)
+    assert block_ids is not None
+    manager.commit(block_ids, hashes)
+    manager.free(block_ids)
+    assert manager.allocate(1) is not None  # evicts one block
+    assert manager.match(hashes, 4).num_blocks == 3
