@@ -141,6 +141,11 @@ class HbmBlockPool:
             block_ids.append(block_id)
         return Allocation(block_ids, evicted)
 
+    def note_request(self, hashes: Sequence[BlockHash]) -> None:
+        """Tell the eviction policy a new request uses this chain (see
+        `EvictionPolicy.note_request`)."""
+        self._evictable.note_request(hashes)
+
     def acquire_cached(self, block_ids: Iterable[int]) -> None:
         """Take a reference on cached blocks (a prefix hit)."""
         for block_id in block_ids:
@@ -154,8 +159,10 @@ class HbmBlockPool:
         """Drop one reference on each block.
 
         Pass a sequence's blocks in order; they are released last-first so that, among
-        blocks freed together, descendants become eviction victims before their parents.
+        blocks freed together, descendants become eviction victims before their parents,
+        and the policy is told they chain (`EvictionPolicy.note_chain`).
         """
+        self._evictable.note_chain([h for b in block_ids if (h := self._hash[b]) is not None])
         for block_id in reversed(block_ids):
             if self._refcount[block_id] <= 0:
                 raise ValueError(f"double free of HBM block {block_id}")

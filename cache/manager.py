@@ -171,6 +171,12 @@ class CacheManager(PoolHandoff):
                 self.stats.tiers[tier].miss_blocks += 1
         return Admission(hit.hbm_block_ids + allocation, len(hit.hbm_block_ids), len(hit.lower))
 
+    def note_request(self, hashes: Sequence[BlockHash]) -> None:
+        """A new (not resumed) request's prompt chain, for `prefix-aware` eviction."""
+        self.pool.note_request(hashes)
+        for index in self._index.values():
+            index.note_request(hashes)
+
     def prefetch(self, hit: PrefixHit, key: str) -> Admission | None:
         """`admit` minus the query and fresh blocks, for a queued request. The caller holds
         the blocks; once `poll` reports `key` it `free`s all but the HBM hits and the first
@@ -212,6 +218,9 @@ class CacheManager(PoolHandoff):
 
     def free(self, block_ids: Sequence[int]) -> None:
         """Release a request's blocks (in sequence order); cached ones stay reusable."""
+        chain = [h for b in block_ids if (h := self.pool.block_hash(b)) is not None]
+        for index in self._index.values():  # the pool notes its own
+            index.note_chain(chain)
         self.pool.free(block_ids)
 
     # -- completion ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ so Redis never has to drop a block on its own. Owned by the engine thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from cache.block_hash import BlockHash
 from cache.policies.eviction import make_policy
@@ -71,6 +71,15 @@ class TierIndex:
         self._sizes = sizes
         self.used_bytes = size * len(block_hashes)
         self._policy.insert_many(block_hashes)
+
+    def note_request(self, block_hashes: Sequence[BlockHash]) -> None:
+        """Tell the eviction policy a new request uses this chain (see
+        `EvictionPolicy.note_request`)."""
+        self._policy.note_request(block_hashes)
+
+    def note_chain(self, block_hashes: Sequence[BlockHash]) -> None:
+        """See `EvictionPolicy.note_chain`."""
+        self._policy.note_chain(block_hashes)
 
     def touch(self, block_hash: BlockHash) -> None:
         if block_hash in self._sizes:

@@ -45,6 +45,7 @@ class EvictionPolicy(Protocol):
     """The interface of ``cache.policies.eviction`` policies, as used here."""
 
     def insert(self, key: int) -> None: ...
+    def note_request(self, hashes: Sequence[int]) -> None: ...
     def touch(self, key: int) -> None: ...
     def remove(self, key: int) -> None: ...
     def pop_victim(self) -> int | None: ...
@@ -94,6 +95,7 @@ def simulate_online(
         if admission is not None:
             for key in blocks:
                 admission.record_access(key)
+        policy.note_request(blocks)
         hits += _count_hits(blocks, policy, prefix_only)
         for key in reversed(blocks):  # leaf first: parents end up more recent
             if key in policy:
@@ -139,6 +141,7 @@ def simulate_tiered(
     for blocks in distinct_blocks(requests):
         for key in blocks:
             admission.record_access(key)
+        policy.note_request(blocks)
         n = 0
         for key in blocks:
             if key not in hbm and key not in policy:

@@ -46,6 +46,15 @@ class EvictionPolicy(ABC, Generic[K]):
         for key in keys:
             self.insert(key)
 
+    def note_request(self, hashes: Sequence[K]) -> None:  # noqa: B027 (optional hook)
+        """A new request uses the block chain ``hashes`` (root first); called once per
+        request before its blocks are touched or inserted. Only request-aware policies
+        (``prefix-aware``) use it."""
+
+    def note_chain(self, hashes: Sequence[K]) -> None:  # noqa: B027 (optional hook)
+        """The blocks ``hashes`` follow one another in one request's sequence (output
+        blocks included); called before they are inserted. Only ``prefix-aware`` uses it."""
+
     @abstractmethod
     def touch(self, key: K) -> None: ...
 
@@ -197,11 +206,14 @@ class LfuPolicy(EvictionPolicy[K]):
             yield from self._buckets[freq]
 
 
+from cache.policies.prefix_aware import PrefixAwarePolicy  # noqa: E402 (needs the base)
+
 EVICTION_POLICIES: Mapping[str, type[EvictionPolicy[Any]]] = MappingProxyType(
     {
         "lru": LruPolicy,
         "fifo": FifoPolicy,
         "lfu": LfuPolicy,
+        "prefix-aware": PrefixAwarePolicy,
     }
 )
 """Registered online policies by name (lower case)."""

@@ -303,6 +303,7 @@ class Scheduler:
         self._prefetcher.drop(request)  # admit referenced what it held (if it still matched)
         if request.scheduled_time is None:
             request.scheduled_time = time.perf_counter()
+            self.cache.note_request(request.block_hashes)  # once: a resumption is not new
         request.block_ids = admission.block_ids
         request.num_computed_tokens = admission.num_hbm_blocks * bs
         request.num_committed_blocks = admission.num_hbm_blocks

@@ -175,7 +175,7 @@ class _Reference:
             d.pop(k, None)
 
     def rank(self, k: int) -> tuple[int, int]:
-        if self.name == "lru":
+        if self.name in ("lru", "prefix-aware"):  # prefix-aware is LRU until requests are noted
             return (0, self.used[k])
         if self.name == "fifo":
             return (0, self.inserted[k])
