@@ -1,4 +1,5 @@
-"""The cache manager's bookkeeping: transfer results into counters, occupancy into gauges.
+"""The cache manager's bookkeeping: transfer results into counters, occupancy into gauges,
+landed loads into the HBM index.
 
 Plain functions over the manager's records, called on the engine thread (the counters'
 only writer); split out of `cache.manager` so that module keeps to placement.
@@ -7,14 +8,16 @@ only writer); split out of `cache.manager` so that module keeps to placement.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from cache.block_hash import BlockHash
+from cache.events import BlocksStored, EventCallback
 from cache.hbm_pool import HbmBlockPool
 from cache.health import TierHealth
 from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier
-from cache.transfer import JobResult, LoadJob, job_op
+from cache.transfer import Job, JobResult, LoadJob, LoadStatus, RemoveJob, job_op
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +81,52 @@ def drop_restarted(health: Mapping[Tier, TierHealth], index: Mapping[Tier, TierI
             for block_hash in lost:
                 tier_index.remove(block_hash)
             logger.warning("%s tier restarted empty: dropped %d index entries", tier, len(lost))
+
+
+def register_loaded(
+    items: list[tuple[BlockHash, int, Tier]],
+    statuses: list[LoadStatus],
+    completed: bool,
+    count: bool,
+    pool: HbmBlockPool,
+    index: Mapping[Tier, TierIndex],
+    stats: CacheStats,
+    *,
+    submit: Callable[[Job], None],
+    on_event: EventCallback,
+) -> int:
+    """Register in `pool` the blocks of a load that arrived intact, up to the first one
+    that did not; returns how many did.
+
+    `completed`: the load finished (else it was abandoned, and a block that had not
+    arrived may be fine, only slow). `count`: count them as hits now (a prefetch's are
+    counted when its request is admitted). A block that failed leaves its tier's index
+    (`submit` removes a corrupt one from the store); the HBM blocks registered are
+    reported in one `BlocksStored` event."""
+    num_ok = 0
+    registered: list[BlockHash] = []
+    hits = dict.fromkeys(index, 0)
+    for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
+        if status is not LoadStatus.OK:
+            # The prefix ends here. Later blocks may be fine, but their tokens are
+            # recomputed into these slots, so they are not registered.
+            if not completed:
+                break  # abandoned: the block may be fine, only slow; keep its entry
+            index[tier].remove(block_hash)
+            stats.tiers[tier].miss_blocks += 1
+            if status is LoadStatus.CORRUPT:
+                stats.tiers[tier].checksum_failures += 1
+                submit(RemoveJob(tier, [block_hash]))
+            elif status is LoadStatus.MISSING:  # the store lost it behind our back
+                stats.tiers[tier].index_repairs += 1
+            break
+        if pool.register(block_id, block_hash):
+            registered.append(block_hash)
+        hits[tier] += 1
+        num_ok += 1
+    for tier, num_hits in hits.items() if count else ():
+        stats.tiers[tier].hit_blocks += num_hits
+        stats.hit_tokens[tier] += num_hits * pool.layout.block_size
+    if registered:
+        on_event(BlocksStored(Tier.HBM, tuple(registered)))
+    return num_ok

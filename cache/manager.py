@@ -29,7 +29,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cache.accounting import account_result, drop_restarted, refresh_occupancy
+from cache.accounting import (
+    account_result,
+    drop_restarted,
+    refresh_occupancy,
+    register_loaded,
+)
 from cache.block_format import encoded_size
 from cache.block_hash import BlockHash
 from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
@@ -497,7 +502,17 @@ class CacheManager(PoolHandoff):
         """A load is over (finished or abandoned): register what arrived intact, hand the
         load over, or free a cancelled one."""
         count = not self._loads.is_prefetch(ticket)
-        num_ok = self._register_loaded(items, statuses, completed, count=count)
+        num_ok = register_loaded(
+            items,
+            statuses,
+            completed,
+            count,
+            self.pool,
+            self._index,
+            self.stats,
+            submit=self._worker.submit,
+            on_event=self._on_event,
+        )
         self.pool.free(self._loads.land(ticket, [(h, t) for h, _, t in items[:num_ok]]))
 
     def _submit_load(
@@ -527,46 +542,6 @@ class CacheManager(PoolHandoff):
                 ", ".join(sorted(late)),
             )
             self._land(ticket, items, statuses, False)
-
-    def _register_loaded(
-        self,
-        items: list[tuple[BlockHash, int, Tier]],
-        statuses: list[LoadStatus],
-        completed: bool,
-        count: bool = True,
-    ) -> int:
-        """Register the blocks that arrived intact, up to the first one that did not.
-
-        Returns how many did. `completed`: the load finished (else it was abandoned, and
-        a block that had not arrived may be fine, only slow). `count`: count them as hits
-        now (a prefetch's are counted when its request is admitted)."""
-        num_ok = 0
-        registered: list[BlockHash] = []  # reported in one event
-        hits = dict.fromkeys(self._index, 0)
-        for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
-            if status is not LoadStatus.OK:
-                # The prefix ends here. Later blocks may be fine, but their tokens are
-                # recomputed into these slots, so they are not registered.
-                if not completed:
-                    break  # abandoned: the block may be fine, only slow; keep its entry
-                self._index[tier].remove(block_hash)
-                self.stats.tiers[tier].miss_blocks += 1
-                if status is LoadStatus.CORRUPT:
-                    self.stats.tiers[tier].checksum_failures += 1
-                    self._worker.submit(RemoveJob(tier, [block_hash]))
-                elif status is LoadStatus.MISSING:  # the store lost it behind our back
-                    self.stats.tiers[tier].index_repairs += 1
-                break
-            if self.pool.register(block_id, block_hash):
-                registered.append(block_hash)
-            hits[tier] += 1
-            num_ok += 1
-        for tier, num_hits in hits.items() if count else ():
-            self.stats.tiers[tier].hit_blocks += num_hits
-            self.stats.hit_tokens[tier] += num_hits * self.layout.block_size
-        if registered:
-            self._on_event(BlocksStored(Tier.HBM, tuple(registered)))
-        return num_ok
 
     def _fall_through(self, job: StoreJob) -> None:
         """A tier refused or failed a spill: write the blocks one tier down instead."""
