@@ -124,6 +124,23 @@ def encode_block(block: np.ndarray, key: bytes = b"") -> bytes:
     return b"".join((_pack_header(arr.shape, code, payload, key), payload))
 
 
+def gather_blocks(pool: np.ndarray, block_ids: Sequence[int]) -> np.ndarray:
+    """A new array holding ``pool[block_ids]`` (``pool``: C-contiguous, one block per
+    leading index): a spill's staging copy, taken on the engine thread.
+
+    One ``bytes.join`` over the blocks' byte ranges, which holds the GIL throughout:
+    numpy's own gather (``np.take``) releases it for copies of this size, and taking it
+    back behind a thread busy in Python (a lane, the event loop) cost the engine thread
+    up to a switch interval (5 ms) per spill job. The result is read-only.
+    """
+    if not pool.flags.c_contiguous:
+        raise ValueError("pool must be C-contiguous")
+    width = pool[0].nbytes if len(pool) else 0
+    flat = pool.reshape(-1).view(np.uint8).data
+    data = b"".join([flat[b * width : (b + 1) * width] for b in block_ids])
+    return np.frombuffer(data, pool.dtype).reshape(len(block_ids), *pool.shape[1:])
+
+
 def encode_blocks(blocks: np.ndarray, keys: Sequence[bytes]) -> list[bytes]:
     """Encode ``blocks[i]`` under ``keys[i]``: the per-job form of :func:`encode_block`.
 

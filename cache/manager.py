@@ -35,7 +35,7 @@ from cache.accounting import (
     refresh_occupancy,
     register_loaded,
 )
-from cache.block_format import encoded_size
+from cache.block_format import encoded_size, gather_blocks
 from cache.block_hash import BlockHash
 from cache.events import BlocksRemoved, BlocksStored, EventCallback, ignore_event
 from cache.hbm_pool import HbmBlockPool
@@ -403,9 +403,9 @@ class CacheManager(PoolHandoff):
             self._submit_store(target, keys, ids)
 
     def _submit_store(self, tier: Tier, keys: list[BlockHash], block_ids: list[int]) -> None:
-        """One vectorised gather of the slots into the job's staging copy (the slots are
-        reusable once this returns); the lane encodes and writes (see `StoreJob`)."""
-        self._worker.submit(StoreJob(tier, keys, np.take(self.pool.kv, block_ids, axis=0)))
+        """One gather of the slots into the job's staging copy, holding the GIL (the slots
+        are reusable once this returns); the lane encodes and writes (see `StoreJob`)."""
+        self._worker.submit(StoreJob(tier, keys, gather_blocks(self.pool.kv, block_ids)))
 
     def _record_accesses(self, hashes: Sequence[BlockHash]) -> None:
         for block_hash in hashes:
