@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cache.bench_pool import print_shared_vs_private, print_visibility
+from cache.bench_pool import follow_delays, print_shared_vs_private, print_visibility
 from cache.block_hash import BlockHash
 from cache.embedded_redis import given_or_embedded
 from cache.pool import ChangeKind, PoolConfig, SharedPool
@@ -54,21 +54,18 @@ def _visibility(url: str, root: Path, rounds: int) -> list[float]:
     )
     follower.start()
     follower.drain()
-    delays = []
+
+    def write(r: int) -> None:
+        writer.put_many([(_key(r), b"x" * BLOCK_BYTES)])
+
     try:
-        for r in range(rounds):
-            writer.put_many([(_key(r), b"x" * BLOCK_BYTES)])
-            done = time.perf_counter()
-            while not any(c.kind is ChangeKind.FLASH_ADD for c in follower.drain()):
-                time.sleep(0.0002)
-            delays.append(time.perf_counter() - done)
+        return follow_delays(follower, ChangeKind.FLASH_ADD, write, rounds)
     finally:
         follower.stop()
         follower_tier.close()
         writer_pool.clear()
         writer_pool.stop()
         writer.close()
-    return delays
 
 
 def _read(ddr: PooledRedisTier, keys: list[BlockHash]) -> list[tuple[BlockHash, bytes]]:

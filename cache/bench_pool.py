@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cache.embedded_redis import given_or_embedded
@@ -27,6 +27,21 @@ from cache.pool import ChangeKind, PoolConfig, SharedPool
 from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
 
 BLOCK_BYTES = 16 * 1024
+
+
+def follow_delays(
+    follower: SharedPool, kind: ChangeKind, write: Callable[[int], None], rounds: int
+) -> list[float]:
+    """For each round ``r``: ``write(r)``, then the seconds from its return until
+    ``follower`` (started) has queued a change of ``kind`` (polled every 0.2 ms)."""
+    delays = []
+    for r in range(rounds):
+        write(r)
+        done = time.perf_counter()
+        while not any(c.kind is kind for c in follower.drain()):
+            time.sleep(0.0002)
+        delays.append(time.perf_counter() - done)
+    return delays
 
 
 def _visibility(url: str, rounds: int) -> list[float]:
@@ -38,21 +53,18 @@ def _visibility(url: str, rounds: int) -> list[float]:
     follower = SharedPool(connect_redis(url), namespace, config)
     follower.start()
     follower.drain()
-    delays = []
+
+    def write(r: int) -> None:
+        key = r.to_bytes(16, "little")
+        writer.put_many([(key, b"x" * BLOCK_BYTES)])  # type: ignore[list-item]
+
     try:
-        for r in range(rounds):
-            key = r.to_bytes(16, "little")
-            writer.put_many([(key, b"x" * BLOCK_BYTES)])  # type: ignore[list-item]
-            done = time.perf_counter()
-            while not any(c.kind is ChangeKind.ADD for c in follower.drain()):
-                time.sleep(0.0002)
-            delays.append(time.perf_counter() - done)
+        return follow_delays(follower, ChangeKind.ADD, write, rounds)
     finally:
         follower.stop()
         writer.clear()
         writer.pool.stop()
         writer.close()
-    return delays
 
 
 def _overhead(url: str, rounds: int, batch: int) -> dict[str, list[tuple[float, float]]]:
