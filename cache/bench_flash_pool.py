@@ -19,14 +19,14 @@ dir:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from cache.bench_pool import follow_delays, print_shared_vs_private, print_visibility
 from cache.block_hash import BlockHash
-from cache.embedded_redis import EmbeddedRedis
+from cache.embedded_redis import given_or_embedded
 from cache.pool import ChangeKind, PoolConfig, SharedPool
 from cache.tiers.base import Buffer
 from cache.tiers.lmdb_tier import LmdbTier
@@ -54,21 +54,18 @@ def _visibility(url: str, root: Path, rounds: int) -> list[float]:
     )
     follower.start()
     follower.drain()
-    delays = []
+
+    def write(r: int) -> None:
+        writer.put_many([(_key(r), b"x" * BLOCK_BYTES)])
+
     try:
-        for r in range(rounds):
-            writer.put_many([(_key(r), b"x" * BLOCK_BYTES)])
-            done = time.perf_counter()
-            while not any(c.kind is ChangeKind.FLASH_ADD for c in follower.drain()):
-                time.sleep(0.0002)
-            delays.append(time.perf_counter() - done)
+        return follow_delays(follower, ChangeKind.FLASH_ADD, write, rounds)
     finally:
         follower.stop()
         follower_tier.close()
         writer_pool.clear()
         writer_pool.stop()
         writer.close()
-    return delays
 
 
 def _read(ddr: PooledRedisTier, keys: list[BlockHash]) -> list[tuple[BlockHash, bytes]]:
@@ -132,33 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tkvbf-") as tmp:
         root = Path(tmp)
-        embedded = None if args.redis_url else EmbeddedRedis(root / "redis", 512 << 20).start()
-        url = args.redis_url or (embedded.url if embedded else "")
-        try:
-            delays = sorted(_visibility(url, root, args.rounds))
-            p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
-            print(
-                f"flash visibility: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
-                f"max {delays[-1] * 1e3:.2f} ms ({len(delays)} stores)"
-            )
+        with given_or_embedded(args.redis_url, root / "redis", 512 << 20) as url:
+            print_visibility("flash visibility", _visibility(url, root, args.rounds), "stores")
             times = _overhead(url, root, args.rounds, args.batch)
             whats = ("wall, demotion", "cpu, demotion", "cpu, flash part")
             for i, what in enumerate(whats):
-                med = {n: statistics.median(t[i] for t in v) for n, v in times.items()}
-                ratios = sorted(
-                    s[i] / p[i]
-                    for s, p in zip(times["shared"], times["private"], strict=True)
-                    if p[i] > 0
-                )
-                print(
-                    f"{what} per block (batch {args.batch}): private "
-                    f"{med['private'] * 1e6:.1f} us, shared {med['shared'] * 1e6:.1f} us; "
-                    f"shared/private per round: median {statistics.median(ratios):.2f}, "
-                    f"p10 {ratios[len(ratios) // 10]:.2f}, p90 {ratios[len(ratios) * 9 // 10]:.2f}"
-                )
-        finally:
-            if embedded is not None:
-                embedded.stop()
+                print_shared_vs_private(f"{what} per block (batch {args.batch})", times, i)
     return 0
 
 

@@ -19,13 +19,29 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from cache.embedded_redis import EmbeddedRedis
+from cache.embedded_redis import given_or_embedded
 from cache.pool import ChangeKind, PoolConfig, SharedPool
 from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
 
 BLOCK_BYTES = 16 * 1024
+
+
+def follow_delays(
+    follower: SharedPool, kind: ChangeKind, write: Callable[[int], None], rounds: int
+) -> list[float]:
+    """For each round ``r``: ``write(r)``, then the seconds from its return until
+    ``follower`` (started) has queued a change of ``kind`` (polled every 0.2 ms)."""
+    delays = []
+    for r in range(rounds):
+        write(r)
+        done = time.perf_counter()
+        while not any(c.kind is kind for c in follower.drain()):
+            time.sleep(0.0002)
+        delays.append(time.perf_counter() - done)
+    return delays
 
 
 def _visibility(url: str, rounds: int) -> list[float]:
@@ -37,21 +53,18 @@ def _visibility(url: str, rounds: int) -> list[float]:
     follower = SharedPool(connect_redis(url), namespace, config)
     follower.start()
     follower.drain()
-    delays = []
+
+    def write(r: int) -> None:
+        key = r.to_bytes(16, "little")
+        writer.put_many([(key, b"x" * BLOCK_BYTES)])  # type: ignore[list-item]
+
     try:
-        for r in range(rounds):
-            key = r.to_bytes(16, "little")
-            writer.put_many([(key, b"x" * BLOCK_BYTES)])  # type: ignore[list-item]
-            done = time.perf_counter()
-            while not any(c.kind is ChangeKind.ADD for c in follower.drain()):
-                time.sleep(0.0002)
-            delays.append(time.perf_counter() - done)
+        return follow_delays(follower, ChangeKind.ADD, write, rounds)
     finally:
         follower.stop()
         writer.clear()
         writer.pool.stop()
         writer.close()
-    return delays
 
 
 def _overhead(url: str, rounds: int, batch: int) -> dict[str, list[tuple[float, float]]]:
@@ -84,39 +97,49 @@ def _overhead(url: str, rounds: int, batch: int) -> dict[str, list[tuple[float, 
     return out
 
 
+def print_visibility(what: str, delays: list[float], noun: str) -> None:
+    """One line: p50, p99 and max of ``delays`` (seconds) over the ``noun`` measured."""
+    delays = sorted(delays)
+    p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
+    print(
+        f"{what}: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
+        f"max {delays[-1] * 1e3:.2f} ms ({len(delays)} {noun})"
+    )
+
+
+def print_shared_vs_private(
+    what: str, times: Mapping[str, Sequence[tuple[float, ...]]], i: int
+) -> None:
+    """One line for figure ``i`` of per-round, per-block ``times`` of the "private" and the
+    "shared" tier: each one's median, and the spread of the shared/private ratio of a round
+    (rounds where private measured 0 left out). ``what`` names the figure."""
+    med = {n: statistics.median(t[i] for t in v) for n, v in times.items()}
+    ratios = sorted(
+        s[i] / p[i] for s, p in zip(times["shared"], times["private"], strict=True) if p[i] > 0
+    )
+    print(
+        f"{what}: private {med['private'] * 1e6:.1f} us, shared {med['shared'] * 1e6:.1f} us; "
+        f"shared/private per round: median {statistics.median(ratios):.2f}, "
+        f"p10 {ratios[len(ratios) // 10]:.2f}, p90 {ratios[len(ratios) * 9 // 10]:.2f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="tkvbp-") as root:
-        embedded = None if args.redis_url else EmbeddedRedis(Path(root), 512 << 20).start()
-        url = args.redis_url or (embedded.url if embedded else "")
-        try:
-            delays = sorted(_visibility(url, args.rounds))
-            p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
-            print(
-                f"visibility: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
-                f"max {delays[-1] * 1e3:.2f} ms ({len(delays)} writes)"
+    with (
+        tempfile.TemporaryDirectory(prefix="tkvbp-") as root,
+        given_or_embedded(args.redis_url, Path(root), 512 << 20) as url,
+    ):
+        print_visibility("visibility", _visibility(url, args.rounds), "writes")
+        times = _overhead(url, args.rounds, args.batch)
+        for i, what in enumerate(("wall", "cpu")):
+            print_shared_vs_private(
+                f"{what} per block (put + get + remove, batch {args.batch})", times, i
             )
-            times = _overhead(url, args.rounds, args.batch)
-            for i, what in enumerate(("wall", "cpu")):
-                med = {n: statistics.median(t[i] for t in v) for n, v in times.items()}
-                ratios = sorted(
-                    s[i] / p[i]
-                    for s, p in zip(times["shared"], times["private"], strict=True)
-                    if p[i] > 0
-                )
-                print(
-                    f"{what} per block (put + get + remove, batch {args.batch}): private "
-                    f"{med['private'] * 1e6:.1f} us, shared {med['shared'] * 1e6:.1f} us; "
-                    f"shared/private per round: median {statistics.median(ratios):.2f}, "
-                    f"p10 {ratios[len(ratios) // 10]:.2f}, p90 {ratios[len(ratios) * 9 // 10]:.2f}"
-                )
-        finally:
-            if embedded is not None:
-                embedded.stop()
     return 0
 
 

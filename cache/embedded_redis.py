@@ -23,6 +23,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -318,3 +320,15 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def given_or_embedded(url: str | None, data_dir: Path, maxmemory_bytes: int) -> Iterator[str]:
+    """``url`` if given (non-empty), else the URL of an `EmbeddedRedis` started in
+    ``data_dir`` for the block and stopped on leaving it (benchmarks and scripts that
+    take an optional ``--redis-url``)."""
+    if url:
+        yield url
+        return
+    with EmbeddedRedis(data_dir, maxmemory_bytes) as server:
+        yield server.url

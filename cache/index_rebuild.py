@@ -49,11 +49,5 @@ def rebuild_index(
         )
         submit(RemoveJob(tier, wrong_size))
     if index.used_bytes > index.capacity_bytes:
-        extra: list[BlockHash] = []
-        while index.used_bytes > index.capacity_bytes:
-            victim = index.pop_victim()
-            if victim is None:
-                break
-            extra.append(victim)
-        submit(RemoveJob(tier, extra))
+        submit(RemoveJob(tier, index.pop_over_capacity()))
     logger.info("%s tier: %d blocks found at start-up", tier, len(index))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cache.block_hash import BlockHash
 from cache.events import EventCallback, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheManager
@@ -151,13 +150,7 @@ class SharedPoolCacheManager(CacheManager):
 
     def _trim_flash(self) -> None:
         """The new writer deletes what is beyond the flash's capacity (oldest first)."""
-        index = self._index[Tier.FLASH]
-        extra: list[BlockHash] = []
-        while index.used_bytes > index.capacity_bytes:
-            victim = index.pop_victim()
-            if victim is None:
-                break
-            extra.append(victim)
+        extra = self._index[Tier.FLASH].pop_over_capacity()
         if extra:
             self.stats.tiers[Tier.FLASH].evictions += len(extra)
             self._worker.submit(RemoveJob(Tier.FLASH, extra))

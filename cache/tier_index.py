@@ -102,3 +102,14 @@ class TierIndex:
             if self._on_change is not None:
                 self._on_change(block_hash, False)
         return block_hash
+
+    def pop_over_capacity(self) -> list[BlockHash]:
+        """Pop victims until `used_bytes` is within `capacity_bytes` (or the policy has
+        none left): the blocks the caller must delete from the tier, in the policy's order."""
+        victims: list[BlockHash] = []
+        while self.used_bytes > self.capacity_bytes:
+            victim = self.pop_victim()
+            if victim is None:
+                break
+            victims.append(victim)
+        return victims

@@ -24,19 +24,11 @@ from typing import Any
 
 import httpx
 
-from cache.embedded_redis import EmbeddedRedis
-from load.bench._servers import ManagedServer, tierkv_server
+from cache.embedded_redis import given_or_embedded
+from load.bench._servers import ManagedServer, complete, tierkv_server
 
 FLAGS = ("--pace", "none", "--hbm-gb", "0.05", "--ddr-gb", "0.5", "--flash-gb", "0.5")
 DEADLINE_S = 60.0
-
-
-def complete(client: httpx.Client, url: str, prompt: str) -> tuple[str, int]:
-    body = {"model": "tiny-llama", "prompt": prompt, "max_tokens": 8, "temperature": 0}
-    r = client.post(f"{url}/v1/completions", json=body)
-    r.raise_for_status()
-    data = r.json()
-    return data["choices"][0]["text"], data["usage"]["prompt_tokens_details"]["cached_tokens"]
 
 
 def blocks(client: httpx.Client, url: str, tier: str) -> int:
@@ -98,12 +90,10 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tkvsf-") as tmp:
         root = Path(tmp)
-        embedded = None if args.redis_url else EmbeddedRedis(root / "redis", 256 << 20).start()
-        url = args.redis_url or (embedded.url if embedded else "")
-        flags = (*FLAGS, "--redis-url", url, "--ddr-pool", "shared", "--flash-pool", "shared")
         host = root / "host"
         delays: list[float] = []
-        try:
+        with given_or_embedded(args.redis_url, root / "redis", 256 << 20) as url:
+            flags = (*FLAGS, "--redis-url", url, "--ddr-pool", "shared", "--flash-pool", "shared")
             with (
                 tierkv_server(host, *flags, log_path=root / "b.log") as b,
                 tierkv_server(host, *flags, log_path=root / "a.log") as a,
@@ -114,9 +104,6 @@ def main() -> int:
                     if delay is None:
                         return 1
                     delays.append(delay)
-        finally:
-            if embedded is not None:
-                embedded.stop()
         print(
             f"flash visibility over {len(delays)} prompts: median "
             f"{statistics.median(delays) * 1e3:.1f} ms, max {max(delays) * 1e3:.1f} ms"

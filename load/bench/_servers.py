@@ -1,6 +1,7 @@
 """Starting servers for benchmarks and tests: a subprocess on a free port, ready when
 ``GET /health`` answers 200 (polled, never a fixed sleep), stopped at the end. Also the
-emulated flash-only server of the reload scripts and their warm-then-offload step.
+emulated flash-only server of the reload scripts and their warm-then-offload step, and
+one blocking greedy completion (the shared-pool visibility scripts).
 """
 
 from __future__ import annotations
@@ -161,6 +162,16 @@ def tierkv_server(
         *flags,
     ]
     return ManagedServer(argv, port, log_path or data_dir / "server.log", startup_timeout_s)
+
+
+def complete(client: httpx.Client, base_url: str, prompt: str) -> tuple[str, int]:
+    """One greedy 8-token `tiny-llama` completion of ``prompt``: (text, cached prompt
+    tokens). Raises `httpx.HTTPStatusError` unless the server answers 2xx."""
+    body = {"model": "tiny-llama", "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    r = client.post(f"{base_url}/v1/completions", json=body)
+    r.raise_for_status()
+    data = r.json()
+    return data["choices"][0]["text"], data["usage"]["prompt_tokens_details"]["cached_tokens"]
 
 
 def bare_sse_server(log_path: Path, port: int | None = None) -> ManagedServer:

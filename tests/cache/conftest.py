@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,27 @@ def open_tier(request: pytest.FixtureRequest, lmdb_path: Path) -> Iterator[OpenT
 def tier(open_tier: OpenTier, namespace: str) -> StorageTier:
     """A fresh, empty tier of each kind."""
     return open_tier(namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStore:
+    """Where a test's shared DDR pool lives: a Redis URL and a namespace of its own."""
+
+    url: str
+    namespace: str
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def pool_store(request: pytest.FixtureRequest) -> Iterator[PoolStore]:
+    """A fresh pool namespace on the session's Redis and on its local cluster. Its keys are
+    cleared after the test; fixtures that open managers over it depend on it, so pytest
+    closes those first."""
+    fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
+    store = PoolStore(request.getfixturevalue(fixture), f"t-{uuid.uuid4().hex}")
+    yield store
+    cleaner_pool = SharedPool(
+        connect_redis(store.url), store.namespace, PoolConfig(capacity_bytes=0)
+    )
+    with PooledRedisTier(connect_redis(store.url), store.namespace, cleaner_pool) as cleaner:
+        cleaner.clear()
+    cleaner_pool.stop()

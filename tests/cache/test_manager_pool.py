@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,19 +15,18 @@ from cache.pooled_manager import SharedPoolCacheManager
 from cache.stats import Tier
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, connect_redis
+from tests.cache.conftest import PoolStore
 from tests.cache.test_manager import BLOCK, LAYOUT, chain, fill_and_cache, push_out_of_hbm
 
 DEADLINE_S = 20.0
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+@pytest.fixture
 def replicas(
-    request: pytest.FixtureRequest, tmp_path: Path
+    pool_store: PoolStore, tmp_path: Path
 ) -> Iterator[Callable[..., SharedPoolCacheManager]]:
     """Managers of one pool (each its own clients, follower and flash)."""
-    fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
-    url: str = request.getfixturevalue(fixture)
-    namespace = f"t-{uuid.uuid4().hex}"
+    url, namespace = pool_store.url, pool_store.namespace
     made: list[SharedPoolCacheManager] = []
 
     def make(hbm: int = 4, ddr_blocks: int = 64, **pool_config: float) -> SharedPoolCacheManager:
@@ -44,10 +42,6 @@ def replicas(
     yield make
     for m in made:
         m.close()
-    cleaner_pool = SharedPool(connect_redis(url), namespace, PoolConfig(capacity_bytes=0))
-    with PooledRedisTier(connect_redis(url), namespace, cleaner_pool) as cleaner:
-        cleaner.clear()
-    cleaner_pool.stop()
 
 
 def poll_until(m: CacheManager, done: Callable[[], bool]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cache.stats import Tier
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, connect_redis
 from cache.tiers.shared_flash import SharedFlashTier, environment_id
+from tests.cache.conftest import PoolStore
 from tests.cache.test_manager import BLOCK, LAYOUT, chain, fill_and_cache, push_out_of_hbm
 from tests.cache.test_manager_pool import load_all, poll_until
 
@@ -27,15 +27,13 @@ MAP_SIZE = 64 << 20
 POOL = dict(high_watermark=0.5, low_watermark=0.2)
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+@pytest.fixture
 def replicas(
-    request: pytest.FixtureRequest, tmp_path: Path
+    pool_store: PoolStore, tmp_path: Path
 ) -> Iterator[Callable[..., SharedPoolCacheManager]]:
     """Managers of one pool; each shares the flash directory it is given (default: one
     for all), as replicas of one host do."""
-    fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
-    url: str = request.getfixturevalue(fixture)
-    namespace = f"t-{uuid.uuid4().hex}"
+    url, namespace = pool_store.url, pool_store.namespace
     made: list[SharedPoolCacheManager] = []
 
     def make(
@@ -54,10 +52,6 @@ def replicas(
     yield make
     for m in made:
         m.close()
-    cleaner_pool = SharedPool(connect_redis(url), namespace, PoolConfig(capacity_bytes=0))
-    with PooledRedisTier(connect_redis(url), namespace, cleaner_pool) as cleaner:
-        cleaner.clear()
-    cleaner_pool.stop()
 
 
 def settle(managers: list[SharedPoolCacheManager]) -> None:

@@ -12,7 +12,7 @@ from cache.block_hash import BlockHash
 from cache.embedded_redis import EmbeddedRedis
 from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
 from cache.tiers.base import TierError
-from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
+from cache.tiers.redis_tier import PooledRedisTier, RedisClient, RedisTier, connect_redis
 
 SIZE = 1024
 DEADLINE_S = 20.0  # generous: the machine is shared; polled, never slept for
@@ -59,6 +59,15 @@ def wait_for(
         seen += pool.drain()
         time.sleep(0.005)  # poll interval
     return seen
+
+
+def reserve_when_free(pool: SharedPool, client: RedisClient, h: BlockHash) -> None:
+    """Reserve `h` in `pool`, retrying while it is refused or someone else's (until an
+    earlier reservation expires); fail after DEADLINE_S."""
+    deadline = time.monotonic() + DEADLINE_S
+    while pool.reserve(client, [h], SIZE) != [0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # poll interval
 
 
 def blocks_of(changes: list[PoolChange], kind: ChangeKind) -> set[BlockHash]:
@@ -153,10 +162,7 @@ def test_a_writer_that_died_before_committing_gives_its_bytes_back(open_pool, ur
     client = connect_redis(url)
     assert a.pool.reserve(client, [block(1), block(2)], SIZE) == [0, 0]  # then "dies"
     assert a.pool.reserve(client, [block(3)], SIZE) == [2]  # full while they are live
-    deadline = time.monotonic() + DEADLINE_S
-    while a.pool.reserve(client, [block(3)], SIZE) != [0]:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)  # poll interval
+    reserve_when_free(a.pool, client, block(3))
     assert a.pool.usage().used_bytes == SIZE
     client.close()
 
@@ -292,10 +298,7 @@ def test_a_stalled_writers_commit_does_not_publish_a_later_reservation(open_pool
     h = block(7)
     try:
         assert stalled.pool.reserve(client, [h], SIZE) == [0]
-        deadline = time.monotonic() + DEADLINE_S
-        while other.pool.reserve(client, [h], SIZE) != [0]:  # 3 until it expires
-            assert time.monotonic() < deadline
-            time.sleep(0.01)  # poll interval
+        reserve_when_free(other.pool, client, h)  # 3 until the stalled one's expires
         # The stalled writer wakes up (its SET wrote the same bytes: content-addressed).
         assert stalled.pool.commit(client, [h]) == [2]  # not committed, not its value
         assert stalled.pool.contains_many(client, [h]) == [False]  # not published
@@ -312,10 +315,7 @@ def test_a_stalled_writers_failed_set_does_not_give_back_a_later_reservation(ope
     h = block(8)
     try:
         assert stalled.pool.reserve(client, [h], SIZE) == [0]
-        deadline = time.monotonic() + DEADLINE_S
-        while other.pool.reserve(client, [h], SIZE) != [0]:  # 3 until it expires
-            assert time.monotonic() < deadline
-            time.sleep(0.01)  # poll interval
+        reserve_when_free(other.pool, client, h)  # 3 until the stalled one's expires
         assert stalled.pool.release(client, [h]) == [False]  # its SET failed: not its to free
         assert other.pool.usage(client).used_bytes == SIZE
         assert other.pool.commit(client, [h]) == [1]

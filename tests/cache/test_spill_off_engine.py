@@ -71,6 +71,30 @@ def hold_lane(m: CacheManager, tier: Tier) -> threading.Event:
     return gate
 
 
+def spill_behind_held_lane(
+    m: CacheManager, n: int
+) -> tuple[list[BlockHash], dict, threading.Event]:
+    """Cache `n` fresh blocks, hold the DDR lane, then evict them all (their spill waits
+    behind the gate) and have the engine compute into the reused slots at once and free
+    them: (hashes, their bytes, the gate)."""
+    hashes = chain(n)
+    data = fill_and_cache(m, hashes)
+    gate = hold_lane(m, Tier.DDR)
+    ids = m.allocate(n)
+    assert ids is not None
+    m.kv[ids] = 0
+    m.free(ids)
+    return hashes, data, gate
+
+
+def assert_same_bytes(
+    m: CacheManager, block_ids: list[int], hashes: list[BlockHash], data: dict
+) -> None:
+    """Each of `block_ids` holds the bytes `data` has for the matching hash."""
+    for block_id, h in zip(block_ids, hashes, strict=True):
+        assert m.kv[block_id].tobytes() == data[h].tobytes()
+
+
 def test_the_engine_thread_neither_checksums_nor_encodes_spilled_blocks(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -95,8 +119,7 @@ def test_the_engine_thread_neither_checksums_nor_encodes_spilled_blocks(
             assert any("xxh" in c for c in lane)  # the lane did the checksums
             ids, loaded = reload(m, hashes)
             assert loaded == 8
-            for block_id, h in zip(ids, hashes, strict=True):
-                assert m.kv[block_id].tobytes() == data[h].tobytes()
+            assert_same_bytes(m, ids, hashes, data)
         finally:
             m.close()
 
@@ -109,13 +132,7 @@ def test_a_load_queued_behind_its_blocks_spill_gets_the_bytes_of_the_evicted_slo
     of its own blocks, reads the whole spilled blocks."""
     m = make(redis_url, tmp_path / "flash", hbm=4)
     try:
-        hashes = chain(4)
-        data = fill_and_cache(m, hashes)
-        gate = hold_lane(m, Tier.DDR)
-        ids = m.allocate(4)  # evicts all four; their spill waits behind the gate
-        assert ids is not None
-        m.kv[ids] = 0  # the engine computes into the reused slots at once
-        m.free(ids)
+        hashes, data, gate = spill_behind_held_lane(m, 4)
         hit = m.match(hashes, 4)
         assert [t for _, t in hit.lower] == [Tier.DDR] * 4
         admission = m.admit(hit, "r", 16, 4)
@@ -123,8 +140,7 @@ def test_a_load_queued_behind_its_blocks_spill_gets_the_bytes_of_the_evicted_slo
         gate.set()
         (done,) = poll_until(m)
         assert done.num_loaded_blocks == 4
-        for block_id, h in zip(admission.block_ids, hashes, strict=True):
-            assert m.kv[block_id].tobytes() == data[h].tobytes()
+        assert_same_bytes(m, admission.block_ids, hashes, data)
     finally:
         m.close()
 
@@ -137,13 +153,7 @@ def test_ddr_failing_while_a_spill_is_in_flight_degrades_to_recompute_then_flash
     ddr = FaultyTier(RedisTier(connect_redis(redis_url), f"t-{uuid.uuid4().hex}"), FaultSpec())
     m = make(None, tmp_path / "flash", hbm=4, ddr=ddr)
     try:
-        hashes = chain(4)
-        data = fill_and_cache(m, hashes)
-        gate = hold_lane(m, Tier.DDR)
-        ids = m.allocate(4)
-        assert ids is not None
-        m.kv[ids] = 0
-        m.free(ids)
+        hashes, data, gate = spill_behind_held_lane(m, 4)
         admission = m.admit(m.match(hashes, 4), "r", 16, 4)
         assert admission is not None and admission.is_loading
         ddr.spec = FaultSpec(down=True)
@@ -157,8 +167,7 @@ def test_ddr_failing_while_a_spill_is_in_flight_degrades_to_recompute_then_flash
         assert [t for _, t in m.match(hashes, 4).lower] == [Tier.FLASH] * 4
         ids, loaded = reload(m, hashes)
         assert loaded == 4
-        for block_id, h in zip(ids, hashes, strict=True):
-            assert m.kv[block_id].tobytes() == data[h].tobytes()
+        assert_same_bytes(m, ids, hashes, data)
     finally:
         m.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -47,6 +48,21 @@ def slow_device(huge_config: ModelConfig) -> DeviceSpec:
     )
 
 
+SlowExecutor = Callable[[Pace], Executor]
+"""Makes an executor of `huge_config` on `slow_device` with the given pace and a fresh
+pool."""
+
+
+@pytest.fixture
+def slow_executor(
+    model: Model, huge_config: ModelConfig, slow_device: DeviceSpec, new_pool: PoolFactory
+) -> SlowExecutor:
+    def make(pace: Pace) -> Executor:
+        return Executor(model, huge_config, slow_device, pace, new_pool())
+
+    return make
+
+
 def _greedy() -> Sampler:
     return Sampler(SamplingParams(temperature=0.0), sampleable_mask)
 
@@ -59,10 +75,8 @@ def _decode_batch() -> list[StepSequence]:
     ]
 
 
-def test_real_pace_lasts_at_least_the_modelled_time(
-    model: Model, huge_config: ModelConfig, slow_device: DeviceSpec, new_pool: PoolFactory
-) -> None:
-    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+def test_real_pace_lasts_at_least_the_modelled_time(slow_executor: SlowExecutor) -> None:
+    executor = slow_executor(Pace.REAL)
     started = time.perf_counter()
     result = executor.step(_decode_batch())
     elapsed = time.perf_counter() - started
@@ -110,12 +124,10 @@ def test_empty_step_and_duplicate_ids(
     assert np.isnan(executor.kv_pool).all()  # rejected before touching the pool
 
 
-def test_real_pace_never_runs_ahead_of_the_modelled_clock(
-    model: Model, huge_config: ModelConfig, slow_device: DeviceSpec, new_pool: PoolFactory
-) -> None:
+def test_real_pace_never_runs_ahead_of_the_modelled_clock(slow_executor: SlowExecutor) -> None:
     # Lateness is made up by later steps, but only lateness: over a run the busy wall time
     # is never below the modelled time.
-    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    executor = slow_executor(Pace.REAL)
     results = [executor.step([StepSequence("a", [65 + i], i, [0], _greedy())]) for i in range(4)]
     assert sum(r.wall_seconds for r in results) >= sum(r.modelled_seconds for r in results)
 
@@ -149,16 +161,12 @@ def _decode_step(i: int) -> list[StepSequence]:
 
 
 def test_host_time_between_steps_hides_behind_the_device(
-    model: Model,
-    huge_config: ModelConfig,
-    slow_device: DeviceSpec,
-    new_pool: PoolFactory,
-    virtual_time: _VirtualTime,
+    slow_executor: SlowExecutor, virtual_time: _VirtualTime
 ) -> None:
     # Async scheduling: host work after a step (output hand-off, scheduling the next)
     # runs while the device is busy, so a step that follows another starts when the
     # device is free. Before, host time was added to every step.
-    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    executor = slow_executor(Pace.REAL)
     t0 = virtual_time.now
     first = executor.step(_decode_step(0))
     host = first.modelled_seconds / 4
@@ -173,13 +181,9 @@ def test_host_time_between_steps_hides_behind_the_device(
 
 
 def test_host_time_longer_than_the_step_delays_the_device(
-    model: Model,
-    huge_config: ModelConfig,
-    slow_device: DeviceSpec,
-    new_pool: PoolFactory,
-    virtual_time: _VirtualTime,
+    slow_executor: SlowExecutor, virtual_time: _VirtualTime
 ) -> None:
-    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    executor = slow_executor(Pace.REAL)
     first = executor.step(_decode_step(0))
     host = first.modelled_seconds * 3
     virtual_time.now += host
@@ -190,16 +194,12 @@ def test_host_time_longer_than_the_step_delays_the_device(
 
 
 def test_a_step_after_idle_starts_when_submitted(
-    model: Model,
-    huge_config: ModelConfig,
-    slow_device: DeviceSpec,
-    new_pool: PoolFactory,
-    virtual_time: _VirtualTime,
+    slow_executor: SlowExecutor, virtual_time: _VirtualTime
 ) -> None:
     # Lateness and host time are not carried over a lull: the first step after it is
     # never shortened.
     virtual_time.late = 0.1  # every wake-up 100 ms late
-    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    executor = slow_executor(Pace.REAL)
     executor.step(_decode_step(0))
     executor.idle()
     virtual_time.late = 0.0
@@ -211,14 +211,10 @@ def test_a_step_after_idle_starts_when_submitted(
 
 
 def test_late_wake_ups_are_made_up_up_to_a_cap(
-    model: Model,
-    huge_config: ModelConfig,
-    slow_device: DeviceSpec,
-    new_pool: PoolFactory,
-    virtual_time: _VirtualTime,
+    slow_executor: SlowExecutor, virtual_time: _VirtualTime
 ) -> None:
     virtual_time.late = 0.02  # every wake-up 20 ms late
-    executor = Executor(model, huge_config, slow_device, Pace.REAL, new_pool())
+    executor = slow_executor(Pace.REAL)
     results = [executor.step(_decode_step(i)) for i in range(5)]
     # Back to back, each late wake-up is made up by the next step: it starts on the
     # device where the previous one ended, so the device timeline has no gaps.
@@ -237,13 +233,9 @@ def test_late_wake_ups_are_made_up_up_to_a_cap(
 
 
 def test_unpaced_steps_each_start_when_submitted(
-    model: Model,
-    huge_config: ModelConfig,
-    slow_device: DeviceSpec,
-    new_pool: PoolFactory,
-    virtual_time: _VirtualTime,
+    slow_executor: SlowExecutor, virtual_time: _VirtualTime
 ) -> None:
-    executor = Executor(model, huge_config, slow_device, Pace.NONE, new_pool())
+    executor = slow_executor(Pace.NONE)
     first = executor.step(_decode_step(0))
     virtual_time.now += 0.001
     second = executor.step(_decode_step(1))
