@@ -139,8 +139,8 @@ class Executor:
         self._pace = pace
         self._kv_pool = kv_pool
         # The device timeline while steps follow each other (None: the device is idle).
-        # `_launched_at`: when the host handed the last step over (on the async-scheduling
-        # host timeline); `_returned_at`: when `step` returned it, on the wall clock.
+        # `_launched_at`: when the last step started on the device (the host's work for
+        # the next one begins then); `_returned_at`: when `step` returned, wall clock.
         self._device_free_at: float | None = None
         self._launched_at = 0.0
         self._returned_at = 0.0
@@ -183,7 +183,7 @@ class Executor:
             hidden = 0.0
         else:
             # Async scheduling: the host's work for this step (scheduling, and the
-            # previous step's outputs) began when it launched the previous step.
+            # previous step's outputs) began when the previous step started on the device.
             launched = self._launched_at + (started - self._returned_at)
             # A late wake-up or a forward that outran its modelled time is made up by
             # later steps, but by at most MAX_LATENESS.
@@ -218,7 +218,10 @@ class Executor:
             device_end=end,
         )
         if self._pace is Pace.REAL:  # unpaced, the device timeline would run ahead
-            self._device_free_at, self._launched_at, self._returned_at = end, launched, returned
+            # The host's work for the next step begins when this one starts on the device
+            # (`end - cost`: after any wait for shared cores), so it hides behind one step.
+            self._device_free_at, self._returned_at = end, returned
+            self._launched_at = end - cost.seconds
         return result
 
 

@@ -193,6 +193,22 @@ def test_host_time_longer_than_the_step_delays_the_device(
     assert second.device_end == pytest.approx(second.device_start + second.modelled_seconds)
 
 
+def test_host_time_hides_behind_one_step_only_after_a_busy_stretch(
+    slow_executor: SlowExecutor, virtual_time: _VirtualTime
+) -> None:
+    # The host's work for a step begins when the previous step starts on the device, so
+    # at most one step's time hides it. Before, the host timeline lagged the device by
+    # every step's length, and after 40 back-to-back steps a stall of 3 steps hid
+    # entirely (the next step started when the previous ended, with no wait).
+    executor = slow_executor(Pace.REAL)
+    results = [executor.step(_decode_step(i)) for i in range(40)]
+    stall = results[-1].modelled_seconds * 3
+    virtual_time.now += stall
+    after = executor.step(_decode_step(40))
+    assert after.device_start == pytest.approx(results[-1].device_start + stall)
+    assert after.host_overlap_seconds == pytest.approx(results[-1].modelled_seconds)
+
+
 def test_a_step_after_idle_starts_when_submitted(
     slow_executor: SlowExecutor, virtual_time: _VirtualTime
 ) -> None:
