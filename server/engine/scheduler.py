@@ -90,6 +90,9 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request {request.request_id} is already in the engine")
         request.update_block_hashes(self.config.block_size)
+        # Before anything touches its blocks (a prefetch, the admission): the eviction
+        # policy files them under this request (`cache.policies.prefix_aware`).
+        self.cache.note_request(request.block_hashes)
         self.requests[request.request_id] = request
         self.waiting.enqueue(request, resumed=False)
 
@@ -303,7 +306,6 @@ class Scheduler:
         self._prefetcher.drop(request)  # admit referenced what it held (if it still matched)
         if request.scheduled_time is None:
             request.scheduled_time = time.perf_counter()
-            self.cache.note_request(request.block_hashes)  # once: a resumption is not new
         request.block_ids = admission.block_ids
         request.num_computed_tokens = admission.num_hbm_blocks * bs
         request.num_committed_blocks = admission.num_hbm_blocks
