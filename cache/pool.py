@@ -32,8 +32,9 @@ Design (docs/architecture.md, "Shared DDR pool"):
 Threading: `SharedPool` is shared by the DDR transfer lane (`reserve`, `commit`,
 `forget`, `lease`, through its own client), the follower thread and the engine thread
 (`drain`). The queue between them is thread-safe; nothing else is shared.
-Failures: a Redis error in the follower is logged, retried with backoff, and followed by
-a full re-read of the index (so a missed change heals); errors in the lane's calls
+Failures: a Redis error in the follower (or a shared flash it cannot scan) is logged,
+retried with backoff, and followed by a full re-read of the index (so a missed change
+heals), at start-up too (`start` never raises for them); errors in the lane's calls
 raise `TierError` through the tier (`cache.tiers.redis_tier.PooledRedisTier`).
 """
 
@@ -285,14 +286,14 @@ class SharedPool:
 
     def start(self, notify: Callable[[], None] = lambda: None) -> None:
         """Read the whole index now (queued as a RESET: blocking, call at start-up; if
-        Redis does not answer, the follower retries), then follow the log on a daemon
-        thread; `notify()` after changes are queued (it wakes
-        the engine so it applies them even when idle)."""
+        Redis does not answer or the shared flash cannot be scanned, the follower
+        retries), then follow the log on a daemon thread; `notify()` after changes are
+        queued (it wakes the engine so it applies them even when idle)."""
         self._notify = notify
         resynced = True
         try:
             self._resync()
-        except _REDIS_ERRORS as exc:  # Redis away: the follower keeps trying (backoff)
+        except (*_REDIS_ERRORS, _FlashScanError) as exc:  # the follower retries (backoff)
             logger.warning("shared pool: cannot read the index yet (%s); retrying", exc)
             resynced = False
         self._thread = threading.Thread(
