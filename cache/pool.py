@@ -106,11 +106,11 @@ class SharedFlash:
     """The flash environment this replica shares with others on its host."""
 
     env_id: str  # see cache.tiers.shared_flash.environment_id
-    # Its blocks, oldest write first (follower thread): `scan` for a new writer's books
-    # (exact: repairs missing records), `scan_recorded` for a follower's re-read (reads
-    # only the records, never writes, while the writer may be writing).
+    # Its blocks, oldest write first (follower thread; a follower's re-read and a new
+    # writer's books alike): reads only the meta records and never writes, since another
+    # replica may be writing meanwhile (a repair would take its commit in progress for a
+    # crash, read every value and rewrite every record in key order).
     scan: Callable[[], list[BlockHash]]
-    scan_recorded: Callable[[], list[BlockHash]]
     close: Callable[[], None] = lambda: None  # after the follower stopped
 
 
@@ -320,14 +320,13 @@ class SharedPool:
             # After the log position: a store logged since then is applied again (an
             # add is idempotent), a deletion logged before it and not yet done at the
             # scan leaves an entry whose load misses (the request recomputes).
-            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash(recorded=True)))
+            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash()))
         self.num_resyncs += 1
 
-    def _scan_flash(self, recorded: bool = False) -> tuple[tuple[BlockHash, int], ...]:
+    def _scan_flash(self) -> tuple[tuple[BlockHash, int], ...]:
         assert self.flash is not None
-        scan = self.flash.scan_recorded if recorded else self.flash.scan
         try:
-            return tuple((h, 0) for h in scan())
+            return tuple((h, 0) for h in self.flash.scan())
         except TierError as exc:  # the follower's caller backs off and re-reads
             raise _FlashScanError(str(exc)) from exc
 

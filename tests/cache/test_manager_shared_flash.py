@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cache.pool import PoolConfig, SharedPool
+import cache.tiers.lmdb_tier
+from cache.block_hash import BlockHash
+from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
 from cache.pooled_manager import SharedPoolCacheManager
 from cache.records import CacheConfig
 from cache.stats import Tier
@@ -222,3 +226,49 @@ def test_a_block_deleted_before_the_follower_heard_of_it_is_a_miss(replicas, tmp
         np.testing.assert_array_equal(follower.kv[block_id], data[h])
     assert gone not in follower._index[Tier.FLASH]
     assert follower.stats.tiers[Tier.FLASH].index_repairs == 1
+
+
+def test_a_new_writers_scan_reads_the_records_only_while_the_old_writer_commits(
+    pool_store, tmp_path, monkeypatch
+):
+    # Blocks written in an order that is not key order; the meta records keep it.
+    path = tmp_path / "shared"
+    written = [BlockHash(bytes([i]) * 16) for i in (5, 1, 4, 2, 3)]
+    old_writer = LmdbTier(path, MAP_SIZE, LAYOUT.namespace)
+    old_writer.put_many([(h, bytes(BLOCK)) for h in written])
+    late = BlockHash(bytes([0]) * 16)
+    real_read = cache.tiers.lmdb_tier._read_sequentially
+    committed = threading.Event()
+
+    def read_while_the_old_writer_commits(meta_data: Path) -> None:
+        # Between a scan's count of the values and its read of the records, on the
+        # follower thread's LEAD scan: the old writer (another handle) commits a block.
+        if threading.current_thread().name == "tierkv-pool" and not committed.is_set():
+            old_writer.put(late, bytes(BLOCK))
+            committed.set()
+        real_read(meta_data)
+
+    monkeypatch.setattr(
+        cache.tiers.lmdb_tier, "_read_sequentially", read_while_the_old_writer_commits
+    )
+    url, namespace = pool_store.url, pool_store.namespace
+    pool = SharedPool(connect_redis(url), namespace, PoolConfig(10 * BLOCK, poll_s=0.02))
+    inner = LmdbTier(path, MAP_SIZE, LAYOUT.namespace)
+    flash = SharedFlashTier.share(inner, pool, connect_redis(url), MAP_SIZE, BLOCK)
+    try:
+        pool.start()  # no other demoter: its follower takes the lease (LEAD)
+        seen: list[PoolChange] = []
+        deadline = time.monotonic() + 20.0
+        while not any(c.kind is ChangeKind.LEAD for c in seen):
+            assert time.monotonic() < deadline, f"no LEAD: {seen}"
+            seen += pool.drain()
+            time.sleep(0.005)  # poll interval
+        lead = next(c for c in seen if c.kind is ChangeKind.LEAD)
+        assert committed.is_set()
+        # The records, oldest write first: nothing repaired, nothing reordered.
+        assert [h for h, _ in lead.blocks] == [*written, late]
+        assert [k for k, _ in old_writer.scan()] == [*written, late]
+    finally:
+        pool.stop()
+        flash.close()
+        old_writer.close()

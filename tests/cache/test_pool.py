@@ -222,13 +222,13 @@ def test_a_flash_that_cannot_be_read_at_start_up_is_read_again_by_the_follower(
     flash.put(block(1), b"x" * SIZE)
     failures = [TierError("lmdb scan failed: injected")]
 
-    def scan_recorded() -> list[BlockHash]:
+    def scan() -> list[BlockHash]:
         if failures:
             raise failures.pop()
         return flash.scan_recorded_keys(SIZE)
 
     pool = SharedPool(connect_redis(redis_url), namespace, PoolConfig(4 * SIZE, poll_s=0.02))
-    pool.share_flash(SharedFlash("env", lambda: flash.scan_keys_of_size(SIZE), scan_recorded))
+    pool.share_flash(SharedFlash("env", scan))
     try:
         pool.start()  # must not raise: the follower retries
         seen = wait_for(pool, lambda s: block(1) in blocks_of(s, ChangeKind.FLASH_RESET), [])
