@@ -19,6 +19,7 @@ from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
 from cache.pooled_manager import SharedPoolCacheManager
 from cache.records import CacheConfig
 from cache.stats import Tier
+from cache.tiers.faulty import FaultSpec, FaultyTier
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, connect_redis
 from cache.tiers.shared_flash import SharedFlashTier, environment_id
@@ -272,3 +273,47 @@ def test_a_new_writers_scan_reads_the_records_only_while_the_old_writer_commits(
         pool.stop()
         flash.close()
         old_writer.close()
+
+
+def test_a_writer_that_leads_again_keeps_its_flash_stores_still_queued(pool_store, tmp_path):
+    url, namespace = pool_store.url, pool_store.namespace
+    path = tmp_path / "shared"
+    config = PoolConfig(capacity_bytes=10 * BLOCK, poll_s=0.02, **POOL)  # type: ignore[arg-type]
+    pool = SharedPool(connect_redis(url), namespace, config)
+    ddr = PooledRedisTier(connect_redis(url), namespace, pool)
+    inner = LmdbTier(path, MAP_SIZE, LAYOUT.namespace)
+    shared = SharedFlashTier.share(inner, pool, connect_redis(url), MAP_SIZE, BLOCK)
+    flash = FaultyTier(shared, FaultSpec())
+    a = SharedPoolCacheManager(
+        LAYOUT, CacheConfig(8, 10 * BLOCK, 64 * BLOCK), ddr, flash, pool=pool
+    )
+    client = connect_redis(url)
+    try:
+
+        def poll_until_without_waiting(done: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 20.0
+            while not done():
+                assert time.monotonic() < deadline, "not reached in time"
+                a.poll()
+                time.sleep(0.005)  # poll interval
+
+        poll_until_without_waiting(lambda: a.is_flash_writer)
+        flash.spec = FaultSpec(latency_ms=3000)  # its flash stores stall on the lane
+        fill_pool(a, 8, seed=40)
+        poll_until_without_waiting(lambda: len(a._index[Tier.FLASH]) > 0)  # demoting
+        queued = {bytes(h) for h in a._index[Tier.FLASH]}
+        # Another replica holds the lease for a moment: FOLLOW, then LEAD again, whose
+        # re-read runs while the demotion is still queued.
+        client.set(pool.keys.demoter, "another-replica", px=300)
+        poll_until_without_waiting(lambda: not a.is_flash_writer)
+        poll_until_without_waiting(lambda: a.is_flash_writer)
+        assert not queued & lmdb_keys(path)  # the re-read could not have seen them
+        flash.spec = FaultSpec()
+        a.wait_transfers()
+        a.poll()
+        on_disk = lmdb_keys(path)
+        assert queued <= on_disk
+        assert {bytes(h) for h in a._index[Tier.FLASH]} == on_disk  # its books count them
+    finally:
+        client.close()
+        a.close()
