@@ -32,8 +32,9 @@ Design (docs/architecture.md, "Shared DDR pool"):
 Threading: `SharedPool` is shared by the DDR transfer lane (`reserve`, `commit`,
 `forget`, `lease`, through its own client), the follower thread and the engine thread
 (`drain`). The queue between them is thread-safe; nothing else is shared.
-Failures: a Redis error in the follower is logged, retried with backoff, and followed by
-a full re-read of the index (so a missed change heals); errors in the lane's calls
+Failures: a Redis error in the follower (or a shared flash it cannot scan) is logged,
+retried with backoff, and followed by a full re-read of the index (so a missed change
+heals), at start-up too (`start` never raises for them); errors in the lane's calls
 raise `TierError` through the tier (`cache.tiers.redis_tier.PooledRedisTier`).
 """
 
@@ -105,11 +106,11 @@ class SharedFlash:
     """The flash environment this replica shares with others on its host."""
 
     env_id: str  # see cache.tiers.shared_flash.environment_id
-    # Its blocks, oldest write first (follower thread): `scan` for a new writer's books
-    # (exact: repairs missing records), `scan_recorded` for a follower's re-read (reads
-    # only the records, never writes, while the writer may be writing).
+    # Its blocks, oldest write first (follower thread; a follower's re-read and a new
+    # writer's books alike): reads only the meta records and never writes, since another
+    # replica may be writing meanwhile (a repair would take its commit in progress for a
+    # crash, read every value and rewrite every record in key order).
     scan: Callable[[], list[BlockHash]]
-    scan_recorded: Callable[[], list[BlockHash]]
     close: Callable[[], None] = lambda: None  # after the follower stopped
 
 
@@ -285,14 +286,14 @@ class SharedPool:
 
     def start(self, notify: Callable[[], None] = lambda: None) -> None:
         """Read the whole index now (queued as a RESET: blocking, call at start-up; if
-        Redis does not answer, the follower retries), then follow the log on a daemon
-        thread; `notify()` after changes are queued (it wakes
-        the engine so it applies them even when idle)."""
+        Redis does not answer or the shared flash cannot be scanned, the follower
+        retries), then follow the log on a daemon thread; `notify()` after changes are
+        queued (it wakes the engine so it applies them even when idle)."""
         self._notify = notify
         resynced = True
         try:
             self._resync()
-        except _REDIS_ERRORS as exc:  # Redis away: the follower keeps trying (backoff)
+        except (*_REDIS_ERRORS, _FlashScanError) as exc:  # the follower retries (backoff)
             logger.warning("shared pool: cannot read the index yet (%s); retrying", exc)
             resynced = False
         self._thread = threading.Thread(
@@ -319,14 +320,13 @@ class SharedPool:
             # After the log position: a store logged since then is applied again (an
             # add is idempotent), a deletion logged before it and not yet done at the
             # scan leaves an entry whose load misses (the request recomputes).
-            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash(recorded=True)))
+            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash()))
         self.num_resyncs += 1
 
-    def _scan_flash(self, recorded: bool = False) -> tuple[tuple[BlockHash, int], ...]:
+    def _scan_flash(self) -> tuple[tuple[BlockHash, int], ...]:
         assert self.flash is not None
-        scan = self.flash.scan_recorded if recorded else self.flash.scan
         try:
-            return tuple((h, 0) for h in scan())
+            return tuple((h, 0) for h in self.flash.scan())
         except TierError as exc:  # the follower's caller backs off and re-reads
             raise _FlashScanError(str(exc)) from exc
 

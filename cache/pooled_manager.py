@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cache.block_hash import BlockHash
 from cache.events import EventCallback, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheManager
@@ -55,6 +56,8 @@ class SharedPoolCacheManager(CacheManager):
         self._pool = pool
         self._shares_flash = pool.flash is not None and flash is not None
         self._is_flash_writer = not self._shares_flash  # a shared flash: on LEAD
+        # A former writer's books, kept from FOLLOW until it leads again (see _follow_flash).
+        self._former_books: set[BlockHash] = set()
         super().__init__(layout, config, ddr, flash, notify, on_event, charge)
         self._shares_flash = self._shares_flash and Tier.FLASH in self._index
         self._is_flash_writer = not self._shares_flash
@@ -127,6 +130,10 @@ class SharedPoolCacheManager(CacheManager):
         for change in changes:
             kind = change.kind
             if kind is ChangeKind.FOLLOW:
+                # Its flash stores still queued on its lane commit after any re-read that
+                # starts now, and their records carry its own id (skipped): keep its books
+                # through re-reads until it leads again; deletions heard meanwhile apply.
+                self._former_books = set(index) if self._is_flash_writer else set()
                 self._is_flash_writer = False
             elif kind is ChangeKind.LEAD or (
                 kind is ChangeKind.FLASH_RESET and not self._is_flash_writer
@@ -134,11 +141,13 @@ class SharedPoolCacheManager(CacheManager):
                 # A writer's own index is its books (it logs what it does and skips its own
                 # records), so only LEAD replaces them: with what the environment holds.
                 wanted = {h for h, _ in change.blocks}
-                for block_hash in [h for h in index if h not in wanted]:
+                kept = self._former_books
+                for block_hash in [h for h in index if h not in wanted and h not in kept]:
                     index.remove(block_hash)
                 for block_hash, _ in change.blocks:  # oldest write first
                     index.add(block_hash, self._block_size)
                 if kind is ChangeKind.LEAD:
+                    self._former_books = set()
                     self._is_flash_writer = True
                     self._trim_flash()
             elif kind is ChangeKind.FLASH_ADD:
@@ -147,6 +156,7 @@ class SharedPoolCacheManager(CacheManager):
             elif kind is ChangeKind.FLASH_REMOVE:
                 for block_hash, _ in change.blocks:
                     index.remove(block_hash)
+                    self._former_books.discard(block_hash)
 
     def _trim_flash(self) -> None:
         """The new writer deletes what is beyond the flash's capacity (oldest first)."""

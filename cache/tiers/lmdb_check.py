@@ -4,7 +4,9 @@ Mapping a damaged ``data.mdb`` is not safe: a file truncated below the last page
 meta page records makes the first read of a missing page raise SIGBUS, which kills the
 whole process with no message; a damaged header makes ``mdb_env_open`` fail with
 ``MDB_INVALID``. `check_environment` reads the two meta pages with plain file I/O and
-compares them with the file, so neither reaches LMDB.
+compares them with the file, so neither reaches LMDB. The meta pages are read before the
+file's size, so a writer in another process committing during the check (a shared flash)
+is never taken for truncation.
 
 Meta page layout (LMDB 0.9, 64-bit, both meta pages): a 16-byte page header, then
 ``mm_magic`` (u32, 0xBEEFC0DE) at 16, ``mm_version`` (u32, 1) at 20, ``mm_mapsize`` at 32,
@@ -14,6 +16,7 @@ the free DB's ``md_pad`` holding the page size (u32) at 40, ``mm_last_pg`` at 13
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from pathlib import Path
@@ -34,16 +37,20 @@ def check_environment(path: Path) -> str | None:
     if not data.exists():
         return None
     try:
-        size = data.stat().st_size
         with open(data, "rb") as f:
             head = f.read(_META_BYTES)
             if len(head) < _META_BYTES:
+                size = os.fstat(f.fileno()).st_size
                 return f"{data} is {size} bytes, shorter than an LMDB meta page"
             page_size = struct.unpack_from("<I", head, 40)[0]
             if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
                 return f"{data}: meta page 0 records an impossible page size {page_size}"
             f.seek(page_size)
             metas = [head, f.read(_META_BYTES)]
+            # The size after the meta pages: another process (a shared flash's writer)
+            # may commit meanwhile, growing the file and then writing a newer meta page.
+            # LMDB never shrinks the file, so a size read later covers the pages read.
+            size = os.fstat(f.fileno()).st_size
     except OSError as exc:
         return f"cannot read {data}: {exc}"
     newest: tuple[int, int] | None = None  # (txnid, last page)

@@ -106,12 +106,11 @@ class SharedFlashTier(StorageTier):
         size = block_size
 
         def scan() -> list[BlockHash]:
-            return reader.scan_keys_of_size(size)
-
-        def scan_recorded() -> list[BlockHash]:
+            # Keys only, repairing nothing (another replica may be writing): the repair
+            # of `scan_keys_of_size` is for a single process's cold start.
             return reader.scan_recorded_keys(size)
 
-        pool.share_flash(SharedFlash(tier.env_id, scan, scan_recorded, reader.close))
+        pool.share_flash(SharedFlash(tier.env_id, scan, reader.close))
         return tier
 
     def _log(self, added: bool, blocks: Sequence[tuple[BlockHash, int]]) -> None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cache.pool import PoolConfig, SharedPool
+import cache.tiers.lmdb_tier
+from cache.block_hash import BlockHash
+from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
 from cache.pooled_manager import SharedPoolCacheManager
 from cache.records import CacheConfig
 from cache.stats import Tier
+from cache.tiers.faulty import FaultSpec, FaultyTier
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, connect_redis
 from cache.tiers.shared_flash import SharedFlashTier, environment_id
@@ -222,3 +227,93 @@ def test_a_block_deleted_before_the_follower_heard_of_it_is_a_miss(replicas, tmp
         np.testing.assert_array_equal(follower.kv[block_id], data[h])
     assert gone not in follower._index[Tier.FLASH]
     assert follower.stats.tiers[Tier.FLASH].index_repairs == 1
+
+
+def test_a_new_writers_scan_reads_the_records_only_while_the_old_writer_commits(
+    pool_store, tmp_path, monkeypatch
+):
+    # Blocks written in an order that is not key order; the meta records keep it.
+    path = tmp_path / "shared"
+    written = [BlockHash(bytes([i]) * 16) for i in (5, 1, 4, 2, 3)]
+    old_writer = LmdbTier(path, MAP_SIZE, LAYOUT.namespace)
+    old_writer.put_many([(h, bytes(BLOCK)) for h in written])
+    late = BlockHash(bytes([0]) * 16)
+    real_read = cache.tiers.lmdb_tier._read_sequentially
+    committed = threading.Event()
+
+    def read_while_the_old_writer_commits(meta_data: Path) -> None:
+        # Between a scan's count of the values and its read of the records, on the
+        # follower thread's LEAD scan: the old writer (another handle) commits a block.
+        if threading.current_thread().name == "tierkv-pool" and not committed.is_set():
+            old_writer.put(late, bytes(BLOCK))
+            committed.set()
+        real_read(meta_data)
+
+    monkeypatch.setattr(
+        cache.tiers.lmdb_tier, "_read_sequentially", read_while_the_old_writer_commits
+    )
+    url, namespace = pool_store.url, pool_store.namespace
+    pool = SharedPool(connect_redis(url), namespace, PoolConfig(10 * BLOCK, poll_s=0.02))
+    inner = LmdbTier(path, MAP_SIZE, LAYOUT.namespace)
+    flash = SharedFlashTier.share(inner, pool, connect_redis(url), MAP_SIZE, BLOCK)
+    try:
+        pool.start()  # no other demoter: its follower takes the lease (LEAD)
+        seen: list[PoolChange] = []
+        deadline = time.monotonic() + 20.0
+        while not any(c.kind is ChangeKind.LEAD for c in seen):
+            assert time.monotonic() < deadline, f"no LEAD: {seen}"
+            seen += pool.drain()
+            time.sleep(0.005)  # poll interval
+        lead = next(c for c in seen if c.kind is ChangeKind.LEAD)
+        assert committed.is_set()
+        # The records, oldest write first: nothing repaired, nothing reordered.
+        assert [h for h, _ in lead.blocks] == [*written, late]
+        assert [k for k, _ in old_writer.scan()] == [*written, late]
+    finally:
+        pool.stop()
+        flash.close()
+        old_writer.close()
+
+
+def test_a_writer_that_leads_again_keeps_its_flash_stores_still_queued(pool_store, tmp_path):
+    url, namespace = pool_store.url, pool_store.namespace
+    path = tmp_path / "shared"
+    config = PoolConfig(capacity_bytes=10 * BLOCK, poll_s=0.02, **POOL)  # type: ignore[arg-type]
+    pool = SharedPool(connect_redis(url), namespace, config)
+    ddr = PooledRedisTier(connect_redis(url), namespace, pool)
+    inner = LmdbTier(path, MAP_SIZE, LAYOUT.namespace)
+    shared = SharedFlashTier.share(inner, pool, connect_redis(url), MAP_SIZE, BLOCK)
+    flash = FaultyTier(shared, FaultSpec())
+    a = SharedPoolCacheManager(
+        LAYOUT, CacheConfig(8, 10 * BLOCK, 64 * BLOCK), ddr, flash, pool=pool
+    )
+    client = connect_redis(url)
+    try:
+
+        def poll_until_without_waiting(done: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 20.0
+            while not done():
+                assert time.monotonic() < deadline, "not reached in time"
+                a.poll()
+                time.sleep(0.005)  # poll interval
+
+        poll_until_without_waiting(lambda: a.is_flash_writer)
+        flash.spec = FaultSpec(latency_ms=3000)  # its flash stores stall on the lane
+        fill_pool(a, 8, seed=40)
+        poll_until_without_waiting(lambda: len(a._index[Tier.FLASH]) > 0)  # demoting
+        queued = {bytes(h) for h in a._index[Tier.FLASH]}
+        # Another replica holds the lease for a moment: FOLLOW, then LEAD again, whose
+        # re-read runs while the demotion is still queued.
+        client.set(pool.keys.demoter, "another-replica", px=300)
+        poll_until_without_waiting(lambda: not a.is_flash_writer)
+        poll_until_without_waiting(lambda: a.is_flash_writer)
+        assert not queued & lmdb_keys(path)  # the re-read could not have seen them
+        flash.spec = FaultSpec()
+        a.wait_transfers()
+        a.poll()
+        on_disk = lmdb_keys(path)
+        assert queued <= on_disk
+        assert {bytes(h) for h in a._index[Tier.FLASH]} == on_disk  # its books count them
+    finally:
+        client.close()
+        a.close()

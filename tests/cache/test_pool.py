@@ -10,8 +10,9 @@ import pytest
 
 from cache.block_hash import BlockHash
 from cache.embedded_redis import EmbeddedRedis
-from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
+from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedFlash, SharedPool
 from cache.tiers.base import TierError
+from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, RedisClient, RedisTier, connect_redis
 
 SIZE = 1024
@@ -210,6 +211,32 @@ def test_a_follower_started_while_redis_is_away_catches_up_when_it_is_back(tmp_p
         follower.stop()
         writer.pool.stop()
         writer.close()
+
+
+def test_a_flash_that_cannot_be_read_at_start_up_is_read_again_by_the_follower(
+    redis_url, namespace, tmp_path
+):
+    # A real LMDB environment holding one block; its first scan fails as a transient
+    # LMDB read error would (TierError), the later ones read it.
+    flash = LmdbTier(tmp_path / "flash", 1 << 24, "t")
+    flash.put(block(1), b"x" * SIZE)
+    failures = [TierError("lmdb scan failed: injected")]
+
+    def scan() -> list[BlockHash]:
+        if failures:
+            raise failures.pop()
+        return flash.scan_recorded_keys(SIZE)
+
+    pool = SharedPool(connect_redis(redis_url), namespace, PoolConfig(4 * SIZE, poll_s=0.02))
+    pool.share_flash(SharedFlash("env", scan))
+    try:
+        pool.start()  # must not raise: the follower retries
+        seen = wait_for(pool, lambda s: block(1) in blocks_of(s, ChangeKind.FLASH_RESET), [])
+        assert not failures and pool.num_resyncs == 1
+        assert blocks_of(seen, ChangeKind.RESET) == set()
+    finally:
+        pool.stop()
+        flash.close()
 
 
 def test_a_follower_notices_the_books_were_lost_and_reads_the_index_again(open_pool):

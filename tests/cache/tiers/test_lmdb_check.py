@@ -50,3 +50,29 @@ def test_move_aside_keeps_the_files(tmp_path):
     assert first != second
     assert first.name.startswith("flash.quarantined-") and (first / "data.mdb").exists()
     assert not (tmp_path / "flash").exists()
+
+
+def test_a_file_another_process_grows_during_the_check_is_not_called_truncated(
+    tmp_path, monkeypatch
+):
+    # A shared flash: the writer (here a second LMDB handle) commits right after every
+    # stat of data.mdb, growing the file and writing a newer meta page whose last page
+    # lies beyond the size that stat saw. LMDB never shrinks the file, so that is sound.
+    data = make_env(tmp_path / "env")
+    real_stat = Path.stat
+    writer = LmdbTier(tmp_path / "env", 64 << 20, "n")
+    commits = iter(range(1000, 1100))
+
+    def stat_then_commit(self: Path, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
+        if self == data:
+            writer.put(BlockHash(next(commits).to_bytes(16, "big")), os.urandom(1 << 20))
+        return result
+
+    monkeypatch.setattr(Path, "stat", stat_then_commit)
+    try:
+        assert check_environment(tmp_path / "env") is None
+    finally:
+        monkeypatch.undo()
+        writer.close()
+    assert data.stat().st_size > 1 << 20  # the commits did grow it
