@@ -125,8 +125,12 @@ def _release_env(path: Path) -> None:
 
 def _open_db(env: lmdb.Environment, namespace: str) -> lmdb._Database:
     # mdb_dbi_open must not race another open in the process: hold the registry lock.
+    # Through an explicit write transaction: py-lmdb's `open_db` without one waits for
+    # the write lock holding the GIL, which deadlocks with a thread of this process that
+    # holds a write transaction and needs the GIL to finish it (a lane's put or delete).
     with _registry_lock, _wrap_errors(f"open sub-database {namespace!r}"):
-        return env.open_db(namespace.encode())
+        with env.begin(write=True) as txn:
+            return env.open_db(namespace.encode(), txn=txn)
 
 
 def _read_sequentially(path: Path) -> None:

@@ -148,3 +148,47 @@ def test_a_readers_keys_only_scan_lists_recorded_keys_and_repairs_nothing(tmp_pa
         assert tier.scan_recorded_keys(8) == [key(2), key(1)]  # oldest write first
         with tier._meta_env.begin(db=tier._meta_db) as txn:
             assert txn.stat(tier._meta_db)["entries"] == 3  # nothing backfilled
+
+
+_OPEN_WHILE_WRITING = """
+import sys, threading
+from pathlib import Path
+from cache.tiers.lmdb_tier import LmdbTier
+
+path = Path(sys.argv[1])
+writer = LmdbTier(path, 1 << 26, "w")
+stop = threading.Event()
+
+def write() -> None:  # a lane: write transactions with Python work inside them
+    i = 0
+    while not stop.is_set():
+        writer.put_many([(bytes([i % 256]) * 16, b"v" * 64) for _ in range(50)])
+        i += 1
+
+thread = threading.Thread(target=write)
+thread.start()
+for n in range(30):  # other tiers of the same environment open meanwhile
+    LmdbTier(path, 1 << 26, f"ns{n}").close()
+stop.set()
+thread.join()
+writer.close()
+print("ok")
+"""
+
+
+def test_a_tier_opens_while_another_tier_of_its_environment_writes(tmp_path: Path) -> None:
+    # py-lmdb's open_db without a transaction waited for the write lock holding the GIL,
+    # so it deadlocked with a thread of the same process inside a write transaction (seen
+    # as a hung CI run). Run in a child process: a deadlock cannot be interrupted here.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_WHILE_WRITING, str(tmp_path / "env")],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang detector, not a speed check: the run takes well under 1 s
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
