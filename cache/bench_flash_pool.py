@@ -27,7 +27,8 @@ from pathlib import Path
 from cache.bench_pool import follow_delays, print_shared_vs_private, print_visibility
 from cache.block_hash import BlockHash
 from cache.embedded_redis import given_or_embedded
-from cache.pool import ChangeKind, PoolConfig, SharedPool
+from cache.pool import PoolConfig, SharedPool
+from cache.pool_changes import ChangeKind
 from cache.tiers.base import Buffer
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, connect_redis

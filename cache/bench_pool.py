@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cache.embedded_redis import given_or_embedded
-from cache.pool import ChangeKind, PoolConfig, SharedPool
+from cache.pool import PoolConfig, SharedPool
+from cache.pool_changes import ChangeKind
 from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
 
 BLOCK_BYTES = 16 * 1024

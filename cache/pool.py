@@ -47,7 +47,6 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import redis
@@ -55,8 +54,8 @@ import redis.exceptions
 
 from cache import pool_scripts
 from cache.block_hash import BlockHash
+from cache.pool_changes import ChangeKind, PoolChange
 from cache.pool_scripts import PoolKeys
-from cache.tier_index import TierIndex
 from cache.tiers.base import TierError
 
 logger = logging.getLogger(__name__)
@@ -80,25 +79,6 @@ class PoolConfig:
     poll_s: float = 0.1  # the follower's XREAD block time
     log_maxlen: int = 100_000
     max_victims: int = 256  # per claim
-
-
-class ChangeKind(StrEnum):
-    ADD = "add"  # blocks entered the pool
-    REMOVE = "remove"  # blocks left it (or a write of ours was refused)
-    RESET = "reset"  # the whole index, least recently used first (start, resync)
-    DEMOTE = "demote"  # this replica, the demoter, must demote these (claimed) blocks
-    # A shared flash tier (`SharedPool.share_flash`):
-    FLASH_ADD = "flash_add"  # another replica stored these blocks in our flash environment
-    FLASH_REMOVE = "flash_remove"  # ... or deleted them
-    FLASH_RESET = "flash_reset"  # every block the environment holds, oldest write first
-    LEAD = "lead"  # this replica became the flash's writer; blocks: as FLASH_RESET
-    FOLLOW = "follow"  # this replica is no longer the flash's writer
-
-
-@dataclass(frozen=True, slots=True)
-class PoolChange:
-    kind: ChangeKind
-    blocks: tuple[tuple[BlockHash, int], ...]  # (hash, stored bytes); size 0 if unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,32 +414,3 @@ class SharedPool:
 
 class _FlashScanError(RuntimeError):
     """The shared flash could not be scanned (the follower backs off and re-reads)."""
-
-
-def apply_changes(
-    index: TierIndex, changes: Sequence[PoolChange], block_size: int
-) -> list[BlockHash]:
-    """Apply the follower's changes to this replica's DDR index (engine thread).
-
-    Returns the blocks this replica, as the demoter, must demote (already out of the
-    pool's index: the caller moves them to flash, or deletes them)."""
-    to_demote: list[BlockHash] = []
-    for change in changes:
-        if change.kind is ChangeKind.ADD:
-            for block_hash, size in change.blocks:
-                index.add(block_hash, size or block_size)
-        elif change.kind is ChangeKind.REMOVE:
-            for block_hash, _ in change.blocks:
-                index.remove(block_hash)
-        elif change.kind is ChangeKind.RESET:
-            wanted = {h for h, _ in change.blocks}
-            for block_hash in [h for h in index if h not in wanted]:
-                index.remove(block_hash)
-            for block_hash, size in change.blocks:  # least recently used first
-                index.add(block_hash, size or block_size)
-        elif change.kind is ChangeKind.DEMOTE:
-            for block_hash, _ in change.blocks:
-                index.remove(block_hash)
-                to_demote.append(block_hash)
-        # the flash kinds are the caller's (cache.pooled_manager)
-    return to_demote

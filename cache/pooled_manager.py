@@ -25,7 +25,8 @@ from cache.block_hash import BlockHash
 from cache.events import EventCallback, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheManager
-from cache.pool import ChangeKind, PoolChange, SharedPool, apply_changes
+from cache.pool import SharedPool
+from cache.pool_changes import ChangeKind, PoolChange, apply_changes
 from cache.records import CacheConfig
 from cache.stats import Tier
 from cache.tiers.base import StorageTier

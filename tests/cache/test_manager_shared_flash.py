@@ -15,7 +15,8 @@ import pytest
 
 import cache.tiers.lmdb_tier
 from cache.block_hash import BlockHash
-from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedPool
+from cache.pool import PoolConfig, SharedPool
+from cache.pool_changes import ChangeKind, PoolChange
 from cache.pooled_manager import SharedPoolCacheManager
 from cache.records import CacheConfig
 from cache.stats import Tier

@@ -10,7 +10,8 @@ import pytest
 
 from cache.block_hash import BlockHash
 from cache.embedded_redis import EmbeddedRedis
-from cache.pool import ChangeKind, PoolChange, PoolConfig, SharedFlash, SharedPool
+from cache.pool import PoolConfig, SharedFlash, SharedPool
+from cache.pool_changes import ChangeKind, PoolChange
 from cache.tiers.base import TierError
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import PooledRedisTier, RedisClient, RedisTier, connect_redis
