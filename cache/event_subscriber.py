@@ -4,8 +4,11 @@
 replay endpoint, a DEALER for replay. It first asks for a replay from sequence 0 (so a
 late joiner starts from the publisher's whole history, or its snapshot), then applies
 live batches in sequence order, skipping those it already has and filling gaps by
-replay. A batch numbered 0 that starts with `AllBlocksCleared` is a restarted publisher:
-the index starts over.
+replay. ZeroMQ drops what a SUB socket is sent before its subscription reaches the
+publisher (the "slow joiner"), and a lost batch with no batch after it reveals no gap, so
+after `CATCH_UP_S` without a batch the thread also asks for a replay from its last one
+(one small request; the answer is empty when nothing was missed). A batch numbered 0
+that starts with `AllBlocksCleared` is a restarted publisher: the index starts over.
 
 Readers on other threads use `prefix_tiers` / `counts` (under a lock) or `wait_for`.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +35,7 @@ class KVEventSubscriber:
 
     POLL_MS = 50
     REPLAY_TIMEOUT_MS = 2000
+    CATCH_UP_S = 1.0  # quiet this long: ask the replay endpoint what we missed
 
     def __init__(self, endpoint: str, replay_endpoint: str | None, topic: str = "") -> None:
         self.endpoint = endpoint
@@ -84,6 +89,7 @@ class KVEventSubscriber:
         sub.setsockopt(zmq.SUBSCRIBE, self._topic)
         sub.connect(self.endpoint)
         dealer: zmq.Socket[bytes] | None = None
+        heard = time.monotonic()  # last batch received, or last catch-up asked
         try:
             while not self._stop.is_set():
                 if not self._synced and self.replay_endpoint is not None:
@@ -91,8 +97,15 @@ class KVEventSubscriber:
                     if not self._synced:
                         self._stop.wait(0.2)
                         continue
+                    heard = time.monotonic()
                 if not sub.poll(self.POLL_MS):
+                    if self.replay_endpoint is not None and (
+                        time.monotonic() - heard >= self.CATCH_UP_S
+                    ):
+                        dealer = self._replay(dealer, self._last_seq + 1)
+                        heard = time.monotonic()
                     continue
+                heard = time.monotonic()
                 frames = sub.recv_multipart()
                 if len(frames) != 3:
                     continue

@@ -124,6 +124,32 @@ def test_late_joiner_rebuilds_the_exact_index(buffer_steps: int) -> None:
         pub.close()
 
 
+def test_a_subscriber_catches_up_on_batches_its_sub_socket_missed() -> None:
+    """ZeroMQ's slow joiner: batches published before a new SUB socket's subscription
+    reaches the publisher are dropped, and with no later batch nothing reveals the gap.
+    The subscriber asks the replay endpoint for what follows its last batch whenever it
+    has heard nothing for a while, so it converges anyway. Here its SUB socket listens
+    to an endpoint where nobody publishes: everything must come by replay."""
+    pub = KVEventPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 16)
+    try:
+        _poll(lambda: pub.num_published >= 1)
+        history = _publish_history(pub, 5)
+        with zmq.Context.instance().socket(zmq.PUB) as silent:
+            port = silent.bind_to_random_port("tcp://127.0.0.1")
+            sub = KVEventSubscriber(f"tcp://127.0.0.1:{port}", pub.replay_endpoint)
+            try:
+                assert sub.wait_for(lambda index: index.counts() == _expected(history), TIMEOUT)
+                live = [BlocksStored(Tier.FLASH, (h(100),)), BlocksRemoved(Tier.HBM, (h(1),))]
+                for event in live:
+                    pub.publish(event)
+                want = _expected(history + live)
+                assert sub.wait_for(lambda index: index.counts() == want, TIMEOUT)
+            finally:
+                sub.close()
+    finally:
+        pub.close()
+
+
 def test_bind_failure_raises_and_releases() -> None:
     first = KVEventPublisher("tcp://127.0.0.1:*", None, 16)
     try:
