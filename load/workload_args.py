@@ -101,6 +101,13 @@ def add_workload_options(p: argparse.ArgumentParser, client: bool) -> None:
         default=1.0,
         help="multiply inter-arrival times (0.1 = ten times faster)",
     )
+    g.add_argument(
+        "--tie-spacing-ms",
+        type=non_negative_float,
+        default=0.0,
+        help="send records that share a timestamp in trace order, this many ms apart "
+        "(default 0: at one instant, in whatever order the server takes them)",
+    )
 
 
 # the options of each workload's argument group
@@ -108,7 +115,14 @@ WORKLOAD_OPTIONS = {
     "multiturn": ("num_users", "num_turns", "system_len", "user_len"),
     "shared-prefix": ("num_docs", "questions_per_doc", "doc_len", "question_len"),
     "random": ("input_len",),
-    "trace": ("trace", "trace_offset", "length_scale", "output_scale", "time_scale"),
+    "trace": (
+        "trace",
+        "trace_offset",
+        "length_scale",
+        "output_scale",
+        "time_scale",
+        "tie_spacing_ms",
+    ),
 }
 
 
@@ -154,7 +168,9 @@ def build_specs(args: argparse.Namespace) -> list[workloads.RequestSpec]:
     records = read_trace(
         resolve_trace_path(args.trace), limit=args.num_requests, offset=args.trace_offset
     )
-    return workloads.trace_replay(records, scale, args.seed, args.max_tokens)
+    return workloads.trace_replay(
+        records, scale, args.seed, args.max_tokens, args.tie_spacing_ms / 1000.0
+    )
 
 
 def arrival_of(args: argparse.Namespace) -> Arrival:

@@ -152,16 +152,26 @@ def trace_replay(
     scale: TraceScale,
     seed: int,
     max_tokens: int | None = None,
+    tie_spacing_s: float = 0.0,
 ) -> list[RequestSpec]:
     """Replay trace records as completions; arrivals are the trace's own timestamps,
     relative to the first record and multiplied by ``scale.time``. ``max_tokens``, if
-    given, caps each record's (scaled) output length."""
+    given, caps each record's (scaled) output length.
+
+    ``tie_spacing_s``: records that share a timestamp (Mooncake's are whole seconds, so
+    3-16 of them do) arrive in trace order this far apart, the k-th of a group k times
+    it after the group's time; 0 sends them at one instant, and a live server then takes
+    them in the order their connections come up, which differs from run to run."""
     if not records:
         raise ValueError("the trace selection is empty")
+    if tie_spacing_s < 0:
+        raise ValueError(f"tie spacing must be >= 0, got {tie_spacing_s}")
     synth = BlockSynthesizer(scale.block_tokens, salt=str(seed))
     t0 = records[0].timestamp_ms
     requests = []
+    rank = 0  # position within the current group of same-timestamp records
     for i, record in enumerate(records):
+        rank = rank + 1 if i and record.timestamp_ms == records[i - 1].timestamp_ms else 0
         num_tokens = scale.input_tokens(record)
         output = scale.output_tokens(record)
         if max_tokens is not None:
@@ -174,7 +184,8 @@ def trace_replay(
                 max_tokens=output,
                 input_tokens=num_tokens,
                 session=i,
-                arrival_s=max(0.0, (record.timestamp_ms - t0) / 1000.0 * scale.time),
+                arrival_s=max(0.0, (record.timestamp_ms - t0) / 1000.0 * scale.time)
+                + rank * tie_spacing_s,
             )
         )
     return requests

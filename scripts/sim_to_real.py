@@ -1,7 +1,7 @@
 """Sim-to-real: the live emulated server and `tierkv simulate` on the same trace slice.
 
 `python scripts/sim_to_real.py --out DIR [--arrivals trace|poisson] [--rate R]
-[--configs tiers,hbm,off] [--num-requests N]`:
+[--tie-spacing-ms MS] [--configs tiers,hbm,off] [--num-requests N]`:
 
 1. **Host offset.** One request at a time (closed loop, `--concurrency 1`) on another
    part of the trace (`--trace-offset 3000`, 40 requests, HBM only), live and simulated;
@@ -14,7 +14,8 @@
    with `--front-end-ms` set to the offset from step 1 (measured on other requests, not
    fitted to these).
    `--arrivals trace` sends at the trace's timestamps (whole seconds: 3-16 requests
-   share one, and the live server takes them in the order their sockets come up);
+   share one, and the live server takes them in the order their sockets come up, unless
+   `--tie-spacing-ms` sends them in trace order that far apart, both sides alike);
    `poisson` sends the same requests at Poisson arrivals of `--rate` (no ties).
 
 Prints per configuration TTFT p50 / p90 live, simulated, their ratios, the hit rates and
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--arrivals", choices=("trace", "poisson"), default="poisson")
     p.add_argument("--rate", type=float, default=1.46, help="requests/s with poisson arrivals")
+    p.add_argument("--tie-spacing-ms", type=float, default=0.0, help="with trace arrivals")
     p.add_argument("--configs", default="tiers,hbm,off")
     p.add_argument("--num-requests", type=int, default=300)
     args = p.parse_args(argv)
@@ -102,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     offset_ms = median_difference_ms(cal_live, cal_sim)
     print(f"host offset (one request at a time, 40 other requests): {offset_ms:.1f} ms")
 
-    arrivals = ("--rate", str(args.rate)) if args.arrivals == "poisson" else ()
+    arrivals = (
+        ("--rate", str(args.rate))
+        if args.arrivals == "poisson"
+        else ("--tie-spacing-ms", str(args.tie_spacing_ms))
+    )
     workload = (*SLICE, "--time-scale", "2", "--num-requests", str(args.num_requests), *arrivals)
     rows = []
     for name in configs:

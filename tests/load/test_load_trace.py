@@ -66,6 +66,16 @@ def test_trace_replay_scales_lengths_times_and_keeps_sharing():
     assert [s.max_tokens for s in trace_replay(records, scale, 0, max_tokens=20)] == [20, 20, 5]
 
 
+def test_same_timestamp_records_can_be_spaced_in_trace_order():
+    records = [record(ts, 10, 1, [i]) for i, ts in enumerate([0, 0, 0, 2000, 2000, 5000])]
+    scale = TraceScale(time=0.5)
+    assert [s.arrival_s for s in trace_replay(records, scale, 0)] == [0, 0, 0, 1, 1, 2.5]
+    spaced = trace_replay(records, scale, 0, tie_spacing_s=0.005)
+    assert [s.arrival_s for s in spaced] == pytest.approx([0, 0.005, 0.01, 1, 1.005, 2.5])
+    with pytest.raises(ValueError):
+        trace_replay(records, scale, 0, tie_spacing_s=-1)
+
+
 def test_unscaled_lengths_are_honoured():
     specs = trace_replay([record(0, 1000, 7, [3, 4])], TraceScale(), seed=0)
     assert len(specs[0].prompt) == 1000 and specs[0].max_tokens == 7
