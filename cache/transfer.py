@@ -25,7 +25,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from cache.block_format import decode_blocks, encode_blocks, encoded_size
+from cache.block_format import BlockDecoder, encode_blocks, encoded_size
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
 from cache.stats import Tier, TierOp
@@ -80,13 +80,13 @@ class RemoveJob:
 class LoadGuard:
     """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
 
-    The transfer thread copies the load's blocks in chunks of `COPY_CHUNK_BLOCKS` (one
-    `decode_blocks` call each) under `lock` and only if the load is not abandoned, so
-    `abandon()` may wait for one chunk's copy; `abandon()` (engine thread, at the
-    load's deadline) takes the same lock,
-    so once it returns no byte of this load reaches HBM again and the slots can be
-    recomputed into. `statuses[i]` is OK once block i is in its slot and its transfer has
-    been charged (with pacing, once the modelled link has carried it).
+    The transfer thread copies the load's blocks in pieces of at most
+    `COPY_CHUNK_BLOCKS` (one `decode_blocks` call each) under `lock` and only if the load
+    is not abandoned, so `abandon()` may wait for one piece's copy; `abandon()` (engine
+    thread, at the load's deadline) takes the same lock, so once it returns no byte of
+    this load reaches HBM again and the slots can be recomputed into. `statuses[i]` is
+    OK once block i is in its slot and its transfer has been charged (with pacing, once
+    the modelled link has carried it).
     """
 
     __slots__ = ("lock", "abandoned", "statuses")
@@ -297,7 +297,13 @@ class TransferWorker:
         self._notify = notify
         self._is_down = is_down
         self._lanes = {tier: _Lane(tier) for tier in tiers}
-        self._piece = read_piece_blocks(encoded_size(layout.block_shape, layout.np_dtype))
+        self._decode = BlockDecoder(kv_pool)
+        # DDR in small pieces, pipelined (see READ_PIECE_BYTES); flash reads the whole job
+        # in one transaction either way, and a piece costs a lock and a decode call.
+        self._pieces = {
+            Tier.DDR: read_piece_blocks(encoded_size(layout.block_shape, layout.np_dtype)),
+            Tier.FLASH: COPY_CHUNK_BLOCKS,
+        }
         self._results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._pending = 0
@@ -486,9 +492,10 @@ class TransferWorker:
     ) -> None:
         """One batched read from `tier`, checked and copied per piece, not per block.
 
-        The tier hands the blocks over in pieces of `self._piece` (`get_pieces`: zero-copy
-        views of one LMDB read transaction; pipelined MGETs, so Redis reads the next piece
-        while this one is checked), and one `decode_blocks` call per piece under the
+        The tier hands the blocks over in pieces (`get_pieces`: zero-copy views of one LMDB
+        read transaction, `COPY_CHUNK_BLOCKS` a piece; pipelined MGETs of
+        `READ_PIECE_BYTES`, so Redis reads the next piece while this one is checked), and
+        one `decode_blocks` call (the lane's `BlockDecoder`) per piece under the
         `LoadGuard` lock checks their headers, copies their payloads straight into their
         HBM slots and checksums them there. If the store fails part way, the pieces
         already copied count; the rest are reported as I/O errors (recomputed)."""
@@ -503,7 +510,7 @@ class TransferWorker:
             with guard.lock:  # see LoadGuard: never write a slot after abandonment
                 if guard.abandoned:
                     return
-                ok = decode_blocks(bufs, keys[piece], self._kv_pool, slots[piece])
+                ok = self._decode(bufs, keys[piece], slots[piece])
                 for j, (good, buf) in enumerate(zip(ok, bufs, strict=True), first):
                     if good:
                         valid.append(j)
@@ -514,7 +521,7 @@ class TransferWorker:
 
         start = time.perf_counter()
         try:
-            self._tiers[tier].get_pieces(keys, self._piece, consume)
+            self._tiers[tier].get_pieces(keys, self._pieces[tier], consume)
         except TierError as exc:
             result.fail(tier, TierOp.LOAD, exc)
             arrived = {indices[j] for j in valid}

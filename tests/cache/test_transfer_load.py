@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,14 +74,14 @@ def test_nothing_is_copied_after_the_load_is_abandoned_between_chunks(
 ) -> None:
     monkeypatch.setattr(transfer, "COPY_CHUNK_BLOCKS", 2)
     guard = LoadGuard(5)
-    real_decode = transfer.decode_blocks
 
-    def decode_then_abandon(*args: object) -> list[bool]:
-        ok = real_decode(*args)  # type: ignore[arg-type]
-        guard.abandoned = True  # as if abandon() ran as soon as this chunk let go
-        return ok
+    class DecodeThenAbandon(transfer.BlockDecoder):
+        def __call__(self, *args: Any) -> list[bool]:
+            ok = super().__call__(*args)
+            guard.abandoned = True  # as if abandon() ran as soon as this chunk let go
+            return ok
 
-    monkeypatch.setattr(transfer, "decode_blocks", decode_then_abandon)
+    monkeypatch.setattr(transfer, "BlockDecoder", DecodeThenAbandon)
     with LmdbTier(tmp_path, 16 << 20, "flash") as tier:
         keys, blocks = _store(tier, 5)
         pool = np.zeros((5, *LAYOUT.block_shape), LAYOUT.np_dtype)
