@@ -158,6 +158,10 @@ HANDOFF_POLL_S = 0.05
 """How often flash's half of a demotion re-checks whether DDR is down while it waits."""
 
 
+class _Abandoned(Exception):
+    """Raised out of a load's `consume` to stop reading pieces of an abandoned load."""
+
+
 @dataclass(slots=True)
 class _Task:
     run: Callable[[], None] | None  # None stops the lane
@@ -498,7 +502,8 @@ class TransferWorker:
         one `decode_blocks` call (the lane's `BlockDecoder`) per piece under the
         `LoadGuard` lock checks their headers, copies their payloads straight into their
         HBM slots and checksums them there. If the store fails part way, the pieces
-        already copied count; the rest are reported as I/O errors (recomputed)."""
+        already copied count; the rest are reported as I/O errors (recomputed). Once the
+        load is abandoned, no further piece is read (nor copied)."""
         keys = [job.items[i][0] for i in indices]
         slots = [job.items[i][1] for i in indices]
         valid: list[int] = []  # in their slots, not yet arrived on the modelled link
@@ -509,7 +514,7 @@ class TransferWorker:
             piece = slice(first, first + len(bufs))
             with guard.lock:  # see LoadGuard: never write a slot after abandonment
                 if guard.abandoned:
-                    return
+                    raise _Abandoned  # read no more pieces either
                 ok = self._decode(bufs, keys[piece], slots[piece])
                 for j, (good, buf) in enumerate(zip(ok, bufs, strict=True), first):
                     if good:
@@ -522,6 +527,8 @@ class TransferWorker:
         start = time.perf_counter()
         try:
             self._tiers[tier].get_pieces(keys, self._pieces[tier], consume)
+        except _Abandoned:
+            pass  # its statuses are the abandoning thread's now
         except TierError as exc:
             result.fail(tier, TierOp.LOAD, exc)
             arrived = {indices[j] for j in valid}

@@ -140,3 +140,56 @@ def test_a_redis_error_after_the_first_piece_lands_that_piece_and_fails_the_rest
     assert result.failures == [(Tier.DDR, TierOp.LOAD)]
     for slot in range(4):
         assert pool[slot].tobytes() == blocks[slot].tobytes()
+
+
+def test_an_abandoned_redis_load_reads_no_further_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Abandoned once its first piece is copied, a DDR load stops reading: no later
+    piece is handed over (let alone copied), and the tier's next read, on a fresh
+    connection, returns right values (no reply of the dropped MGETs is taken for it)."""
+    block_bytes = encoded_size(LAYOUT.block_shape, LAYOUT.np_dtype)
+    monkeypatch.setattr(transfer, "READ_PIECE_BYTES", 4 * block_bytes)  # 4 blocks a piece
+    guard = LoadGuard(12)
+    firsts: list[int] = []
+
+    class AbandonedAfterFirstPiece(RedisTier):
+        def get_pieces(
+            self,
+            keys: Sequence[BlockHash],
+            piece: int,
+            consume: Callable[[int, list[Buffer | None]], None],
+        ) -> None:
+            def first_then_abandon(first: int, bufs: list[Buffer | None]) -> None:
+                firsts.append(first)
+                consume(first, bufs)
+                guard.abandoned = True  # as if abandon() ran as soon as this piece let go
+
+            super().get_pieces(keys, piece, first_then_abandon)
+
+    server = EmbeddedRedis(tmp_path / "redis", maxmemory_bytes=4 << 20).start()
+    tier = AbandonedAfterFirstPiece(connect_redis(server.url), "ddr")
+    try:
+        rng = np.random.default_rng(5)
+        keys = [BlockHash(bytes([i + 1]) * 16) for i in range(12)]
+        blocks = [rng.standard_normal(LAYOUT.block_shape).astype(LAYOUT.np_dtype) for _ in keys]
+        stored = [encode_block(b, key=k) for k, b in zip(keys, blocks, strict=True)]
+        tier.put_many(list(zip(keys, stored, strict=True)))
+        pool = np.zeros((12, *LAYOUT.block_shape), LAYOUT.np_dtype)
+        worker = TransferWorker({Tier.DDR: tier}, LAYOUT, pool)
+        try:
+            worker.submit(LoadJob(1, [(k, slot, Tier.DDR) for slot, k in enumerate(keys)], guard))
+            assert worker.wait_idle(30)
+            (result,) = worker.poll()
+        finally:
+            worker.close()
+        assert firsts == [0, 4]  # the second piece was handed over, and refused
+        assert result.error is None
+        assert pool[:4].tobytes() == np.stack(blocks[:4]).tobytes()
+        assert not pool[4:].any()
+        again: list[bytes] = []
+        tier.get_pieces(keys[::-1], 4, lambda _, bufs: again.extend(bytes(b) for b in bufs if b))
+        assert again == stored[::-1]
+    finally:
+        tier.close()
+        server.stop()
