@@ -397,8 +397,31 @@ class PooledRedisTier(RedisTier):
         piece: int,
         consume: Callable[[int, list[Buffer | None]], None],
     ) -> None:
-        """``get_all``'s path (lease, then MGET, as ``get_many``), handed over in pieces."""
-        StorageTier.get_pieces(self, keys, piece, consume)
+        """Lease (and touch) the blocks, then read them as ``RedisTier.get_pieces`` does
+        (pipelined MGET pieces); a block the books list but Redis lacks is forgotten
+        pool-wide once every piece was read, as in ``get_many``. On a plain Redis the
+        lease takes a round trip of its own here (``get_many`` shares it with the MGET),
+        which the pipelining more than pays for at two pieces or more; a cluster, or a
+        job of one piece, takes ``get_many``'s path."""
+        if piece < 1:
+            raise ValueError(f"piece must be >= 1, got {piece}")
+        if not self._is_plain or len(keys) <= piece:
+            StorageTier.get_pieces(self, keys, piece, consume)
+            return
+        with _wrap_errors("pool lease"):
+            leased = self.pool.lease(self._client, keys)
+        lost: list[BlockHash] = []
+
+        def check(first: int, bufs: list[Buffer | None]) -> None:
+            for j, buf in enumerate(bufs, first):
+                if buf is None and leased[j]:
+                    lost.append(keys[j])
+            consume(first, bufs)
+
+        super().get_pieces(keys, piece, check)
+        if lost:
+            with _wrap_errors("pool forget"):
+                self.pool.forget(self._client, lost)
 
     def remove_many(self, keys: Sequence[BlockHash]) -> None:
         if not keys:
