@@ -186,9 +186,10 @@ class RedisTier(StorageTier):
         """One MGET per piece on one connection, the next piece's MGET sent before this
         piece's values are handed to ``consume``: Redis serialises piece k+1 (in its own
         process) while ``consume`` checks and copies piece k. Sending ahead by one piece
-        of 16 blocks made even a bare MGET-and-copy of 128 x 16 KiB blocks 1.3-1.4x
-        faster than one MGET (Redis writes a large reply out in 64 KiB steps per event
-        loop turn); sending every piece at once did not help. A cluster (pieces may span
+        of 16 blocks made even a bare MGET-and-copy of 128 x 16 KiB blocks 1.3-1.7x
+        faster than one MGET (``bench tiers``, 6 runs), while sending every piece at once
+        was not faster than one MGET: the two processes overlap only when the client has
+        a reply to work on while Redis builds the next. A cluster (pieces may span
         slots) takes ``get_all``'s path. The first exchange is retried once after a
         connection error, as every command is (``connect_redis``); an error after that
         fails the rest of the job. A connection left with replies unread (an error, or
