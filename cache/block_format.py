@@ -275,49 +275,73 @@ def decode_blocks(
     The per-job form of :func:`decode_block` (issue #11): ``bufs[i]`` (``None``: absent)
     was stored under ``keys[i]`` and goes to ``out[slots[i]]``, where ``out`` is the HBM
     pool (C-contiguous, one block per leading index). The expected header is looked up
-    once per job; a block costs two slice compares, one ``memcpy`` into its slot and one
+    once per call; a block costs two slice compares, one ``memcpy`` into its slot and one
     checksum, taken over the slot's bytes right after the copy (so the payload is read
     from the store's memory once, and the checksum vouches for the bytes HBM holds).
     No per-block array is built. Returns, per block, whether it was valid; the slot of
     an absent block is left as it was, the slot of a damaged block may hold its damaged
     bytes (the caller recomputes it). Blocks the fast header compare rejects get the
     checked decoder, so a block is valid here exactly when ``decode_block`` accepts it.
+    A caller decoding into the same pool many times (a transfer lane) keeps a
+    :class:`BlockDecoder` instead, which does this call's set-up once.
     """
-    if not (len(bufs) == len(keys) == len(slots)):
-        raise ValueError("bufs, keys and slots must have the same length")
-    if not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous")
-    shape = tuple(out.shape[1:])
-    exp = _expected(shape, out.dtype.newbyteorder("<").str)
-    flat = out.reshape(-1).view(np.uint8).data
-    width = exp.total_size - exp.header_size
-    checksum_at, fixed_end = _FIXED.size - 8, _FIXED.size
-    head, tail, hsize, total = exp.head, exp.tail, exp.header_size, exp.total_size
-    xxh3, stored_checksum = xxhash.xxh3_64, _CHECKSUM.unpack_from
-    ok: list[bool] = []
-    append = ok.append
-    for buf, key, slot in zip(bufs, keys, slots, strict=True):
-        if buf is None:
-            append(False)
-            continue
-        mv = buf if type(buf) is memoryview else memoryview(buf)  # LMDB's views as they are
-        if (
-            len(mv) == total
-            and mv.format == "B"
-            and mv[:checksum_at] == head
-            and mv[fixed_end:hsize] == tail
-        ):
-            dest = flat[slot * width : (slot + 1) * width]
-            dest[:] = mv[hsize:]
-            hasher = xxh3(key)
-            hasher.update(dest)  # hot in cache after the copy
-            append(hasher.intdigest() == stored_checksum(mv, checksum_at)[0])
-            continue
-        try:
-            view = _decode_checked(mv, shape, out.dtype, key)
-        except CorruptBlockError:
-            append(False)
-            continue
-        np.copyto(out[slot], view)
-        append(True)
-    return ok
+    return BlockDecoder(out)(bufs, keys, slots)
+
+
+class BlockDecoder:
+    """:func:`decode_blocks` bound to one HBM pool ``out``: the set-up (expected header,
+    the pool's flat byte view) is done once here, not once per call, which matters when a
+    job is decoded in pieces (it was ~6 µs per call, a third of a 16-block piece's
+    checks). Thread-safe: calls share no mutable state (the pool's slots are the
+    caller's to keep apart). ``ValueError`` if ``out`` is not C-contiguous."""
+
+    __slots__ = ("_out", "_shape", "_flat", "_width", "_head", "_tail", "_hsize", "_total")
+
+    def __init__(self, out: np.ndarray) -> None:
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+        self._out = out
+        self._shape = tuple(out.shape[1:])
+        exp = _expected(self._shape, out.dtype.newbyteorder("<").str)
+        self._flat = out.reshape(-1).view(np.uint8).data
+        self._width = exp.total_size - exp.header_size
+        self._head, self._tail = exp.head, exp.tail
+        self._hsize, self._total = exp.header_size, exp.total_size
+
+    def __call__(
+        self, bufs: Sequence[Buffer | None], keys: Sequence[bytes], slots: Sequence[int]
+    ) -> list[bool]:
+        """``decode_blocks(bufs, keys, out, slots)`` for this decoder's ``out``."""
+        if not (len(bufs) == len(keys) == len(slots)):
+            raise ValueError("bufs, keys and slots must have the same length")
+        flat, width = self._flat, self._width
+        checksum_at, fixed_end = _FIXED.size - 8, _FIXED.size
+        head, tail, hsize, total = self._head, self._tail, self._hsize, self._total
+        xxh3, stored_checksum = xxhash.xxh3_64, _CHECKSUM.unpack_from
+        ok: list[bool] = []
+        append = ok.append
+        for buf, key, slot in zip(bufs, keys, slots, strict=True):
+            if buf is None:
+                append(False)
+                continue
+            mv = buf if type(buf) is memoryview else memoryview(buf)  # LMDB's views as they are
+            if (
+                len(mv) == total
+                and mv.format == "B"
+                and mv[:checksum_at] == head
+                and mv[fixed_end:hsize] == tail
+            ):
+                dest = flat[slot * width : (slot + 1) * width]
+                dest[:] = mv[hsize:]
+                hasher = xxh3(key)
+                hasher.update(dest)  # hot in cache after the copy
+                append(hasher.intdigest() == stored_checksum(mv, checksum_at)[0])
+                continue
+            try:
+                view = _decode_checked(mv, self._shape, self._out.dtype, key)
+            except CorruptBlockError:
+                append(False)
+                continue
+            np.copyto(self._out[slot], view)
+            append(True)
+        return ok

@@ -25,7 +25,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from cache.block_format import decode_blocks, encode_blocks
+from cache.block_format import BlockDecoder, encode_blocks, encoded_size
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
 from cache.stats import Tier, TierOp
@@ -80,13 +80,13 @@ class RemoveJob:
 class LoadGuard:
     """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
 
-    The transfer thread copies the load's blocks in chunks of `COPY_CHUNK_BLOCKS` (one
-    `decode_blocks` call each) under `lock` and only if the load is not abandoned, so
-    `abandon()` may wait for one chunk's copy; `abandon()` (engine thread, at the
-    load's deadline) takes the same lock,
-    so once it returns no byte of this load reaches HBM again and the slots can be
-    recomputed into. `statuses[i]` is OK once block i is in its slot and its transfer has
-    been charged (with pacing, once the modelled link has carried it).
+    The transfer thread copies the load's blocks in pieces of at most
+    `COPY_CHUNK_BLOCKS` (one `decode_blocks` call each) under `lock` and only if the load
+    is not abandoned, so `abandon()` may wait for one piece's copy; `abandon()` (engine
+    thread, at the load's deadline) takes the same lock, so once it returns no byte of
+    this load reaches HBM again and the slots can be recomputed into. `statuses[i]` is
+    OK once block i is in its slot and its transfer has been charged (with pacing, once
+    the modelled link has carried it).
     """
 
     __slots__ = ("lock", "abandoned", "statuses")
@@ -137,14 +137,29 @@ class JobResult:
 
 
 COPY_CHUNK_BLOCKS = 64
-"""Blocks a load copies into HBM per `LoadGuard` lock: bounds how long an abandoning
-engine thread can wait for the lock (~0.3 ms of 16 KiB blocks) at a few locks per job."""
+"""At most this many blocks a load copies into HBM per `LoadGuard` lock: bounds how long
+an abandoning engine thread can wait for the lock (~0.3 ms of 16 KiB blocks)."""
+
+READ_PIECE_BYTES = 256 << 10
+"""Stored bytes per piece of a load's read (`StorageTier.get_pieces`): Redis serialises
+the next piece while the lane checks and copies this one. 16 blocks of 16 KiB; pieces
+of 8 and 16 such blocks were equally fast, 32 and 64 slower (`cache.bench_tiers`)."""
+
+
+def read_piece_blocks(block_bytes: int) -> int:
+    """Blocks per piece of a load's read, for stored blocks of `block_bytes`."""
+    return max(1, min(COPY_CHUNK_BLOCKS, READ_PIECE_BYTES // max(1, block_bytes)))
+
 
 PREFETCH_TASK_BLOCKS = 16
 """Blocks per lane task of a non-urgent load (see `TransferWorker._submit_load`)."""
 
 HANDOFF_POLL_S = 0.05
 """How often flash's half of a demotion re-checks whether DDR is down while it waits."""
+
+
+class _Abandoned(Exception):
+    """Raised out of a load's `consume` to stop reading pieces of an abandoned load."""
 
 
 @dataclass(slots=True)
@@ -286,6 +301,13 @@ class TransferWorker:
         self._notify = notify
         self._is_down = is_down
         self._lanes = {tier: _Lane(tier) for tier in tiers}
+        self._decode = BlockDecoder(kv_pool)
+        # DDR in small pieces, pipelined (see READ_PIECE_BYTES); flash reads the whole job
+        # in one transaction either way, and a piece costs a lock and a decode call.
+        self._pieces = {
+            Tier.DDR: read_piece_blocks(encoded_size(layout.block_shape, layout.np_dtype)),
+            Tier.FLASH: COPY_CHUNK_BLOCKS,
+        }
         self._results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._pending = 0
@@ -472,36 +494,41 @@ class TransferWorker:
     def _load_from(
         self, tier: Tier, job: LoadJob, guard: LoadGuard, indices: list[int], result: JobResult
     ) -> None:
-        """One batched read from `tier`, checked and copied per job, not per block.
+        """One batched read from `tier`, checked and copied per piece, not per block.
 
-        The tier hands over every block at once (`get_all`, zero-copy for LMDB), and a
-        `decode_blocks` call per chunk of `COPY_CHUNK_BLOCKS` under the `LoadGuard` lock
-        checks their headers, copies their payloads straight into their HBM slots and
-        checksums them there."""
+        The tier hands the blocks over in pieces (`get_pieces`: zero-copy views of one LMDB
+        read transaction, `COPY_CHUNK_BLOCKS` a piece; pipelined MGETs of
+        `READ_PIECE_BYTES`, so Redis reads the next piece while this one is checked), and
+        one `decode_blocks` call (the lane's `BlockDecoder`) per piece under the
+        `LoadGuard` lock checks their headers, copies their payloads straight into their
+        HBM slots and checksums them there. If the store fails part way, the pieces
+        already copied count; the rest are reported as I/O errors (recomputed). Once the
+        load is abandoned, no further piece is read (nor copied)."""
         keys = [job.items[i][0] for i in indices]
         slots = [job.items[i][1] for i in indices]
         valid: list[int] = []  # in their slots, not yet arrived on the modelled link
         nbytes = 0
 
-        def consume(bufs: list[Buffer | None]) -> None:
+        def consume(first: int, bufs: list[Buffer | None]) -> None:
             nonlocal nbytes
-            for first in range(0, len(bufs), COPY_CHUNK_BLOCKS):
-                chunk = slice(first, first + COPY_CHUNK_BLOCKS)
-                with guard.lock:  # see LoadGuard: never write a slot after abandonment
-                    if guard.abandoned:
-                        return
-                    ok = decode_blocks(bufs[chunk], keys[chunk], self._kv_pool, slots[chunk])
-                    for j, good in enumerate(ok, first):
-                        if good:
-                            valid.append(j)
-                            nbytes += len(bufs[j] or b"")
-                        elif bufs[j] is not None:
-                            logger.warning("corrupt %s block %s", tier, keys[j].hex())
-                            guard.statuses[indices[j]] = LoadStatus.CORRUPT
+            piece = slice(first, first + len(bufs))
+            with guard.lock:  # see LoadGuard: never write a slot after abandonment
+                if guard.abandoned:
+                    raise _Abandoned  # read no more pieces either
+                ok = self._decode(bufs, keys[piece], slots[piece])
+                for j, (good, buf) in enumerate(zip(ok, bufs, strict=True), first):
+                    if good:
+                        valid.append(j)
+                        nbytes += len(buf or b"")
+                    elif buf is not None:
+                        logger.warning("corrupt %s block %s", tier, keys[j].hex())
+                        guard.statuses[indices[j]] = LoadStatus.CORRUPT
 
         start = time.perf_counter()
         try:
-            self._tiers[tier].get_all(keys, consume)
+            self._tiers[tier].get_pieces(keys, self._pieces[tier], consume)
+        except _Abandoned:
+            pass  # its statuses are the abandoning thread's now
         except TierError as exc:
             result.fail(tier, TierOp.LOAD, exc)
             arrived = {indices[j] for j in valid}

@@ -140,6 +140,32 @@ class StorageTier(ABC):
         self.get_many(keys, keep)
         consume(bufs)
 
+    def get_pieces(
+        self,
+        keys: Sequence[BlockHash],
+        piece: int,
+        consume: Callable[[int, list[Buffer | None]], None],
+    ) -> None:
+        """Call ``consume(first, bufs)`` once per piece ``keys[first:first + piece]``, in
+        order (``first`` = 0, ``piece``, ``2 * piece``…); ``bufs[i]`` is the value of
+        ``keys[first + i]`` (``None``: absent), valid only during that call.
+
+        The reload path's form of ``get_all``: a tier may read the next piece while
+        ``consume`` checks and copies this one (Redis: pipelined MGETs on one
+        connection), so the store's work overlaps the caller's. If the store fails part
+        way, the pieces already consumed stay consumed and ``TierError`` is raised; no
+        later piece is consumed. This default hands the pieces of one ``get_all`` over
+        in turn. ``ValueError`` if ``piece < 1``.
+        """
+        if piece < 1:
+            raise ValueError(f"piece must be >= 1, got {piece}")
+
+        def split(bufs: list[Buffer | None]) -> None:
+            for first in range(0, len(bufs), piece):
+                consume(first, bufs[first : first + piece])
+
+        self.get_all(keys, split)
+
     def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
         """Store every ``(key, value)``; one round trip / transaction where the store allows."""
         for key, value in items:

@@ -177,6 +177,60 @@ class RedisTier(StorageTier):
                 return list(self._client.mget_nonatomic(keys))
             return list(self._client.mget(keys))
 
+    def get_pieces(
+        self,
+        keys: Sequence[BlockHash],
+        piece: int,
+        consume: Callable[[int, list[Buffer | None]], None],
+    ) -> None:
+        """One MGET per piece on one connection, the next piece's MGET sent before this
+        piece's values are handed to ``consume``: Redis serialises piece k+1 (in its own
+        process) while ``consume`` checks and copies piece k. Sending ahead by one piece
+        of 16 blocks made even a bare MGET-and-copy of 128 x 16 KiB blocks 1.3-1.7x
+        faster than one MGET (``bench tiers``, 6 runs), while sending every piece at once
+        was not faster than one MGET: the two processes overlap only when the client has
+        a reply to work on while Redis builds the next. A cluster (pieces may span
+        slots) takes ``get_all``'s path. The first exchange is retried once after a
+        connection error, as every command is (``connect_redis``); an error after that
+        fails the rest of the job. A connection left with replies unread (an error, or
+        ``consume`` raising) is closed, never handed back to the pool."""
+        client = self._client
+        if piece < 1:
+            raise ValueError(f"piece must be >= 1, got {piece}")
+        if not isinstance(client, redis.Redis) or client.connection is not None:
+            super().get_pieces(keys, piece, consume)
+            return
+        full = [self._key(k) for k in keys]
+        parts = [full[first : first + piece] for first in range(0, len(full), piece)]
+        if len(parts) < 2:
+            super().get_pieces(keys, piece, consume)
+            return
+        pool = client.connection_pool
+        with _wrap_errors("MGET"):
+            conn = pool.get_connection()
+        drained = False
+        try:
+
+            def start() -> Any:
+                conn.send_command("MGET", *parts[0])
+                conn.send_command("MGET", *parts[1])
+                return conn.read_response()
+
+            with _wrap_errors("MGET"):
+                values = conn.retry.call_with_retry(start, lambda _: conn.disconnect())
+            for k in range(len(parts)):
+                if k:
+                    with _wrap_errors("MGET"):
+                        if k + 1 < len(parts):
+                            conn.send_command("MGET", *parts[k + 1])
+                        values = conn.read_response()
+                consume(k * piece, values)  # outside the error wrapper: the caller's
+            drained = True
+        finally:
+            if not drained:
+                conn.disconnect()  # replies may be in flight: start afresh next time
+            pool.release(conn)
+
     def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> None:
         self._pipelined("pipelined SET", "SET", [(self._key(k), v) for k, v in items])
 
@@ -337,6 +391,38 @@ class PooledRedisTier(RedisTier):
                 self.pool.forget(self._client, lost)
         for i, value in enumerate(values):  # outside the error wrapper: the caller's
             consume(i, value)
+
+    def get_pieces(
+        self,
+        keys: Sequence[BlockHash],
+        piece: int,
+        consume: Callable[[int, list[Buffer | None]], None],
+    ) -> None:
+        """Lease (and touch) the blocks, then read them as ``RedisTier.get_pieces`` does
+        (pipelined MGET pieces); a block the books list but Redis lacks is forgotten
+        pool-wide once every piece was read, as in ``get_many``. On a plain Redis the
+        lease takes a round trip of its own here (``get_many`` shares it with the MGET),
+        which the pipelining more than pays for at two pieces or more; a cluster, or a
+        job of one piece, takes ``get_many``'s path."""
+        if piece < 1:
+            raise ValueError(f"piece must be >= 1, got {piece}")
+        if not self._is_plain or len(keys) <= piece:
+            StorageTier.get_pieces(self, keys, piece, consume)
+            return
+        with _wrap_errors("pool lease"):
+            leased = self.pool.lease(self._client, keys)
+        lost: list[BlockHash] = []
+
+        def check(first: int, bufs: list[Buffer | None]) -> None:
+            for j, buf in enumerate(bufs, first):
+                if buf is None and leased[j]:
+                    lost.append(keys[j])
+            consume(first, bufs)
+
+        super().get_pieces(keys, piece, check)
+        if lost:
+            with _wrap_errors("pool forget"):
+                self.pool.forget(self._client, lost)
 
     def remove_many(self, keys: Sequence[BlockHash]) -> None:
         if not keys:

@@ -159,6 +159,14 @@ class SharedFlashTier(StorageTier):
     ) -> None:
         self.inner.get_all(keys, consume)
 
+    def get_pieces(
+        self,
+        keys: Sequence[BlockHash],
+        piece: int,
+        consume: Callable[[int, list[Buffer | None]], None],
+    ) -> None:
+        self.inner.get_pieces(keys, piece, consume)
+
     def scan(self) -> Iterator[tuple[BlockHash, int]]:
         return self.inner.scan()
 

@@ -280,6 +280,24 @@ def test_a_block_redis_lost_behind_the_books_is_forgotten_pool_wide(open_pool, u
     wait_for(b.pool, lambda s: block(1) in blocks_of(s, ChangeKind.REMOVE), seen)
 
 
+def test_a_block_lost_behind_the_books_is_forgotten_by_a_read_in_pieces(open_pool, url, namespace):
+    a = open_pool()
+    a.put_many([(block(i), bytes([i]) * SIZE) for i in range(10)])
+    with RedisTier(connect_redis(url), namespace) as plain:
+        plain.remove(block(6))  # as an evicting Redis would: the books still list it
+    got: list[tuple[int, list[bytes | None]]] = []
+    a.get_pieces(
+        [block(i) for i in range(10)],
+        4,
+        lambda first, bufs: got.append((first, [None if b is None else bytes(b) for b in bufs])),
+    )
+    assert [first for first, _ in got] == [0, 4, 8]
+    values = [v for _, bufs in got for v in bufs]
+    assert values == [None if i == 6 else bytes([i]) * SIZE for i in range(10)]
+    assert a.contains_many([block(5), block(6)]) == [True, False]
+    assert a.pool.usage().used_bytes == 9 * SIZE
+
+
 def test_forget_counts_the_blocks_it_dropped(open_pool, url, namespace):
     """FORGET's count was shadowed by a local in its loop (always 0)."""
     a = open_pool()

@@ -57,6 +57,7 @@ def test_bench_tiers_short(tmp_path):
     assert set(result["gb_per_s"]) == {
         "ours_ddr",
         "job_ddr",
+        "raw_redis_mget_pieces",
         "raw_redis_mget",
         "raw_redis_pipelined_get",
         "ours_flash",
@@ -69,6 +70,7 @@ def test_bench_tiers_short(tmp_path):
     assert set(result["ratios"]) | set(result["measurement_errors"]) == set(RATIOS)
     assert all(r["max"] <= 1.0 for r in result["ratios"].values())
     assert result["blocks"] == 64 and result["batch_blocks"] == 16
+    assert set(result["ratios_to_slower_raw"]) == {"ours_ddr / raw_redis_mget"}
 
 
 def test_bench_ttft_against_a_running_server(tierkv, tmp_path):

@@ -13,7 +13,7 @@ import redis.cluster
 
 from cache.block_hash import BlockHash
 from cache.embedded_redis import EmbeddedRedis
-from cache.tiers.base import TierError, TierFullError
+from cache.tiers.base import Buffer, TierError, TierFullError
 from cache.tiers.redis_tier import RedisTier, connect_redis
 
 
@@ -35,6 +35,7 @@ CALLS: dict[str, Callable[[RedisTier], object]] = {
     "remove": lambda t: t.remove(key(1)),
     "contains_many": lambda t: t.contains_many([key(1), key(2)]),
     "get_many": lambda t: t.get_many([key(1)], lambda i, b: None),
+    "get_pieces": lambda t: t.get_pieces([key(i) for i in range(5)], 2, lambda f, b: None),
     "put_many": lambda t: t.put_many([(key(1), b"x")]),
     "remove_many": lambda t: t.remove_many([key(1)]),
     "scan": lambda t: list(t.scan()),
@@ -135,3 +136,47 @@ def test_cluster_spreads_keys_over_nodes(redis_cluster_url: str, namespace: str)
         assert sum(1 for n in per_node if n) >= 2  # the batch crossed nodes
         assert tier.clear() == 64
         client.close()
+
+
+def test_get_pieces_fails_the_rest_of_a_job_when_redis_drops_it_midway(
+    own_server: EmbeddedRedis,
+) -> None:
+    """The connection is killed while the first piece is consumed: that piece stays
+    consumed, no later piece is handed over, TierError is raised, and the next call
+    reads right values on a fresh connection."""
+    tier = RedisTier(connect_redis(own_server.url), "ddr")
+    admin = redis.Redis.from_url(own_server.url)
+    values = {i: bytes([i]) * 1024 for i in range(40)}
+    tier.put_many([(key(i), v) for i, v in values.items()])
+    keys = [key(i) for i in range(40)]
+    firsts: list[int] = []
+
+    def consume(first: int, bufs: list[Buffer | None]) -> None:
+        assert [bytes(b) for b in bufs if b is not None] == [values[first + j] for j in range(4)]
+        firsts.append(first)
+        if first == 0:
+            admin.client_kill_filter(_type="normal", skipme=True)
+
+    with pytest.raises(TierError):
+        tier.get_pieces(keys, 4, consume)
+    assert firsts[0] == 0 and len(firsts) < 10  # at most a reply already on its way
+    seen: list[bytes] = []
+    tier.get_pieces(keys, 4, lambda _, bufs: seen.extend(bytes(b) for b in bufs if b))
+    assert seen == [values[i] for i in range(40)]
+    admin.close()
+    tier.close()
+
+
+def test_get_pieces_on_a_cluster_reads_keys_of_every_slot(
+    redis_cluster_url: str, namespace: str
+) -> None:
+    tier = RedisTier(connect_redis(redis_cluster_url), namespace)
+    tier.put_many([(key(i), bytes([i]) * 8) for i in range(50)])  # spread over the nodes
+    seen: list[tuple[int, list[bytes]]] = []
+    tier.get_pieces(
+        [key(i) for i in range(50)], 16, lambda f, bufs: seen.append((f, [bytes(b) for b in bufs]))
+    )
+    assert [f for f, _ in seen] == [0, 16, 32, 48]
+    assert [b for _, bufs in seen for b in bufs] == [bytes([i]) * 8 for i in range(50)]
+    tier.clear()
+    tier.close()

@@ -149,6 +149,44 @@ def test_get_all_consume_exceptions_propagate_unwrapped(tier: StorageTier) -> No
     assert tier.get(key(1)) == b"x"
 
 
+def test_get_pieces_hands_over_consecutive_pieces_in_request_order(tier: StorageTier) -> None:
+    tier.put_many([(key(i), bytes([i]) * 3) for i in range(10)])
+    seen: list[tuple[int, list[bytes | None]]] = []
+
+    def consume(first: int, bufs: list[Buffer | None]) -> None:
+        seen.append((first, [None if b is None else bytes(b) for b in bufs]))
+
+    tier.get_pieces([key(9), key(3), key(42), key(3), key(0)], 2, consume)
+    assert seen == [
+        (0, [b"\x09" * 3, b"\x03" * 3]),
+        (2, [None, b"\x03" * 3]),
+        (4, [b"\x00" * 3]),
+    ]
+    seen.clear()
+    tier.get_pieces([key(1)], 4, consume)  # one piece
+    tier.get_pieces([], 4, consume)  # none
+    assert seen == [(0, [b"\x01" * 3])]
+    with pytest.raises(ValueError):
+        tier.get_pieces([key(1)], 0, consume)
+
+
+def test_get_pieces_consume_exception_leaves_no_stale_reply(tier: StorageTier) -> None:
+    """A consume that raises while later pieces are in flight (Redis: MGETs already sent)
+    must not leave their replies to be read as the answer to the next call."""
+    tier.put_many([(key(i), bytes([i]) * 100) for i in range(12)])
+
+    def fail(first: int, bufs: list[Buffer | None]) -> None:
+        raise KeyError("from consume")
+
+    with pytest.raises(KeyError, match="from consume"):
+        tier.get_pieces([key(i) for i in range(12)], 3, fail)
+    seen: list[bytes | None] = []
+    tier.get_pieces(
+        [key(i) for i in range(11, -1, -1)], 3, lambda _, bufs: seen.extend(map(bytes, bufs))
+    )
+    assert seen == [bytes([i]) * 100 for i in range(11, -1, -1)]
+
+
 def test_scan_lists_keys_and_sizes(tier: StorageTier) -> None:
     assert list(tier.scan()) == []
     expected = {key(i): 100 + i for i in range(2500)}
