@@ -103,7 +103,8 @@ def quantize_rows(x: np.ndarray, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarr
     amax = np.max(np.abs(x), axis=-1, keepdims=True)
     scale = amax / np.float32(qmax)
     safe = np.where(scale > 0, scale, np.float32(1.0))
-    x_int = np.rint(x / safe)
+    x_int = np.divide(x, safe)
+    np.rint(x_int, out=x_int)
     np.clip(x_int, -qmax, qmax, out=x_int)
     return x_int, scale
 
@@ -151,10 +152,16 @@ def linear(x: np.ndarray, layer: QuantizedLinear) -> np.ndarray:
     start = 0
     for piece in layer.pieces:
         part = x_int[:, start : start + piece.shape[0]] @ piece  # exact: integers < 2**24
-        acc = part if acc is None else acc + part  # fixed order of exact partial sums
+        if acc is None:
+            acc = part
+        else:
+            np.add(acc, part, out=acc)  # fixed order of exact partial sums
         start += piece.shape[0]
     assert acc is not None
-    return (acc * x_scale) * layer.scale
+    # In place (same operations, same bits): no fresh multi-megabyte temporaries.
+    np.multiply(acc, x_scale, out=acc)
+    np.multiply(acc, layer.scale, out=acc)
+    return acc
 
 
 # -- elementwise ----------------------------------------------------------------------
@@ -174,8 +181,14 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     value (tests check this against element-by-element calls).
     """
     g = np.ascontiguousarray(gate)
+    out = np.negative(g)
     with np.errstate(over="ignore"):  # exp(-g) -> inf for g << 0 gives silu -> -0, fine
-        return (g / (np.float32(1.0) + np.exp(-g))) * up
+        np.exp(out, out=out)
+    # (g / (1 + exp(-g))) * up, in place: the same operations in the same order.
+    np.add(out, np.float32(1.0), out=out)
+    np.divide(g, out, out=out)
+    np.multiply(out, up, out=out)
+    return out
 
 
 class RopeTable:

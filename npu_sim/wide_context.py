@@ -37,7 +37,7 @@ class _Slab:
 
     raw: np.ndarray  # (rows, blocks, 2, block_size, kvh, hd) pool dtype: K and V
     k_wide: np.ndarray  # float32 (rows, kvh, hd, blocks, block_size): keys transposed
-    v_wide: np.ndarray  # float64 (rows, blocks, block_size, kvh, hd)
+    v_wide: np.ndarray  # float64 (rows, kvh, blocks, block_size, hd): one (T, hd) per head
 
 
 class WideContext:
@@ -126,11 +126,12 @@ class WideContext:
             # K stored transposed: BLAS multiplies by a row-major (hd, T) faster (NN).
             k_wide = widen(fresh[:, 0]).transpose(0, 2, 3, 1)
             slab.k_wide[b_idx + first_row, :, :, j_idx] = k_wide
-            slab.v_wide[b_idx + first_row, j_idx] = widen(fresh[:, 1], np.float64)
+            v_wide = widen(fresh[:, 1], np.float64).transpose(0, 2, 1, 3)
+            slab.v_wide[b_idx + first_row, :, j_idx] = v_wide
         kvh, hd = both.shape[4], both.shape[5]
         k_t = slab.k_wide[rows, :, :, :nb].reshape(bsz, kvh, hd, nb * bs)
-        values = slab.v_wide[rows, :nb].reshape(bsz, nb * bs, kvh, hd)
-        return k_t, values.transpose(0, 2, 1, 3)
+        v = slab.v_wide[rows, :, :nb].reshape(bsz, kvh, nb * bs, hd)
+        return k_t, v
 
     def _fit(self, num_rows: int, num_blocks: int, kv_pool: np.ndarray) -> None:
         """Start over for a pool of another block shape or dtype, then `_grow`."""
@@ -162,17 +163,18 @@ class WideContext:
         bs, kvh, hd = block_shape
         for layer_idx in range(self._num_layers):
             old = self._slabs[layer_idx]
-            shape = (new_rows, new_cols, *block_shape)
             slab = _Slab(
                 raw=np.zeros((new_rows, new_cols, 2, *block_shape), dtype=kv_pool.dtype),
                 k_wide=np.zeros((new_rows, kvh, hd, new_cols, bs), dtype=np.float32),
-                v_wide=np.zeros(shape, dtype=np.float64),
+                v_wide=np.zeros((new_rows, kvh, new_cols, bs, hd), dtype=np.float64),
             )
             if old is not None:
                 kept = (slice(keep_rows), slice(keep_cols))
                 slab.raw[kept] = old.raw[kept]
-                slab.v_wide[kept] = old.v_wide[kept]
-                slab.k_wide[:keep_rows, :, :, :keep_cols] = old.k_wide[:keep_rows, :, :, :keep_cols]
+                k_kept = (slice(keep_rows), slice(None), slice(None), slice(keep_cols))
+                slab.k_wide[k_kept] = old.k_wide[k_kept]
+                v_kept = (slice(keep_rows), slice(None), slice(keep_cols))
+                slab.v_wide[v_kept] = old.v_wide[v_kept]
             self._slabs[layer_idx] = slab
         self._rows = {k: r for k, r in self._rows.items() if r < new_rows}
         self._last_used = self._last_used[:new_rows] + [0] * (new_rows - keep_rows)
