@@ -140,10 +140,14 @@ class Model:
     weights from `config.seed`. blas_threads: OpenBLAS threads used while `forward` runs
     (process-wide, restored after each call; None leaves BLAS alone). Results are
     bit-identical for any value; 1 is fastest for this model's small matmuls on a busy
-    machine (see `npu_sim.blas`).
+    machine (see `npu_sim.blas`). wide_context_bytes: bound of the decode contexts kept
+    widened across steps (`npu_sim.wide_context`; 0 turns it off). It changes speed and
+    memory only: every step checks the cached bytes against the pool's, so results are
+    bit-identical for any value, whoever wrote the pool in between.
 
-    Thread contract: `forward` mutates the KV pool and a lazily grown RoPE table, so call
-    it from one thread at a time (the engine thread).
+    Thread contract: `forward` mutates the KV pool, a lazily grown RoPE table and the
+    widened-context cache, so call it from one thread at a time (the engine thread), and
+    nothing may write the blocks of the batch's contexts while it runs.
     """
 
     def __init__(
