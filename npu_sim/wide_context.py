@@ -79,7 +79,7 @@ class WideContext:
                 self._last_used[row] = self._step
         free = sorted(
             (r for r in range(len(self._last_used)) if self._last_used[r] != self._step),
-            key=self._last_used.__getitem__,
+            key=lambda r: (self._last_used[r], r),  # pop(): least recent, then lowest
             reverse=True,
         )
         for i, key in enumerate(keys):
@@ -152,11 +152,13 @@ class WideContext:
             return
         block_shape = kv_pool.shape[3:]
         per_cell = int(np.prod(block_shape)) * (2 * kv_pool.itemsize + 4 + 8) * self._num_layers
-        new_rows = max(rows, num_rows)
-        new_cols = max(cols, _round_up(num_blocks, 16))  # grow in steps: fewer copies
-        if new_rows * new_cols * per_cell > self._max_bytes:
+        # Columns grow 16 blocks at a time, also when the bound binds (rows give way),
+        # so a full cache is not copied again for every block its contexts grow by; only
+        # a single row that cannot take 16 more blocks gets the exact number.
+        new_cols = max(cols, _round_up(num_blocks, 16))
+        if new_cols * per_cell > self._max_bytes:
             new_cols = max(cols, num_blocks)
-            new_rows = min(new_rows, self._max_bytes // (new_cols * per_cell))
+        new_rows = min(max(rows, num_rows), self._max_bytes // (new_cols * per_cell))
         if new_rows == 0 or (new_rows, new_cols) == (rows, cols):
             return
         keep_rows, keep_cols = min(rows, new_rows), min(cols, new_cols)

@@ -115,6 +115,21 @@ def test_a_float32_pool_matches_too(tiny_config: ModelConfig) -> None:
         _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [2, 0, 1]))
 
 
+def test_a_full_cache_grows_its_columns_in_steps_not_every_block(model: Model) -> None:
+    pool = np.zeros(model.kv_pool_shape(8, BLOCK_SIZE), dtype=np.float16)
+    per_cell = BLOCK_SIZE * 2 * 32 * (2 * 2 + 4 + 8) * 4  # one block of one row, all layers
+    wide = WideContext(4, 2 * 32 * per_cell)  # room for 2 rows of 32 blocks
+    keys = ["a", "b", "c", "d"]
+    assert wide.assign_rows(keys, 17, pool) == [0, 1, None, None]
+    assert wide.num_block_columns() == 32 and wide.num_bytes == 2 * 32 * per_cell
+    slab = wide._slabs[0]  # noqa: SLF001 - whether it was reallocated is the point
+    for num_blocks in range(18, 33):  # contexts grow: same arrays, same rows
+        assert wide.assign_rows(keys, num_blocks, pool) == [0, 1, None, None]
+        assert wide._slabs[0] is slab  # noqa: SLF001
+    wide.assign_rows(keys, 33, pool)  # past the columns: rows give way to 48 columns
+    assert wide.num_block_columns() == 48 and wide.num_bytes <= 2 * 32 * per_cell
+
+
 def test_negative_budget_is_rejected() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         WideContext(2, -1)
