@@ -33,12 +33,33 @@ from npu_sim.ops import (
     widen,
 )
 from npu_sim.weights import LayerWeights, LlamaWeights
+from npu_sim.wide_context import WideContext
 
 # Bump when a change here or in ops changes result bits.
 NUMERICS_VERSION = 2
 # Query rows per attention call of a long chunk: bounds the score matrices, so they stay
 # in cache (a 4k prefill, CPU s: 2.4-2.6 at 32 or 64 rows, 2.9-3.1 at 128, 3.4-4.4 at 256).
 _ROW_TILE = 64
+# Widened context bytes per decode attention call (K float32 + V float64 of a few
+# sequences) widened on the spot: small enough to stay in cache and skip the page faults
+# of fresh multi-megabyte temporaries (batch 32, 1k context: 4 sequences a call, 2x
+# faster than one call). Contexts kept in `WideContext` are views, not temporaries:
+# larger calls, fewer of them (33-35 vs 41 ms per batch-32 step at 32 vs 4 MiB).
+_DECODE_GROUP_BYTES = 4 << 20
+_CACHED_GROUP_BYTES = 32 << 20
+# Default bound of the widened decode contexts kept across steps (`WideContext`).
+DEFAULT_WIDE_CONTEXT_BYTES = 512 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _DecodeGroup:
+    """Decode rows attended in one call: batch indices, their block tables (padded with
+    block 0) and context lengths, and their first `WideContext` row (None: uncached)."""
+
+    members: list[int]
+    table: np.ndarray
+    ctx: list[int]
+    first_row: int | None
 
 
 @dataclass(slots=True)
@@ -119,10 +140,14 @@ class Model:
     weights from `config.seed`. blas_threads: OpenBLAS threads used while `forward` runs
     (process-wide, restored after each call; None leaves BLAS alone). Results are
     bit-identical for any value; 1 is fastest for this model's small matmuls on a busy
-    machine (see `npu_sim.blas`).
+    machine (see `npu_sim.blas`). wide_context_bytes: bound of the decode contexts kept
+    widened across steps (`npu_sim.wide_context`; 0 turns it off). It changes speed and
+    memory only: every step checks the cached bytes against the pool's, so results are
+    bit-identical for any value, whoever wrote the pool in between.
 
-    Thread contract: `forward` mutates the KV pool and a lazily grown RoPE table, so call
-    it from one thread at a time (the engine thread).
+    Thread contract: `forward` mutates the KV pool, a lazily grown RoPE table and the
+    widened-context cache, so call it from one thread at a time (the engine thread), and
+    nothing may write the blocks of the batch's contexts while it runs.
     """
 
     def __init__(
@@ -131,6 +156,7 @@ class Model:
         weights: LlamaWeights | None = None,
         *,
         blas_threads: int | None = 1,
+        wide_context_bytes: int = DEFAULT_WIDE_CONTEXT_BYTES,
     ) -> None:
         if blas_threads is not None and blas_threads < 1:
             raise ValueError(f"blas_threads must be >= 1 or None, got {blas_threads}")
@@ -154,6 +180,7 @@ class Model:
         self._lm_head = QuantizedLinear.from_float(w.embed.T if w.lm_head is None else w.lm_head)
         self._rope = RopeTable(config.head_dim, config.rope_theta)
         self._head_scale = float(1.0 / np.sqrt(config.head_dim))
+        self._wide = WideContext(config.num_layers, wide_context_bytes)
 
     @property
     def numerics_id(self) -> str:
@@ -202,6 +229,7 @@ class Model:
         slot_offsets = positions % block_size
         x = self._embed[token_ids]
         cos, sin = self._rope.lookup(positions)
+        decode_groups = self._group_decodes(batch, kv_pool)
         nh, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         for layer_idx, lw in enumerate(self._layers):
             qkv = linear(rms_norm(x, lw.attn_norm, cfg.rms_eps), lw.wqkv)
@@ -210,7 +238,7 @@ class Model:
             v = qkv[:, (nh + kvh) * hd :].reshape(-1, kvh, hd)
             kv_pool[slot_blocks, layer_idx, 0, slot_offsets] = quantize_k(k)
             kv_pool[slot_blocks, layer_idx, 1, slot_offsets] = quantize_v(v)
-            attn = self._attention(batch, q, kv_pool, layer_idx)
+            attn = self._attention(batch, decode_groups, q, kv_pool, layer_idx)
             x = x + linear(attn, lw.wo)
             gate_up = linear(rms_norm(x, lw.mlp_norm, cfg.rms_eps), lw.w_gate_up)
             inter = cfg.intermediate_size
@@ -223,24 +251,81 @@ class Model:
         final = rms_norm(x[logit_rows], self._final_norm, cfg.rms_eps)
         return linear(final, self._lm_head)
 
+    def _group_decodes(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> list[_DecodeGroup]:
+        """Cut the batch's single-token chunks into groups of at most
+        `_CACHED_GROUP_BYTES` (`_DECODE_GROUP_BYTES` if uncached) of widened context:
+        those with a `WideContext` row in runs of consecutive rows, the rest by length
+        (similar lengths together: little padding)."""
+        decodes = [i for i, c in enumerate(batch) if len(c.token_ids) == 1]
+        if not decodes:
+            return []
+        block_size = kv_pool.shape[3]
+        ctx = {i: batch[i].start_pos + 1 for i in decodes}
+        num_blocks = -(-max(ctx.values()) // block_size)
+        cfg = self._config
+        seq_bytes = 12 * num_blocks * block_size * cfg.num_kv_heads * cfg.head_dim
+        size = max(1, _DECODE_GROUP_BYTES // seq_bytes)
+        cached_size = max(1, _CACHED_GROUP_BYTES // seq_bytes)
+        # A sequence's key: its first block, told apart from others sharing it by order.
+        seen: dict[int, int] = {}
+        keys = []
+        for i in decodes:
+            first = int(batch[i].block_table[0])
+            keys.append((first, seen.get(first, 0)))
+            seen[first] = seen.get(first, 0) + 1
+        rows = self._wide.assign_rows(keys, num_blocks, kv_pool)
+        cached = sorted((r, i) for r, i in zip(rows, decodes, strict=True) if r is not None)
+        runs: list[tuple[int | None, list[int]]] = []
+        for r, i in cached:
+            last = runs[-1] if runs else None
+            if (
+                last is not None
+                and last[0] is not None
+                and last[0] + len(last[1]) == r
+                and len(last[1]) < cached_size
+            ):
+                last[1].append(i)
+            else:
+                runs.append((r, [i]))
+        rest = sorted(
+            (i for r, i in zip(rows, decodes, strict=True) if r is None), key=ctx.__getitem__
+        )
+        runs += [(None, rest[lo : lo + size]) for lo in range(0, len(rest), size)]
+        groups = []
+        for first_row, members in runs:
+            nb = -(-max(ctx[i] for i in members) // block_size)
+            table = np.zeros((len(members), nb), dtype=np.int64)
+            for b, i in enumerate(members):
+                used = -(-ctx[i] // block_size)
+                table[b, :used] = np.asarray(batch[i].block_table[:used], dtype=np.int64)
+            groups.append(_DecodeGroup(members, table, [ctx[i] for i in members], first_row))
+        return groups
+
     def _attention(
-        self, batch: Sequence[SeqChunk], q: np.ndarray, kv_pool: np.ndarray, layer_idx: int
+        self,
+        batch: Sequence[SeqChunk],
+        decode_groups: Sequence[_DecodeGroup],
+        q: np.ndarray,
+        kv_pool: np.ndarray,
+        layer_idx: int,
     ) -> np.ndarray:
         """Attention output (rows, num_heads * head_dim) for every row of the batch.
 
-        Single-token chunks (decodes) run as one batched call; longer chunks run on their
-        own in tiles of query rows. Exactness makes the grouping irrelevant to the bits.
+        Single-token chunks (decodes) run batched per group (contexts widened once and
+        kept across steps where `WideContext` has room); longer chunks run on their own
+        in tiles of query rows. Exactness makes the grouping irrelevant to the bits.
         """
         out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=np.float32)
         starts = np.cumsum([0] + [len(c.token_ids) for c in batch[:-1]])
-        decodes = [i for i, c in enumerate(batch) if len(c.token_ids) == 1]
-        if decodes:
-            rows = starts[decodes]
-            chunks = [batch[i] for i in decodes]
-            # Decode contexts are gathered whole every step: widen K to float64 in one
-            # fast cast (numpy's half->double is ~2x its half->float here).
-            k_t, v = _gather(kv_pool, layer_idx, chunks, np.float64)
-            pos = np.array([[c.start_pos] for c in chunks], dtype=np.int64)
+        for group in decode_groups:
+            if group.first_row is not None:
+                k_t, v = self._wide.gather(
+                    kv_pool, layer_idx, group.first_row, group.table, group.ctx
+                )
+            else:
+                k_t, v = _gather_table(kv_pool, layer_idx, group.table, group.ctx, np.float32)
+            rows = starts[group.members]
+            pos = np.array(group.ctx, dtype=np.int64)[:, None] - 1
             out[rows] = attend(q[rows][:, None], k_t, v, pos, self._head_scale)[:, 0]
         for i, chunk in enumerate(batch):
             n = len(chunk.token_ids)
@@ -299,15 +384,7 @@ class Model:
 def _gather(
     kv_pool: np.ndarray, layer_idx: int, chunks: Sequence[SeqChunk], key_dtype: type[np.floating]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The chunks' contexts for one layer: K as (B, kvh, hd, T) in `key_dtype`, V as
-    float64 (B, kvh, T, hd); T = the longest context rounded up to whole blocks.
-
-    Both are transposed views of token-major copies (one gathering and one widening pass
-    each), which BLAS reads without another copy. Any key dtype gives the same scores:
-    `attend`'s products are exact. Positions past a chunk's context hold arbitrary K
-    (masked by `attend`) and zero V (masked weights are exactly 0 and must never meet a
-    NaN or inf).
-    """
+    """The chunks' contexts for one layer (see `_gather_table`)."""
     block_size = kv_pool.shape[3]
     ctx = [c.start_pos + len(c.token_ids) for c in chunks]
     num_blocks = -(-max(ctx) // block_size)
@@ -315,9 +392,27 @@ def _gather(
     for b, (c, n) in enumerate(zip(chunks, ctx, strict=True)):
         nb = -(-n // block_size)
         table[b, :nb] = np.asarray(c.block_table[:nb], dtype=np.int64)
+    return _gather_table(kv_pool, layer_idx, table, ctx, key_dtype)
+
+
+def _gather_table(
+    kv_pool: np.ndarray,
+    layer_idx: int,
+    table: np.ndarray,
+    ctx: Sequence[int],
+    key_dtype: type[np.floating],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Contexts of `ctx[b]` tokens in blocks `table[b]` (B, nb) for one layer: K as
+    (B, kvh, hd, T) in `key_dtype`, V as float64 (B, kvh, T, hd); T = nb blocks.
+
+    Both are transposed views of token-major copies (one gathering and one widening pass
+    each), which BLAS reads without another copy. Any key dtype gives the same scores:
+    `attend`'s products are exact. Positions past a context hold arbitrary K (masked by
+    `attend`) and zero V (masked weights are exactly 0 and must never meet a NaN or inf).
+    """
     keys = widen(kv_pool[table, layer_idx, 0], key_dtype)  # (B, nb, bs, kvh, hd)
     bsz, nb, bs, kvh, hd = keys.shape
-    values = kv_pool[table, layer_idx, 1].astype(np.float64).reshape(bsz, nb * bs, kvh, hd)
+    values = widen(kv_pool[table, layer_idx, 1], np.float64).reshape(bsz, nb * bs, kvh, hd)
     for b, n in enumerate(ctx):
         values[b, n:] = 0.0
     k_t = keys.reshape(bsz, nb * bs, kvh, hd).transpose(0, 2, 3, 1)

@@ -103,7 +103,8 @@ def quantize_rows(x: np.ndarray, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarr
     amax = np.max(np.abs(x), axis=-1, keepdims=True)
     scale = amax / np.float32(qmax)
     safe = np.where(scale > 0, scale, np.float32(1.0))
-    x_int = np.rint(x / safe)
+    x_int = np.divide(x, safe)
+    np.rint(x_int, out=x_int)
     np.clip(x_int, -qmax, qmax, out=x_int)
     return x_int, scale
 
@@ -151,10 +152,16 @@ def linear(x: np.ndarray, layer: QuantizedLinear) -> np.ndarray:
     start = 0
     for piece in layer.pieces:
         part = x_int[:, start : start + piece.shape[0]] @ piece  # exact: integers < 2**24
-        acc = part if acc is None else acc + part  # fixed order of exact partial sums
+        if acc is None:
+            acc = part
+        else:
+            np.add(acc, part, out=acc)  # fixed order of exact partial sums
         start += piece.shape[0]
     assert acc is not None
-    return (acc * x_scale) * layer.scale
+    # In place (same operations, same bits): no fresh multi-megabyte temporaries.
+    np.multiply(acc, x_scale, out=acc)
+    np.multiply(acc, layer.scale, out=acc)
+    return acc
 
 
 # -- elementwise ----------------------------------------------------------------------
@@ -174,8 +181,14 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     value (tests check this against element-by-element calls).
     """
     g = np.ascontiguousarray(gate)
+    out = np.negative(g)
     with np.errstate(over="ignore"):  # exp(-g) -> inf for g << 0 gives silu -> -0, fine
-        return (g / (np.float32(1.0) + np.exp(-g))) * up
+        np.exp(out, out=out)
+    # (g / (1 + exp(-g))) * up, in place: the same operations in the same order.
+    np.add(out, np.float32(1.0), out=out)
+    np.divide(g, out, out=out)
+    np.multiply(out, up, out=out)
+    return out
 
 
 class RopeTable:
@@ -297,15 +310,49 @@ def attend(
     return out.reshape(b, kvh, n, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, n, num_heads * hd)
 
 
-# fp16 -> wider by table look-up: exact (same bits as astype) and faster than numpy's cast.
+# fp16 -> float32 by moving bits: the half's sign lands on bit 31 and its 15 other bits
+# on bits 27..13, which as a float32 is the half's value times 2**-112 (normal halves
+# rebias, subnormal halves become float32 subnormals); one multiplication by 2**112 is
+# exact. Four integer passes, ~2.5x faster than numpy's cast or a table look-up here.
+_HALF_BITS_MASK: Final = np.int32(-0x70002000)  # 0x8FFFE000: sign and bits 27..13
+_HALF_REBIAS: Final = np.float32(2.0**112)
+_HALF_SPECIAL: Final = np.float32(2.0**16)
+# Probe for flush-to-zero of subnormal inputs (DAZ): a smallest half subnormal, moved.
+_DAZ_PROBE: Final = np.array([1 << 13], dtype=np.int32).view(np.float32)
+# fp16 -> float32 by table look-up: the fallback when subnormal inputs would be flushed.
 _F16_TO_F32: Final = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 _F16_TO_F32.flags.writeable = False
 
 
+def _subnormals_survive() -> bool:
+    """Whether this thread multiplies float32 subnormals exactly (no DAZ mode set)."""
+    return bool(_DAZ_PROBE[0] * _HALF_REBIAS == np.float32(2.0**-24))
+
+
+def _half_to_f32(halves: np.ndarray) -> np.ndarray | None:
+    """float32 copy of C-contiguous float16 `halves` by moving bits, bit-identical to
+    `astype`; None where that does not hold (half inf or NaN present, or DAZ mode)."""
+    if not _subnormals_survive():
+        return None
+    bits = halves.view(np.int16).astype(np.int32)  # sign-extended
+    np.left_shift(bits, 13, out=bits)
+    np.bitwise_and(bits, _HALF_BITS_MASK, out=bits)
+    out = bits.view(np.float32)
+    np.multiply(out, _HALF_REBIAS, out=out)
+    # Half inf and NaN came out as finite values >= 2**16 (the largest finite half is
+    # 65504): rare (never in KV this model writes), so they take the slow path.
+    if out.size and (out.max() >= _HALF_SPECIAL or out.min() <= -_HALF_SPECIAL):
+        return None
+    return out
+
+
 def widen(x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
-    """A new C-contiguous copy of float `x` as `dtype` (exact widening)."""
+    """A new C-contiguous copy of float `x` as `dtype`: exact, the same bits as `astype`
+    (float16 to float32 moves bits; to float64 numpy's cast is as fast)."""
     if x.dtype == np.float16 and dtype is np.float32:
-        return np.take(_F16_TO_F32, np.ascontiguousarray(x).view(np.uint16))
+        halves = np.ascontiguousarray(x)
+        wide = _half_to_f32(halves)
+        return np.take(_F16_TO_F32, halves.view(np.uint16)) if wide is None else wide
     return np.array(x, dtype=dtype, order="C")
 
 

@@ -207,3 +207,14 @@ def test_widen_matches_astype_for_every_half() -> None:
     strided = halves.reshape(256, 256).T
     assert _bits(widen(strided)) == _bits(strided.astype(np.float32, order="C"))
     assert _bits(widen(strided, np.float64)) == _bits(strided.astype(np.float64, order="C"))
+
+
+def test_widen_moves_bits_for_finite_halves_and_keeps_a_lone_nan() -> None:
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)]  # the fast path: subnormals, zeros, both signs
+    assert _bits(widen(finite)) == _bits(finite.astype(np.float32))
+    assert _bits(widen(finite, np.float64)) == _bits(finite.astype(np.float64))
+    with_nan = finite.copy()
+    with_nan[12345] = np.float16(np.nan)  # one special value: the whole array is redone
+    assert _bits(widen(with_nan)) == _bits(with_nan.astype(np.float32))
+    assert _bits(widen(with_nan, np.float64)) == _bits(with_nan.astype(np.float64))
