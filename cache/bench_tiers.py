@@ -197,7 +197,7 @@ def run(blocks: int, batch: int, rounds: int, work: Path, block_size: int = 16) 
                 conn.send_command("MGET", *parts[0])
                 for k in range(len(parts)):
                     if k + 1 < len(parts):
-                        conn.send_command("MGET", *parts[k + 1])
+                        conn.send_command("MGET", *parts[k + 1], check_health=False)
                     values = conn.read_response()
                     for j, value in enumerate(values, k * piece):
                         if value is None:

@@ -186,8 +186,8 @@ class RedisTier(StorageTier):
         """One MGET per piece on one connection, the next piece's MGET sent before this
         piece's values are handed to ``consume``: Redis serialises piece k+1 (in its own
         process) while ``consume`` checks and copies piece k. Sending ahead by one piece
-        of 16 blocks made even a bare MGET-and-copy of 128 x 16 KiB blocks 1.3-1.7x
-        faster than one MGET (``bench tiers``, 6 runs), while sending every piece at once
+        of 16 blocks made even a bare MGET-and-copy of 128 x 16 KiB blocks about 1.3x
+        faster than one MGET (``bench tiers``, README), while sending every piece at once
         was not faster than one MGET: the two processes overlap only when the client has
         a reply to work on while Redis builds the next. A cluster (pieces may span
         slots) takes ``get_all``'s path. The first exchange is retried once after a
@@ -210,10 +210,11 @@ class RedisTier(StorageTier):
             conn = pool.get_connection()
         drained = False
         try:
-
+            # No health check (PING) while a reply is unread: its answer would be read as
+            # the PING's, and every later piece paired with the next piece's reply.
             def start() -> Any:
                 conn.send_command("MGET", *parts[0])
-                conn.send_command("MGET", *parts[1])
+                conn.send_command("MGET", *parts[1], check_health=False)
                 return conn.read_response()
 
             with _wrap_errors("MGET"):
@@ -222,7 +223,7 @@ class RedisTier(StorageTier):
                 if k:
                     with _wrap_errors("MGET"):
                         if k + 1 < len(parts):
-                            conn.send_command("MGET", *parts[k + 1])
+                            conn.send_command("MGET", *parts[k + 1], check_health=False)
                         values = conn.read_response()
                 consume(k * piece, values)  # outside the error wrapper: the caller's
             drained = True

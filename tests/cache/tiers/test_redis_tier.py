@@ -167,6 +167,29 @@ def test_get_pieces_fails_the_rest_of_a_job_when_redis_drops_it_midway(
     tier.close()
 
 
+def test_get_pieces_pairs_every_piece_with_its_own_reply_after_a_health_check_is_due(
+    own_server: EmbeddedRedis,
+) -> None:
+    """With `health_check_interval` in the URL, redis-py PINGs before a command once the
+    interval has passed. A PING sent while an MGET reply is still unread took that reply
+    as its answer, reconnected and lost it: the next piece got the values of the piece
+    after it (a good block then fails its checksum and is deleted), and the last read
+    waited for the socket timeout."""
+    tier = RedisTier(connect_redis(own_server.url + "?health_check_interval=1"), "ddr")
+    values = {i: bytes([i]) * 100 for i in range(12)}
+    tier.put_many([(key(i), v) for i, v in values.items()])
+    got: list[tuple[int, list[bytes | None]]] = []
+
+    def consume(first: int, bufs: list[Buffer | None]) -> None:
+        got.append((first, [bytes(b) if b is not None else None for b in bufs]))
+        if first == 0:
+            time.sleep(1.1)  # the health-check interval runs out (not a stand-in for work)
+
+    tier.get_pieces([key(i) for i in range(12)], 4, consume)
+    assert got == [(f, [values[f + j] for j in range(4)]) for f in (0, 4, 8)]
+    tier.close()
+
+
 def test_get_pieces_on_a_cluster_reads_keys_of_every_slot(
     redis_cluster_url: str, namespace: str
 ) -> None:
