@@ -5,10 +5,12 @@ replay endpoint, a DEALER for replay. It first asks for a replay from sequence 0
 late joiner starts from the publisher's whole history, or its snapshot), then applies
 live batches in sequence order, skipping those it already has and filling gaps by
 replay. ZeroMQ drops what a SUB socket is sent before its subscription reaches the
-publisher (the "slow joiner"), and a lost batch with no batch after it reveals no gap, so
-after `CATCH_UP_S` without a batch the thread also asks for a replay from its last one
-(one small request; the answer is empty when nothing was missed). A batch numbered 0
-that starts with `AllBlocksCleared` is a restarted publisher: the index starts over.
+publisher (the "slow joiner", also after a publisher restarts), and a lost batch with no
+batch after it reveals no gap, so every `CATCH_UP_S` the thread also asks for a replay
+of the batches after its last one (one small request; the answer is empty when nothing
+was missed). A replay ends with the publisher's epoch: a new epoch is a restarted
+publisher, whose batch numbers start again at 0, so the index starts over from a replay
+from 0. So does a live batch numbered 0 that starts with `AllBlocksCleared`.
 
 Readers on other threads use `prefix_tiers` / `counts` (under a lock) or `wait_for`.
 """
@@ -35,7 +37,7 @@ class KVEventSubscriber:
 
     POLL_MS = 50
     REPLAY_TIMEOUT_MS = 2000
-    CATCH_UP_S = 1.0  # quiet this long: ask the replay endpoint what we missed
+    CATCH_UP_S = 1.0  # this often: ask the replay endpoint what we missed
 
     def __init__(self, endpoint: str, replay_endpoint: str | None, topic: str = "") -> None:
         self.endpoint = endpoint
@@ -45,6 +47,7 @@ class KVEventSubscriber:
         self._lock = threading.Condition()
         self._last_seq = -1
         self._synced = replay_endpoint is None  # replayed the history at least once
+        self._epoch: bytes | None = None  # the publisher's, from the last replay's end
         self._stop = threading.Event()
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self._thread = threading.Thread(target=self._run, name="kv-events-sub", daemon=True)
@@ -89,7 +92,7 @@ class KVEventSubscriber:
         sub.setsockopt(zmq.SUBSCRIBE, self._topic)
         sub.connect(self.endpoint)
         dealer: zmq.Socket[bytes] | None = None
-        heard = time.monotonic()  # last batch received, or last catch-up asked
+        caught_up = time.monotonic()  # when the last replay was asked for
         try:
             while not self._stop.is_set():
                 if not self._synced and self.replay_endpoint is not None:
@@ -97,15 +100,14 @@ class KVEventSubscriber:
                     if not self._synced:
                         self._stop.wait(0.2)
                         continue
-                    heard = time.monotonic()
+                    caught_up = time.monotonic()
+                if self.replay_endpoint is not None and (
+                    time.monotonic() - caught_up >= self.CATCH_UP_S
+                ):
+                    dealer = self._replay(dealer, self._last_seq + 1)
+                    caught_up = time.monotonic()
                 if not sub.poll(self.POLL_MS):
-                    if self.replay_endpoint is not None and (
-                        time.monotonic() - heard >= self.CATCH_UP_S
-                    ):
-                        dealer = self._replay(dealer, self._last_seq + 1)
-                        heard = time.monotonic()
                     continue
-                heard = time.monotonic()
                 frames = sub.recv_multipart()
                 if len(frames) != 3:
                     continue
@@ -144,9 +146,19 @@ class KVEventSubscriber:
             if len(frames) != 3:
                 continue
             if frames[1] == END_SEQ:
+                epoch = bytes(frames[2]) or None  # None: a publisher that sends none
                 with self._lock:
-                    self._synced = True
+                    restarted = None not in (epoch, self._epoch) and epoch != self._epoch
+                    self._epoch = epoch or self._epoch
+                    if restarted:  # its batches number from 0 again: start over
+                        self._index.apply([AllBlocksCleared()])
+                        self._last_seq = -1
+                    else:
+                        self._synced = True
                     self._lock.notify_all()
+                if restarted:
+                    logger.warning("KV events from %s: publisher restarted", self.endpoint)
+                    return self._replay(dealer, 0)
                 return dealer
             self._apply(int.from_bytes(frames[1], "big"), frames[2])
 

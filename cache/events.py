@@ -28,15 +28,19 @@ restarted replica's subscribers drop what they knew.
 
 Replay, as vLLM's: a ROUTER socket answers a request `[b"", start_seq (8 bytes)]` from a
 DEALER with `[b"", seq, payload]` for every kept batch with `seq >= start_seq`, then
-`[b"", END_SEQ, b""]`. The publisher keeps the last `buffer_steps` batches; a request for
-older ones first gets a snapshot batch (numbered one below the oldest kept batch:
-`AllBlocksCleared` then one `BlockStored` per tier with every block held as of then), so
-a subscriber joining at any time rebuilds the exact index.
+`[b"", END_SEQ, epoch]`, where `epoch` is 8 random bytes drawn when the publisher
+started (vLLM sends an empty frame there and its subscribers ignore it; tierkv's
+subscriber takes a new epoch for a restarted publisher). The publisher keeps the last
+`buffer_steps` batches; a request for older ones first gets a snapshot batch (numbered
+one below the oldest kept batch: `AllBlocksCleared` then one `BlockStored` per tier with
+every block held as of then), so a subscriber joining at any time rebuilds the exact
+index.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -232,6 +236,7 @@ class KVEventPublisher:
         self._kept: deque[tuple[int, bytes, list[KVEvent]]] = deque()
         self._base = EventIndex()
         self._next_seq = 0
+        self.epoch = os.urandom(8)  # tells a restarted publisher apart (END frames)
         self.num_published = 0  # batches sent (read by tests and logs)
         self._queue.put(AllBlocksCleared())
         self._thread = threading.Thread(target=self._run, name="kv-events", daemon=True)
@@ -303,4 +308,4 @@ class KVEventPublisher:
         for seq, payload, _ in self._kept:
             if seq >= start_seq:
                 self._replay.send_multipart((client, b"", seq.to_bytes(8, "big"), payload))
-        self._replay.send_multipart((client, b"", END_SEQ, b""))
+        self._replay.send_multipart((client, b"", END_SEQ, self.epoch))

@@ -150,6 +150,30 @@ def test_a_subscriber_catches_up_on_batches_its_sub_socket_missed() -> None:
         pub.close()
 
 
+def test_a_subscriber_follows_a_publisher_restarted_on_the_same_endpoints() -> None:
+    """A restarted publisher numbers its batches from 0 again, and its first batch
+    (`AllBlocksCleared`) goes out before the subscriber's SUB socket has reconnected.
+    Before the epoch in the replay's END frame, the subscriber dropped the new batches as
+    already seen and kept the old publisher's blocks for good."""
+    first = KVEventPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 16)
+    endpoint, replay = first.endpoint, first.replay_endpoint
+    sub = KVEventSubscriber(endpoint, replay)
+    try:
+        _poll(lambda: first.num_published >= 1)
+        history = _publish_history(first, 5)
+        assert sub.wait_for(lambda index: index.counts() == _expected(history), TIMEOUT)
+        first.close()
+        second = KVEventPublisher(endpoint, replay, 16)
+        try:
+            second.publish(BlocksStored(Tier.FLASH, (h(100),)))
+            want = {Tier.HBM: 0, Tier.DDR: 0, Tier.FLASH: 1}
+            assert sub.wait_for(lambda index: index.counts() == want, TIMEOUT)
+        finally:
+            second.close()
+    finally:
+        sub.close()
+
+
 def test_bind_failure_raises_and_releases() -> None:
     first = KVEventPublisher("tcp://127.0.0.1:*", None, 16)
     try:
