@@ -81,7 +81,7 @@ class LoadGuard:
     """Makes abandoning a load and copying its blocks into HBM mutually exclusive.
 
     The transfer thread copies the load's blocks in pieces of at most
-    `COPY_CHUNK_BLOCKS` (one `decode_blocks` call each) under `lock` and only if the load
+    `COPY_CHUNK_BLOCKS` (one `BlockDecoder` call each) under `lock` and only if the load
     is not abandoned, so `abandon()` may wait for one piece's copy; `abandon()` (engine
     thread, at the load's deadline) takes the same lock, so once it returns no byte of
     this load reaches HBM again and the slots can be recomputed into. `statuses[i]` is
@@ -152,7 +152,9 @@ def read_piece_blocks(block_bytes: int) -> int:
 
 
 PREFETCH_TASK_BLOCKS = 16
-"""Blocks per lane task of a non-urgent load (see `TransferWorker._submit_load`)."""
+"""Blocks per lane task of a non-urgent load (see `TransferWorker._submit_load`). With
+blocks of 16 KiB stored (tiny-llama) such a task is one DDR read piece, so a prefetch
+reads it with one MGET, not pipelined; larger blocks make several pieces per task."""
 
 HANDOFF_POLL_S = 0.05
 """How often flash's half of a demotion re-checks whether DDR is down while it waits."""
@@ -297,7 +299,6 @@ class TransferWorker:
         self._charge = charge
         self._tiers = tiers
         self._layout = layout
-        self._kv_pool = kv_pool
         self._notify = notify
         self._is_down = is_down
         self._lanes = {tier: _Lane(tier) for tier in tiers}
