@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from cache.block_hash import BlockHash
 from cache.embedded_redis import EmbeddedRedis
@@ -296,6 +297,38 @@ def test_a_block_lost_behind_the_books_is_forgotten_by_a_read_in_pieces(open_poo
     assert values == [None if i == 6 else bytes([i]) * SIZE for i in range(10)]
     assert a.contains_many([block(5), block(6)]) == [True, False]
     assert a.pool.usage().used_bytes == 9 * SIZE
+
+
+def test_a_single_connection_client_reads_in_pieces_with_one_lease(redis_url, namespace):
+    """A client with one fixed connection cannot pipeline on a pooled connection, so the
+    read takes `get_many`'s path; it leased the blocks first and then again in there."""
+    pool = SharedPool(connect_redis(redis_url), namespace, PoolConfig(capacity_bytes=20 * SIZE))
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    tier = PooledRedisTier(client, namespace, pool)
+    try:
+        tier.put_many([(block(i), bytes([i]) * SIZE) for i in range(10)])
+        admin = connect_redis(redis_url)
+
+        def scripts_run() -> int:  # every pool script (LEASE here) runs as EVALSHA or EVAL
+            stats = admin.info("commandstats")
+            return sum(
+                int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval")
+            )
+
+        keys = [block(i) for i in range(10)]
+        tier.get_pieces(keys, 4, lambda _, bufs: None)  # the scripts are loaded by now
+        before = scripts_run()
+        got: list[bytes | None] = []
+        tier.get_pieces(
+            keys, 4, lambda _, bufs: got.extend(None if b is None else bytes(b) for b in bufs)
+        )
+        assert got == [bytes([i]) * SIZE for i in range(10)]
+        assert scripts_run() - before == 1
+        admin.close()
+    finally:
+        tier.clear()
+        pool.stop()
+        tier.close()
 
 
 def test_forget_counts_the_blocks_it_dropped(open_pool, url, namespace):
