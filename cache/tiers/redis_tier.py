@@ -407,7 +407,8 @@ class PooledRedisTier(RedisTier):
         job of one piece, takes ``get_many``'s path."""
         if piece < 1:
             raise ValueError(f"piece must be >= 1, got {piece}")
-        if not self._is_plain or self._client.connection is not None or len(keys) <= piece:
+        one_connection = isinstance(self._client, redis.Redis) and self._client.connection
+        if not self._is_plain or one_connection or len(keys) <= piece:
             StorageTier.get_pieces(self, keys, piece, consume)
             return
         with _wrap_errors("pool lease"):
