@@ -161,14 +161,15 @@ def trace_replay(
     ``tie_spacing_s``: records that share a timestamp (Mooncake's are whole seconds, so
     3-16 of them do) arrive in trace order this far apart, the k-th of a group k times
     it after the group's time; 0 sends them at one instant, and a live server then takes
-    them in the order their connections come up, which differs from run to run."""
+    them in the order their connections come up, which differs from run to run.
+    ValueError if the spacing would carry a group up to the next group's time."""
     if not records:
         raise ValueError("the trace selection is empty")
     if tie_spacing_s < 0:
         raise ValueError(f"tie spacing must be >= 0, got {tie_spacing_s}")
     synth = BlockSynthesizer(scale.block_tokens, salt=str(seed))
     t0 = records[0].timestamp_ms
-    requests = []
+    requests: list[RequestSpec] = []
     rank = 0  # position within the current group of same-timestamp records
     for i, record in enumerate(records):
         rank = rank + 1 if i and record.timestamp_ms == records[i - 1].timestamp_ms else 0
@@ -176,6 +177,15 @@ def trace_replay(
         output = scale.output_tokens(record)
         if max_tokens is not None:
             output = min(output, max_tokens)
+        arrival = max(0.0, (record.timestamp_ms - t0) / 1000.0 * scale.time)
+        arrival += rank * tie_spacing_s
+        if tie_spacing_s and i and record.timestamp_ms > records[i - 1].timestamp_ms:
+            previous = requests[-1].arrival_s
+            if previous is not None and arrival <= previous:
+                raise ValueError(
+                    f"tie spacing {tie_spacing_s * 1000:g} ms carries record {i - 1} to "
+                    f"{previous:.3f} s, not before the next timestamp ({arrival:.3f} s)"
+                )
         requests.append(
             RequestSpec(
                 index=i,
@@ -184,8 +194,7 @@ def trace_replay(
                 max_tokens=output,
                 input_tokens=num_tokens,
                 session=i,
-                arrival_s=max(0.0, (record.timestamp_ms - t0) / 1000.0 * scale.time)
-                + rank * tie_spacing_s,
+                arrival_s=arrival,
             )
         )
     return requests

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from load.argparser import non_negative_float
 from load.bench._servers import tierkv_server
 
 MODEL = ("--emulate", "llama-3-8b", "--hbm-gb", "20", "--max-model-len", "20000")
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--arrivals", choices=("trace", "poisson"), default="poisson")
     p.add_argument("--rate", type=float, default=1.46, help="requests/s with poisson arrivals")
-    p.add_argument("--tie-spacing-ms", type=float, default=0.0, help="with trace arrivals")
+    p.add_argument(
+        "--tie-spacing-ms", type=non_negative_float, default=0.0, help="with trace arrivals"
+    )
     p.add_argument("--configs", default="tiers,hbm,off")
     p.add_argument("--num-requests", type=int, default=300)
     args = p.parse_args(argv)
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "arrivals": args.arrivals,
         "rate": args.rate,
+        "tie_spacing_ms": args.tie_spacing_ms,
+        "num_requests": args.num_requests,
+        "configs": configs,
         "host_offset_ms": offset_ms,
         "rows": rows,
     }

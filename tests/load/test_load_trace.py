@@ -74,6 +74,11 @@ def test_same_timestamp_records_can_be_spaced_in_trace_order():
     assert [s.arrival_s for s in spaced] == pytest.approx([0, 0.005, 0.01, 1, 1.005, 2.5])
     with pytest.raises(ValueError):
         trace_replay(records, scale, 0, tie_spacing_s=-1)
+    # A group spaced up to the next timestamp would no longer be in trace order.
+    fast = TraceScale(time=0.01)  # the groups are 20 and 30 ms apart
+    assert trace_replay(records, fast, 0, tie_spacing_s=0.009)[3].arrival_s == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="tie spacing"):
+        trace_replay(records, fast, 0, tie_spacing_s=0.01)
 
 
 def test_unscaled_lengths_are_honoured():
