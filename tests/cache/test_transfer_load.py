@@ -49,6 +49,34 @@ def _load(
         worker.close()
 
 
+class HookedRedisTier(RedisTier):
+    """A real RedisTier whose `get_pieces` calls `before(first)` and `after(first)` around
+    handing each piece to the caller's `consume` (to act at a chosen point of a read)."""
+
+    def __init__(
+        self,
+        client: Any,
+        namespace: str,
+        before: Callable[[int], object] = lambda first: None,
+        after: Callable[[int], object] = lambda first: None,
+    ) -> None:
+        super().__init__(client, namespace)
+        self._before, self._after = before, after
+
+    def get_pieces(
+        self,
+        keys: Sequence[BlockHash],
+        piece: int,
+        consume: Callable[[int, list[Buffer | None]], None],
+    ) -> None:
+        def hooked(first: int, bufs: list[Buffer | None]) -> None:
+            self._before(first)
+            consume(first, bufs)
+            self._after(first)
+
+        super().get_pieces(keys, piece, hooked)
+
+
 def test_a_job_larger_than_a_chunk_lands_whole_and_flags_only_the_bad_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,21 +131,11 @@ def test_a_redis_error_after_the_first_piece_lands_that_piece_and_fails_the_rest
     server = EmbeddedRedis(tmp_path / "redis", maxmemory_bytes=4 << 20).start()
     admin = redis.Redis.from_url(server.url)
 
-    class DroppedAfterFirstPiece(RedisTier):
-        def get_pieces(
-            self,
-            keys: Sequence[BlockHash],
-            piece: int,
-            consume: Callable[[int, list[Buffer | None]], None],
-        ) -> None:
-            def first_then_kill(first: int, bufs: list[Buffer | None]) -> None:
-                consume(first, bufs)
-                if first == 0:
-                    admin.client_kill_filter(_type="normal", skipme=True)
+    def kill_after_first(first: int) -> None:
+        if first == 0:
+            admin.client_kill_filter(_type="normal", skipme=True)
 
-            super().get_pieces(keys, piece, first_then_kill)
-
-    tier = DroppedAfterFirstPiece(connect_redis(server.url), "ddr")
+    tier = HookedRedisTier(connect_redis(server.url), "ddr", after=kill_after_first)
     try:
         rng = np.random.default_rng(4)
         keys = [BlockHash(bytes([i + 1]) * 16) for i in range(12)]
@@ -153,22 +171,11 @@ def test_an_abandoned_redis_load_reads_no_further_piece(
     guard = LoadGuard(12)
     firsts: list[int] = []
 
-    class AbandonedAfterFirstPiece(RedisTier):
-        def get_pieces(
-            self,
-            keys: Sequence[BlockHash],
-            piece: int,
-            consume: Callable[[int, list[Buffer | None]], None],
-        ) -> None:
-            def first_then_abandon(first: int, bufs: list[Buffer | None]) -> None:
-                firsts.append(first)
-                consume(first, bufs)
-                guard.abandoned = True  # as if abandon() ran as soon as this piece let go
-
-            super().get_pieces(keys, piece, first_then_abandon)
+    def abandon(first: int) -> None:
+        guard.abandoned = True  # as if abandon() ran as soon as this piece let go
 
     server = EmbeddedRedis(tmp_path / "redis", maxmemory_bytes=4 << 20).start()
-    tier = AbandonedAfterFirstPiece(connect_redis(server.url), "ddr")
+    tier = HookedRedisTier(connect_redis(server.url), "ddr", before=firsts.append, after=abandon)
     try:
         rng = np.random.default_rng(5)
         keys = [BlockHash(bytes([i + 1]) * 16) for i in range(12)]
