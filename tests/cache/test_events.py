@@ -150,6 +150,21 @@ def test_a_subscriber_catches_up_on_batches_its_sub_socket_missed() -> None:
         pub.close()
 
 
+def _bind_again(endpoint: str, replay: str | None) -> KVEventPublisher:
+    """A publisher on endpoints a closed one just left: ZeroMQ unbinds on its I/O thread
+    after `close()` returns, so the address may be in use for a moment (polled)."""
+    import time
+
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            return KVEventPublisher(endpoint, replay, 16)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # poll interval, not a stand-in for work
+
+
 def test_a_subscriber_follows_a_publisher_restarted_on_the_same_endpoints() -> None:
     """A restarted publisher numbers its batches from 0 again, and its first batch
     (`AllBlocksCleared`) goes out before the subscriber's SUB socket has reconnected.
@@ -163,7 +178,7 @@ def test_a_subscriber_follows_a_publisher_restarted_on_the_same_endpoints() -> N
         history = _publish_history(first, 5)
         assert sub.wait_for(lambda index: index.counts() == _expected(history), TIMEOUT)
         first.close()
-        second = KVEventPublisher(endpoint, replay, 16)
+        second = _bind_again(endpoint, replay)
         try:
             second.publish(BlocksStored(Tier.FLASH, (h(100),)))
             want = {Tier.HBM: 0, Tier.DDR: 0, Tier.FLASH: 1}
