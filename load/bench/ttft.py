@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _offload(client: httpx.AsyncClient, base_url: str, tier: str) -> int:
+async def offload(client: httpx.AsyncClient, base_url: str, tier: str) -> int:
     resp = await client.post(
         f"{root_url(base_url)}/cache/offload", json={"tier": tier}, timeout=600.0
     )
@@ -73,7 +73,9 @@ async def _offload(client: httpx.AsyncClient, base_url: str, tier: str) -> int:
     return int(resp.json().get("moved_blocks", 0))
 
 
-async def _ttft(client: httpx.AsyncClient, opts: ClientOptions, prompt: str) -> tuple[float, int]:
+async def one_ttft(
+    client: httpx.AsyncClient, opts: ClientOptions, prompt: str
+) -> tuple[float, int]:
     """TTFT (ms) and cached tokens of one single-token request."""
     record = await stream_request(client, opts, Api.COMPLETIONS, prompt, 1, 0, time.perf_counter())
     if not record.is_ok or record.ttft_s is None:
@@ -90,20 +92,20 @@ async def measure(
     impure: list[dict[str, Any]] = []
     async with make_client() as client:
         opts = ClientOptions(base_url=base_url, model=await first_model_id(client, base_url))
-        await _ttft(client, opts, synth_text(f"ttft-warmup:{seed}", 64))
+        await one_ttft(client, opts, synth_text(f"ttft-warmup:{seed}", 64))
         for n in lengths:
             for r in range(repeats):
                 for cond in CONDITIONS[1:]:
                     prompt = synth_text(f"ttft:{seed}:{n}:{r}:{cond}", n)
-                    cold_ms, cold_cached = await _ttft(client, opts, prompt)
+                    cold_ms, cold_cached = await one_ttft(client, opts, prompt)
                     samples["cold"][n].append(cold_ms)
                     cached["cold"][n].append(cold_cached)
                     if cond in ("ddr", "flash"):
-                        moved["hbm"] += await _offload(client, base_url, "hbm")
+                        moved["hbm"] += await offload(client, base_url, "hbm")
                     if cond == "flash":
-                        moved["ddr"] += await _offload(client, base_url, "ddr")
+                        moved["ddr"] += await offload(client, base_url, "ddr")
                     before = await scrape(client, base_url)
-                    hit_ms, hit_cached = await _ttft(client, opts, prompt[:-8] + "#" * 8)
+                    hit_ms, hit_cached = await one_ttft(client, opts, prompt[:-8] + "#" * 8)
                     served = server_deltas(before, await scrape(client, base_url))
                     by_tier = served["prefix_cache_hits"]
                     if by_tier and by_tier.get(cond, 0.0) < hit_cached:

@@ -1,0 +1,188 @@
+"""Hit TTFT of several builds side by side: HBM, DDR and flash hits, interleaved.
+
+`python scripts/ttft_ab.py --build new=. --build old=/path/to/checkout
+[--lengths 1k,8k] [--rounds 12] [--out results/ttft_ab.json]`
+
+`tierkv-load bench ttft` measures one server; comparing two commits with it means two
+runs minutes apart, and on this shared machine the load moves between them (a "9-24 ms
+regression" at 8k measured that way did not reproduce interleaved). Here every build
+serves at once (`python -P -m server serve --pace real` with `PYTHONPATH` set to its
+checkout; `-P` keeps the working directory off the import path), and each round visits
+the builds in rotating order, so a burst of load hits all of them alike. Per build and
+length: one cold fill of a prompt P, then per round three requests, each P with a new
+8-character suffix (so the last block is recomputed over the cached rest, as in
+`bench ttft`):
+
+* DDR hit: after ``POST /cache/offload {"tier": "hbm"}``;
+* flash hit: after offloading HBM to DDR and DDR to flash;
+* HBM hit: right after, with the blocks back in HBM.
+
+Prints per build and length the median TTFT of each hit, the per-round ratios DDR ÷ HBM
+and flash ÷ HBM (median, min-max), and, for every build after the first, its DDR-hit
+TTFT over the first build's per round. Writes every sample to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from load.bench._common import parse_sizes
+from load.bench._servers import ManagedServer, free_port
+from load.bench.ttft import offload, one_ttft
+from load.client import ClientOptions, first_model_id, make_client
+from load.synth import synth_text
+
+HITS = ("ddr", "flash", "hbm")
+
+
+def parse_build(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not Path(path).is_dir():
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKOUT_DIR, got {text!r}")
+    return name, Path(path).resolve()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--build",
+        type=parse_build,
+        action="append",
+        required=True,
+        help="NAME=CHECKOUT_DIR, repeatable; the first is the reference",
+    )
+    p.add_argument("--lengths", type=parse_sizes, default=parse_sizes("1k,8k"))
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--server-args", default="", help="extra `tierkv serve` flags, every build")
+    p.add_argument("--out", type=Path, default=Path("results/ttft_ab.json"))
+    return p
+
+
+async def measure(urls: dict[str, str], lengths: list[int], rounds: int) -> dict[str, Any]:
+    names = list(urls)
+    samples: dict[str, dict[int, dict[str, list[float]]]] = {
+        b: {n: {h: [] for h in HITS} for n in lengths} for b in names
+    }
+    async with make_client() as client:
+        opts = {
+            b: ClientOptions(base_url=u, model=await first_model_id(client, u))
+            for b, u in urls.items()
+        }
+        for n in lengths:
+            prompt = synth_text(f"ttft-ab:{n}", n)
+            for b in names:
+                cold, _ = await one_ttft(client, opts[b], prompt)
+                print(f"{n} tokens, {b}: cold fill {cold:.0f} ms", flush=True)
+            for r in range(rounds):
+                for b in names[r % len(names) :] + names[: r % len(names)]:
+                    got: dict[str, float] = {}
+                    for hit in HITS:
+                        if hit != "hbm":
+                            await offload(client, urls[b], "hbm")
+                        if hit == "flash":
+                            await offload(client, urls[b], "ddr")
+                        ms, cached = await one_ttft(
+                            client, opts[b], prompt[:-8] + f"{hit[0]}{r:07d}"
+                        )
+                        if cached < n - 16:
+                            raise RuntimeError(
+                                f"{b}, {n} tokens: only {cached} cached on a {hit} hit"
+                            )
+                        got[hit] = ms
+                        samples[b][n][hit].append(ms)
+                    print(
+                        f"{n} tokens, round {r + 1}/{rounds}, {b}: "
+                        + ", ".join(f"{h} {got[h]:.1f} ms" for h in HITS),
+                        flush=True,
+                    )
+    return samples
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def report(samples: dict[str, Any], lengths: list[int]) -> None:
+    names = list(samples)
+    for n in lengths:
+        print(f"\n{n} tokens: median TTFT ms (HBM / DDR / flash hit); per-round ratios")
+        for b in names:
+            s = samples[b][n]
+            ddr = [d / h for d, h in zip(s["ddr"], s["hbm"], strict=True)]
+            flash = [f / h for f, h in zip(s["flash"], s["hbm"], strict=True)]
+            medians = " / ".join(f"{statistics.median(s[h]):.1f}" for h in ("hbm", "ddr", "flash"))
+            line = f"  {b}: {medians}; DDR/HBM {_spread(ddr)}, flash/HBM {_spread(flash)}"
+            if b != names[0]:
+                ref = samples[names[0]][n]["ddr"]
+                own = [x / y for x, y in zip(s["ddr"], ref, strict=True)]
+                line += f"; DDR hit / {names[0]}'s {_spread(own)}"
+            print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = [name for name, _ in args.build]
+    if len(set(names)) != len(names):
+        raise SystemExit("build names must differ")
+    flags = [
+        "--pace",
+        "real",
+        "--max-model-len",
+        str(max(args.lengths) + 64),
+        *args.server_args.split(),
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="tierkv-ttft-ab-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        urls = {}
+        for name, checkout in args.build:
+            port = free_port()
+            data = Path(tmp) / name
+            data.mkdir()
+            argv = [
+                sys.executable,
+                "-P",
+                "-m",
+                "server",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+                *flags,
+            ]
+            env = dict(os.environ, PYTHONPATH=str(checkout))
+            server = ManagedServer(argv, port, data / "server.log", env=env)
+            urls[name] = stack.enter_context(server).base_url
+        samples = asyncio.run(measure(urls, args.lengths, args.rounds))
+    report(samples, args.lengths)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "builds": {n: str(p) for n, p in args.build},
+                "lengths": args.lengths,
+                "ttft_ms": samples,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
