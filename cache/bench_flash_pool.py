@@ -31,7 +31,8 @@ from cache.pool import PoolConfig, SharedPool
 from cache.pool_changes import ChangeKind
 from cache.tiers.base import Buffer
 from cache.tiers.lmdb_tier import LmdbTier
-from cache.tiers.redis_tier import PooledRedisTier, connect_redis
+from cache.tiers.pooled_redis_tier import PooledRedisTier
+from cache.tiers.redis_tier import connect_redis
 from cache.tiers.shared_flash import SharedFlashTier
 
 BLOCK_BYTES = 16 * 1024

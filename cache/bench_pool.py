@@ -25,7 +25,8 @@ from pathlib import Path
 from cache.embedded_redis import given_or_embedded
 from cache.pool import PoolConfig, SharedPool
 from cache.pool_changes import ChangeKind
-from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
+from cache.tiers.pooled_redis_tier import PooledRedisTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
 
 BLOCK_BYTES = 16 * 1024
 

@@ -35,7 +35,7 @@ Threading: `SharedPool` is shared by the DDR transfer lane (`reserve`, `commit`,
 Failures: a Redis error in the follower (or a shared flash it cannot scan) is logged,
 retried with backoff, and followed by a full re-read of the index (so a missed change
 heals), at start-up too (`start` never raises for them); errors in the lane's calls
-raise `TierError` through the tier (`cache.tiers.redis_tier.PooledRedisTier`).
+raise `TierError` through the tier (`cache.tiers.pooled_redis_tier.PooledRedisTier`).
 """
 
 from __future__ import annotations

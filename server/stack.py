@@ -28,7 +28,8 @@ from cache.tiers.base import StorageTier, TierError
 from cache.tiers.faulty import FaultyTier, parse_tier_faults
 from cache.tiers.lmdb_check import check_environment, move_aside
 from cache.tiers.lmdb_tier import META_DIR, LmdbTier
-from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
+from cache.tiers.pooled_redis_tier import PooledRedisTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
 from cache.tiers.shared_flash import SharedFlashTier
 from npu_sim.arbiter import SharedCores
 from npu_sim.device import DeviceSpec, get_device

@@ -24,7 +24,8 @@ from cache.pool import PoolConfig, SharedPool
 from cache.tiers.base import StorageTier
 from cache.tiers.faulty import FaultSpec, FaultyTier
 from cache.tiers.lmdb_tier import LmdbTier
-from cache.tiers.redis_tier import PooledRedisTier, RedisTier, connect_redis
+from cache.tiers.pooled_redis_tier import PooledRedisTier
+from cache.tiers.redis_tier import RedisTier, connect_redis
 
 LMDB_MAP_SIZE = 64 << 20
 TIER_KINDS = [

@@ -14,7 +14,8 @@ from cache.pool import PoolConfig, SharedPool
 from cache.pooled_manager import SharedPoolCacheManager
 from cache.stats import Tier
 from cache.tiers.lmdb_tier import LmdbTier
-from cache.tiers.redis_tier import PooledRedisTier, connect_redis
+from cache.tiers.pooled_redis_tier import PooledRedisTier
+from cache.tiers.redis_tier import connect_redis
 from tests.cache.conftest import PoolStore
 from tests.cache.test_manager import BLOCK, LAYOUT, chain, fill_and_cache, push_out_of_hbm
 

@@ -22,7 +22,8 @@ from cache.records import CacheConfig
 from cache.stats import Tier
 from cache.tiers.faulty import FaultSpec, FaultyTier
 from cache.tiers.lmdb_tier import LmdbTier
-from cache.tiers.redis_tier import PooledRedisTier, connect_redis
+from cache.tiers.pooled_redis_tier import PooledRedisTier
+from cache.tiers.redis_tier import connect_redis
 from cache.tiers.shared_flash import SharedFlashTier, environment_id
 from tests.cache.conftest import PoolStore
 from tests.cache.test_manager import BLOCK, LAYOUT, chain, fill_and_cache, push_out_of_hbm

@@ -15,7 +15,8 @@ from cache.pool import PoolConfig, SharedFlash, SharedPool
 from cache.pool_changes import ChangeKind, PoolChange
 from cache.tiers.base import TierError
 from cache.tiers.lmdb_tier import LmdbTier
-from cache.tiers.redis_tier import PooledRedisTier, RedisClient, RedisTier, connect_redis
+from cache.tiers.pooled_redis_tier import PooledRedisTier
+from cache.tiers.redis_tier import RedisClient, RedisTier, connect_redis
 
 SIZE = 1024
 DEADLINE_S = 20.0  # generous: the machine is shared; polled, never slept for

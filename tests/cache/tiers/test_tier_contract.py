@@ -10,7 +10,7 @@ import pytest
 from cache.block_format import decode_block, encode_block
 from cache.block_hash import BlockHash
 from cache.tiers.base import Buffer, StorageTier, TierError
-from cache.tiers.redis_tier import PooledRedisTier
+from cache.tiers.pooled_redis_tier import PooledRedisTier
 
 OpenTier = Callable[[str], StorageTier]  # the conftest fixture's type
 
