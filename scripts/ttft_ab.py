@@ -6,12 +6,11 @@
 `tierkv-load bench ttft` measures one server; comparing two commits with it means two
 runs minutes apart, and on this shared machine the load moves between them (a "9-24 ms
 regression" at 8k measured that way did not reproduce interleaved). Here every build
-serves at once (`python -P -m server serve --pace real` with `PYTHONPATH` set to its
-checkout; `-P` keeps the working directory off the import path), and each round visits
-the builds in rotating order, so a burst of load hits all of them alike. Per build and
-length: one cold fill of a prompt P, then per round three requests, each P with a new
-8-character suffix (so the last block is recomputed over the cached rest, as in
-`bench ttft`):
+serves at once (`tierkv serve --pace real` from its own checkout: `tierkv_server`'s
+`checkout`), and each round visits the builds in rotating order, so a burst of load hits
+all of them alike. Per build and length: one cold fill of a prompt P, then per round
+three requests, each P with a new 8-character suffix (so the last block is recomputed
+over the cached rest, as in `bench ttft`):
 
 * DDR hit: after ``POST /cache/offload {"tier": "hbm"}``;
 * flash hit: after offloading HBM to DDR and DDR to flash;
@@ -28,15 +27,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from load.bench._common import parse_sizes
-from load.bench._servers import ManagedServer, free_port
+from load.bench._servers import tierkv_server
 from load.bench.ttft import offload, one_ttft
 from load.client import ClientOptions, first_model_id, make_client
 from load.synth import synth_text
@@ -146,25 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         urls = {}
         for name, checkout in args.build:
-            port = free_port()
             data = Path(tmp) / name
             data.mkdir()
-            argv = [
-                sys.executable,
-                "-P",
-                "-m",
-                "server",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data),
-                *flags,
-            ]
-            env = dict(os.environ, PYTHONPATH=str(checkout))
-            server = ManagedServer(argv, port, data / "server.log", env=env)
+            server = tierkv_server(data, *flags, checkout=checkout)
             urls[name] = stack.enter_context(server).base_url
         samples = asyncio.run(measure(urls, args.lengths, args.rounds))
     report(samples, args.lengths)

@@ -145,11 +145,16 @@ def tierkv_server(
     port: int | None = None,
     log_path: Path | None = None,
     startup_timeout_s: float = 180.0,
+    checkout: Path | None = None,
 ) -> ManagedServer:
-    """``python -m server serve`` on 127.0.0.1 with ``--data-dir`` and extra ``flags``."""
+    """``python -m server serve`` on 127.0.0.1 with ``--data-dir`` and extra ``flags``.
+
+    ``checkout``: serve that source tree's code (``PYTHONPATH`` set to it, and ``-P`` so
+    the working directory's does not win), e.g. to compare two commits side by side."""
     port = port or free_port()
+    python = [sys.executable] if checkout is None else [sys.executable, "-P"]
     argv = [
-        sys.executable,
+        *python,
         "-m",
         "server",
         "serve",
@@ -161,7 +166,9 @@ def tierkv_server(
         str(data_dir),
         *flags,
     ]
-    return ManagedServer(argv, port, log_path or data_dir / "server.log", startup_timeout_s)
+    env = None if checkout is None else dict(os.environ, PYTHONPATH=str(checkout))
+    log = log_path or data_dir / "server.log"
+    return ManagedServer(argv, port, log, startup_timeout_s, env=env)
 
 
 def complete(client: httpx.Client, base_url: str, prompt: str) -> tuple[str, int]:
