@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
+from typing import cast
 
 import numpy as np
 
@@ -505,18 +507,23 @@ class TransferWorker:
         HBM slots and checksums them there. If the store fails part way, the pieces
         already copied count; the rest are reported as I/O errors (recomputed). Once the
         load is abandoned, no further piece is read (nor copied)."""
-        keys = [job.items[i][0] for i in indices]
-        slots = [job.items[i][1] for i in indices]
+        part = [job.items[i] for i in indices]
+        keys = list(map(itemgetter(0), part))
+        slots = list(map(itemgetter(1), part))
         valid: list[int] = []  # in their slots, not yet arrived on the modelled link
         nbytes = 0
 
         def consume(first: int, bufs: list[Buffer | None]) -> None:
             nonlocal nbytes
-            piece = slice(first, first + len(bufs))
+            end = first + len(bufs)
             with guard.lock:  # see LoadGuard: never write a slot after abandonment
                 if guard.abandoned:
                     raise _Abandoned  # read no more pieces either
-                ok = self._decode(bufs, keys[piece], slots[piece])
+                ok = self._decode(bufs, keys[first:end], slots[first:end])
+                if all(ok):  # the common case, per piece: no per-block bookkeeping
+                    valid.extend(range(first, end))
+                    nbytes += sum(map(len, cast(list[Buffer], bufs)))
+                    return
                 for j, (good, buf) in enumerate(zip(ok, bufs, strict=True), first):
                     if good:
                         valid.append(j)
@@ -542,10 +549,20 @@ class TransferWorker:
         self._charged(tier, nbytes, start, write=False)
         with guard.lock:
             if not guard.abandoned:
-                for j in valid:
-                    guard.statuses[indices[j]] = LoadStatus.OK
+                arrived = indices if len(valid) == len(indices) else [indices[j] for j in valid]
+                _mark_ok(guard.statuses, arrived)
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
+
+
+def _mark_ok(statuses: list[LoadStatus], arrived: list[int]) -> None:
+    """Set `statuses[i]` OK for each `i` in `arrived` (ascending): one slice assignment
+    when they are a run, as a whole load from one tier is."""
+    if arrived and arrived[-1] - arrived[0] == len(arrived) - 1:
+        statuses[arrived[0] : arrived[-1] + 1] = [LoadStatus.OK] * len(arrived)
+        return
+    for i in arrived:
+        statuses[i] = LoadStatus.OK
 
 
 def job_op(job: Job) -> TierOp:
