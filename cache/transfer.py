@@ -379,8 +379,7 @@ class TransferWorker:
         # load queued behind it waits for one of them at most, not for the whole prefetch.
         step = len(job.items) if job.urgent else PREFETCH_TASK_BLOCKS
         chunks: list[tuple[Tier, list[int]]] = []
-        for tier in (Tier.DDR, Tier.FLASH):
-            indices = [i for i, item in enumerate(job.items) if item[2] is tier]
+        for tier, indices in _split_by_tier(job.items).items():
             chunks += [(tier, indices[j : j + step]) for j in range(0, len(indices), step)]
         parts = _Parts(job, len(chunks), post)
         if not chunks:
@@ -393,7 +392,8 @@ class TransferWorker:
                     self._load_from(tier, job, guard, indices, result)
                 return result
 
-            keys = frozenset(job.items[i][0] for i in indices)
+            items = job.items if len(indices) == len(job.items) else [job.items[i] for i in indices]
+            keys = frozenset(map(itemgetter(0), items))
             self._lanes[tier].put(self._task(job, parts, part), keys, job.urgent)
 
     def _task(self, job: Job, parts: _Parts, fn: Callable[[], JobResult]) -> Callable[[], None]:
@@ -507,7 +507,7 @@ class TransferWorker:
         HBM slots and checksums them there. If the store fails part way, the pieces
         already copied count; the rest are reported as I/O errors (recomputed). Once the
         load is abandoned, no further piece is read (nor copied)."""
-        part = [job.items[i] for i in indices]
+        part = job.items if len(indices) == len(job.items) else [job.items[i] for i in indices]
         keys = list(map(itemgetter(0), part))
         slots = list(map(itemgetter(1), part))
         valid: list[int] = []  # in their slots, not yet arrived on the modelled link
@@ -539,10 +539,10 @@ class TransferWorker:
             pass  # its statuses are the abandoning thread's now
         except TierError as exc:
             result.fail(tier, TierOp.LOAD, exc)
-            arrived = {indices[j] for j in valid}
+            landed = {indices[j] for j in valid}
             with guard.lock:
                 for i in indices:
-                    if guard.statuses[i] is LoadStatus.MISSING and i not in arrived:
+                    if guard.statuses[i] is LoadStatus.MISSING and i not in landed:
                         guard.statuses[i] = LoadStatus.IO_ERROR
         # The blocks arrive when the modelled link has carried them: a load abandoned at
         # its deadline before then recomputes them, as it would on the modelled device.
@@ -553,6 +553,19 @@ class TransferWorker:
                 _mark_ok(guard.statuses, arrived)
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
+
+
+def _split_by_tier(items: list[tuple[BlockHash, int, Tier]]) -> dict[Tier, list[int]]:
+    """The indices of `items` by source tier, DDR first (a load from one tier, the
+    common case, takes no per-item Python)."""
+    tiers = set(map(itemgetter(2), items))
+    if len(tiers) == 1:
+        return {tiers.pop(): list(range(len(items)))}
+    return {
+        tier: [i for i, item in enumerate(items) if item[2] is tier]
+        for tier in (Tier.DDR, Tier.FLASH)
+        if tier in tiers
+    }
 
 
 def _mark_ok(statuses: list[LoadStatus], arrived: list[int]) -> None:
