@@ -26,6 +26,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 
 import numpy as np
 
@@ -523,7 +524,7 @@ class CacheManager(PoolHandoff):
     ) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
         # deadline: abandon it at once (the request recomputes).
-        down = any(self.health[t].is_down for t in {t for _, _, t in items})
+        down = any(self.health[t].is_down for t in set(map(itemgetter(2), items)))
         guard = self._deadlines.add(ticket, items, now=down)
         self._worker.submit(LoadJob(ticket, items, guard, urgent))
 
