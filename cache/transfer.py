@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import itemgetter
@@ -190,15 +190,22 @@ class _Lane:
     def put(
         self,
         run: Callable[[], None] | None,
-        keys: frozenset[BlockHash] = frozenset(),
+        keys: Collection[BlockHash] = frozenset(),
         urgent: bool = False,
     ) -> None:
+        """Queue `run`, which touches the blocks `keys`. An urgent task's keys are only
+        compared with the tasks it passes now (no later task passes it), so they are
+        hashed into a set only when there is a task to pass."""
         with self._ready:
             i = len(self._tasks)
             if urgent:
+                if i and not isinstance(keys, frozenset):
+                    keys = frozenset(keys)
                 while i > 0 and _passable(self._tasks[i - 1], keys):
                     i -= 1
-            self._tasks.insert(i, _Task(run, keys, urgent))
+                self._tasks.insert(i, _Task(run, frozenset(), urgent))
+            else:
+                self._tasks.insert(i, _Task(run, frozenset(keys), urgent))
             self._ready.notify()
 
     def _run(self) -> None:
@@ -211,7 +218,7 @@ class _Lane:
             task.run()  # never raises: see TransferWorker._task
 
 
-def _passable(task: _Task, keys: frozenset[BlockHash]) -> bool:
+def _passable(task: _Task, keys: Collection[BlockHash]) -> bool:
     return task.run is not None and not task.urgent and task.keys.isdisjoint(keys)
 
 
@@ -393,7 +400,7 @@ class TransferWorker:
                 return result
 
             items = job.items if len(indices) == len(job.items) else [job.items[i] for i in indices]
-            keys = frozenset(map(itemgetter(0), items))
+            keys = list(map(itemgetter(0), items))
             self._lanes[tier].put(self._task(job, parts, part), keys, job.urgent)
 
     def _task(self, job: Job, parts: _Parts, fn: Callable[[], JobResult]) -> Callable[[], None]:
