@@ -298,7 +298,7 @@ class BlockDecoder:
     Per block, one tight loop does one ``struct`` unpack of the header (its fixed part,
     checksum and shape at once) and two bytes compares, one ``memcpy`` into the slot and
     one checksum, through one xxh3 state per call (reset per block, not allocated):
-    13-17% less time per 16 KiB block than the former two slice compares, checksum
+    14-17% less time per 16 KiB block than the former two slice compares, checksum
     unpack and new xxh3 state per block (issue #11; 2.1 against 2.4 µs at best,
     interleaved). A numpy compare over a piece's gathered headers was measured too and
     was no faster at 64 blocks and 25% slower at 16: gathering the headers costs what
