@@ -8,7 +8,9 @@ only writer); split out of `cache.manager` so that module keeps to placement.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 
 from cache.block_hash import BlockHash
 from cache.events import BlocksStored, EventCallback
@@ -103,8 +105,21 @@ def register_loaded(
     counted when its request is admitted). A block that failed leaves its tier's index
     (`submit` removes a corrupt one from the store); the HBM blocks registered are
     reported in one `BlocksStored` event."""
+    if len(statuses) != len(items):
+        raise ValueError(f"{len(statuses)} statuses for {len(items)} blocks")
+    if statuses.count(LoadStatus.OK) == len(statuses):  # all arrived: per load, not block
+        registered = pool.register_many(
+            list(map(itemgetter(1), items)), list(map(itemgetter(0), items))
+        )
+        if count:
+            for tier, num_hits in Counter(map(itemgetter(2), items)).items():
+                stats.tiers[tier].hit_blocks += num_hits
+                stats.hit_tokens[tier] += num_hits * pool.layout.block_size
+        if registered:
+            on_event(BlocksStored(Tier.HBM, tuple(registered)))
+        return len(items)
     num_ok = 0
-    registered: list[BlockHash] = []
+    registered = []
     hits = dict.fromkeys(index, 0)
     for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
         if status is not LoadStatus.OK:

@@ -293,9 +293,18 @@ class BlockDecoder:
     the pool's flat byte view) is done once here, not once per call, which matters when a
     job is decoded in pieces (it was ~6 µs per call, a third of a 16-block piece's
     checks). Thread-safe: calls share no mutable state (the pool's slots are the
-    caller's to keep apart). ``ValueError`` if ``out`` is not C-contiguous."""
+    caller's to keep apart). ``ValueError`` if ``out`` is not C-contiguous.
 
-    __slots__ = ("_out", "_shape", "_flat", "_width", "_head", "_tail", "_hsize", "_total")
+    Per block, one tight loop does one ``struct`` unpack of the header (its fixed part,
+    checksum and shape at once) and two bytes compares, one ``memcpy`` into the slot and
+    one checksum, through one xxh3 state per call (reset per block, not allocated):
+    14-17% less time per 16 KiB block than the former two slice compares, checksum
+    unpack and new xxh3 state per block (issue #11; 2.1 against 2.4 µs at best,
+    interleaved). A numpy compare over a piece's gathered headers was measured too and
+    was no faster at 64 blocks and 25% slower at 16: gathering the headers costs what
+    the one compare saves. The floor is the copy (~1.0 µs) and the checksum (~0.9)."""
+
+    __slots__ = ("_out", "_shape", "_flat", "_width", "_head", "_tail", "_header", "_total")
 
     def __init__(self, out: np.ndarray) -> None:
         if not out.flags.c_contiguous:
@@ -306,7 +315,9 @@ class BlockDecoder:
         self._flat = out.reshape(-1).view(np.uint8).data
         self._width = exp.total_size - exp.header_size
         self._head, self._tail = exp.head, exp.tail
-        self._hsize, self._total = exp.header_size, exp.total_size
+        # the header as (magic .. payload length, checksum, shape + padding)
+        self._header = struct.Struct(f"<{len(exp.head)}sQ{len(exp.tail)}s")
+        self._total = exp.total_size
 
     def __call__(
         self, bufs: Sequence[Buffer | None], keys: Sequence[bytes], slots: Sequence[int]
@@ -314,10 +325,15 @@ class BlockDecoder:
         """``decode_blocks(bufs, keys, out, slots)`` for this decoder's ``out``."""
         if not (len(bufs) == len(keys) == len(slots)):
             raise ValueError("bufs, keys and slots must have the same length")
-        flat, width = self._flat, self._width
-        checksum_at, fixed_end = _FIXED.size - 8, _FIXED.size
-        head, tail, hsize, total = self._head, self._tail, self._hsize, self._total
-        xxh3, stored_checksum = xxhash.xxh3_64, _CHECKSUM.unpack_from
+        flat, width, total = self._flat, self._width, self._total
+        head, tail, unpack, hsize = (
+            self._head,
+            self._tail,
+            self._header.unpack_from,
+            self._header.size,
+        )
+        hasher = xxhash.xxh3_64()
+        reset, update, digest = hasher.reset, hasher.update, hasher.intdigest
         ok: list[bool] = []
         append = ok.append
         for buf, key, slot in zip(bufs, keys, slots, strict=True):
@@ -325,23 +341,25 @@ class BlockDecoder:
                 append(False)
                 continue
             mv = buf if type(buf) is memoryview else memoryview(buf)  # LMDB's views as they are
-            if (
-                len(mv) == total
-                and mv.format == "B"
-                and mv[:checksum_at] == head
-                and mv[fixed_end:hsize] == tail
-            ):
-                dest = flat[slot * width : (slot + 1) * width]
-                dest[:] = mv[hsize:]
-                hasher = xxh3(key)
-                hasher.update(dest)  # hot in cache after the copy
-                append(hasher.intdigest() == stored_checksum(mv, checksum_at)[0])
-                continue
-            try:
-                view = _decode_checked(mv, self._shape, self._out.dtype, key)
-            except CorruptBlockError:
-                append(False)
-                continue
-            np.copyto(self._out[slot], view)
-            append(True)
+            if len(mv) == total == mv.nbytes:  # flat bytes, one whole block
+                stored_head, stored, stored_tail = unpack(mv)
+                if stored_head == head and stored_tail == tail:
+                    dest = flat[slot * width : (slot + 1) * width]
+                    dest[:] = mv[hsize:]
+                    reset()
+                    update(key)
+                    update(dest)  # hot in cache after the copy
+                    append(digest() == stored)
+                    continue
+            append(self._decode_checked(mv, key, slot))
         return ok
+
+    def _decode_checked(self, mv: memoryview, key: bytes, slot: int) -> bool:
+        """A block the fast compare rejected, through the checked decoder (so a block is
+        valid here exactly when ``decode_block`` accepts it); copied into `slot` if so."""
+        try:
+            view = _decode_checked(mv, self._shape, self._out.dtype, key)
+        except CorruptBlockError:
+            return False
+        np.copyto(self._out[slot], view)
+        return True

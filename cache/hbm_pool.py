@@ -186,6 +186,20 @@ class HbmBlockPool:
         self._hash[block_id] = block_hash
         return True
 
+    def register_many(
+        self, block_ids: Sequence[int], hashes: Sequence[BlockHash]
+    ) -> list[BlockHash]:
+        """`register` each `block_ids[i]` as `hashes[i]`, in order; returns the hashes
+        registered (one call per landed load, not per block)."""
+        cached, by_id = self._cached, self._hash
+        registered: list[BlockHash] = []
+        for block_id, block_hash in zip(block_ids, hashes, strict=True):
+            if block_hash not in cached and by_id[block_id] is None:
+                cached[block_hash] = block_id
+                by_id[block_id] = block_hash
+                registered.append(block_hash)
+        return registered
+
     def cached_blocks_newest_first(self) -> list[tuple[BlockHash, int]]:
         """Every registered block: those in use first, then the evictable ones from the
         most recently used (the next victim comes last). Changes nothing."""

@@ -69,15 +69,16 @@ class LoadBook:
                 return list(block_ids)
         raise KeyError(f"no load pending under {key!r}")
 
-    def land(self, ticket: int, loaded: Sequence[tuple[BlockHash, Tier]]) -> list[int]:
-        """The load is over with `loaded` (its leading blocks that arrived intact).
+    def land(self, ticket: int, loaded: Sequence[tuple[BlockHash, int, Tier]]) -> list[int]:
+        """The load is over with `loaded` (its leading items, (hash, HBM block, source
+        tier), that arrived intact).
 
         Returns the blocks to free now (a cancelled load's), else queues the hand-over."""
         pending = self._pending.pop(ticket)
         if pending.cancelled_blocks is not None:
             return pending.cancelled_blocks
         if pending.is_prefetch:
-            self._prefetched[pending.key] = dict(loaded)
+            self._prefetched[pending.key] = {h: t for h, _, t in loaded}
         self._landed.append(FinishedLoad(pending.key, len(loaded)))
         return []
 

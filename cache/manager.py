@@ -25,7 +25,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 
 import numpy as np
 
@@ -125,17 +126,21 @@ class CacheManager(PoolHandoff):
         Free of side effects (no statistics, no LRU touches): call it as often as needed.
         """
         hbm: list[int] = []
+        cached = self.pool.cached_block
         for block_hash in hashes[:max_blocks]:
-            block_id = self.pool.cached_block(block_hash)
+            block_id = cached(block_hash)
             if block_id is None:
                 break
             hbm.append(block_id)
         lower: list[tuple[BlockHash, Tier]] = []
+        indexes = list(self._index.items())  # a plain loop per block: this runs per step
         for block_hash in hashes[len(hbm) : max_blocks]:
-            tier = next((t for t, idx in self._index.items() if block_hash in idx), None)
-            if tier is None:
+            for tier, index in indexes:
+                if block_hash in index:
+                    lower.append((block_hash, tier))
+                    break
+            else:
                 break
-            lower.append((block_hash, tier))
         return PrefixHit(hbm, lower)
 
     def can_admit(self, hit: PrefixHit, num_new_blocks: int) -> bool:
@@ -165,7 +170,7 @@ class CacheManager(PoolHandoff):
         self.stats.query_tokens += num_query_tokens
         hbm_hashes = [self.pool.block_hash(b) for b in hit.hbm_block_ids]
         self._record_accesses([h for h in hbm_hashes if h is not None])
-        self._record_accesses([h for h, _ in hit.lower])
+        self._record_accesses(h for h, _ in hit.lower)  # lazy: "always" records nothing
         self._write_through(hit.hbm_block_ids)
         prefetched = self._loads.take_prefetched(key)  # each counts as a hit of its source
         for tier in (prefetched.get(h, Tier.HBM) if h else Tier.HBM for h in hbm_hashes):
@@ -326,8 +331,8 @@ class CacheManager(PoolHandoff):
         # Blocks about to be loaded are in use: make them the most recent in their tier
         # (deepest first, so parents stay more recent than children) before allocating,
         # whose spills may evict from that tier.
-        for block_hash, tier in reversed(hit.lower):
-            self._index[tier].touch(block_hash)
+        for tier, index in self._index.items():
+            index.touch_many([h for h, t in reversed(hit.lower) if t is tier])
         allocation = self.allocate(head + len(hit.lower) + num_new_blocks)
         if allocation is None:  # can_admit said it fits; the pool disagrees
             raise RuntimeError("HBM pool refused an allocation can_admit allowed")
@@ -407,9 +412,8 @@ class CacheManager(PoolHandoff):
         are reusable once this returns); the lane encodes and writes (see `StoreJob`)."""
         self._worker.submit(StoreJob(tier, keys, gather_blocks(self.pool.kv, block_ids)))
 
-    def _record_accesses(self, hashes: Sequence[BlockHash]) -> None:
-        for block_hash in hashes:
-            self._admission.record_access(block_hash)
+    def _record_accesses(self, hashes: Iterable[BlockHash]) -> None:
+        self._admission.record_accesses(hashes)
 
     def _write_through(self, block_ids: Sequence[int]) -> None:
         """Store HBM hits a write-through admission policy now admits (HBM keeps them)."""
@@ -513,14 +517,14 @@ class CacheManager(PoolHandoff):
             submit=self._worker.submit,
             on_event=self._on_event,
         )
-        self.pool.free(self._loads.land(ticket, [(h, t) for h, _, t in items[:num_ok]]))
+        self.pool.free(self._loads.land(ticket, items[:num_ok]))
 
     def _submit_load(
         self, ticket: int, items: list[tuple[BlockHash, int, Tier]], urgent: bool
     ) -> None:
         # From a tier the supervisor reports down, the load would only wait for its
         # deadline: abandon it at once (the request recomputes).
-        down = any(self.health[t].is_down for t in {t for _, _, t in items})
+        down = any(self.health[t].is_down for t in set(map(itemgetter(2), items)))
         guard = self._deadlines.add(ticket, items, now=down)
         self._worker.submit(LoadJob(ticket, items, guard, urgent))
 

@@ -85,6 +85,13 @@ class TierIndex:
         if block_hash in self._sizes:
             self._policy.touch(block_hash)
 
+    def touch_many(self, block_hashes: Sequence[BlockHash]) -> None:
+        """`touch` each of `block_hashes`, in order (one call per load, not per block)."""
+        touch, sizes = self._policy.touch, self._sizes
+        for block_hash in block_hashes:
+            if block_hash in sizes:
+                touch(block_hash)
+
     def remove(self, block_hash: BlockHash) -> bool:
         size = self._sizes.pop(block_hash, None)
         if size is None:

@@ -19,9 +19,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
+from typing import cast
 
 import numpy as np
 
@@ -188,15 +190,22 @@ class _Lane:
     def put(
         self,
         run: Callable[[], None] | None,
-        keys: frozenset[BlockHash] = frozenset(),
+        keys: Collection[BlockHash] = frozenset(),
         urgent: bool = False,
     ) -> None:
+        """Queue `run`, which touches the blocks `keys`. An urgent task's keys are only
+        compared with the tasks it passes now (no later task passes it), so they are
+        hashed into a set only when there is a task to pass."""
         with self._ready:
             i = len(self._tasks)
             if urgent:
+                if i and not isinstance(keys, frozenset):
+                    keys = frozenset(keys)
                 while i > 0 and _passable(self._tasks[i - 1], keys):
                     i -= 1
-            self._tasks.insert(i, _Task(run, keys, urgent))
+                self._tasks.insert(i, _Task(run, frozenset(), urgent))
+            else:
+                self._tasks.insert(i, _Task(run, frozenset(keys), urgent))
             self._ready.notify()
 
     def _run(self) -> None:
@@ -209,7 +218,7 @@ class _Lane:
             task.run()  # never raises: see TransferWorker._task
 
 
-def _passable(task: _Task, keys: frozenset[BlockHash]) -> bool:
+def _passable(task: _Task, keys: Collection[BlockHash]) -> bool:
     return task.run is not None and not task.urgent and task.keys.isdisjoint(keys)
 
 
@@ -377,8 +386,7 @@ class TransferWorker:
         # load queued behind it waits for one of them at most, not for the whole prefetch.
         step = len(job.items) if job.urgent else PREFETCH_TASK_BLOCKS
         chunks: list[tuple[Tier, list[int]]] = []
-        for tier in (Tier.DDR, Tier.FLASH):
-            indices = [i for i, item in enumerate(job.items) if item[2] is tier]
+        for tier, indices in _split_by_tier(job.items).items():
             chunks += [(tier, indices[j : j + step]) for j in range(0, len(indices), step)]
         parts = _Parts(job, len(chunks), post)
         if not chunks:
@@ -391,7 +399,8 @@ class TransferWorker:
                     self._load_from(tier, job, guard, indices, result)
                 return result
 
-            keys = frozenset(job.items[i][0] for i in indices)
+            items = job.items if len(indices) == len(job.items) else [job.items[i] for i in indices]
+            keys = list(map(itemgetter(0), items))
             self._lanes[tier].put(self._task(job, parts, part), keys, job.urgent)
 
     def _task(self, job: Job, parts: _Parts, fn: Callable[[], JobResult]) -> Callable[[], None]:
@@ -505,18 +514,23 @@ class TransferWorker:
         HBM slots and checksums them there. If the store fails part way, the pieces
         already copied count; the rest are reported as I/O errors (recomputed). Once the
         load is abandoned, no further piece is read (nor copied)."""
-        keys = [job.items[i][0] for i in indices]
-        slots = [job.items[i][1] for i in indices]
+        part = job.items if len(indices) == len(job.items) else [job.items[i] for i in indices]
+        keys = list(map(itemgetter(0), part))
+        slots = list(map(itemgetter(1), part))
         valid: list[int] = []  # in their slots, not yet arrived on the modelled link
         nbytes = 0
 
         def consume(first: int, bufs: list[Buffer | None]) -> None:
             nonlocal nbytes
-            piece = slice(first, first + len(bufs))
+            end = first + len(bufs)
             with guard.lock:  # see LoadGuard: never write a slot after abandonment
                 if guard.abandoned:
                     raise _Abandoned  # read no more pieces either
-                ok = self._decode(bufs, keys[piece], slots[piece])
+                ok = self._decode(bufs, keys[first:end], slots[first:end])
+                if all(ok):  # the common case, per piece: no per-block bookkeeping
+                    valid.extend(range(first, end))
+                    nbytes += sum(map(len, cast(list[Buffer], bufs)))
+                    return
                 for j, (good, buf) in enumerate(zip(ok, bufs, strict=True), first):
                     if good:
                         valid.append(j)
@@ -532,20 +546,43 @@ class TransferWorker:
             pass  # its statuses are the abandoning thread's now
         except TierError as exc:
             result.fail(tier, TierOp.LOAD, exc)
-            arrived = {indices[j] for j in valid}
+            landed = {indices[j] for j in valid}
             with guard.lock:
                 for i in indices:
-                    if guard.statuses[i] is LoadStatus.MISSING and i not in arrived:
+                    if guard.statuses[i] is LoadStatus.MISSING and i not in landed:
                         guard.statuses[i] = LoadStatus.IO_ERROR
         # The blocks arrive when the modelled link has carried them: a load abandoned at
         # its deadline before then recomputes them, as it would on the modelled device.
         self._charged(tier, nbytes, start, write=False)
         with guard.lock:
             if not guard.abandoned:
-                for j in valid:
-                    guard.statuses[indices[j]] = LoadStatus.OK
+                arrived = indices if len(valid) == len(indices) else [indices[j] for j in valid]
+                _mark_ok(guard.statuses, arrived)
         result.seconds[tier] = time.perf_counter() - start
         result.read_bytes[tier] = nbytes
+
+
+def _split_by_tier(items: list[tuple[BlockHash, int, Tier]]) -> dict[Tier, list[int]]:
+    """The indices of `items` by source tier, DDR first (a load from one tier, the
+    common case, takes no per-item Python)."""
+    tiers = set(map(itemgetter(2), items))
+    if len(tiers) == 1:
+        return {tiers.pop(): list(range(len(items)))}
+    return {
+        tier: [i for i, item in enumerate(items) if item[2] is tier]
+        for tier in (Tier.DDR, Tier.FLASH)
+        if tier in tiers
+    }
+
+
+def _mark_ok(statuses: list[LoadStatus], arrived: list[int]) -> None:
+    """Set `statuses[i]` OK for each `i` in `arrived` (ascending): one slice assignment
+    when they are a run, as a whole load from one tier is."""
+    if arrived and arrived[-1] - arrived[0] == len(arrived) - 1:
+        statuses[arrived[0] : arrived[-1] + 1] = [LoadStatus.OK] * len(arrived)
+        return
+    for i in arrived:
+        statuses[i] = LoadStatus.OK
 
 
 def job_op(job: Job) -> TierOp:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -44,6 +44,13 @@ class AdmissionPolicy(ABC):
 
     def record_access(self, key: Hashable) -> None:  # noqa: B027 (optional hook)
         """A request asked for ``key`` (hit or miss)."""
+
+    def record_accesses(self, keys: Iterable[Hashable]) -> None:
+        """``record_access`` for each of ``keys`` in order (a policy that records nothing
+        skips the per-block calls)."""
+        if type(self).record_access is not AdmissionPolicy.record_access:
+            for key in keys:
+                self.record_access(key)
 
     @abstractmethod
     def should_admit(self, key: Hashable) -> bool:

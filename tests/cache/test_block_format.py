@@ -199,3 +199,47 @@ def test_encode_blocks_is_encode_block_per_row(shape: tuple[int, ...], dtype: st
     assert encode_blocks(blocks[:0], []) == []
     with pytest.raises(ValueError):
         encode_blocks(blocks, keys[:4])
+
+
+@pytest.mark.parametrize("as_view", [False, True])
+def test_block_decoder_catches_damaged_blocks_in_the_middle_of_a_piece(as_view: bool) -> None:
+    """One decoder call over a 64-block piece (a flash load's piece): every block's
+    header and checksum are checked, whatever its neighbours, and the valid blocks land
+    byte for byte (issue #11's per-piece decoder, one xxh3 state reset per block)."""
+    from cache.block_format import BlockDecoder, encode_blocks
+
+    rng = np.random.default_rng(11)
+    shape = (4, 2, 16, 2, 32)  # tiny-llama's 16 KiB block
+    blocks = rng.standard_normal((64, *shape)).astype(np.float16)
+    keys = [bytes([i]) * 32 for i in range(64)]
+    encoded = [bytearray(b) for b in encode_blocks(blocks, keys)]
+    encoded[31][-5] ^= 0x10  # payload damaged
+    encoded[40][24] ^= 1  # stored shape
+    encoded[10][16] ^= 1  # stored checksum
+    encoded[2][0] ^= 1  # magic
+    wrong_key = list(keys)
+    wrong_key[50] = b"x" * 32  # a valid block under another key
+    bad = {2, 10, 31, 40, 50}
+    bufs: list[bytes | memoryview | None] = [
+        memoryview(bytes(b)) if as_view else bytes(b) for b in encoded
+    ]
+    pool = np.zeros((70, *shape), np.float16)
+    slots = [69 - i for i in range(64)]
+    decode = BlockDecoder(pool)
+    for _ in range(2):  # a decoder is reused across calls (a transfer lane keeps one)
+        pool[:] = 0
+        assert decode(bufs, wrong_key, slots) == [i not in bad for i in range(64)]
+        for i in range(64):
+            if i not in bad:
+                assert pool[slots[i]].tobytes() == blocks[i].tobytes()
+        assert not pool[slots[2]].any() and not pool[slots[40]].any()  # header: no copy
+
+
+def test_block_decoder_reads_a_view_of_wider_items_as_its_bytes() -> None:
+    from cache.block_format import BlockDecoder
+
+    block = sample((2, 4), "float16")
+    out = np.zeros((1, 2, 4), np.float16)
+    view = memoryview(encode_block(block, key=b"k")).cast("H")  # not flat bytes
+    assert BlockDecoder(out)([view], [b"k"], [0]) == [True]
+    assert out[0].tobytes() == block.tobytes()

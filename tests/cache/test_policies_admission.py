@@ -28,6 +28,18 @@ def test_contract_a_block_never_seen_is_not_admitted(name):
     assert not policy.should_admit(1)  # seen once is not enough either
 
 
+@pytest.mark.parametrize("name", sorted(ADMISSION_POLICIES))
+def test_contract_record_accesses_is_record_access_per_key(name):
+    """The batched form (one call per admitted request) decides as the per-key calls do."""
+    one, batched = make_admission_policy(name, 16), make_admission_policy(name, 16)
+    keys = [bytes([i % 3]) * 32 for i in range(7)]
+    for key in keys:
+        one.record_access(key)
+    batched.record_accesses(iter(keys))  # any iterable, read once
+    probes = [bytes([i]) * 32 for i in range(4)]
+    assert [batched.should_admit(k) for k in probes] == [one.should_admit(k) for k in probes]
+
+
 def test_always_admits_anything():
     assert make_admission_policy("always", 1).should_admit(123)
 

@@ -61,3 +61,23 @@ def test_a_demotion_read_is_not_passed_by_later_urgent_loads():
         ("load c", {"c"}, True),
     ]
     assert run_order(tasks) == ["load a", "demote read d", "load b", "load c"]
+
+
+def test_an_urgent_load_given_its_keys_as_a_list_passes_and_waits_alike():
+    """A load hands its lane a list of keys (hashed into a set only when there is a
+    queued task to pass): the order is the same as with a set."""
+    lane = _Lane(Tier.DDR)
+    gate, done = threading.Event(), threading.Event()
+    order: list[str] = []
+    lane.put(gate.wait)
+    lane.put(lambda: order.append("spill a"), frozenset([key("a")]))
+    lane.put(lambda: order.append("spill b"), frozenset([key("b")]))
+    lane.put(lambda: order.append("load b"), [key("y"), key("b")], urgent=True)
+    lane.put(lambda: order.append("spill c"), frozenset([key("c")]))
+    lane.put(lambda: order.append("load z"), [key("z")], urgent=True)
+    lane.put(done.set)
+    gate.set()
+    assert done.wait(30)
+    lane.put(None)
+    lane.thread.join(30)
+    assert order == ["spill a", "spill b", "load b", "load z", "spill c"]

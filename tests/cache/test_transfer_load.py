@@ -200,3 +200,36 @@ def test_an_abandoned_redis_load_reads_no_further_piece(
     finally:
         tier.close()
         server.stop()
+
+
+def test_a_load_from_two_tiers_lands_each_block_and_flags_only_the_bad_one(
+    tmp_path: Path,
+) -> None:
+    """A job whose blocks alternate between two tiers runs one part per lane; each
+    block's status is its own (the lane marks a non-contiguous run of arrivals)."""
+    with (
+        LmdbTier(tmp_path / "a", 16 << 20, "ddr") as ddr,
+        LmdbTier(tmp_path / "b", 16 << 20, "flash") as flash,
+    ):
+        keys, blocks = _store(flash, 6)
+        for i in (0, 2, 4):  # the even blocks live in the other tier
+            ddr.put(keys[i], flash.get(keys[i]) or b"")
+        with flash._env.begin(db=flash._db, write=True) as txn:  # damage block 3
+            stored = txn.get(keys[3])
+            assert stored is not None
+            damaged = bytearray(stored)
+            damaged[-1] ^= 0xFF
+            txn.put(keys[3], bytes(damaged))
+        pool = np.zeros((6, *LAYOUT.block_shape), LAYOUT.np_dtype)
+        worker = TransferWorker({Tier.DDR: ddr, Tier.FLASH: flash}, LAYOUT, pool)
+        try:
+            items = [(k, 5 - i, Tier.DDR if i % 2 == 0 else Tier.FLASH) for i, k in enumerate(keys)]
+            worker.submit(LoadJob(1, items, LoadGuard(6)))
+            assert worker.wait_idle(30)
+            (result,) = worker.poll()
+        finally:
+            worker.close()
+    ok, corrupt = LoadStatus.OK, LoadStatus.CORRUPT
+    assert result.statuses == [ok, ok, ok, corrupt, ok, ok]
+    for i in (0, 1, 2, 4, 5):
+        assert pool[5 - i].tobytes() == blocks[i].tobytes()
