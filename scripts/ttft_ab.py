@@ -1,6 +1,6 @@
 """Hit TTFT of several builds side by side: HBM, DDR and flash hits, interleaved.
 
-`python scripts/ttft_ab.py --build new=. --build old=/path/to/checkout
+`python scripts/ttft_ab.py --build old=/path/to/checkout --build new=.
 [--lengths 1k,8k] [--rounds 12] [--out results/ttft_ab.json]`
 
 `tierkv-load bench ttft` measures one server; comparing two commits with it means two
@@ -18,7 +18,8 @@ over the cached rest, as in `bench ttft`):
 
 Prints per build and length the median TTFT of each hit, the per-round ratios DDR ÷ HBM
 and flash ÷ HBM (median, min-max), and, for every build after the first, its DDR-hit
-TTFT over the first build's per round. Writes every sample to ``--out``.
+TTFT over the first build's per round (so name the reference first). Writes every
+sample to ``--out``.
 """
 
 from __future__ import annotations

@@ -240,6 +240,14 @@ def test_block_decoder_reads_a_view_of_wider_items_as_its_bytes() -> None:
 
     block = sample((2, 4), "float16")
     out = np.zeros((1, 2, 4), np.float16)
-    view = memoryview(encode_block(block, key=b"k")).cast("H")  # not flat bytes
-    assert BlockDecoder(out)([view], [b"k"], [0]) == [True]
-    assert out[0].tobytes() == block.tobytes()
+    enc = encode_block(block, key=b"k")
+    views = [
+        memoryview(enc).cast("H"),  # not flat bytes
+        memoryview(enc).cast("b"),  # bytes of another format
+        memoryview(enc).cast("c"),
+        memoryview(np.frombuffer(enc, np.uint8).reshape(-1, 1)),  # 2-D
+    ]
+    for view in views:
+        out[:] = 0
+        assert BlockDecoder(out)([view], [b"k"], [0]) == [True], (view.format, view.shape)
+        assert out[0].tobytes() == block.tobytes()
