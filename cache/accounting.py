@@ -107,41 +107,29 @@ def register_loaded(
     reported in one `BlocksStored` event."""
     if len(statuses) != len(items):
         raise ValueError(f"{len(statuses)} statuses for {len(items)} blocks")
-    if statuses.count(LoadStatus.OK) == len(statuses):  # all arrived: per load, not block
-        registered = pool.register_many(
-            list(map(itemgetter(1), items)), list(map(itemgetter(0), items))
-        )
-        if count:
-            for tier, num_hits in Counter(map(itemgetter(2), items)).items():
-                stats.tiers[tier].hit_blocks += num_hits
-                stats.hit_tokens[tier] += num_hits * pool.layout.block_size
-        if registered:
-            on_event(BlocksStored(Tier.HBM, tuple(registered)))
-        return len(items)
-    num_ok = 0
-    registered = []
-    hits = dict.fromkeys(index, 0)
-    for (block_hash, block_id, tier), status in zip(items, statuses, strict=True):
-        if status is not LoadStatus.OK:
-            # The prefix ends here. Later blocks may be fine, but their tokens are
-            # recomputed into these slots, so they are not registered.
-            if not completed:
-                break  # abandoned: the block may be fine, only slow; keep its entry
-            index[tier].remove(block_hash)
-            stats.tiers[tier].miss_blocks += 1
-            if status is LoadStatus.CORRUPT:
-                stats.tiers[tier].checksum_failures += 1
-                submit(RemoveJob(tier, [block_hash]))
-            elif status is LoadStatus.MISSING:  # the store lost it behind our back
-                stats.tiers[tier].index_repairs += 1
-            break
-        if pool.register(block_id, block_hash):
-            registered.append(block_hash)
-        hits[tier] += 1
-        num_ok += 1
-    for tier, num_hits in hits.items() if count else ():
-        stats.tiers[tier].hit_blocks += num_hits
-        stats.hit_tokens[tier] += num_hits * pool.layout.block_size
+    num_ok = len(items)
+    if statuses.count(LoadStatus.OK) != num_ok:  # per load, not per block, when all arrived
+        num_ok = next(i for i, status in enumerate(statuses) if status is not LoadStatus.OK)
+    landed = items[:num_ok]
+    registered = pool.register_many(
+        list(map(itemgetter(1), landed)), list(map(itemgetter(0), landed))
+    )
+    if count:
+        for tier, num_hits in Counter(map(itemgetter(2), landed)).items():
+            stats.tiers[tier].hit_blocks += num_hits
+            stats.hit_tokens[tier] += num_hits * pool.layout.block_size
+    if num_ok < len(items) and completed:
+        # The prefix ends here. Later blocks may be fine, but their tokens are recomputed
+        # into these slots, so they are not registered. (Abandoned: the block may be
+        # fine, only slow; its entry stays.)
+        block_hash, _, tier = items[num_ok]
+        index[tier].remove(block_hash)
+        stats.tiers[tier].miss_blocks += 1
+        if statuses[num_ok] is LoadStatus.CORRUPT:
+            stats.tiers[tier].checksum_failures += 1
+            submit(RemoveJob(tier, [block_hash]))
+        elif statuses[num_ok] is LoadStatus.MISSING:  # the store lost it behind our back
+            stats.tiers[tier].index_repairs += 1
     if registered:
         on_event(BlocksStored(Tier.HBM, tuple(registered)))
     return num_ok

@@ -180,11 +180,7 @@ class HbmBlockPool:
         Returns False (and leaves the block private) if another block already caches
         that hash, e.g. two requests computed the same prefix at the same time.
         """
-        if block_hash in self._cached or self._hash[block_id] is not None:
-            return False
-        self._cached[block_hash] = block_id
-        self._hash[block_id] = block_hash
-        return True
+        return bool(self.register_many((block_id,), (block_hash,)))
 
     def register_many(
         self, block_ids: Sequence[int], hashes: Sequence[BlockHash]

@@ -217,11 +217,7 @@ class CacheManager(PoolHandoff):
 
     def commit(self, block_ids: Sequence[int], hashes: Sequence[BlockHash]) -> None:
         """Register computed full blocks so later requests can reuse them."""
-        stored = [
-            block_hash
-            for block_id, block_hash in zip(block_ids, hashes, strict=True)
-            if self.pool.register(block_id, block_hash)
-        ]
+        stored = self.pool.register_many(block_ids, hashes)
         if stored:
             self._on_event(BlocksStored(Tier.HBM, tuple(stored)))
         self._record_accesses(hashes)

@@ -194,18 +194,20 @@ class _Lane:
         urgent: bool = False,
     ) -> None:
         """Queue `run`, which touches the blocks `keys`. An urgent task's keys are only
-        compared with the tasks it passes now (no later task passes it), so they are
-        hashed into a set only when there is a task to pass."""
+        compared with the queued tasks it passes now (no later task passes it), so they
+        are hashed into a set only if tasks are queued; keys are hashed before the lane's
+        lock is taken (the queue is peeked without it: a stale answer costs speed only,
+        `isdisjoint` takes any collection)."""
+        if not urgent or (self._tasks and not isinstance(keys, frozenset)):
+            keys = frozenset(keys)  # kept by a non-urgent task: later urgent ones compare
         with self._ready:
             i = len(self._tasks)
             if urgent:
-                if i and not isinstance(keys, frozenset):
-                    keys = frozenset(keys)
                 while i > 0 and _passable(self._tasks[i - 1], keys):
                     i -= 1
                 self._tasks.insert(i, _Task(run, frozenset(), urgent))
             else:
-                self._tasks.insert(i, _Task(run, frozenset(keys), urgent))
+                self._tasks.insert(i, _Task(run, frozenset(keys), urgent))  # a set already: no copy
             self._ready.notify()
 
     def _run(self) -> None:
