@@ -56,12 +56,13 @@ DEFAULT_WIDE_CONTEXT_BYTES = 512 << 20
 
 @dataclass(frozen=True, slots=True)
 class _Patches:
-    """Decode rows whose new token goes into a kept `WideContext` row: their
-    `WideContext` rows, and the pool block and slot each writes."""
+    """Decode rows whose new token goes into a kept `WideContext` row: their rows in
+    the batch and in `WideContext`, the token's position and the pool block it goes to."""
 
+    batch_rows: np.ndarray
     rows: np.ndarray
+    positions: np.ndarray
     blocks: np.ndarray
-    offsets: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,13 +275,13 @@ class Model:
             write_tokens(kv_pool, slot_blocks, slot_offsets, layer_idx, new_kv)
             if generation is not None and patches is not None:
                 self._wide.patch(
-                    kv,
                     generation,
                     layer_idx,
                     patches.rows,
+                    patches.positions,
                     patches.blocks,
-                    patches.offsets,
                     before,
+                    new_kv[patches.batch_rows],
                 )
             attn = self._attention(batch, decode_groups, q, kv, generation, layer_idx)
             x = x + linear(attn, lw.wo)
@@ -357,9 +358,10 @@ class Model:
             starts = np.cumsum([0] + [len(c.token_ids) for c in batch[:-1]])
             batch_rows = starts[[i for _, i in cached]]
             patches = _Patches(
+                batch_rows=batch_rows,
                 rows=np.array([r for r, _ in cached], dtype=np.int64),
+                positions=np.array([batch[i].start_pos for _, i in cached], dtype=np.int64),
                 blocks=slot_blocks[batch_rows],
-                offsets=np.array([batch[i].start_pos % block_size for _, i in cached]),
             )
         return groups, patches
 

@@ -115,33 +115,36 @@ class WideContext:
 
     def patch(
         self,
-        kv_pool: np.ndarray,
         generation: np.ndarray,
         layer_idx: int,
         rows: np.ndarray,
+        positions: np.ndarray,
         blocks: np.ndarray,
-        offsets: np.ndarray,
         before: np.ndarray,
+        values: np.ndarray,
     ) -> None:
-        """Copy in the tokens the model just wrote: for each i, slot `offsets[i]` of pool
-        block `blocks[i]`, a block of row `rows[i]`'s context, whose generation was
+        """Copy in the tokens the model just wrote: for each i, `values[i]` (K and V,
+        `(2, kvh, hd)` in the pool's dtype, the bytes written) at context position
+        `positions[i]` of row `rows[i]`, in pool block `blocks[i]`, whose generation was
         `before[i]` just before that write (and no other write since). A column holding
-        that block at that generation takes the new token and the block's current
+        that block at that generation takes the token and the block's current
         generation; others are left for `gather` to re-widen."""
         slab = self._slabs[layer_idx]
         if slab is None or rows.size == 0:
             return
-        # The column of each row holding the block (a decode writes its last block).
-        hit = slab.block[rows] == blocks[:, None]
-        hit &= slab.generation[rows] == before[:, None]
-        which, cols = np.nonzero(hit)
-        if which.size == 0:
+        bs = slab.k_wide.shape[4]
+        cols, offsets = np.divmod(positions, bs)
+        fits = cols < slab.block.shape[1]
+        cols = np.minimum(cols, slab.block.shape[1] - 1)
+        hit = fits & (slab.block[rows, cols] == blocks) & (slab.generation[rows, cols] == before)
+        if not hit.all():
+            rows, cols, offsets = rows[hit], cols[hit], offsets[hit]
+            blocks, values = blocks[hit], values[hit]
+        if rows.size == 0:
             return
-        r, b, o = rows[which], blocks[which], offsets[which]
-        fresh = kv_pool[b, layer_idx, :, o]  # (n, 2, kvh, hd)
-        slab.k_wide[r, :, :, cols, o] = widen(fresh[:, 0])
-        slab.v_wide[r, :, cols, o] = widen(fresh[:, 1], np.float64)
-        slab.generation[r, cols] = generation[b, layer_idx]
+        slab.k_wide[rows, :, :, cols, offsets] = widen(values[:, 0])
+        slab.v_wide[rows, :, cols, offsets] = widen(values[:, 1], np.float64)
+        slab.generation[rows, cols] = generation[blocks, layer_idx]
 
     def gather(
         self,
