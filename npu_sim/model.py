@@ -491,11 +491,12 @@ def _verify(
     k_t: np.ndarray, v: np.ndarray, kv_pool: np.ndarray, layer_idx: int, group: _DecodeGroup
 ) -> None:
     """Raise `RuntimeError` unless kept contexts equal a widening from scratch, bit for
-    bit (K within each context; V everywhere, zero past it)."""
+    bit, within each context, and V is finite past it (its weights there are 0)."""
     k_ref, v_ref = _gather_table(kv_pool, layer_idx, group.table, group.ctx, np.float32)
     for b, n in enumerate(group.ctx):
         same_k = k_t[b, ..., :n].tobytes() == k_ref[b, ..., :n].tobytes()
-        if not same_k or v[b].tobytes() != v_ref[b].tobytes():
+        same_v = v[b, :, :n].tobytes() == v_ref[b, :, :n].tobytes()
+        if not same_k or not same_v or not np.isfinite(v[b, :, n:]).all():
             raise RuntimeError(
                 f"kept context of layer {layer_idx} differs from the pool's bytes "
                 f"(sequence of block {int(group.table[b, 0])}, {n} tokens)"

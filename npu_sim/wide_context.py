@@ -14,7 +14,8 @@ wrote into a column it holds is copied in (`patch`) instead of re-widening the b
 
 Why this is exact: a column is used only if its block was not written since it was
 widened (or since its last patch), so its values are those the pool's bytes widen to;
-V past each context is set to exactly 0 every step. So the attention inputs, and so the
+V past each context is finite (zeroed where pool bytes were widened, else a value the
+model wrote), and its weights there are exactly 0. So the attention inputs, and so the
 result bits, are exactly those of widening from scratch. (Before, every step compared
 the pool's bytes with a kept copy: ~21% of a batch-32 step.) `verify` still compares
 with a widening from scratch, for tests and debugging (`Model(verify_wide_context=True)`).
@@ -156,7 +157,9 @@ class WideContext:
         ctx: Sequence[int],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows [first_row, first_row + len(ctx)) as K (B, kvh, hd, T) float32 and V
-        (B, kvh, T, hd) float64, like `model._gather` (V zero past each context).
+        (B, kvh, T, hd) float64, like `model._gather`: the same values within each
+        context; past it V is finite (0, or a token this row held before), which is all
+        `attend` needs (its weights there are exactly 0).
 
         table: (B, nb) pool block ids, nb <= `num_block_columns()`, padded with any
         valid id; ctx: each sequence's context length (tokens); generation: the pool's
@@ -185,13 +188,17 @@ class WideContext:
             slab.v_wide[b_idx + first_row, :, j_idx] = v_wide
             slab.block[b_idx + first_row, j_idx] = blocks
             slab.generation[b_idx + first_row, j_idx] = now[b_idx, j_idx]
-        for b, n in enumerate(ctx):  # positions past the context: V must be exactly 0
+        # Positions past the context: V must be exactly 0. A kept column is zero past the
+        # context it was widened for and takes only tokens inside the context (`patch`),
+        # so only a last column widened just now, and padding, need zeroing.
+        for b, j in zip(b_idx.tolist(), j_idx.tolist(), strict=True):
+            n = ctx[b]
+            if j == n // bs and n % bs:
+                slab.v_wide[first_row + b, :, j, n % bs :] = 0
+        for b in np.flatnonzero(used < nb).tolist():
             row = first_row + b
-            if n % bs:
-                slab.v_wide[row, :, n // bs, n % bs :] = 0
-            if used[b] < nb:
-                slab.v_wide[row, :, used[b] : nb] = 0
-                slab.block[row, used[b] : nb] = -1  # zeros now, not the block's values
+            slab.v_wide[row, :, used[b] : nb] = 0
+            slab.block[row, used[b] : nb] = -1  # zeros now, not the block's values
         kvh, hd = kv_pool.shape[4], kv_pool.shape[5]
         k_t = slab.k_wide[rows, :, :, :nb].reshape(bsz, kvh, hd, nb * bs)
         v = slab.v_wide[rows, :, :nb].reshape(bsz, kvh, nb * bs, hd)

@@ -201,3 +201,16 @@ def test_a_full_cache_grows_its_columns_in_steps_not_every_block(model: Model) -
 def test_negative_budget_is_rejected() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         WideContext(2, -1)
+
+
+def test_a_context_that_shrinks_in_a_kept_row_matches(
+    tiny_config: ModelConfig, uncached: Model
+) -> None:
+    """Decoding an earlier position again (the engine redoing a step) leaves tokens past
+    the new context in the kept row: finite, weighted 0, so the bits do not change."""
+    cached = _cached(tiny_config)
+    pool, tables = _prefilled(cached, 2)
+    for step in range(3):
+        _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1]))
+    for step in (1, 0, 1, 2, 3):
+        _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1]))
