@@ -424,11 +424,44 @@ class Model:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validate the batch; return token ids, absolute positions and pool block per row."""
         num_blocks, block_size = kv_pool.shape[0], kv_pool.shape[3]
+        vocab = self._config.vocab_size
         ids, positions, blocks = [], [], []
+        # Decodes in plain Python (numpy calls cost more than the work for one token),
+        # collected into one array per run of consecutive decodes.
+        run_ids: list[int] = []
+        run_pos: list[int] = []
+        run_blocks: list[int] = []
+
+        def flush() -> None:
+            if run_ids:
+                ids.append(np.array(run_ids, dtype=np.int64))
+                positions.append(np.array(run_pos, dtype=np.int64))
+                blocks.append(np.array(run_blocks, dtype=np.int64))
+                run_ids.clear()
+                run_pos.clear()
+                run_blocks.clear()
+
         for chunk in batch:
             n = len(chunk.token_ids)
             if n == 0 or chunk.start_pos < 0:
                 raise ValueError("a chunk needs >= 1 token and start_pos >= 0")
+            if n == 1:
+                token, start = int(chunk.token_ids[0]), int(chunk.start_pos)
+                if not 0 <= token < vocab:
+                    raise ValueError("token id outside the vocabulary")
+                num_needed = start // block_size + 1
+                if len(chunk.block_table) < num_needed:
+                    raise ValueError(
+                        f"block table covers {len(chunk.block_table)} blocks, need {num_needed}"
+                    )
+                needed = [int(b) for b in chunk.block_table[:num_needed]]
+                if min(needed) < 0 or max(needed) >= num_blocks:
+                    raise ValueError("block id outside the KV pool")
+                run_ids.append(token)
+                run_pos.append(start)
+                run_blocks.append(needed[-1])
+                continue
+            flush()
             chunk_ids = np.asarray(chunk.token_ids, dtype=np.int64)
             if chunk_ids.min() < 0 or chunk_ids.max() >= self._config.vocab_size:
                 raise ValueError("token id outside the vocabulary")
@@ -442,6 +475,7 @@ class Model:
             ids.append(chunk_ids)
             positions.append(pos)
             blocks.append(table[pos // block_size])
+        flush()
         all_pos, all_blocks = np.concatenate(positions), np.concatenate(blocks)
         slots = all_blocks * block_size + all_pos % block_size
         if np.unique(slots).shape[0] != slots.shape[0]:
