@@ -47,9 +47,8 @@ def _round(manager: CacheManager, batch: int, rng: np.random.Generator) -> tuple
     ids = manager.allocate(num)
     if ids is None:
         raise RuntimeError("HBM pool is not free at the start of a round")
-    manager.kv[ids] = rng.integers(0, 1 << 15, manager.kv[ids].shape, dtype=np.uint16).view(
-        manager.kv.dtype
-    )
+    noise = rng.integers(0, 1 << 15, manager.kv[ids].shape, dtype=np.uint16)
+    manager.pool.write_blocks(ids, noise.view(manager.kv.dtype))
     manager.commit(ids, [BlockHash(rng.bytes(16)) for _ in ids])
     manager.free(ids)
     spill = 0.0

@@ -104,7 +104,7 @@ def _stage(manager: CacheManager, chains: list[list[BlockHash]], seed: int) -> N
         if ids is None:
             raise RuntimeError("HBM too small to stage the blocks")
         shape = (len(ids), *layout.block_shape)
-        manager.kv[ids] = rng.standard_normal(shape).astype(layout.np_dtype)
+        manager.pool.write_blocks(ids, rng.standard_normal(shape).astype(layout.np_dtype))
         manager.commit(ids, hashes)
         manager.free(ids)
     manager.offload(Tier.HBM)

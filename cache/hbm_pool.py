@@ -14,20 +14,33 @@ manager can spill its bytes before anyone writes into the slot.
 Threading: owned by the engine thread. The transfer thread may write KV bytes into
 slots that are in use by a request that is loading (refcount > 0, hash not registered),
 which nobody else reads or writes until the load has finished.
+
+Counted writes (the `npu_sim.kv_pool.KVPool` protocol, implemented here without
+importing npu_sim): the pool keeps the only writable array of the KV bytes privately.
+`kv` is a read-only view, so any write that does not go through `write_tokens`,
+`write_blocks` or a `block_decoder()` raises. Each of those bumps
+`generation[block, layer]` after writing the bytes (under a lock: lanes and the engine
+write at once), so the model can keep widened copies of blocks and trust them while
+their generation holds.
 """
 
 from __future__ import annotations
 
 import mmap
+import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from cache.block_format import BlockDecoder
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
 from cache.policies.eviction import make_policy
+from cache.tiers.base import Buffer
+
+_Bump = Callable[[Sequence[int] | np.ndarray, int | None], None]
 
 
 def _resident_zeros(nbytes: int) -> mmap.mmap:
@@ -63,14 +76,60 @@ class HbmBlockPool:
         self.layout = layout
         self.num_blocks = num_blocks
         self._memory = _resident_zeros(num_blocks * layout.block_bytes)
-        self.kv = np.frombuffer(self._memory, dtype=layout.np_dtype).reshape(
+        self._kv = np.frombuffer(self._memory, dtype=layout.np_dtype).reshape(
             num_blocks, *layout.block_shape
         )
+        self._kv_view = _read_only(self._kv)
+        self._generation = np.zeros((num_blocks, layout.num_layers), dtype=np.int64)
+        self._generation_view = _read_only(self._generation)
+        self._generation_lock = threading.Lock()
         self._refcount = [0] * num_blocks
         self._hash: list[BlockHash | None] = [None] * num_blocks
         self._cached: dict[BlockHash, int] = {}
         self._free: deque[int] = deque(range(num_blocks))
         self._evictable = make_policy(eviction_policy)
+
+    # -- KV bytes and counted writes -----------------------------------------------------
+
+    @property
+    def kv(self) -> np.ndarray:
+        """The KV bytes `[num_blocks, *layout.block_shape]`, read-only (see module doc)."""
+        return self._kv_view
+
+    @property
+    def generation(self) -> np.ndarray:
+        """Read-only int64 `(num_blocks, num_layers)`, bumped after every write to a
+        block's layer; never decreases. Always the same array object."""
+        return self._generation_view
+
+    def write_tokens(
+        self, blocks: np.ndarray, offsets: np.ndarray, layer: int | None, values: np.ndarray
+    ) -> None:
+        """`kv[blocks, layer, :, offsets] = values` (`layer` None: every layer), then bump
+        the written blocks' generations (the model's per-token writes)."""
+        if layer is None:
+            self._kv[blocks, :, :, offsets] = values
+        else:
+            self._kv[blocks, layer, :, offsets] = values
+        self._bump(blocks, layer)
+
+    def write_blocks(self, blocks: Sequence[int] | np.ndarray, values: np.ndarray) -> None:
+        """`kv[blocks] = values` (whole blocks), then bump their generations."""
+        self._kv[blocks] = values
+        self._bump(blocks, None)
+
+    def block_decoder(self) -> BlockDecoder:
+        """A `BlockDecoder` into this pool that bumps the generations of the slots it was
+        asked to fill after each call (also of slots it rejected: harmless). Thread-safe
+        like `BlockDecoder`."""
+        return _CountingDecoder(self._kv, self._bump)
+
+    def _bump(self, blocks: Sequence[int] | np.ndarray, layer: int | None) -> None:
+        with self._generation_lock:
+            if layer is None:
+                self._generation[blocks] += 1
+            else:
+                self._generation[blocks, layer] += 1
 
     # -- queries -------------------------------------------------------------------------
 
@@ -215,3 +274,27 @@ class HbmBlockPool:
             self._free.append(block_id)
             evicted.append((block_hash, block_id))
         return evicted
+
+
+class _CountingDecoder(BlockDecoder):
+    """`BlockDecoder` that counts its writes (`HbmBlockPool.block_decoder`)."""
+
+    __slots__ = ("_bump",)
+
+    def __init__(self, out: np.ndarray, bump: _Bump) -> None:
+        super().__init__(out)
+        self._bump = bump
+
+    def __call__(
+        self, bufs: Sequence[Buffer | None], keys: Sequence[bytes], slots: Sequence[int]
+    ) -> list[bool]:
+        try:
+            return super().__call__(bufs, keys, slots)
+        finally:  # after the bytes: a reader that saw the old generation looks again
+            self._bump(np.asarray(slots, dtype=np.int64), None)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -107,7 +107,12 @@ class CacheManager(PoolHandoff):
         self.health: dict[Tier, TierHealth] = {t: TierHealth() for t in (Tier.DDR, Tier.FLASH)}
         self._notify = notify
         self._worker = TransferWorker(
-            self._stores, layout, self.pool.kv, notify, lambda t: self.health[t].is_down, charge
+            self._stores,
+            layout,
+            self.pool.block_decoder(),
+            notify,
+            lambda t: self.health[t].is_down,
+            charge,
         )
         self._loads = LoadBook()  # from submission until poll() hands them over
         self._deadlines = LoadDeadlines(config.reload_timeout_s, notify)

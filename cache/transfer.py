@@ -299,21 +299,23 @@ class TransferWorker:
         self,
         tiers: dict[Tier, StorageTier],
         layout: KVLayout,
-        kv_pool: np.ndarray,
+        kv_pool: np.ndarray | BlockDecoder,
         notify: Callable[[], None] = lambda: None,
         is_down: Callable[[Tier], bool] = lambda tier: False,
         charge: TransferCharge | None = None,
     ) -> None:
         """`charge(tier, stored_bytes, started, write)` is called on the lane after every
         successful read from or write to a tier, with `time.perf_counter()` at the start;
-        it may sleep (the server paces lanes to the modelled link, see npu_sim.links)."""
+        it may sleep (the server paces lanes to the modelled link, see npu_sim.links).
+        `kv_pool`: the HBM pool reloads land in, or a decoder into it (the manager passes
+        `HbmBlockPool.block_decoder()`, which counts the writes)."""
         self._charge = charge
         self._tiers = tiers
         self._layout = layout
         self._notify = notify
         self._is_down = is_down
         self._lanes = {tier: _Lane(tier) for tier in tiers}
-        self._decode = BlockDecoder(kv_pool)
+        self._decode = kv_pool if isinstance(kv_pool, BlockDecoder) else BlockDecoder(kv_pool)
         # DDR in small pieces, pipelined (see READ_PIECE_BYTES); flash reads the whole job
         # in one transaction either way, and a piece costs a lock and a decode call.
         self._pieces = {

@@ -8,9 +8,11 @@ Reports, in CPU seconds of one BLAS thread (the model's default):
   the fraction of the sgemm rate that makes;
 * decode tokens/s at each `--decode-batches` size over `--context` tokens of context.
 
-It only imports `npu_sim.model` and `npu_sim.model_config`, so the same file can time an
-older checkout: `PYTHONPATH=/path/to/old python npu_sim/bench.py` (run alternately with
-the new code to compare side by side on a noisy machine).
+It only imports `npu_sim.model` and `npu_sim.model_config` (and `npu_sim.kv_pool` where
+it exists: pools are counted `KVBlockPool`s, as the server's are; a checkout without it
+gets bare arrays), so the same file can time an older checkout:
+`PYTHONPATH=/path/to/old python npu_sim/bench.py` (run alternately with the new code to
+compare side by side on a noisy machine).
 
 `--baseline PATH` compares side by side: it runs this benchmark `--rounds` times on this
 code and on the package root at PATH (e.g. a worktree of an older commit), alternating
@@ -33,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -41,6 +44,21 @@ from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import get_model_config
 
 BLOCK_SIZE = 16
+
+
+def _new_pool(model: Model, num_blocks: int) -> Any:
+    """A zeroed fp16 pool: a counted `KVBlockPool` where this checkout has one (as the
+    server's HBM pool is), else a bare array."""
+    shape = model.kv_pool_shape(num_blocks, BLOCK_SIZE)
+    try:
+        from npu_sim.kv_pool import KVBlockPool
+    except ImportError:  # an older checkout
+        return np.zeros(shape, dtype=np.float16)
+    return KVBlockPool(shape, np.float16)
+
+
+def _pool_bytes(pool: Any) -> bytes:
+    return bytes(pool.tobytes() if isinstance(pool, np.ndarray) else pool.kv.tobytes())
 
 
 def _cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -75,13 +93,13 @@ def prefill_flops(model: Model, n: int) -> float:
 def fingerprint(model_name: str) -> str:
     """Digest of the KV bytes and logits of a fixed prefill and three decodes."""
     model = Model(get_model_config(model_name), blas_threads=2)
-    pool = np.zeros(model.kv_pool_shape(80, BLOCK_SIZE), dtype=np.float16)
+    pool = _new_pool(model, 80)
     ids = np.random.default_rng(0).integers(0, 256, 1000).tolist()
     table = list(range(64))
     digest = hashlib.sha256(model.forward([SeqChunk(ids, 0, table)], pool).tobytes())
     for i in range(3):
         digest.update(model.forward([SeqChunk([65 + i], 1000 + i, table)], pool).tobytes())
-    digest.update(pool.tobytes())
+    digest.update(_pool_bytes(pool))
     return digest.hexdigest()[:16]
 
 
@@ -172,11 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     prefill: dict[str, dict[str, float]] = {}
     for n in (int(x) for x in args.prefill_lens.split(",")):
         nb = -(-n // BLOCK_SIZE)
-        pool = np.zeros(model.kv_pool_shape(nb, BLOCK_SIZE), dtype=np.float16)
+        pool = _new_pool(model, nb)
         table = list(range(nb))
         ids = rng.integers(0, 256, n).tolist()
 
-        def run(ids: list[int] = ids, table: list[int] = table, pool: np.ndarray = pool) -> None:
+        def run(ids: list[int] = ids, table: list[int] = table, pool: Any = pool) -> None:
             for s in range(0, len(ids), args.chunk):
                 last = s + args.chunk >= len(ids)
                 model.forward([SeqChunk(ids[s : s + args.chunk], s, table, last)], pool)
@@ -189,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     decode: dict[str, float] = {}
     batches = [int(x) for x in args.decode_batches.split(",")]
     nb = -(-(args.context + 64) // BLOCK_SIZE)
-    pool = np.zeros(model.kv_pool_shape(nb * max(batches), BLOCK_SIZE), dtype=np.float16)
+    pool = _new_pool(model, nb * max(batches))
     tables = [list(range(i * nb, (i + 1) * nb)) for i in range(max(batches))]
     for table in tables:
         ctx = rng.integers(0, 256, args.context).tolist()

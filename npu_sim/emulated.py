@@ -46,6 +46,7 @@ from typing import Final
 
 import numpy as np
 
+from npu_sim.kv_pool import KVPool, pool_bytes, write_tokens
 from npu_sim.model import SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.tokenizer import VOCAB_SIZE
@@ -147,21 +148,22 @@ class EmulatedModel:
         c = self._config
         return (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, self._stored_head_dim)
 
-    def forward(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> np.ndarray:
-        """Write each chunk's KV into `kv_pool`; return logits (rows, VOCAB_SIZE), one row
-        per chunk with `needs_logits`, in batch order.
+    def forward(self, batch: Sequence[SeqChunk], kv_pool: KVPool | np.ndarray) -> np.ndarray:
+        """Write each chunk's KV into `kv_pool` (a counted pool or a bare array); return
+        logits (rows, VOCAB_SIZE), one row per chunk with `needs_logits`, in batch order.
 
         Preconditions (checked, `ValueError`): the pool has this model's shape and fp16,
         token ids are in the tokenizer's vocabulary, block tables cover their chunks.
         """
-        self._check_pool(kv_pool)
+        kv = pool_bytes(kv_pool)
+        self._check_pool(kv)
         if not batch:
             return np.zeros((0, VOCAB_SIZE), dtype=np.float32)
         # One pass over the whole batch: a few numpy calls per chunk (its prefix hashes),
         # the rest for all chunks together.
-        u16 = kv_pool.view(np.uint16)
-        block_size = kv_pool.shape[3]
-        tables = [self._checked_table(c, kv_pool.shape[0], block_size) for c in batch]
+        u16 = kv.view(np.uint16)
+        block_size = kv.shape[3]
+        tables = [self._checked_table(c, kv.shape[0], block_size) for c in batch]
         prefixes = self._read_prefixes(u16, batch, tables, block_size)
         total = sum(len(c.token_ids) for c in batch)
         hashes = np.empty(total, dtype=np.uint64)
@@ -184,9 +186,8 @@ class EmulatedModel:
         values[:, :CHAIN_ELEMENTS] = (hashes[:, None] >> self._chain_shifts[None, :]) & np.uint64(
             (1 << VALUE_BITS) - 1
         )
-        u16[write_blocks, :, :, positions % block_size] = values.astype(np.uint16).reshape(
-            total, *self._row_shape
-        )
+        rows = values.astype(np.uint16).reshape(total, *self._row_shape)
+        write_tokens(kv_pool, write_blocks, positions % block_size, None, rows.view(np.float16))
         wanted = [i for i, c in enumerate(batch) if c.needs_logits]
         if not wanted:
             return np.zeros((0, VOCAB_SIZE), dtype=np.float32)

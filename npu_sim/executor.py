@@ -30,6 +30,7 @@ import numpy as np
 from npu_sim.arbiter import SharedCores
 from npu_sim.cost_model import StepCost, step_cost
 from npu_sim.device import DeviceSpec
+from npu_sim.kv_pool import KVPool
 from npu_sim.model import SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.sampling import Sampler
@@ -58,7 +59,7 @@ class StepModel(Protocol):
     @property
     def numerics_id(self) -> str: ...
 
-    def forward(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> np.ndarray: ...
+    def forward(self, batch: Sequence[SeqChunk], kv_pool: KVPool | np.ndarray) -> np.ndarray: ...
 
 
 class Pace(enum.Enum):
@@ -128,7 +129,7 @@ class Executor:
         model_config: ModelConfig,
         device: DeviceSpec,
         pace: Pace,
-        kv_pool: np.ndarray,
+        kv_pool: KVPool | np.ndarray,
         cores: SharedCores | None = None,
     ) -> None:
         """`cores`: device time is booked there (vNPUs sharing cores); None: own cores."""
@@ -150,7 +151,7 @@ class Executor:
         return self._pace
 
     @property
-    def kv_pool(self) -> np.ndarray:
+    def kv_pool(self) -> KVPool | np.ndarray:
         return self._kv_pool
 
     def cost_seconds(self, seqs: Sequence[StepSequence]) -> float:

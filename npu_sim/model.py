@@ -3,7 +3,9 @@
 The model owns only its (quantised) weights; the KV pool (`[num_blocks, num_layers, 2,
 block_size, num_kv_heads, head_dim]`, axis 2: K=0 / V=1, dtype `config.kv_dtype`) is
 passed into every forward, so the cache manager can spill and reload blocks behind the
-model's back.
+model's back. A counted pool (`npu_sim.kv_pool.KVPool`: read-only bytes and a write
+generation per block and layer) lets decode contexts stay widened across steps; with a
+bare array the model widens every step.
 
 Batch invariance, bit for bit: the logits and KV bytes of a token depend only on the
 token, its position and the KV bytes of its context, never on the rest of the batch,
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npu_sim.blas import blas_threads_limited
+from npu_sim.kv_pool import KVPool, pool_bytes, write_tokens
 from npu_sim.model_config import ModelConfig
 from npu_sim.ops import (
     QuantizedLinear,
@@ -49,6 +52,17 @@ _DECODE_GROUP_BYTES = 4 << 20
 _CACHED_GROUP_BYTES = 32 << 20
 # Default bound of the widened decode contexts kept across steps (`WideContext`).
 DEFAULT_WIDE_CONTEXT_BYTES = 512 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Patches:
+    """Decode rows whose new token goes into a kept `WideContext` row: their rows in
+    the batch and in `WideContext`, the token's position and the pool block it goes to."""
+
+    batch_rows: np.ndarray
+    rows: np.ndarray
+    positions: np.ndarray
+    blocks: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,12 @@ class Model:
     Thread contract: `forward` mutates the KV pool, a lazily grown RoPE table and the
     widened-context cache, so call it from one thread at a time (the engine thread), and
     nothing may write the blocks of the batch's contexts while it runs.
+
+    wide_context_bytes also changes nothing with a counted pool (`npu_sim.kv_pool`): a
+    kept block is used only while its write generation is unchanged, and every writer
+    bumps it (all others get read-only bytes). verify_wide_context: also widen every
+    kept context from scratch each step and raise `RuntimeError` on any difference
+    (slow; for tests and debugging).
     """
 
     def __init__(
@@ -157,6 +177,7 @@ class Model:
         *,
         blas_threads: int | None = 1,
         wide_context_bytes: int = DEFAULT_WIDE_CONTEXT_BYTES,
+        verify_wide_context: bool = False,
     ) -> None:
         if blas_threads is not None and blas_threads < 1:
             raise ValueError(f"blas_threads must be >= 1 or None, got {blas_threads}")
@@ -181,6 +202,7 @@ class Model:
         self._rope = RopeTable(config.head_dim, config.rope_theta)
         self._head_scale = float(1.0 / np.sqrt(config.head_dim))
         self._wide = WideContext(config.num_layers, wide_context_bytes)
+        self._verify_wide = verify_wide_context
 
     @property
     def numerics_id(self) -> str:
@@ -206,39 +228,62 @@ class Model:
         c = self._config
         return (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, c.head_dim)
 
-    def forward(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> np.ndarray:
+    def forward(self, batch: Sequence[SeqChunk], kv_pool: KVPool | np.ndarray) -> np.ndarray:
         """Run one model step over `batch`; return fp32 logits (rows, vocab_size).
 
         One logits row per chunk with `needs_logits`, in batch order. Writes every new
-        token's K/V into `kv_pool` and attends by reading the whole context back from the
-        pool. Preconditions (checked, `ValueError`): the pool matches the model, chunks
-        are non-empty with valid token ids, block tables cover their chunks and no two
-        chunks write the same slot. Not checked: a chunk must not write a block another
-        chunk of the same batch reads.
+        token's K/V into `kv_pool` (a counted `KVPool` through its `write_tokens`, or a
+        bare array) and attends by reading the whole context back from the pool.
+        Preconditions (checked, `ValueError`): the pool matches the model, chunks are
+        non-empty with valid token ids, block tables cover their chunks and no two chunks
+        write the same slot. Not checked: a chunk must not write a block another chunk of
+        the same batch reads.
         """
-        self._check_pool(kv_pool)
+        kv = pool_bytes(kv_pool)
+        self._check_pool(kv)
         if not batch:
             return np.zeros((0, self._config.vocab_size), dtype=np.float32)
+        generation = None if isinstance(kv_pool, np.ndarray) else kv_pool.generation
         with blas_threads_limited(self._blas_threads):
-            return self._forward(batch, kv_pool)
+            return self._forward(batch, kv_pool, kv, generation)
 
-    def _forward(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> np.ndarray:
+    def _forward(
+        self,
+        batch: Sequence[SeqChunk],
+        kv_pool: KVPool | np.ndarray,
+        kv: np.ndarray,
+        generation: np.ndarray | None,
+    ) -> np.ndarray:
         cfg = self._config
-        block_size = kv_pool.shape[3]
-        token_ids, positions, slot_blocks = self._plan(batch, kv_pool)
+        block_size = kv.shape[3]
+        token_ids, positions, slot_blocks = self._plan(batch, kv)
         slot_offsets = positions % block_size
         x = self._embed[token_ids]
         cos, sin = self._rope.lookup(positions)
-        decode_groups = self._group_decodes(batch, kv_pool)
+        decode_groups, patches = self._group_decodes(batch, kv, generation, slot_blocks)
         nh, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        new_kv = np.empty((token_ids.shape[0], 2, kvh, hd), dtype=kv.dtype)
         for layer_idx, lw in enumerate(self._layers):
             qkv = linear(rms_norm(x, lw.attn_norm, cfg.rms_eps), lw.wqkv)
             q = apply_rope(qkv[:, : nh * hd].reshape(-1, nh, hd), cos, sin)
             k = apply_rope(qkv[:, nh * hd : (nh + kvh) * hd].reshape(-1, kvh, hd), cos, sin)
             v = qkv[:, (nh + kvh) * hd :].reshape(-1, kvh, hd)
-            kv_pool[slot_blocks, layer_idx, 0, slot_offsets] = quantize_k(k)
-            kv_pool[slot_blocks, layer_idx, 1, slot_offsets] = quantize_v(v)
-            attn = self._attention(batch, decode_groups, q, kv_pool, layer_idx)
+            new_kv[:, 0] = quantize_k(k)
+            new_kv[:, 1] = quantize_v(v)
+            if generation is not None and patches is not None:
+                before = generation[patches.blocks, layer_idx]  # a copy: fancy indexing
+            write_tokens(kv_pool, slot_blocks, slot_offsets, layer_idx, new_kv)
+            if generation is not None and patches is not None:
+                self._wide.patch(
+                    generation,
+                    layer_idx,
+                    patches.rows,
+                    patches.positions,
+                    patches.blocks,
+                    before,
+                    new_kv[patches.batch_rows],
+                )
+            attn = self._attention(batch, decode_groups, q, kv, generation, layer_idx)
             x = x + linear(attn, lw.wo)
             gate_up = linear(rms_norm(x, lw.mlp_norm, cfg.rms_eps), lw.w_gate_up)
             inter = cfg.intermediate_size
@@ -251,14 +296,21 @@ class Model:
         final = rms_norm(x[logit_rows], self._final_norm, cfg.rms_eps)
         return linear(final, self._lm_head)
 
-    def _group_decodes(self, batch: Sequence[SeqChunk], kv_pool: np.ndarray) -> list[_DecodeGroup]:
+    def _group_decodes(
+        self,
+        batch: Sequence[SeqChunk],
+        kv_pool: np.ndarray,
+        generation: np.ndarray | None,
+        slot_blocks: np.ndarray,
+    ) -> tuple[list[_DecodeGroup], _Patches | None]:
         """Cut the batch's single-token chunks into groups of at most
         `_CACHED_GROUP_BYTES` (`_DECODE_GROUP_BYTES` if uncached) of widened context:
         those with a `WideContext` row in runs of consecutive rows, the rest by length
-        (similar lengths together: little padding)."""
+        (similar lengths together: little padding). Only a counted pool (`generation`)
+        gets rows. Also returns what the rows' new tokens write (`WideContext.patch`)."""
         decodes = [i for i, c in enumerate(batch) if len(c.token_ids) == 1]
         if not decodes:
-            return []
+            return [], None
         block_size = kv_pool.shape[3]
         ctx = {i: batch[i].start_pos + 1 for i in decodes}
         num_blocks = -(-max(ctx.values()) // block_size)
@@ -273,7 +325,9 @@ class Model:
             first = int(batch[i].block_table[0])
             keys.append((first, seen.get(first, 0)))
             seen[first] = seen.get(first, 0) + 1
-        rows = self._wide.assign_rows(keys, num_blocks, kv_pool)
+        rows: list[int | None] = [None] * len(decodes)
+        if generation is not None:
+            rows = self._wide.assign_rows(keys, num_blocks, kv_pool, generation)
         cached = sorted((r, i) for r, i in zip(rows, decodes, strict=True) if r is not None)
         runs: list[tuple[int | None, list[int]]] = []
         for r, i in cached:
@@ -299,7 +353,17 @@ class Model:
                 used = -(-ctx[i] // block_size)
                 table[b, :used] = np.asarray(batch[i].block_table[:used], dtype=np.int64)
             groups.append(_DecodeGroup(members, table, [ctx[i] for i in members], first_row))
-        return groups
+        patches = None
+        if cached:
+            starts = np.cumsum([0] + [len(c.token_ids) for c in batch[:-1]])
+            batch_rows = starts[[i for _, i in cached]]
+            patches = _Patches(
+                batch_rows=batch_rows,
+                rows=np.array([r for r, _ in cached], dtype=np.int64),
+                positions=np.array([batch[i].start_pos for _, i in cached], dtype=np.int64),
+                blocks=slot_blocks[batch_rows],
+            )
+        return groups, patches
 
     def _attention(
         self,
@@ -307,6 +371,7 @@ class Model:
         decode_groups: Sequence[_DecodeGroup],
         q: np.ndarray,
         kv_pool: np.ndarray,
+        generation: np.ndarray | None,
         layer_idx: int,
     ) -> np.ndarray:
         """Attention output (rows, num_heads * head_dim) for every row of the batch.
@@ -319,9 +384,12 @@ class Model:
         starts = np.cumsum([0] + [len(c.token_ids) for c in batch[:-1]])
         for group in decode_groups:
             if group.first_row is not None:
+                assert generation is not None  # only a counted pool gets rows
                 k_t, v = self._wide.gather(
-                    kv_pool, layer_idx, group.first_row, group.table, group.ctx
+                    kv_pool, generation, layer_idx, group.first_row, group.table, group.ctx
                 )
+                if self._verify_wide:
+                    _verify(k_t, v, kv_pool, layer_idx, group)
             else:
                 k_t, v = _gather_table(kv_pool, layer_idx, group.table, group.ctx, np.float32)
             rows = starts[group.members]
@@ -356,11 +424,44 @@ class Model:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validate the batch; return token ids, absolute positions and pool block per row."""
         num_blocks, block_size = kv_pool.shape[0], kv_pool.shape[3]
+        vocab = self._config.vocab_size
         ids, positions, blocks = [], [], []
+        # Decodes in plain Python (numpy calls cost more than the work for one token),
+        # collected into one array per run of consecutive decodes.
+        run_ids: list[int] = []
+        run_pos: list[int] = []
+        run_blocks: list[int] = []
+
+        def flush() -> None:
+            if run_ids:
+                ids.append(np.array(run_ids, dtype=np.int64))
+                positions.append(np.array(run_pos, dtype=np.int64))
+                blocks.append(np.array(run_blocks, dtype=np.int64))
+                run_ids.clear()
+                run_pos.clear()
+                run_blocks.clear()
+
         for chunk in batch:
             n = len(chunk.token_ids)
             if n == 0 or chunk.start_pos < 0:
                 raise ValueError("a chunk needs >= 1 token and start_pos >= 0")
+            if n == 1:
+                token, start = int(chunk.token_ids[0]), int(chunk.start_pos)
+                if not 0 <= token < vocab:
+                    raise ValueError("token id outside the vocabulary")
+                num_needed = start // block_size + 1
+                if len(chunk.block_table) < num_needed:
+                    raise ValueError(
+                        f"block table covers {len(chunk.block_table)} blocks, need {num_needed}"
+                    )
+                needed = [int(b) for b in chunk.block_table[:num_needed]]
+                if min(needed) < 0 or max(needed) >= num_blocks:
+                    raise ValueError("block id outside the KV pool")
+                run_ids.append(token)
+                run_pos.append(start)
+                run_blocks.append(needed[-1])
+                continue
+            flush()
             chunk_ids = np.asarray(chunk.token_ids, dtype=np.int64)
             if chunk_ids.min() < 0 or chunk_ids.max() >= self._config.vocab_size:
                 raise ValueError("token id outside the vocabulary")
@@ -374,6 +475,7 @@ class Model:
             ids.append(chunk_ids)
             positions.append(pos)
             blocks.append(table[pos // block_size])
+        flush()
         all_pos, all_blocks = np.concatenate(positions), np.concatenate(blocks)
         slots = all_blocks * block_size + all_pos % block_size
         if np.unique(slots).shape[0] != slots.shape[0]:
@@ -417,6 +519,22 @@ def _gather_table(
         values[b, n:] = 0.0
     k_t = keys.reshape(bsz, nb * bs, kvh, hd).transpose(0, 2, 3, 1)
     return k_t, values.transpose(0, 2, 1, 3)
+
+
+def _verify(
+    k_t: np.ndarray, v: np.ndarray, kv_pool: np.ndarray, layer_idx: int, group: _DecodeGroup
+) -> None:
+    """Raise `RuntimeError` unless kept contexts equal a widening from scratch, bit for
+    bit, within each context, and V is finite past it (its weights there are 0)."""
+    k_ref, v_ref = _gather_table(kv_pool, layer_idx, group.table, group.ctx, np.float32)
+    for b, n in enumerate(group.ctx):
+        same_k = k_t[b, ..., :n].tobytes() == k_ref[b, ..., :n].tobytes()
+        same_v = v[b, :, :n].tobytes() == v_ref[b, :, :n].tobytes()
+        if not same_k or not same_v or not np.isfinite(v[b, :, n:]).all():
+            raise RuntimeError(
+                f"kept context of layer {layer_idx} differs from the pool's bytes "
+                f"(sequence of block {int(group.table[b, 0])}, {n} tokens)"
+            )
 
 
 def _check_shapes(config: ModelConfig, w: LlamaWeights) -> None:

@@ -322,6 +322,9 @@ _DAZ_PROBE: Final = np.array([1 << 13], dtype=np.int32).view(np.float32)
 # fp16 -> float32 by table look-up: the fallback when subnormal inputs would be flushed.
 _F16_TO_F32: Final = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 _F16_TO_F32.flags.writeable = False
+# Below this many halves the table look-up is faster than moving bits (whose probe and
+# inf/NaN check cost ~20 us a call): 9 vs 24 us for 2,048 halves.
+_SMALL_WIDEN: Final = 8192
 
 
 def _subnormals_survive() -> bool:
@@ -351,6 +354,8 @@ def widen(x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
     (float16 to float32 moves bits; to float64 numpy's cast is as fast)."""
     if x.dtype == np.float16 and dtype is np.float32:
         halves = np.ascontiguousarray(x)
+        if halves.size <= _SMALL_WIDEN:
+            return np.take(_F16_TO_F32, halves.view(np.uint16))
         wide = _half_to_f32(halves)
         return np.take(_F16_TO_F32, halves.view(np.uint16)) if wide is None else wide
     return np.array(x, dtype=dtype, order="C")

@@ -1,22 +1,29 @@
-"""Decode contexts widened once and kept across steps, checked against the pool's bytes.
+"""Decode contexts widened once and kept across steps, valid while their write
+generation holds.
 
 A decode step attends over each sequence's whole context, so without a cache every step
 widens every layer's K (to float32) and V (to float64) from the pool again: at batch 32
 and 1k context that was most of a step. `WideContext` keeps, per layer, a slab of rows
-(one per running sequence) holding the pool bytes last widened for each block column and
-their widened values. Each step it gathers the pool's bytes, compares them bit for bit
-with the copy (cheap: an integer compare) and re-widens only the blocks that differ
-(usually the last, partly filled block of each sequence).
+(one per running sequence) holding the widened values of each block column, and for
+each column the pool block it holds and that block's write generation when it was
+widened (`npu_sim.kv_pool`: every write to a counted pool bumps
+`generation[block, layer]` after writing, and nothing else can write it). Each step it
+compares the recorded (block, generation) pairs with the table and the pool's
+generations and re-widens only the columns that differ. The token the model itself just
+wrote into a column it holds is copied in (`patch`) instead of re-widening the block.
 
-Why content and not a write counter: the cache manager writes HBM slots behind the
-model's back (reloads on transfer threads), so only the bytes say what a slot holds. A
-block whose bytes equal the copy's widens to the same values, so the attention inputs,
-and so the result bits, are exactly those of widening from scratch.
+Why this is exact: a column is used only if its block was not written since it was
+widened (or since its last patch), so its values are those the pool's bytes widen to;
+V past each context is finite (zeroed where pool bytes were widened, else a value the
+model wrote), and its weights there are exactly 0. So the attention inputs, and so the
+result bits, are exactly those of widening from scratch. (Before, every step compared
+the pool's bytes with a kept copy: ~21% of a batch-32 step.) `verify` still compares
+with a widening from scratch, for tests and debugging (`Model(verify_wide_context=True)`).
 
 Bounded: the slabs of all layers together hold at most `max_bytes`; a sequence or a
 context that does not fit is widened per step as without the cache. Per context token
-and layer a row costs `num_kv_heads * head_dim * (2 * pool itemsize + 4 + 8)` bytes
-(the pool bytes of K and V, K as float32, V as float64).
+and layer a row costs `num_kv_heads * head_dim * (4 + 8)` bytes (K as float32, V as
+float64), plus 16 bytes per block column and layer for the records.
 
 Not thread-safe: used from `Model.forward` only (one thread at a time).
 """
@@ -33,11 +40,12 @@ from npu_sim.ops import widen
 
 @dataclass(slots=True)
 class _Slab:
-    """One layer's rows: pool bytes (K, V) per block column and their widened values."""
+    """One layer's rows: widened values per block column, and what they were widened from."""
 
-    raw: np.ndarray  # (rows, blocks, 2, block_size, kvh, hd) pool dtype: K and V
     k_wide: np.ndarray  # float32 (rows, kvh, hd, blocks, block_size): keys transposed
     v_wide: np.ndarray  # float64 (rows, kvh, blocks, block_size, hd): one (T, hd) per head
+    block: np.ndarray  # int64 (rows, blocks): pool block held (-1: none)
+    generation: np.ndarray  # int64 (rows, blocks): its generation when widened
 
 
 class WideContext:
@@ -50,6 +58,9 @@ class WideContext:
         self._max_bytes = max_bytes
         self._slabs: list[_Slab | None] = [None] * num_layers
         self._rows: dict[Hashable, int] = {}  # sequence key -> row
+        # The generations of the pool the slabs were widened from (held: kept alive, so
+        # another pool can never pass for it).
+        self._source: np.ndarray | None = None
         self._last_used: list[int] = []  # per row: the step that last used it
         self._step = 0
 
@@ -57,20 +68,28 @@ class WideContext:
     def num_bytes(self) -> int:
         """Bytes the slabs hold now (all layers)."""
         return sum(
-            a.nbytes for s in self._slabs if s is not None for a in (s.raw, s.k_wide, s.v_wide)
+            a.nbytes
+            for s in self._slabs
+            if s is not None
+            for a in (s.k_wide, s.v_wide, s.block, s.generation)
         )
 
     def assign_rows(
-        self, keys: Sequence[Hashable], num_blocks: int, kv_pool: np.ndarray
+        self,
+        keys: Sequence[Hashable],
+        num_blocks: int,
+        kv_pool: np.ndarray,
+        generation: np.ndarray,
     ) -> list[int | None]:
         """A slab row for each sequence key of this step (None: it does not fit).
 
         Keys seen before keep their row; new keys take a row no key of this step uses,
         the least recently used first. Rows and block columns grow (within `max_bytes`)
-        to `len(keys)` rows of `num_blocks` blocks.
+        to `len(keys)` rows of `num_blocks` blocks. A pool other than last time's (another
+        `generation` array) or of another block shape starts the cache over.
         """
         self._step += 1
-        self._fit(len(keys), num_blocks, kv_pool)
+        self._fit(len(keys), num_blocks, kv_pool, generation)
         if self.num_block_columns() < num_blocks:  # not even one row of that length fits
             return [None] * len(keys)
         rows: list[int | None] = [self._rows.get(key) for key in keys]
@@ -93,54 +112,111 @@ class WideContext:
 
     def num_block_columns(self) -> int:
         slab = self._slabs[0]
-        return 0 if slab is None else slab.raw.shape[1]
+        return 0 if slab is None else slab.block.shape[1]
+
+    def patch(
+        self,
+        generation: np.ndarray,
+        layer_idx: int,
+        rows: np.ndarray,
+        positions: np.ndarray,
+        blocks: np.ndarray,
+        before: np.ndarray,
+        values: np.ndarray,
+    ) -> None:
+        """Copy in the tokens the model just wrote: for each i, `values[i]` (K and V,
+        `(2, kvh, hd)` in the pool's dtype, the bytes written) at context position
+        `positions[i]` of row `rows[i]`, in pool block `blocks[i]`, whose generation was
+        `before[i]` just before that write (and no other write since). A column holding
+        that block at that generation takes the token and the block's current
+        generation; others are left for `gather` to re-widen."""
+        slab = self._slabs[layer_idx]
+        if slab is None or rows.size == 0:
+            return
+        bs = slab.k_wide.shape[4]
+        cols, offsets = np.divmod(positions, bs)
+        fits = cols < slab.block.shape[1]
+        cols = np.minimum(cols, slab.block.shape[1] - 1)
+        hit = fits & (slab.block[rows, cols] == blocks) & (slab.generation[rows, cols] == before)
+        if not hit.all():
+            rows, cols, offsets = rows[hit], cols[hit], offsets[hit]
+            blocks, values = blocks[hit], values[hit]
+        if rows.size == 0:
+            return
+        slab.k_wide[rows, :, :, cols, offsets] = widen(values[:, 0])
+        slab.v_wide[rows, :, cols, offsets] = widen(values[:, 1], np.float64)
+        slab.generation[rows, cols] = generation[blocks, layer_idx]
 
     def gather(
         self,
         kv_pool: np.ndarray,
+        generation: np.ndarray,
         layer_idx: int,
         first_row: int,
         table: np.ndarray,
         ctx: Sequence[int],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows [first_row, first_row + len(ctx)) as K (B, kvh, hd, T) float32 and V
-        (B, kvh, T, hd) float64, like `model._gather` (V zero past each context).
+        (B, kvh, T, hd) float64, like `model._gather`: the same values within each
+        context; past it V is finite (0, or a token this row held before), which is all
+        `attend` needs (its weights there are exactly 0).
 
         table: (B, nb) pool block ids, nb <= `num_block_columns()`, padded with any
-        valid id; ctx: each sequence's context length (tokens).
+        valid id; ctx: each sequence's context length (tokens); generation: the pool's
+        `(num_blocks, num_layers)` write generations.
         """
         slab = self._slabs[layer_idx]
         assert slab is not None
         bsz, nb = table.shape
+        bs = kv_pool.shape[3]
         rows = slice(first_row, first_row + bsz)
-        both = kv_pool[table, layer_idx]  # (B, nb, 2, bs, kvh, hd): one gathering pass
-        bs = both.shape[3]
-        for b, n in enumerate(ctx):  # positions past the context: V must be exactly 0
-            if n % bs:
-                both[b, n // bs, 1, n % bs :] = 0
-            both[b, -(-n // bs) :, 1] = 0
-        b_idx, j_idx = np.nonzero(_differs(both, slab.raw[rows, :nb]))
+        used = -(-np.asarray(ctx, dtype=np.int64) // bs)
+        in_ctx = np.arange(nb)[None, :] < used[:, None]
+        # Read the generations before the bytes: a write in between shows next time.
+        now = generation[table, layer_idx]
+        stale = slab.block[rows, :nb] != table
+        stale |= slab.generation[rows, :nb] != now
+        stale &= in_ctx
+        b_idx, j_idx = np.nonzero(stale)
         if b_idx.size:
-            fresh = both[b_idx, j_idx]  # (n, 2, bs, kvh, hd)
-            slab.raw[b_idx + first_row, j_idx] = fresh
+            blocks = table[b_idx, j_idx]
+            fresh = kv_pool[blocks, layer_idx]  # (n, 2, bs, kvh, hd)
             # K stored transposed: BLAS multiplies by a row-major (hd, T) faster (NN).
             k_wide = widen(fresh[:, 0]).transpose(0, 2, 3, 1)
             slab.k_wide[b_idx + first_row, :, :, j_idx] = k_wide
             v_wide = widen(fresh[:, 1], np.float64).transpose(0, 2, 1, 3)
             slab.v_wide[b_idx + first_row, :, j_idx] = v_wide
-        kvh, hd = both.shape[4], both.shape[5]
+            slab.block[b_idx + first_row, j_idx] = blocks
+            slab.generation[b_idx + first_row, j_idx] = now[b_idx, j_idx]
+        # Positions past the context: V must be exactly 0. A kept column is zero past the
+        # context it was widened for and takes only tokens inside the context (`patch`),
+        # so only a last column widened just now, and padding, need zeroing.
+        for b, j in zip(b_idx.tolist(), j_idx.tolist(), strict=True):
+            n = ctx[b]
+            if j == n // bs and n % bs:
+                slab.v_wide[first_row + b, :, j, n % bs :] = 0
+        for b in np.flatnonzero(used < nb).tolist():
+            row = first_row + b
+            slab.v_wide[row, :, used[b] : nb] = 0
+            slab.block[row, used[b] : nb] = -1  # zeros now, not the block's values
+        kvh, hd = kv_pool.shape[4], kv_pool.shape[5]
         k_t = slab.k_wide[rows, :, :, :nb].reshape(bsz, kvh, hd, nb * bs)
         v = slab.v_wide[rows, :, :nb].reshape(bsz, kvh, nb * bs, hd)
         return k_t, v
 
-    def _fit(self, num_rows: int, num_blocks: int, kv_pool: np.ndarray) -> None:
-        """Start over for a pool of another block shape or dtype, then `_grow`."""
+    def _fit(
+        self, num_rows: int, num_blocks: int, kv_pool: np.ndarray, generation: np.ndarray
+    ) -> None:
+        """Start over for another pool or one of another block shape, then `_grow`."""
         slab = self._slabs[0]
+        block_shape = kv_pool.shape[4], kv_pool.shape[5], kv_pool.shape[3]
         if slab is not None and (
-            slab.raw.dtype != kv_pool.dtype or slab.raw.shape[3:] != kv_pool.shape[3:]
+            generation is not self._source
+            or slab.k_wide.shape[1:3] + slab.k_wide.shape[4:] != block_shape
         ):
             self._slabs = [None] * self._num_layers
             self._rows, self._last_used = {}, []
+        self._source = generation
         self._grow(num_rows, num_blocks, kv_pool)
 
     def _grow(self, num_rows: int, num_blocks: int, kv_pool: np.ndarray) -> None:
@@ -151,7 +227,7 @@ class WideContext:
         if num_rows <= rows and num_blocks <= cols:
             return
         block_shape = kv_pool.shape[3:]
-        per_cell = int(np.prod(block_shape)) * (2 * kv_pool.itemsize + 4 + 8) * self._num_layers
+        per_cell = (int(np.prod(block_shape)) * (4 + 8) + 16) * self._num_layers
         # Columns grow 16 blocks at a time, also when the bound binds (rows give way),
         # so a full cache is not copied again for every block its contexts grow by; only
         # a single row that cannot take 16 more blocks gets the exact number.
@@ -166,13 +242,15 @@ class WideContext:
         for layer_idx in range(self._num_layers):
             old = self._slabs[layer_idx]
             slab = _Slab(
-                raw=np.zeros((new_rows, new_cols, 2, *block_shape), dtype=kv_pool.dtype),
                 k_wide=np.zeros((new_rows, kvh, hd, new_cols, bs), dtype=np.float32),
                 v_wide=np.zeros((new_rows, kvh, new_cols, bs, hd), dtype=np.float64),
+                block=np.full((new_rows, new_cols), -1, dtype=np.int64),
+                generation=np.zeros((new_rows, new_cols), dtype=np.int64),
             )
             if old is not None:
                 kept = (slice(keep_rows), slice(keep_cols))
-                slab.raw[kept] = old.raw[kept]
+                slab.block[kept] = old.block[kept]
+                slab.generation[kept] = old.generation[kept]
                 k_kept = (slice(keep_rows), slice(None), slice(None), slice(keep_cols))
                 slab.k_wide[k_kept] = old.k_wide[k_kept]
                 v_kept = (slice(keep_rows), slice(None), slice(keep_cols))
@@ -180,21 +258,6 @@ class WideContext:
             self._slabs[layer_idx] = slab
         self._rows = {k: r for k, r in self._rows.items() if r < new_rows}
         self._last_used = self._last_used[:new_rows] + [0] * (new_rows - keep_rows)
-
-
-def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(B, nb) bool: whether block [b, j] of `a` and `b` (B, nb, ...) differ in any bit.
-
-    Compares the widest unsigned words that tile a block (4 halves per uint64 compare:
-    ~4x faster than comparing float16 elements, which numpy does not vectorise).
-    """
-    block_bytes = a[0, 0].nbytes if a.size else 1
-    word = next(w for w in (8, 4, 2, 1) if block_bytes % w == 0)
-    shape = (a.shape[0], a.shape[1], -1)
-    as_int = np.dtype(f"u{word}")
-    a_words = a.reshape(shape).view(np.uint8).view(as_int)
-    b_words = b.reshape(shape).view(np.uint8).view(as_int)
-    return np.asarray(np.not_equal(a_words, b_words).any(axis=-1))
 
 
 def _round_up(n: int, multiple: int) -> int:

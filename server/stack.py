@@ -321,7 +321,7 @@ def build_stack(
             cost_config,
             step_device,
             Pace(settings.pace.value),
-            cache.kv,
+            cache.pool,  # counted writes: decode contexts stay widened (npu_sim.kv_pool)
             cores=vnpu.cores if vnpu is not None else None,
         )
         scheduler = Scheduler(

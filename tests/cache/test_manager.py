@@ -57,7 +57,8 @@ def fill_and_cache(m: CacheManager, hashes: list[BlockHash], seed: int = 1) -> d
     assert ids is not None
     data = {}
     for block_id, h in zip(ids, hashes, strict=True):
-        m.kv[block_id] = rng.standard_normal(LAYOUT.block_shape).astype(LAYOUT.np_dtype)
+        values = rng.standard_normal(LAYOUT.block_shape).astype(LAYOUT.np_dtype)
+        m.pool.write_blocks([block_id], values[None])
         data[h] = m.kv[block_id].copy()
     m.commit(ids, hashes)
     m.free(ids)
@@ -381,3 +382,16 @@ def test_write_through_skips_a_ddr_marked_down(redis_url, tmp_path):
         assert m.stats.tiers[Tier.DDR].write_bytes == 0
     finally:
         m.close()
+
+
+def test_a_reload_bumps_the_generation_of_every_slot_it_fills(manager_factory):
+    """The model trusts a widened block while its generation holds: a reload on a lane
+    writes the slots through the pool's counting decoder, so their generations move."""
+    m = manager_factory(hbm=4)
+    hashes = chain(4)
+    fill_and_cache(m, hashes)
+    push_out_of_hbm(m)
+    before = m.pool.generation.copy()
+    ids, loaded = reload(m, hashes)
+    assert loaded == 4
+    assert (m.pool.generation[ids] > before[ids]).all()

@@ -61,8 +61,8 @@ def test_a_stalled_redis_load_is_abandoned_at_its_deadline_and_never_writes_late
             (done,) = poll_until(m)
             assert done.key == "slow" and done.num_loaded_blocks == 0
             # The request now recomputes into its slots.
-            for block_id in acquired.block_ids:
-                m.kv[block_id] = 7
+            sevens = np.full((len(acquired.block_ids), *m.kv.shape[1:]), 7, dtype=m.kv.dtype)
+            m.pool.write_blocks(acquired.block_ids, sevens)
         finally:
             os.kill(server.pid, signal.SIGCONT)
         assert m.wait_transfers(timeout=30)

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
 from cache.block_hash import BlockHash
 from cache.layout import KVLayout
 from cache.manager import CacheConfig, CacheManager
@@ -82,7 +84,7 @@ def spill_behind_held_lane(
     gate = hold_lane(m, Tier.DDR)
     ids = m.allocate(n)
     assert ids is not None
-    m.kv[ids] = 0
+    m.pool.write_blocks(ids, np.zeros((len(ids), *m.kv.shape[1:]), dtype=m.kv.dtype))
     m.free(ids)
     return hashes, data, gate
 

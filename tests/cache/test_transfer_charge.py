@@ -80,7 +80,7 @@ def test_a_load_abandoned_before_its_modelled_arrival_is_not_counted_loaded(
         hashes = chain(2)
         fill_and_cache(m, hashes)
         push_out_of_hbm(m)  # both blocks now in DDR
-        worker = TransferWorker({Tier.DDR: ddr}, LAYOUT, m.kv, charge=slow_link)
+        worker = TransferWorker({Tier.DDR: ddr}, LAYOUT, m.pool.block_decoder(), charge=slow_link)
         guard = LoadGuard(2)
         worker.submit(LoadJob(1, [(h, i, Tier.DDR) for i, h in enumerate(hashes)], guard))
         assert charged.wait(10)  # copied into HBM, the lane is waiting out the link

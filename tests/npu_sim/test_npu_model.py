@@ -180,6 +180,9 @@ def test_empty_batch_and_no_logits(model: Model, new_pool: PoolFactory) -> None:
         SeqChunk([1000], 0, [0]),
         SeqChunk(list(range(17)), 0, [0]),  # 17 tokens need 2 blocks
         SeqChunk([1], 0, [64]),  # block id outside the pool
+        SeqChunk([1], 16, [0]),  # a decode at position 16 needs 2 blocks
+        SeqChunk([1], 16, [-1, 0]),  # a context block outside the pool
+        SeqChunk([-1], 3, [0]),
     ],
 )
 def test_invalid_chunks_are_rejected(model: Model, new_pool: PoolFactory, chunk: SeqChunk) -> None:

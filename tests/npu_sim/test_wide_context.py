@@ -1,6 +1,7 @@
 """Decode contexts widened across steps (`npu_sim.wide_context`) never change a bit: each
 step's logits and KV bytes equal those of a model that widens from scratch, also when the
-pool's bytes change behind the model's back, sequences come and go, or the cache is full."""
+pool's bytes are rewritten by its owner between steps, sequences come and go, or the cache
+is full; and a write that does not go through the owner raises."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from npu_sim.kv_pool import KVBlockPool
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.wide_context import WideContext
@@ -23,13 +25,18 @@ def uncached(tiny_config: ModelConfig) -> Model:
     return Model(tiny_config, wide_context_bytes=0)
 
 
+def _cached(config: ModelConfig, **kwargs: int) -> Model:
+    """A model keeping contexts, checking them against the pool's bytes every step."""
+    return Model(config, verify_wide_context=True, **kwargs)
+
+
 def _prefilled(
     model: Model, num_seqs: int, seed: int = 0, block_size: int = BLOCK_SIZE
-) -> tuple[np.ndarray, list[list[int]]]:
+) -> tuple[KVBlockPool, list[list[int]]]:
     """A pool with `num_seqs` sequences of CONTEXT tokens, room for 128 tokens each."""
     per_seq = 128 // block_size
-    pool = np.zeros(
-        model.kv_pool_shape(per_seq * (num_seqs + 1), block_size), dtype=model.config.kv_dtype
+    pool = KVBlockPool(
+        model.kv_pool_shape(per_seq * (num_seqs + 1), block_size), model.config.kv_dtype
     )
     rng = np.random.default_rng(seed)
     tables = [list(range(per_seq * s, per_seq * (s + 1))) for s in range(num_seqs)]
@@ -38,13 +45,15 @@ def _prefilled(
     return pool, tables
 
 
-def _same_step(cached: Model, uncached: Model, pool: np.ndarray, batch: Sequence[SeqChunk]) -> None:
+def _same_step(
+    cached: Model, uncached: Model, pool: KVBlockPool, batch: Sequence[SeqChunk]
+) -> None:
     """One step on `pool` (cached model) and a copy (uncached): same logits, same pool."""
-    reference_pool = pool.copy()
+    reference_pool = pool.kv.copy()
     expected = uncached.forward(batch, reference_pool)
     got = cached.forward(batch, pool)
     assert got.tobytes() == expected.tobytes()
-    assert pool.tobytes() == reference_pool.tobytes()
+    assert pool.kv.tobytes() == reference_pool.tobytes()
 
 
 def _decodes(tables: Sequence[list[int]], pos: int, which: Sequence[int]) -> list[SeqChunk]:
@@ -54,26 +63,84 @@ def _decodes(tables: Sequence[list[int]], pos: int, which: Sequence[int]) -> lis
 def test_a_block_rewritten_behind_the_model_is_widened_again(
     tiny_config: ModelConfig, uncached: Model
 ) -> None:
-    cached = Model(tiny_config)
+    cached = _cached(tiny_config)
     pool, tables = _prefilled(cached, 3)
     for step in range(3):  # warm: every block widened and kept
         _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1, 2]))
     # A reload lands other bytes in a full block of sequence 0 (here: sequence 2's).
-    pool[tables[0][1]] = pool[tables[2][1]]
+    pool.write_blocks(np.array([tables[0][1]]), pool.kv[[tables[2][1]]])
     _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + 3, [0, 1, 2]))
     # One changed bit (the smallest K step of one element) is seen too.
-    pool[tables[1][0], 2, 0, 5, 1, 7] += np.float16(2.0**-24)
+    block = pool.kv[[tables[1][0]]].copy()
+    block[0, 2, 0, 5, 1, 7] += np.float16(2.0**-24)
+    pool.write_blocks(np.array([tables[1][0]]), block)
     _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + 4, [0, 1, 2]))
+
+
+def test_a_token_written_by_another_model_is_seen(
+    tiny_config: ModelConfig, uncached: Model
+) -> None:
+    """Two models on one pool (vNPU partitions): each one's token writes bump the
+    generation, so the other re-widens the block."""
+    cached, other = _cached(tiny_config), Model(tiny_config)
+    pool, tables = _prefilled(cached, 2)
+    for step in range(2):
+        _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1]))
+    # The other model rewrites sequence 0's last two tokens (a recompute after a failed
+    # reload, say), with other token ids.
+    other.forward([SeqChunk([7, 8], CONTEXT, tables[0], False)], pool)
+    _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + 2, [0, 1]))
+
+
+def test_a_write_past_the_owner_raises(tiny_config: ModelConfig) -> None:
+    """The bytes everyone else sees are read-only: a write that would not bump the
+    generation fails loudly instead of leaving a stale widened copy in use."""
+    pool, _ = _prefilled(Model(tiny_config), 1)
+    with pytest.raises(ValueError, match="read-only"):
+        pool.kv[0, 0, 0, 0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        pool.generation[0] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        np.copyto(pool.kv[1], 0)
+
+
+def test_a_missed_bump_is_caught_by_the_debug_check(tiny_config: ModelConfig) -> None:
+    """`verify_wide_context` compares with the pool's bytes: a write that bypassed the
+    generation (only possible inside the owner) raises instead of giving wrong tokens."""
+    cached = _cached(tiny_config)
+    pool, tables = _prefilled(cached, 1)
+    cached.forward(_decodes(tables, CONTEXT, [0]), pool)
+    pool._kv[tables[0][0], 1] += np.float16(1.0)  # noqa: SLF001 - the owner's bytes, no bump
+    with pytest.raises(RuntimeError, match="differs from the pool"):
+        cached.forward(_decodes(tables, CONTEXT + 1, [0]), pool)
+
+
+def test_a_bare_array_pool_keeps_nothing(tiny_config: ModelConfig, uncached: Model) -> None:
+    """A pool without generations can be written by anyone: nothing is kept across steps."""
+    cached = _cached(tiny_config)
+    pool = np.zeros(cached.kv_pool_shape(16, BLOCK_SIZE), dtype=np.float16)
+    table = list(range(8))
+    cached.forward([SeqChunk(list(range(CONTEXT)), 0, table, False)], pool)
+    reference = pool.copy()
+    for step in range(2):
+        got = cached.forward(_decodes([table], CONTEXT + step, [0]), pool)
+        assert (
+            got.tobytes()
+            == uncached.forward(_decodes([table], CONTEXT + step, [0]), reference).tobytes()
+        )
+        pool[table[0]] = pool[table[1]]  # behind the model's back
+        reference[table[0]] = reference[table[1]]
+    assert cached._wide.num_bytes == 0  # noqa: SLF001
 
 
 def test_sequences_that_come_go_and_share_a_first_block_match(
     tiny_config: ModelConfig, uncached: Model
 ) -> None:
-    cached = Model(tiny_config)
+    cached = _cached(tiny_config)
     pool, tables = _prefilled(cached, 5, seed=1)
     # Sequence 4 shares sequence 3's first block (a common prefix).
     tables[4][0] = tables[3][0]
-    pool[tables[4][1:]] = pool[tables[3][1:]]
+    pool.write_blocks(np.array(tables[4][1:]), pool.kv[tables[3][1:]])
     schedule = [[0, 1, 2], [0, 2], [3, 0, 4, 2], [1, 4, 3], [4, 3, 2, 1, 0]]
     for step, which in enumerate(schedule):
         _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, which))
@@ -82,15 +149,15 @@ def test_sequences_that_come_go_and_share_a_first_block_match(
 def test_a_full_cache_bounds_its_bytes_and_the_rest_falls_back(
     tiny_config: ModelConfig, uncached: Model
 ) -> None:
-    per_row = 8 * BLOCK_SIZE * 2 * 64 * (2 * 2 + 4 + 8) * tiny_config.num_layers
-    cached = Model(tiny_config, wide_context_bytes=2 * per_row)
+    per_row = 8 * (BLOCK_SIZE * 2 * 64 * (4 + 8) + 16) * tiny_config.num_layers
+    cached = _cached(tiny_config, wide_context_bytes=2 * per_row)
     pool, tables = _prefilled(cached, 4, seed=2)
     for step in range(3):
         _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1, 2, 3]))
     wide = cached._wide  # noqa: SLF001 - the bound is the point of this test
     assert 0 < wide.num_bytes <= 2 * per_row
     # Contexts grow past what even one row can hold: every sequence falls back.
-    tight = Model(tiny_config, wide_context_bytes=per_row * 5 // 8)
+    tight = _cached(tiny_config, wide_context_bytes=per_row * 5 // 8)
     for step in range(BLOCK_SIZE + 1):
         _same_step(tight, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1, 2, 3]))
     assert tight._wide.num_bytes <= per_row * 5 // 8  # noqa: SLF001
@@ -99,7 +166,7 @@ def test_a_full_cache_bounds_its_bytes_and_the_rest_falls_back(
 def test_a_pool_of_another_block_size_starts_the_cache_over(
     tiny_config: ModelConfig, uncached: Model
 ) -> None:
-    cached = Model(tiny_config)
+    cached = _cached(tiny_config)
     pool, tables = _prefilled(cached, 2)
     _same_step(cached, uncached, pool, _decodes(tables, CONTEXT, [0, 1]))
     pool, tables = _prefilled(cached, 2, block_size=8)
@@ -109,27 +176,41 @@ def test_a_pool_of_another_block_size_starts_the_cache_over(
 
 def test_a_float32_pool_matches_too(tiny_config: ModelConfig) -> None:
     config = replace(tiny_config, kv_dtype="float32")
-    cached, uncached = Model(config), Model(config, wide_context_bytes=0)
+    cached, uncached = _cached(config), Model(config, wide_context_bytes=0)
     pool, tables = _prefilled(cached, 3)
     for step in range(3):
         _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [2, 0, 1]))
 
 
 def test_a_full_cache_grows_its_columns_in_steps_not_every_block(model: Model) -> None:
-    pool = np.zeros(model.kv_pool_shape(8, BLOCK_SIZE), dtype=np.float16)
-    per_cell = BLOCK_SIZE * 2 * 32 * (2 * 2 + 4 + 8) * 4  # one block of one row, all layers
+    pool = KVBlockPool(model.kv_pool_shape(8, BLOCK_SIZE), np.float16)
+    per_cell = (BLOCK_SIZE * 2 * 32 * (4 + 8) + 16) * 4  # one block of one row, all layers
     wide = WideContext(4, 2 * 32 * per_cell)  # room for 2 rows of 32 blocks
     keys = ["a", "b", "c", "d"]
-    assert wide.assign_rows(keys, 17, pool) == [0, 1, None, None]
+    kv, generation = pool.kv, pool.generation
+    assert wide.assign_rows(keys, 17, kv, generation) == [0, 1, None, None]
     assert wide.num_block_columns() == 32 and wide.num_bytes == 2 * 32 * per_cell
     slab = wide._slabs[0]  # noqa: SLF001 - whether it was reallocated is the point
     for num_blocks in range(18, 33):  # contexts grow: same arrays, same rows
-        assert wide.assign_rows(keys, num_blocks, pool) == [0, 1, None, None]
+        assert wide.assign_rows(keys, num_blocks, kv, generation) == [0, 1, None, None]
         assert wide._slabs[0] is slab  # noqa: SLF001
-    wide.assign_rows(keys, 33, pool)  # past the columns: rows give way to 48 columns
+    wide.assign_rows(keys, 33, kv, generation)  # past the columns: rows give way to 48 columns
     assert wide.num_block_columns() == 48 and wide.num_bytes <= 2 * 32 * per_cell
 
 
 def test_negative_budget_is_rejected() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         WideContext(2, -1)
+
+
+def test_a_context_that_shrinks_in_a_kept_row_matches(
+    tiny_config: ModelConfig, uncached: Model
+) -> None:
+    """Decoding an earlier position again (the engine redoing a step) leaves tokens past
+    the new context in the kept row: finite, weighted 0, so the bits do not change."""
+    cached = _cached(tiny_config)
+    pool, tables = _prefilled(cached, 2)
+    for step in range(3):
+        _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1]))
+    for step in (1, 0, 1, 2, 3):
+        _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1]))
