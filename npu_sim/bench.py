@@ -50,10 +50,13 @@ def _new_pool(model: Model, num_blocks: int) -> Any:
     """A zeroed fp16 pool: a counted `KVBlockPool` where this checkout has one (as the
     server's HBM pool is), else a bare array."""
     shape = model.kv_pool_shape(num_blocks, BLOCK_SIZE)
-    try:
-        from npu_sim.kv_pool import KVBlockPool
-    except ImportError:  # an older checkout
-        return np.zeros(shape, dtype=np.float16)
+    # Asked of the model's own directory, not of the import system: with this project
+    # installed in editable mode, its finder resolves a module the older checkout lacks
+    # from the installed tree, and `import npu_sim.kv_pool` would then succeed.
+    if not (Path(sys.modules[Model.__module__].__file__ or "").parent / "kv_pool.py").exists():
+        return np.zeros(shape, dtype=np.float16)  # an older checkout
+    from npu_sim.kv_pool import KVBlockPool
+
     return KVBlockPool(shape, np.float16)
 
 
@@ -113,8 +116,10 @@ def _run_isolated(root: Path, args: list[str]) -> dict[str, object]:
         cwd=root,
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark on {root} failed:\n{proc.stderr[-2000:]}")
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
