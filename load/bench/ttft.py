@@ -64,6 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TAIL_CHARS = 16
+"""Characters `fresh_tail` replaces: one 16-token block under tiny-llama's byte tokenizer
+(one token per character)."""
+
+
+def fresh_tail(prompt: str, tag: str) -> str:
+    """`prompt` with its last `TAIL_CHARS` characters replaced by `tag` repeated.
+
+    Under a byte tokenizer every full block before them stays cached, and the last full
+    block (the one holding the first replaced characters) is new for every distinct
+    `tag` of up to 16 characters, so a hit recomputes that block over the cached rest.
+    Replacing only the last 8 characters does not: a 16-token block begins before them
+    whenever the prompt has a BOS token, so tags that differ only in their last
+    character leave that block cached, and the hit recomputes a single token.
+    """
+    if not 0 < len(tag) <= TAIL_CHARS or len(prompt) < TAIL_CHARS:
+        raise ValueError(f"need a tag of 1-{TAIL_CHARS} characters and a longer prompt")
+    return prompt[:-TAIL_CHARS] + (tag * TAIL_CHARS)[:TAIL_CHARS]
+
+
 async def offload(client: httpx.AsyncClient, base_url: str, tier: str) -> int:
     resp = await client.post(
         f"{root_url(base_url)}/cache/offload", json={"tier": tier}, timeout=600.0

@@ -118,3 +118,36 @@ def test_bench_overhead_short(tmp_path):
         for rows in results.values()
         for r in rows
     )
+
+
+def test_fresh_tail_makes_the_last_full_block_new_for_every_tag() -> None:
+    from load.bench.ttft import fresh_tail
+    from load.synth import synth_text
+    from npu_sim.tokenizers.byte import ByteTokenizer
+
+    tokenizer = ByteTokenizer()
+    prompt = synth_text("tail", 1024)
+
+    bos = tokenizer.bos_id
+    assert bos is not None
+
+    def encode(text: str) -> list[int]:  # as the server does for a completion: BOS first
+        return [bos, *tokenizer.encode(text)]
+
+    def same_full_blocks(a: str, b: str) -> int:
+        x, y = encode(a), encode(b)
+        n = 0
+        while (n + 1) * 16 <= min(len(x), len(y)) and x[n * 16 : n * 16 + 16] == y[
+            n * 16 : n * 16 + 16
+        ]:
+            n += 1
+        return n
+
+    full_blocks = len(encode(prompt)) // 16
+    tags = ["d0000001", "d0000002", "f0000001", "h0000009"]
+    for i, a in enumerate(tags):
+        for b in tags[i + 1 :]:
+            # a hit with tag b after a with tag a reuses all but the last full block
+            assert same_full_blocks(fresh_tail(prompt, a), fresh_tail(prompt, b)) == full_blocks - 1
+    # what the first version did: an 8-character suffix left the last full block cached
+    assert same_full_blocks(prompt[:-8] + "d0000001", prompt[:-8] + "d0000002") == full_blocks
