@@ -295,6 +295,7 @@ class _CountingDecoder(BlockDecoder):
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
-    view = array.view()
-    view.flags.writeable = False
-    return view
+    """A read-only view of C-contiguous `array` whose flag cannot be set back (its base
+    is a read-only buffer; `npu_sim.kv_pool.read_only` does the same)."""
+    buffer = array.data.cast("B").toreadonly()
+    return np.frombuffer(buffer, dtype=array.dtype).reshape(array.shape)

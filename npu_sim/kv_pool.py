@@ -95,10 +95,11 @@ class KVBlockPool:
 
 
 def read_only(array: np.ndarray) -> np.ndarray:
-    """A view of `array` that raises on any write through it."""
-    view = array.view()
-    view.flags.writeable = False
-    return view
+    """A view of C-contiguous `array` that raises on any write through it. Built on a
+    read-only buffer, so a reader cannot set `flags.writeable` back (a plain view's can
+    be, its base being writable)."""
+    buffer = array.data.cast("B").toreadonly()
+    return np.frombuffer(buffer, dtype=array.dtype).reshape(array.shape)
 
 
 def pool_bytes(pool: KVPool | np.ndarray) -> np.ndarray:

@@ -181,10 +181,12 @@ class WideContext:
         if b_idx.size:
             blocks = table[b_idx, j_idx]
             fresh = kv_pool[blocks, layer_idx]  # (n, 2, bs, kvh, hd)
+            # Both widened before either is stored: a failure (MemoryError) leaves the
+            # columns as they were, never K of one block under another's record.
             # K stored transposed: BLAS multiplies by a row-major (hd, T) faster (NN).
             k_wide = widen(fresh[:, 0]).transpose(0, 2, 3, 1)
-            slab.k_wide[b_idx + first_row, :, :, j_idx] = k_wide
             v_wide = widen(fresh[:, 1], np.float64).transpose(0, 2, 1, 3)
+            slab.k_wide[b_idx + first_row, :, :, j_idx] = k_wide
             slab.v_wide[b_idx + first_row, :, j_idx] = v_wide
             slab.block[b_idx + first_row, j_idx] = blocks
             slab.generation[b_idx + first_row, j_idx] = now[b_idx, j_idx]

@@ -72,6 +72,9 @@ def test_the_kv_bytes_are_read_only_and_every_write_method_bumps_the_generation(
         pool.kv[0] = 1
     with pytest.raises(ValueError, match="read-only"):
         pool.generation[0] += 1
+    for view in (pool.kv, pool.generation):  # nor can a reader make them writable
+        with pytest.raises(ValueError):
+            view.flags.writeable = True
     assert pool.generation is pool.generation  # one object: readers may key on it
     pool.write_tokens(np.array([1, 2]), np.array([0, 1]), 1, np.ones((2, 2, 1, 4)))
     assert pool.generation.tolist() == [[0, 0], [0, 1], [0, 1], [0, 0]]

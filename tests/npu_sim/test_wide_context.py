@@ -102,6 +102,9 @@ def test_a_write_past_the_owner_raises(tiny_config: ModelConfig) -> None:
         pool.generation[0] = 0
     with pytest.raises(ValueError, match="read-only"):
         np.copyto(pool.kv[1], 0)
+    for view in (pool.kv, pool.generation):  # nor can a reader make them writable
+        with pytest.raises(ValueError):
+            view.flags.writeable = True
 
 
 def test_a_missed_bump_is_caught_by_the_debug_check(tiny_config: ModelConfig) -> None:
