@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npu_sim.batch_plan import DecodeGroup, SeqChunk, group_decodes, plan_batch
 from npu_sim.blas import blas_threads_limited
 from npu_sim.kv_pool import KVPool, pool_bytes, write_tokens
 from npu_sim.model_config import ModelConfig
@@ -43,53 +44,8 @@ NUMERICS_VERSION = 2
 # Query rows per attention call of a long chunk: bounds the score matrices, so they stay
 # in cache (a 4k prefill, CPU s: 2.4-2.6 at 32 or 64 rows, 2.9-3.1 at 128, 3.4-4.4 at 256).
 _ROW_TILE = 64
-# Widened context bytes per decode attention call (K float32 + V float64 of a few
-# sequences) widened on the spot: small enough to stay in cache and skip the page faults
-# of fresh multi-megabyte temporaries (batch 32, 1k context: 4 sequences a call, 2x
-# faster than one call). Contexts kept in `WideContext` are views, not temporaries:
-# larger calls, fewer of them (33-35 vs 41 ms per batch-32 step at 32 vs 4 MiB).
-_DECODE_GROUP_BYTES = 4 << 20
-_CACHED_GROUP_BYTES = 32 << 20
 # Default bound of the widened decode contexts kept across steps (`WideContext`).
 DEFAULT_WIDE_CONTEXT_BYTES = 512 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class _Patches:
-    """Decode rows whose new token goes into a kept `WideContext` row: their rows in
-    the batch and in `WideContext`, the token's position and the pool block it goes to."""
-
-    batch_rows: np.ndarray
-    rows: np.ndarray
-    positions: np.ndarray
-    blocks: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
-class _DecodeGroup:
-    """Decode rows attended in one call: batch indices, their block tables (padded with
-    block 0) and context lengths, and their first `WideContext` row (None: uncached)."""
-
-    members: list[int]
-    table: np.ndarray
-    ctx: list[int]
-    first_row: int | None
-
-
-@dataclass(slots=True)
-class SeqChunk:
-    """A run of consecutive tokens of one sequence to push through the model.
-
-    token_ids: the new tokens (at least one); token_ids[0] sits at absolute `start_pos`,
-        and positions < start_pos already have their KV in the pool.
-    block_table: pool block ids covering positions [0, start_pos + len(token_ids)).
-    needs_logits: return the logits of the chunk's last token.
-    """
-
-    token_ids: Sequence[int]
-    start_pos: int
-    block_table: Sequence[int]
-    needs_logits: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,17 +111,16 @@ class Model:
     (process-wide, restored after each call; None leaves BLAS alone). Results are
     bit-identical for any value; 1 is fastest for this model's small matmuls on a busy
     machine (see `npu_sim.blas`). wide_context_bytes: bound of the decode contexts kept
-    widened across steps (`npu_sim.wide_context`; 0 turns it off). It changes speed and
-    memory only: every step checks the cached bytes against the pool's, so results are
-    bit-identical for any value, whoever wrote the pool in between.
+    widened across steps (`npu_sim.wide_context`; 0 turns it off), with a counted pool
+    only (a bare array pool is widened every step). It changes speed and memory only.
 
     Thread contract: `forward` mutates the KV pool, a lazily grown RoPE table and the
     widened-context cache, so call it from one thread at a time (the engine thread), and
     nothing may write the blocks of the batch's contexts while it runs.
 
-    wide_context_bytes also changes nothing with a counted pool (`npu_sim.kv_pool`): a
-    kept block is used only while its write generation is unchanged, and every writer
-    bumps it (all others get read-only bytes). verify_wide_context: also widen every
+    Why the bits do not depend on it: with a counted pool (`npu_sim.kv_pool`) a kept
+    block is used only while its write generation is unchanged, and every writer bumps
+    it (all others get read-only bytes). verify_wide_context: also widen every
     kept context from scratch each step and raise `RuntimeError` on any difference
     (slow; for tests and debugging).
     """
@@ -256,11 +211,11 @@ class Model:
     ) -> np.ndarray:
         cfg = self._config
         block_size = kv.shape[3]
-        token_ids, positions, slot_blocks = self._plan(batch, kv)
+        token_ids, positions, slot_blocks = plan_batch(batch, kv, cfg.vocab_size)
         slot_offsets = positions % block_size
         x = self._embed[token_ids]
         cos, sin = self._rope.lookup(positions)
-        decode_groups, patches = self._group_decodes(batch, kv, generation, slot_blocks)
+        decode_groups, patches = group_decodes(batch, cfg, self._wide, kv, generation, slot_blocks)
         nh, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         new_kv = np.empty((token_ids.shape[0], 2, kvh, hd), dtype=kv.dtype)
         for layer_idx, lw in enumerate(self._layers):
@@ -296,79 +251,10 @@ class Model:
         final = rms_norm(x[logit_rows], self._final_norm, cfg.rms_eps)
         return linear(final, self._lm_head)
 
-    def _group_decodes(
-        self,
-        batch: Sequence[SeqChunk],
-        kv_pool: np.ndarray,
-        generation: np.ndarray | None,
-        slot_blocks: np.ndarray,
-    ) -> tuple[list[_DecodeGroup], _Patches | None]:
-        """Cut the batch's single-token chunks into groups of at most
-        `_CACHED_GROUP_BYTES` (`_DECODE_GROUP_BYTES` if uncached) of widened context:
-        those with a `WideContext` row in runs of consecutive rows, the rest by length
-        (similar lengths together: little padding). Only a counted pool (`generation`)
-        gets rows. Also returns what the rows' new tokens write (`WideContext.patch`)."""
-        decodes = [i for i, c in enumerate(batch) if len(c.token_ids) == 1]
-        if not decodes:
-            return [], None
-        block_size = kv_pool.shape[3]
-        ctx = {i: batch[i].start_pos + 1 for i in decodes}
-        num_blocks = -(-max(ctx.values()) // block_size)
-        cfg = self._config
-        seq_bytes = 12 * num_blocks * block_size * cfg.num_kv_heads * cfg.head_dim
-        size = max(1, _DECODE_GROUP_BYTES // seq_bytes)
-        cached_size = max(1, _CACHED_GROUP_BYTES // seq_bytes)
-        # A sequence's key: its first block, told apart from others sharing it by order.
-        seen: dict[int, int] = {}
-        keys = []
-        for i in decodes:
-            first = int(batch[i].block_table[0])
-            keys.append((first, seen.get(first, 0)))
-            seen[first] = seen.get(first, 0) + 1
-        rows: list[int | None] = [None] * len(decodes)
-        if generation is not None:
-            rows = self._wide.assign_rows(keys, num_blocks, kv_pool, generation)
-        cached = sorted((r, i) for r, i in zip(rows, decodes, strict=True) if r is not None)
-        runs: list[tuple[int | None, list[int]]] = []
-        for r, i in cached:
-            last = runs[-1] if runs else None
-            if (
-                last is not None
-                and last[0] is not None
-                and last[0] + len(last[1]) == r
-                and len(last[1]) < cached_size
-            ):
-                last[1].append(i)
-            else:
-                runs.append((r, [i]))
-        rest = sorted(
-            (i for r, i in zip(rows, decodes, strict=True) if r is None), key=ctx.__getitem__
-        )
-        runs += [(None, rest[lo : lo + size]) for lo in range(0, len(rest), size)]
-        groups = []
-        for first_row, members in runs:
-            nb = -(-max(ctx[i] for i in members) // block_size)
-            table = np.zeros((len(members), nb), dtype=np.int64)
-            for b, i in enumerate(members):
-                used = -(-ctx[i] // block_size)
-                table[b, :used] = np.asarray(batch[i].block_table[:used], dtype=np.int64)
-            groups.append(_DecodeGroup(members, table, [ctx[i] for i in members], first_row))
-        patches = None
-        if cached:
-            starts = np.cumsum([0] + [len(c.token_ids) for c in batch[:-1]])
-            batch_rows = starts[[i for _, i in cached]]
-            patches = _Patches(
-                batch_rows=batch_rows,
-                rows=np.array([r for r, _ in cached], dtype=np.int64),
-                positions=np.array([batch[i].start_pos for _, i in cached], dtype=np.int64),
-                blocks=slot_blocks[batch_rows],
-            )
-        return groups, patches
-
     def _attention(
         self,
         batch: Sequence[SeqChunk],
-        decode_groups: Sequence[_DecodeGroup],
+        decode_groups: Sequence[DecodeGroup],
         q: np.ndarray,
         kv_pool: np.ndarray,
         generation: np.ndarray | None,
@@ -419,69 +305,6 @@ class Model:
         if kv_pool.dtype != np.dtype(c.kv_dtype):
             raise ValueError(f"kv_pool dtype {kv_pool.dtype} != config kv_dtype {c.kv_dtype}")
 
-    def _plan(
-        self, batch: Sequence[SeqChunk], kv_pool: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Validate the batch; return token ids, absolute positions and pool block per row."""
-        num_blocks, block_size = kv_pool.shape[0], kv_pool.shape[3]
-        vocab = self._config.vocab_size
-        ids, positions, blocks = [], [], []
-        # Decodes in plain Python (numpy calls cost more than the work for one token),
-        # collected into one array per run of consecutive decodes.
-        run_ids: list[int] = []
-        run_pos: list[int] = []
-        run_blocks: list[int] = []
-
-        def flush() -> None:
-            if run_ids:
-                ids.append(np.array(run_ids, dtype=np.int64))
-                positions.append(np.array(run_pos, dtype=np.int64))
-                blocks.append(np.array(run_blocks, dtype=np.int64))
-                run_ids.clear()
-                run_pos.clear()
-                run_blocks.clear()
-
-        for chunk in batch:
-            n = len(chunk.token_ids)
-            if n == 0 or chunk.start_pos < 0:
-                raise ValueError("a chunk needs >= 1 token and start_pos >= 0")
-            if n == 1:
-                token, start = int(chunk.token_ids[0]), int(chunk.start_pos)
-                if not 0 <= token < vocab:
-                    raise ValueError("token id outside the vocabulary")
-                num_needed = start // block_size + 1
-                if len(chunk.block_table) < num_needed:
-                    raise ValueError(
-                        f"block table covers {len(chunk.block_table)} blocks, need {num_needed}"
-                    )
-                needed = [int(b) for b in chunk.block_table[:num_needed]]
-                if min(needed) < 0 or max(needed) >= num_blocks:
-                    raise ValueError("block id outside the KV pool")
-                run_ids.append(token)
-                run_pos.append(start)
-                run_blocks.append(needed[-1])
-                continue
-            flush()
-            chunk_ids = np.asarray(chunk.token_ids, dtype=np.int64)
-            if chunk_ids.min() < 0 or chunk_ids.max() >= self._config.vocab_size:
-                raise ValueError("token id outside the vocabulary")
-            table = np.asarray(chunk.block_table, dtype=np.int64)
-            num_needed = -(-(chunk.start_pos + n) // block_size)
-            if table.shape[0] < num_needed:
-                raise ValueError(f"block table covers {table.shape[0]} blocks, need {num_needed}")
-            if table[:num_needed].min() < 0 or table[:num_needed].max() >= num_blocks:
-                raise ValueError("block id outside the KV pool")
-            pos = np.arange(chunk.start_pos, chunk.start_pos + n, dtype=np.int64)
-            ids.append(chunk_ids)
-            positions.append(pos)
-            blocks.append(table[pos // block_size])
-        flush()
-        all_pos, all_blocks = np.concatenate(positions), np.concatenate(blocks)
-        slots = all_blocks * block_size + all_pos % block_size
-        if np.unique(slots).shape[0] != slots.shape[0]:
-            raise ValueError("two tokens of the batch write the same KV slot")
-        return np.concatenate(ids), all_pos, all_blocks
-
 
 def _gather(
     kv_pool: np.ndarray, layer_idx: int, chunks: Sequence[SeqChunk], key_dtype: type[np.floating]
@@ -522,7 +345,7 @@ def _gather_table(
 
 
 def _verify(
-    k_t: np.ndarray, v: np.ndarray, kv_pool: np.ndarray, layer_idx: int, group: _DecodeGroup
+    k_t: np.ndarray, v: np.ndarray, kv_pool: np.ndarray, layer_idx: int, group: DecodeGroup
 ) -> None:
     """Raise `RuntimeError` unless kept contexts equal a widening from scratch, bit for
     bit, within each context, and V is finite past it (its weights there are 0)."""
