@@ -7,7 +7,7 @@ decode rows grouped for batched attention (with their `WideContext` rows).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +32,18 @@ class SeqChunk:
         and positions < start_pos already have their KV in the pool.
     block_table: pool block ids covering positions [0, start_pos + len(token_ids)).
     needs_logits: return the logits of the chunk's last token.
+    seq_key: what names the sequence across steps (the executor passes its seq_id), unique
+        in a batch: a decode's widened context is kept per key. None: keyed by its first
+        block and its order among the batch's sequences sharing that block, which shifts
+        when one of them finishes (their contexts are then widened again: slower, never
+        other bits).
     """
 
     token_ids: Sequence[int]
     start_pos: int
     block_table: Sequence[int]
     needs_logits: bool = True
+    seq_key: Hashable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +102,12 @@ def plan_batch(
                 raise ValueError(
                     f"block table covers {len(chunk.block_table)} blocks, need {num_needed}"
                 )
-            needed = [int(b) for b in chunk.block_table[:num_needed]]
-            if min(needed) < 0 or max(needed) >= num_blocks:
+            written = int(chunk.block_table[num_needed - 1])
+            if not 0 <= written < num_blocks:  # the rest of its table: `group_decodes`
                 raise ValueError("block id outside the KV pool")
             run_ids.append(token)
             run_pos.append(start)
-            run_blocks.append(needed[-1])
+            run_blocks.append(written)
             continue
         flush()
         chunk_ids = np.asarray(chunk.token_ids, dtype=np.int64)
@@ -147,13 +153,19 @@ def group_decodes(
     seq_bytes = 12 * num_blocks * block_size * config.num_kv_heads * config.head_dim
     size = max(1, _DECODE_GROUP_BYTES // seq_bytes)
     cached_size = max(1, _CACHED_GROUP_BYTES // seq_bytes)
-    # A sequence's key: its first block, told apart from others sharing it by order.
+    # A sequence's key: its seq_key, else its first block, told apart from others
+    # sharing it by order.
     seen: dict[int, int] = {}
-    keys = []
+    keys: list[Hashable] = []
     for i in decodes:
+        if batch[i].seq_key is not None:
+            keys.append(("seq", batch[i].seq_key))
+            continue
         first = int(batch[i].block_table[0])
         keys.append((first, seen.get(first, 0)))
         seen[first] = seen.get(first, 0) + 1
+    if len(set(keys)) != len(keys):
+        raise ValueError("two chunks of the batch have the same seq_key")
     rows: list[int | None] = [None] * len(decodes)
     if generation is not None:
         rows = wide.assign_rows(keys, num_blocks, kv_pool, generation)
@@ -179,6 +191,8 @@ def group_decodes(
         for b, i in enumerate(members):
             used = -(-ctx[i] // block_size)
             table[b, :used] = np.asarray(batch[i].block_table[:used], dtype=np.int64)
+        if table.min() < 0 or table.max() >= kv_pool.shape[0]:  # before any write
+            raise ValueError("block id outside the KV pool")
         groups.append(DecodeGroup(members, table, [ctx[i] for i in members], first_row))
     patches = None
     if cached:

@@ -191,7 +191,13 @@ class Executor:
             begin = max(self._device_free_at, launched, started - MAX_LATENESS)
             hidden = max(0.0, min(started - self._returned_at, started - begin))
         chunks = [
-            SeqChunk(s.token_ids, s.start_pos, s.block_table, needs_logits=s.sampler is not None)
+            SeqChunk(
+                s.token_ids,
+                s.start_pos,
+                s.block_table,
+                needs_logits=s.sampler is not None,
+                seq_key=s.seq_id,
+            )
             for s in seqs
         ]
         logits = self._model.forward(chunks, self._kv_pool)

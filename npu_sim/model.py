@@ -190,8 +190,8 @@ class Model:
         token's K/V into `kv_pool` (a counted `KVPool` through its `write_tokens`, or a
         bare array) and attends by reading the whole context back from the pool.
         Preconditions (checked, `ValueError`): the pool matches the model, chunks are
-        non-empty with valid token ids, block tables cover their chunks and no two chunks
-        write the same slot. Not checked: a chunk must not write a block another chunk of
+        non-empty with valid token ids, block tables cover their chunks, no two chunks
+        write the same slot nor share a `seq_key`. Not checked: a chunk must not write a block another chunk of
         the same batch reads.
         """
         kv = pool_bytes(kv_pool)

@@ -217,3 +217,45 @@ def test_a_context_that_shrinks_in_a_kept_row_matches(
         _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1]))
     for step in (1, 0, 1, 2, 3):
         _same_step(cached, uncached, pool, _decodes(tables, CONTEXT + step, [0, 1]))
+
+
+def test_sequences_sharing_a_first_block_keep_their_rows_when_one_finishes(
+    tiny_config: ModelConfig, uncached: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyed by `seq_key` (the executor's seq_id), a sequence keeps its widened context
+    when another sequence sharing its first block (a common system prompt) leaves; keyed
+    by first block and order, the survivors move rows and widen whole contexts again."""
+    import npu_sim.wide_context as wide_context
+
+    real_widen = wide_context.widen
+    blocks_widened: list[int] = []
+
+    def counting(x: np.ndarray, *args: object) -> np.ndarray:
+        if x.ndim == 4:  # whole blocks (n, block_size, kvh, hd); a patch widens tokens
+            blocks_widened.append(x.shape[0])
+        return real_widen(x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wide_context, "widen", counting)
+    for keys in (["a", "b", "c", "d"], [None] * 4):
+        cached = _cached(tiny_config)
+        pool, tables = _prefilled(cached, 4)
+        for table in tables[1:]:
+            table[0] = tables[0][0]  # one shared first block
+
+        for i, which in enumerate([[0, 1, 2, 3], [0, 1, 2, 3], [1, 2, 3]]):
+            if i == 2:  # sequence 0 finished
+                blocks_widened.clear()
+            batch = [SeqChunk([65 + s], CONTEXT + i, tables[s], seq_key=keys[s]) for s in which]
+            _same_step(cached, uncached, pool, batch)
+        if keys[0] is not None:
+            assert blocks_widened == []
+        else:
+            assert sum(blocks_widened) > 0  # the old keying, for contrast
+
+
+def test_two_chunks_with_one_seq_key_are_rejected(tiny_config: ModelConfig) -> None:
+    model = _cached(tiny_config)
+    pool, tables = _prefilled(model, 2)
+    batch = [SeqChunk([65], CONTEXT, tables[s], seq_key="same") for s in range(2)]
+    with pytest.raises(ValueError, match="seq_key"):
+        model.forward(batch, pool)
