@@ -197,10 +197,14 @@ class WideContext:
             n = ctx[b]
             if j == n // bs and n % bs:
                 slab.v_wide[first_row + b, :, j, n % bs :] = 0
+        # Padding: a column holding no block (-1) is zero already (zeroed when it was
+        # marked, or never written: `patch` and the widening above write held columns).
         for b in np.flatnonzero(used < nb).tolist():
             row = first_row + b
-            slab.v_wide[row, :, used[b] : nb] = 0
-            slab.block[row, used[b] : nb] = -1  # zeros now, not the block's values
+            held = np.flatnonzero(slab.block[row, used[b] : nb] != -1) + used[b]
+            if held.size:
+                slab.v_wide[row, :, held] = 0
+                slab.block[row, held] = -1  # zeros now, not the block's values
         kvh, hd = kv_pool.shape[4], kv_pool.shape[5]
         k_t = slab.k_wide[rows, :, :, :nb].reshape(bsz, kvh, hd, nb * bs)
         v = slab.v_wide[rows, :, :nb].reshape(bsz, kvh, nb * bs, hd)

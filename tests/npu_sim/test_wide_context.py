@@ -259,3 +259,24 @@ def test_two_chunks_with_one_seq_key_are_rejected(tiny_config: ModelConfig) -> N
     batch = [SeqChunk([65], CONTEXT, tables[s], seq_key="same") for s in range(2)]
     with pytest.raises(ValueError, match="seq_key"):
         model.forward(batch, pool)
+
+
+def test_padding_columns_already_zero_are_not_zeroed_again(model: Model) -> None:
+    """A short context next to a long one in a group: its padding columns are zeroed
+    (and marked as holding no block) once, not on every step."""
+    pool = KVBlockPool(model.kv_pool_shape(24, BLOCK_SIZE), np.float16)
+    wide = WideContext(model.config.num_layers, 64 << 20)
+    kv, generation = pool.kv, pool.generation
+    table = np.zeros((2, 19), dtype=np.int64)
+    table[0, :2] = [0, 1]  # 19 tokens: 2 blocks
+    table[1] = np.arange(5, 24)  # 301 tokens: 19 blocks
+    ctx = [19, 301]
+    assert wide.assign_rows(["short", "long"], 19, kv, generation) == [0, 1]
+    wide.gather(kv, generation, 0, 0, table, ctx)
+    slab = wide._slabs[0]  # noqa: SLF001 - whether a column is written again is the point
+    assert slab is not None and (slab.block[0, 2:19] == -1).all()
+    slab.v_wide[0, :, 10] = 1.0  # a sentinel in a padding column already zeroed
+    _, v = wide.gather(kv, generation, 0, 0, table, ctx)
+    assert (slab.v_wide[0, :, 10] == 1.0).all()
+    slab.v_wide[0, :, 10] = 0.0
+    assert np.isfinite(v).all() and not v[0, :, 19:].any()
