@@ -150,10 +150,6 @@ class Executor:
     def pace(self) -> Pace:
         return self._pace
 
-    @property
-    def kv_pool(self) -> KVPool | np.ndarray:
-        return self._kv_pool
-
     def cost_seconds(self, seqs: Sequence[StepSequence]) -> float:
         """Modelled device time of a step over `seqs` (what `step` charges), without
         running it."""

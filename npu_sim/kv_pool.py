@@ -23,12 +23,11 @@ anyone wrote the block in between, provided writers bump after writing (they do)
 from __future__ import annotations
 
 import threading
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 
 
-@runtime_checkable
 class KVPool(Protocol):
     """A KV pool `[num_blocks, num_layers, 2, block_size, num_kv_heads, head_dim]` that
     counts writes (see the module doc)."""

@@ -80,8 +80,8 @@ def test_a_block_rewritten_behind_the_model_is_widened_again(
 def test_a_token_written_by_another_model_is_seen(
     tiny_config: ModelConfig, uncached: Model
 ) -> None:
-    """Two models on one pool (vNPU partitions): each one's token writes bump the
-    generation, so the other re-widens the block."""
+    """Two models on one pool (the server has none: each vNPU partition builds its own
+    pool): each one's token writes bump the generation, so the other re-widens."""
     cached, other = _cached(tiny_config), Model(tiny_config)
     pool, tables = _prefilled(cached, 2)
     for step in range(2):
