@@ -115,13 +115,14 @@ def test_step_samples_like_forward_plus_sampler(
 def test_empty_step_and_duplicate_ids(
     model: Model, tiny_config: ModelConfig, new_pool: PoolFactory
 ) -> None:
-    executor = Executor(model, tiny_config, get_device("h100-sxm"), Pace.REAL, new_pool())
+    pool = new_pool()
+    executor = Executor(model, tiny_config, get_device("h100-sxm"), Pace.REAL, pool)
     empty = executor.step([])
     assert empty.sampled == {} and empty.num_tokens == 0 and empty.modelled_seconds == 0.0
     dup = [StepSequence("a", [1], 0, [0], None), StepSequence("a", [2], 0, [1], None)]
     with pytest.raises(ValueError):
         executor.step(dup)
-    assert np.isnan(executor.kv_pool).all()  # rejected before touching the pool
+    assert np.isnan(pool).all()  # rejected before touching the pool
 
 
 def test_real_pace_never_runs_ahead_of_the_modelled_clock(slow_executor: SlowExecutor) -> None:
