@@ -77,18 +77,23 @@ class HookedRedisTier(RedisTier):
         super().get_pieces(keys, piece, hooked)
 
 
+def _damage(tier: LmdbTier, key: BlockHash) -> None:
+    """Flip the last payload byte of `key`'s stored block, behind the tier's back."""
+    with tier._env.begin(db=tier._db, write=True) as txn:
+        stored = txn.get(key)
+        assert stored is not None
+        damaged = bytearray(stored)
+        damaged[-1] ^= 0xFF
+        txn.put(key, bytes(damaged))
+
+
 def test_a_job_larger_than_a_chunk_lands_whole_and_flags_only_the_bad_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(transfer, "COPY_CHUNK_BLOCKS", 2)
     with LmdbTier(tmp_path, 16 << 20, "flash") as tier:
         keys, blocks = _store(tier, 5)
-        with tier._env.begin(db=tier._db, write=True) as txn:  # damage block 3's payload
-            stored = txn.get(keys[3])
-            assert stored is not None
-            damaged = bytearray(stored)
-            damaged[-1] ^= 0xFF
-            txn.put(keys[3], bytes(damaged))
+        _damage(tier, keys[3])  # its payload's last byte
         pool = np.zeros((6, *LAYOUT.block_shape), LAYOUT.np_dtype)
         statuses = _load(tier, [*keys, BlockHash(b"\x99" * 16)], pool, LoadGuard(6))
     ok, corrupt, missing = LoadStatus.OK, LoadStatus.CORRUPT, LoadStatus.MISSING
@@ -214,12 +219,7 @@ def test_a_load_from_two_tiers_lands_each_block_and_flags_only_the_bad_one(
         keys, blocks = _store(flash, 6)
         for i in (0, 2, 4):  # the even blocks live in the other tier
             ddr.put(keys[i], flash.get(keys[i]) or b"")
-        with flash._env.begin(db=flash._db, write=True) as txn:  # damage block 3
-            stored = txn.get(keys[3])
-            assert stored is not None
-            damaged = bytearray(stored)
-            damaged[-1] ^= 0xFF
-            txn.put(keys[3], bytes(damaged))
+        _damage(flash, keys[3])
         pool = np.zeros((6, *LAYOUT.block_shape), LAYOUT.np_dtype)
         worker = TransferWorker({Tier.DDR: ddr, Tier.FLASH: flash}, LAYOUT, pool)
         try:
