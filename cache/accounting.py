@@ -19,7 +19,7 @@ from cache.health import TierHealth
 from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier
-from cache.transfer import Job, JobResult, LoadJob, LoadStatus, RemoveJob, job_op
+from cache.transfer_jobs import Job, JobResult, LoadJob, LoadStatus, RemoveJob, job_op
 
 logger = logging.getLogger(__name__)
 

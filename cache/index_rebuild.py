@@ -17,7 +17,7 @@ from cache.health import TierHealth
 from cache.stats import Tier, TierOp, TierStats
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
-from cache.transfer import Job, RemoveJob
+from cache.transfer_jobs import Job, RemoveJob
 
 logger = logging.getLogger(__name__)
 

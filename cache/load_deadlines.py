@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cache.block_hash import BlockHash
 from cache.stats import Tier
-from cache.transfer import LoadGuard, LoadStatus
+from cache.transfer_jobs import LoadGuard, LoadStatus
 
 LoadItems = list[tuple[BlockHash, int, Tier]]  # (hash, HBM block id, source tier)
 

@@ -51,15 +51,8 @@ from cache.records import Admission, CacheConfig, FinishedLoad, PrefixHit
 from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier, TierError
-from cache.transfer import (
-    DemoteJob,
-    LoadJob,
-    LoadStatus,
-    RemoveJob,
-    StoreJob,
-    TransferCharge,
-    TransferWorker,
-)
+from cache.transfer import TransferCharge, TransferWorker
+from cache.transfer_jobs import DemoteJob, LoadJob, LoadStatus, RemoveJob, StoreJob
 from cache.write_back import plan_write_back
 
 logger = logging.getLogger(__name__)

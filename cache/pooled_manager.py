@@ -30,7 +30,8 @@ from cache.pool_changes import ChangeKind, PoolChange, apply_changes
 from cache.records import CacheConfig
 from cache.stats import Tier
 from cache.tiers.base import StorageTier
-from cache.transfer import RemoveJob, TransferCharge
+from cache.transfer import TransferCharge
+from cache.transfer_jobs import RemoveJob
 
 
 class SharedPoolCacheManager(CacheManager):

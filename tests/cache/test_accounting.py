@@ -9,7 +9,7 @@ from cache.hbm_pool import HbmBlockPool
 from cache.layout import KVLayout
 from cache.stats import CacheStats, Tier
 from cache.tier_index import TierIndex
-from cache.transfer import Job, LoadStatus, RemoveJob
+from cache.transfer_jobs import Job, LoadStatus, RemoveJob
 
 LAYOUT = KVLayout("m", num_layers=1, num_kv_heads=1, head_dim=4, block_size=2)
 OK, CORRUPT, MISSING = LoadStatus.OK, LoadStatus.CORRUPT, LoadStatus.MISSING

@@ -63,7 +63,8 @@ def test_a_load_abandoned_before_its_modelled_arrival_is_not_counted_loaded(
 ) -> None:
     """Bytes copied into HBM count as arrived only once the modelled link carried them:
     a load abandoned at its deadline while its lane waits out the link is recomputed."""
-    from cache.transfer import LoadGuard, LoadJob, LoadStatus, TransferWorker
+    from cache.transfer import TransferWorker
+    from cache.transfer_jobs import LoadGuard, LoadJob, LoadStatus
 
     released = threading.Event()
     charged = threading.Event()

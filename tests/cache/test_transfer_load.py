@@ -22,7 +22,8 @@ from cache.stats import Tier, TierOp
 from cache.tiers.base import Buffer
 from cache.tiers.lmdb_tier import LmdbTier
 from cache.tiers.redis_tier import RedisTier, connect_redis
-from cache.transfer import LoadGuard, LoadJob, LoadStatus, TransferWorker
+from cache.transfer import TransferWorker
+from cache.transfer_jobs import LoadGuard, LoadJob, LoadStatus
 
 LAYOUT = KVLayout("t", num_layers=1, num_kv_heads=1, head_dim=4, block_size=2)
 
