@@ -3,10 +3,12 @@
 The model keeps decode contexts widened across steps (`npu_sim.wide_context`). A widened
 block is valid while nobody wrote the block since; checking that by comparing bytes cost
 a fifth of a batch-32 decode step. A write counter is cheaper, but one missed bump by any
-writer would mean wrong tokens. So a missed bump is made impossible: the pool's owner
-keeps the only writable array privately and hands everyone else read-only views
-(`kv.flags.writeable` is False), so a write that does not go through the owner's write
-methods raises instead of silently changing bytes. Every write method bumps
+writer would mean wrong tokens. So a stray write raises: the pool's owner keeps the
+only writable array privately and hands everyone else read-only views, built on a
+read-only buffer (`kv.flags.writeable` is False and cannot be set back), so a write that
+does not go through the owner's write methods fails instead of silently changing bytes.
+(Python cannot hide the owner's array from code that digs for it on purpose, through
+the buffer's `.obj`; no code here does.) Every write method bumps
 `generation[block, layer]` *after* the bytes are written.
 
 `KVPool` is the protocol the model and the executor use (`cache.hbm_pool.HbmBlockPool`
@@ -40,7 +42,8 @@ class KVPool(Protocol):
     @property
     def generation(self) -> np.ndarray:
         """Read-only int64 `(num_blocks, num_layers)`: bumped after every write to the
-        block's layer. Never decreases."""
+        block's layer. Never decreases. The same array object on every call: a model's
+        kept contexts start over when it changes (another pool)."""
         ...
 
     def write_tokens(
@@ -77,14 +80,14 @@ class KVBlockPool:
             self._kv[blocks, :, :, offsets] = values
         else:
             self._kv[blocks, layer, :, offsets] = values
-        self.bump(blocks, layer)
+        self._bump(blocks, layer)
 
     def write_blocks(self, blocks: np.ndarray, values: np.ndarray) -> None:
         """`kv[blocks] = values` (whole blocks, every layer), then bump."""
         self._kv[blocks] = values
-        self.bump(blocks, None)
+        self._bump(blocks, None)
 
-    def bump(self, blocks: np.ndarray, layer: int | None) -> None:
+    def _bump(self, blocks: np.ndarray, layer: int | None) -> None:
         """Count a write to `blocks` (one layer, or all): call after writing the bytes."""
         with self._lock:
             if layer is None:

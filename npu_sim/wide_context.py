@@ -7,13 +7,17 @@ and 1k context that was most of a step. `WideContext` keeps, per layer, a slab o
 (one per running sequence) holding the widened values of each block column, and for
 each column the pool block it holds and that block's write generation when it was
 widened (`npu_sim.kv_pool`: every write to a counted pool bumps
-`generation[block, layer]` after writing, and nothing else can write it). Each step it
-compares the recorded (block, generation) pairs with the table and the pool's
-generations and re-widens only the columns that differ. The token the model itself just
+`generation[block, layer]` after writing; a stray write raises), and how many leading
+offsets of the column it widened or patched. Each step it re-widens only the columns
+whose block or generation differs from the table and the pool's, or whose context now
+reaches past those offsets. The token the model itself just
 wrote into a column it holds is copied in (`patch`) instead of re-widening the block.
 
 Why this is exact: a column is used only if its block was not written since it was
-widened (or since its last patch), so its values are those the pool's bytes widen to;
+widened (or since its last patch), and only up to the offsets it was widened or patched
+for (a decode may come back to an earlier position and then go past it: the offsets in
+between were zeroed as past the context, though the pool holds them), so its values
+inside the context are those the pool's bytes widen to;
 V past each context is finite (zeroed where pool bytes were widened, else a value the
 model wrote), and its weights there are exactly 0. So the attention inputs, and so the
 result bits, are exactly those of widening from scratch. (Before, every step compared
@@ -23,7 +27,7 @@ with a widening from scratch, for tests and debugging (`Model(verify_wide_contex
 Bounded: the slabs of all layers together hold at most `max_bytes`; a sequence or a
 context that does not fit is widened per step as without the cache. Per context token
 and layer a row costs `num_kv_heads * head_dim * (4 + 8)` bytes (K as float32, V as
-float64), plus 16 bytes per block column and layer for the records.
+float64), plus 24 bytes per block column and layer for the records.
 
 Not thread-safe: used from `Model.forward` only (one thread at a time).
 """
@@ -46,6 +50,7 @@ class _Slab:
     v_wide: np.ndarray  # float64 (rows, kvh, blocks, block_size, hd): one (T, hd) per head
     block: np.ndarray  # int64 (rows, blocks): pool block held (-1: none)
     generation: np.ndarray  # int64 (rows, blocks): its generation when widened
+    valid: np.ndarray  # int64 (rows, blocks): leading offsets equal to the pool's bytes
 
 
 class WideContext:
@@ -71,7 +76,7 @@ class WideContext:
             a.nbytes
             for s in self._slabs
             if s is not None
-            for a in (s.k_wide, s.v_wide, s.block, s.generation)
+            for a in (s.k_wide, s.v_wide, s.block, s.generation, s.valid)
         )
 
     def assign_rows(
@@ -138,6 +143,7 @@ class WideContext:
         fits = cols < slab.block.shape[1]
         cols = np.minimum(cols, slab.block.shape[1] - 1)
         hit = fits & (slab.block[rows, cols] == blocks) & (slab.generation[rows, cols] == before)
+        hit &= offsets <= slab.valid[rows, cols]  # else the offsets before it are unknown
         if not hit.all():
             rows, cols, offsets = rows[hit], cols[hit], offsets[hit]
             blocks, values = blocks[hit], values[hit]
@@ -146,6 +152,7 @@ class WideContext:
         slab.k_wide[rows, :, :, cols, offsets] = widen(values[:, 0])
         slab.v_wide[rows, :, cols, offsets] = widen(values[:, 1], np.float64)
         slab.generation[rows, cols] = generation[blocks, layer_idx]
+        slab.valid[rows, cols] = np.maximum(slab.valid[rows, cols], offsets + 1)
 
     def gather(
         self,
@@ -176,6 +183,9 @@ class WideContext:
         now = generation[table, layer_idx]
         stale = slab.block[rows, :nb] != table
         stale |= slab.generation[rows, :nb] != now
+        # Offsets of each column inside its context: a column is trusted only that far.
+        need = np.clip(np.asarray(ctx, dtype=np.int64)[:, None] - np.arange(nb) * bs, 0, bs)
+        stale |= slab.valid[rows, :nb] < need
         stale &= in_ctx
         b_idx, j_idx = np.nonzero(stale)
         if b_idx.size:
@@ -190,6 +200,7 @@ class WideContext:
             slab.v_wide[b_idx + first_row, :, j_idx] = v_wide
             slab.block[b_idx + first_row, j_idx] = blocks
             slab.generation[b_idx + first_row, j_idx] = now[b_idx, j_idx]
+            slab.valid[b_idx + first_row, j_idx] = need[b_idx, j_idx]
         # Positions past the context: V must be exactly 0. A kept column is zero past the
         # context it was widened for and takes only tokens inside the context (`patch`),
         # so only a last column widened just now, and padding, need zeroing.
@@ -205,6 +216,7 @@ class WideContext:
             if held.size:
                 slab.v_wide[row, :, held] = 0
                 slab.block[row, held] = -1  # zeros now, not the block's values
+                slab.valid[row, held] = 0
         kvh, hd = kv_pool.shape[4], kv_pool.shape[5]
         k_t = slab.k_wide[rows, :, :, :nb].reshape(bsz, kvh, hd, nb * bs)
         v = slab.v_wide[rows, :, :nb].reshape(bsz, kvh, nb * bs, hd)
@@ -233,7 +245,7 @@ class WideContext:
         if num_rows <= rows and num_blocks <= cols:
             return
         block_shape = kv_pool.shape[3:]
-        per_cell = (int(np.prod(block_shape)) * (4 + 8) + 16) * self._num_layers
+        per_cell = (int(np.prod(block_shape)) * (4 + 8) + 24) * self._num_layers
         # Columns grow 16 blocks at a time, also when the bound binds (rows give way),
         # so a full cache is not copied again for every block its contexts grow by; only
         # a single row that cannot take 16 more blocks gets the exact number.
@@ -252,11 +264,13 @@ class WideContext:
                 v_wide=np.zeros((new_rows, kvh, new_cols, bs, hd), dtype=np.float64),
                 block=np.full((new_rows, new_cols), -1, dtype=np.int64),
                 generation=np.zeros((new_rows, new_cols), dtype=np.int64),
+                valid=np.zeros((new_rows, new_cols), dtype=np.int64),
             )
             if old is not None:
                 kept = (slice(keep_rows), slice(keep_cols))
                 slab.block[kept] = old.block[kept]
                 slab.generation[kept] = old.generation[kept]
+                slab.valid[kept] = old.valid[kept]
                 k_kept = (slice(keep_rows), slice(None), slice(None), slice(keep_cols))
                 slab.k_wide[k_kept] = old.k_wide[k_kept]
                 v_kept = (slice(keep_rows), slice(None), slice(keep_cols))

@@ -187,7 +187,7 @@ def test_a_float32_pool_matches_too(tiny_config: ModelConfig) -> None:
 
 def test_a_full_cache_grows_its_columns_in_steps_not_every_block(model: Model) -> None:
     pool = KVBlockPool(model.kv_pool_shape(8, BLOCK_SIZE), np.float16)
-    per_cell = (BLOCK_SIZE * 2 * 32 * (4 + 8) + 16) * 4  # one block of one row, all layers
+    per_cell = (BLOCK_SIZE * 2 * 32 * (4 + 8) + 24) * 4  # one block of one row, all layers
     wide = WideContext(4, 2 * 32 * per_cell)  # room for 2 rows of 32 blocks
     keys = ["a", "b", "c", "d"]
     kv, generation = pool.kv, pool.generation
@@ -280,3 +280,18 @@ def test_padding_columns_already_zero_are_not_zeroed_again(model: Model) -> None
     assert (slab.v_wide[0, :, 10] == 1.0).all()
     slab.v_wide[0, :, 10] = 0.0
     assert np.isfinite(v).all() and not v[0, :, 19:].any()
+
+
+def test_a_decode_past_positions_its_kept_column_was_not_widened_for_matches(
+    tiny_config: ModelConfig, uncached: Model
+) -> None:
+    """Prefill 74 tokens, decode position 70 again, then position 74: positions 71-73
+    are in the pool (SeqChunk's contract) but lay past the context the kept column was
+    widened for, so a column is trusted only up to the offsets it was widened or
+    patched for (reviewer's case)."""
+    cached = _cached(tiny_config)
+    pool = KVBlockPool(cached.kv_pool_shape(8, BLOCK_SIZE), tiny_config.kv_dtype)
+    table = list(range(8))
+    cached.forward([SeqChunk(list(range(65, 139)), 0, table, False)], pool)
+    for pos, token in ((70, 66), (74, 67)):
+        _same_step(cached, uncached, pool, [SeqChunk([token], pos, table, seq_key="s")])
