@@ -35,7 +35,7 @@ from typing import Any
 
 from load.bench._common import parse_sizes
 from load.bench._servers import tierkv_server
-from load.bench.ttft import fresh_tail, offload, one_ttft
+from load.bench.ttft import cached_before_tail, fresh_tail, offload, one_ttft
 from load.client import ClientOptions, first_model_id, make_client
 from load.synth import synth_text
 
@@ -90,10 +90,10 @@ async def measure(urls: dict[str, str], lengths: list[int], rounds: int) -> dict
                             await offload(client, urls[b], "ddr")
                         hit_prompt = fresh_tail(prompt, f"{hit[0]}{r:07d}")
                         ms, cached = await one_ttft(client, opts[b], hit_prompt)
-                        if not n - 32 < cached <= n - 16:  # the last full block is new
+                        if cached != cached_before_tail(prompt):  # its last full block is new
                             raise RuntimeError(
-                                f"{b}, {n} tokens: {cached} cached on a {hit} hit; expected "
-                                "all but the last block and the partial one"
+                                f"{b}, {n} tokens: {cached} cached on a {hit} hit, expected "
+                                f"{cached_before_tail(prompt)}"
                             )
                         got[hit] = ms
                         samples[b][n][hit].append(ms)

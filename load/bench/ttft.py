@@ -64,24 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TAIL_CHARS = 16
-"""Characters `fresh_tail` replaces: one 16-token block under tiny-llama's byte tokenizer
-(one token per character)."""
+BLOCK_TOKENS = 16
+"""Tokens per KV block of the server's default layout (tiny-llama)."""
+
+
+def cached_before_tail(prompt: str) -> int:
+    """Tokens of `prompt` (BOS first, one token per character: tiny-llama's byte
+    tokenizer) before its last full block: what a hit of `fresh_tail(prompt, tag)` finds
+    cached after any other tag."""
+    full_blocks = (len(prompt) + 1) // BLOCK_TOKENS
+    if full_blocks < 1:
+        raise ValueError(f"a prompt of {len(prompt)} characters has no full block")
+    return (full_blocks - 1) * BLOCK_TOKENS
 
 
 def fresh_tail(prompt: str, tag: str) -> str:
-    """`prompt` with its last `TAIL_CHARS` characters replaced by `tag` repeated.
+    """`prompt` with everything from its last full block on replaced by `tag` repeated.
 
-    Under a byte tokenizer every full block before them stays cached, and the last full
-    block (the one holding the first replaced characters) is new for every distinct
-    `tag` of up to 16 characters, so a hit recomputes that block over the cached rest.
-    Replacing only the last 8 characters does not: a 16-token block begins before them
-    whenever the prompt has a BOS token, so tags that differ only in their last
-    character leave that block cached, and the hit recomputes a single token.
+    Every full block before stays cached, and the last full block is new for every
+    distinct `tag` of up to 16 characters, so a hit recomputes it over the cached rest
+    (`cached_before_tail` tokens). Replacing a fixed number of trailing characters does
+    not: where the last full block begins depends on the prompt's length and its BOS
+    token, and tags that agree on the characters inside it leave it cached (a first
+    version replaced the last 8, and its hits recomputed a single token).
     """
-    if not 0 < len(tag) <= TAIL_CHARS or len(prompt) < TAIL_CHARS:
-        raise ValueError(f"need a tag of 1-{TAIL_CHARS} characters and a longer prompt")
-    return prompt[:-TAIL_CHARS] + (tag * TAIL_CHARS)[:TAIL_CHARS]
+    if not 0 < len(tag) <= BLOCK_TOKENS:
+        raise ValueError(f"need a tag of 1-{BLOCK_TOKENS} characters")
+    start = cached_before_tail(prompt) - 1  # the block's first character (BOS is a token)
+    return prompt[:start] + (tag * len(prompt))[: len(prompt) - start]
 
 
 async def offload(client: httpx.AsyncClient, base_url: str, tier: str) -> int:

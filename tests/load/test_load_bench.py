@@ -120,14 +120,14 @@ def test_bench_overhead_short(tmp_path):
     )
 
 
-def test_fresh_tail_makes_the_last_full_block_new_for_every_tag() -> None:
-    from load.bench.ttft import fresh_tail
+@pytest.mark.parametrize("length", [1000, 1023, 1024, 3000])
+def test_fresh_tail_makes_the_last_full_block_new_for_every_tag(length: int) -> None:
+    from load.bench.ttft import cached_before_tail, fresh_tail
     from load.synth import synth_text
     from npu_sim.tokenizers.byte import ByteTokenizer
 
     tokenizer = ByteTokenizer()
-    prompt = synth_text("tail", 1024)
-
+    prompt = synth_text("tail", length)
     bos = tokenizer.bos_id
     assert bos is not None
 
@@ -144,10 +144,12 @@ def test_fresh_tail_makes_the_last_full_block_new_for_every_tag() -> None:
         return n
 
     full_blocks = len(encode(prompt)) // 16
+    assert cached_before_tail(prompt) == (full_blocks - 1) * 16
     tags = ["d0000001", "d0000002", "f0000001", "h0000009"]
     for i, a in enumerate(tags):
+        assert len(fresh_tail(prompt, a)) == len(prompt)
         for b in tags[i + 1 :]:
             # a hit with tag b after a with tag a reuses all but the last full block
             assert same_full_blocks(fresh_tail(prompt, a), fresh_tail(prompt, b)) == full_blocks - 1
-    # what the first version did: an 8-character suffix left the last full block cached
-    assert same_full_blocks(prompt[:-8] + "d0000001", prompt[:-8] + "d0000002") == full_blocks
+    if length == 1024:  # what the first version did: the last full block stayed cached
+        assert same_full_blocks(prompt[:-8] + "d0000001", prompt[:-8] + "d0000002") == full_blocks
