@@ -149,6 +149,16 @@ def group_decodes(
         return [], None
     block_size = kv_pool.shape[3]
     ctx = {i: batch[i].start_pos + 1 for i in decodes}
+    # Each decode's context blocks, checked before any cache state changes or any write.
+    tables: dict[int, np.ndarray] = {}
+    for i in decodes:
+        try:
+            table = np.asarray(batch[i].block_table[: -(-ctx[i] // block_size)], dtype=np.int64)
+        except OverflowError as exc:
+            raise ValueError("block id outside the KV pool") from exc
+        if table.min() < 0 or table.max() >= kv_pool.shape[0]:
+            raise ValueError("block id outside the KV pool")
+        tables[i] = table
     num_blocks = -(-max(ctx.values()) // block_size)
     seq_bytes = 12 * num_blocks * block_size * config.num_kv_heads * config.head_dim
     size = max(1, _DECODE_GROUP_BYTES // seq_bytes)
@@ -189,10 +199,7 @@ def group_decodes(
         nb = -(-max(ctx[i] for i in members) // block_size)
         table = np.zeros((len(members), nb), dtype=np.int64)
         for b, i in enumerate(members):
-            used = -(-ctx[i] // block_size)
-            table[b, :used] = np.asarray(batch[i].block_table[:used], dtype=np.int64)
-        if table.min() < 0 or table.max() >= kv_pool.shape[0]:  # before any write
-            raise ValueError("block id outside the KV pool")
+            table[b, : len(tables[i])] = tables[i]
         groups.append(DecodeGroup(members, table, [ctx[i] for i in members], first_row))
     patches = None
     if cached:

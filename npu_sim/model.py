@@ -191,8 +191,8 @@ class Model:
         bare array) and attends by reading the whole context back from the pool.
         Preconditions (checked, `ValueError`): the pool matches the model, chunks are
         non-empty with valid token ids, block tables cover their chunks, no two chunks
-        write the same slot nor share a `seq_key`. Not checked: a chunk must not write a
-        block another chunk of the same batch reads.
+        write the same slot, no two decodes share a `seq_key`. Not checked: a chunk must
+        not write a block another chunk of the same batch reads.
         """
         kv = pool_bytes(kv_pool)
         self._check_pool(kv)

@@ -182,6 +182,7 @@ def test_empty_batch_and_no_logits(model: Model, new_pool: PoolFactory) -> None:
         SeqChunk([1], 0, [64]),  # block id outside the pool
         SeqChunk([1], 16, [0]),  # a decode at position 16 needs 2 blocks
         SeqChunk([1], 16, [-1, 0]),  # a context block outside the pool
+        SeqChunk([1], 16, [2**64, 0]),  # one no int64 holds
         SeqChunk([-1], 3, [0]),
     ],
 )
