@@ -82,8 +82,7 @@ class TierIndex:
         self._policy.note_chain(block_hashes)
 
     def touch(self, block_hash: BlockHash) -> None:
-        if block_hash in self._sizes:
-            self._policy.touch(block_hash)
+        self.touch_many((block_hash,))
 
     def touch_many(self, block_hashes: Sequence[BlockHash]) -> None:
         """`touch` each of `block_hashes`, in order (one call per load, not per block)."""

@@ -310,8 +310,7 @@ class TransferWorker:
                     self._load_from(tier, job, guard, indices, result)
                 return result
 
-            items = job.items if len(indices) == len(job.items) else [job.items[i] for i in indices]
-            keys = list(map(itemgetter(0), items))
+            keys = list(map(itemgetter(0), _items_at(job.items, indices)))
             self._lanes[tier].put(self._task(job, parts, part), keys, job.urgent)
 
     def _task(self, job: Job, parts: _Parts, fn: Callable[[], JobResult]) -> Callable[[], None]:
@@ -425,7 +424,7 @@ class TransferWorker:
         HBM slots and checksums them there. If the store fails part way, the pieces
         already copied count; the rest are reported as I/O errors (recomputed). Once the
         load is abandoned, no further piece is read (nor copied)."""
-        part = job.items if len(indices) == len(job.items) else [job.items[i] for i in indices]
+        part = _items_at(job.items, indices)
         keys = list(map(itemgetter(0), part))
         slots = list(map(itemgetter(1), part))
         valid: list[int] = []  # in their slots, not yet arrived on the modelled link
@@ -484,6 +483,13 @@ def _split_by_tier(items: list[tuple[BlockHash, int, Tier]]) -> dict[Tier, list[
         for tier in (Tier.DDR, Tier.FLASH)
         if tier in tiers
     }
+
+
+def _items_at(
+    items: list[tuple[BlockHash, int, Tier]], indices: list[int]
+) -> list[tuple[BlockHash, int, Tier]]:
+    """`items` at `indices` (ascending; all of them: `items` itself, no copy)."""
+    return items if len(indices) == len(items) else [items[i] for i in indices]
 
 
 def _mark_ok(statuses: list[LoadStatus], arrived: list[int]) -> None:

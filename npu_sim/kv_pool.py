@@ -76,10 +76,7 @@ class KVBlockPool:
     def write_tokens(
         self, blocks: np.ndarray, offsets: np.ndarray, layer: int | None, values: np.ndarray
     ) -> None:
-        if layer is None:
-            self._kv[blocks, :, :, offsets] = values
-        else:
-            self._kv[blocks, layer, :, offsets] = values
+        assign_tokens(self._kv, blocks, offsets, layer, values)
         self._bump(blocks, layer)
 
     def write_blocks(self, blocks: np.ndarray, values: np.ndarray) -> None:
@@ -117,12 +114,20 @@ def write_tokens(
     values: np.ndarray,
 ) -> None:
     """`KVPool.write_tokens` for a counted pool or a bare array."""
-    if not isinstance(pool, np.ndarray):
-        pool.write_tokens(blocks, offsets, layer, values)
-    elif layer is None:
-        pool[blocks, :, :, offsets] = values
+    if isinstance(pool, np.ndarray):
+        assign_tokens(pool, blocks, offsets, layer, values)
     else:
-        pool[blocks, layer, :, offsets] = values
+        pool.write_tokens(blocks, offsets, layer, values)
 
 
-__all__ = ["KVBlockPool", "KVPool", "pool_bytes", "read_only", "write_tokens"]
+def assign_tokens(
+    kv: np.ndarray, blocks: np.ndarray, offsets: np.ndarray, layer: int | None, values: np.ndarray
+) -> None:
+    """`kv[blocks, layer, :, offsets] = values` (`layer` None: every layer); no counting."""
+    if layer is None:
+        kv[blocks, :, :, offsets] = values
+    else:
+        kv[blocks, layer, :, offsets] = values
+
+
+__all__ = ["KVBlockPool", "KVPool", "assign_tokens", "pool_bytes", "read_only", "write_tokens"]
