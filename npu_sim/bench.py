@@ -17,7 +17,9 @@ compare side by side on a noisy machine).
 `--baseline PATH` compares side by side: it runs this benchmark `--rounds` times on this
 code and on the package root at PATH (e.g. a worktree of an older commit), alternating
 which goes first, each in a fresh process, and prints each figure's range over the
-rounds and the per-round speed ratio (this / baseline; above 1 is faster).
+rounds and the speed ratio of each round (this / baseline; above 1 is faster), and per
+prefill the ratio this code would reach at 100% of the sgemm rate (a bound on any
+speed-up the model's FLOPs allow on this CPU: `comparison_rows`).
 
 `--fingerprint` instead prints a digest of the KV bytes and logits of a fixed 1,000-token
 prefill and three decodes (with two BLAS threads), next to the BLAS kernel in use: run it
@@ -147,13 +149,37 @@ def compare(baseline: Path, rounds: int, args: list[str]) -> None:
         for root, sink in order if r % 2 == 0 else order[::-1]:
             sink.append(_figures(_run_isolated(root, args)))
             print(f"round {r + 1}/{rounds}: {root} done", file=sys.stderr)
-    print(f"{'figure':<22} {'this code':>19} {'baseline':>19} {'speed ratio':>15}")
+    print(f"{'figure':<26} {'this code':>19} {'baseline':>19}  speed ratio per round")
+    for name, a, b, ratios in comparison_rows(ours, theirs):
+        per_round = " ".join(f"{x:.2f}" for x in ratios)
+        ranges = f"{min(a):>9.3g}-{max(a):<9.3g} {min(b):>9.3g}-{max(b):<9.3g}"
+        print(f"{name:<26} {ranges}  {per_round}")
+
+
+def comparison_rows(
+    ours: list[dict[str, tuple[float, bool]]], theirs: list[dict[str, tuple[float, bool]]]
+) -> list[tuple[str, list[float], list[float], list[float]]]:
+    """(figure, this code's values, the baseline's, speed ratio per round) for `compare`.
+
+    The ratio is this / baseline where higher is better, else baseline / this: above 1 is
+    faster. sgemm rows have no ratio. Each prefill also gets a "bound" row: the speed
+    ratio this code would reach at 100% of the round's sgemm rate (the baseline's seconds
+    over the prefill's FLOPs at that rate), so a goal above it is out of reach for any
+    kernel whose work runs no faster than sgemm.
+    """
+    rows: list[tuple[str, list[float], list[float], list[float]]] = []
     for name, (_, higher) in ours[0].items():
         a = [o[name][0] for o in ours]
         b = [t[name][0] for t in theirs]
-        ratios = [x / y if higher else y / x for x, y in zip(a, b, strict=True)]
-        ratio = "" if "sgemm" in name else f"{min(ratios):.2f}-{max(ratios):.2f}x"
-        print(f"{name:<22} {min(a):>9.3g}-{max(a):<9.3g} {min(b):>9.3g}-{max(b):<9.3g} {ratio:>15}")
+        pairs = zip(a, b, strict=True)
+        ratios = [] if "sgemm" in name else [x / y if higher else y / x for x, y in pairs]
+        rows.append((name, a, b, ratios))
+        if name.startswith("prefill ") and name.endswith(" s"):
+            n = name.split()[1]
+            ideal = [o[name][0] * o[f"prefill {n} of sgemm"][0] for o in ours]
+            bound = [y / x for x, y in zip(ideal, b, strict=True)]
+            rows.append((f"prefill {n} at 100% sgemm", ideal, b, bound))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
