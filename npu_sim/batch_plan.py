@@ -178,7 +178,7 @@ def group_decodes(
         raise ValueError("two chunks of the batch have the same seq_key")
     rows: list[int | None] = [None] * len(decodes)
     if generation is not None:
-        rows = wide.assign_rows(keys, num_blocks, kv_pool, generation)
+        rows = wide.assign_rows(keys, num_blocks, kv_pool, generation, [tables[i] for i in decodes])
     cached = sorted((r, i) for r, i in zip(rows, decodes, strict=True) if r is not None)
     runs: list[tuple[int | None, list[int]]] = []
     for r, i in cached:

@@ -85,13 +85,19 @@ class WideContext:
         num_blocks: int,
         kv_pool: np.ndarray,
         generation: np.ndarray,
+        tables: Sequence[np.ndarray] | None = None,
     ) -> list[int | None]:
         """A slab row for each sequence key of this step (None: it does not fit).
 
-        Keys seen before keep their row; new keys take a row no key of this step uses,
-        the least recently used first. Rows and block columns grow (within `max_bytes`)
-        to `len(keys)` rows of `num_blocks` blocks. A pool other than last time's (another
-        `generation` array) or of another block shape starts the cache over.
+        Keys seen before keep their row; new keys take a row no key of this step uses:
+        given `tables` (each key's context blocks), the row already holding the longest
+        run of the sequence's leading blocks at their current generation (a new request
+        on a prefix its predecessor left in HBM, such as a conversation's next turn or
+        the same prompt again, widens only what is new), else the least recently used.
+        Which row a key takes changes speed only: `gather` checks every column. Rows and
+        block columns grow (within `max_bytes`) to `len(keys)` rows of `num_blocks`
+        blocks. A pool other than last time's (another `generation` array) or of another
+        block shape starts the cache over.
         """
         self._step += 1
         self._fit(len(keys), num_blocks, kv_pool, generation)
@@ -108,12 +114,32 @@ class WideContext:
         )
         for i, key in enumerate(keys):
             if rows[i] is None and free:
-                row = free.pop()
+                best = None if tables is None else self._holding_most(free, tables[i], generation)
+                row = free.pop() if best is None else free.pop(best)
                 self._rows = {k: r for k, r in self._rows.items() if r != row}
                 self._rows[key] = row
                 self._last_used[row] = self._step
                 rows[i] = row
         return rows
+
+    def _holding_most(
+        self, free: list[int], table: np.ndarray, generation: np.ndarray
+    ) -> int | None:
+        """Index into `free` of the row whose leading columns hold the most of `table`'s
+        leading blocks at their current generation (layer 0 decides), None if none holds
+        even the first; ties go to the least recently used (`free` ends with it)."""
+        slab = self._slabs[0]
+        nb = min(len(table), self.num_block_columns())
+        if slab is None or nb == 0 or not free:
+            return None
+        rows = np.array(free, dtype=np.int64)
+        held = (slab.block[rows, :nb] == table[:nb]) & (
+            slab.generation[rows, :nb] == generation[table[:nb], 0]
+        )
+        run = np.where(held.all(axis=1), nb, np.argmin(held, axis=1))  # leading matches
+        if run.max() == 0:
+            return None
+        return int(len(free) - 1 - np.argmax(run[::-1]))  # the last of the longest
 
     def num_block_columns(self) -> int:
         slab = self._slabs[0]
