@@ -95,7 +95,7 @@ class EmbeddedRedis:
     """One ``redis-server`` child process serving ``unix://<data_dir>/redis.sock``.
 
     Its ``maxmemory`` is ``maxmemory_bytes`` exactly: the caller sizes it, room for
-    Redis's own overhead included (the server: ``server.stack.redis_maxmemory``).
+    Redis's own overhead included (the server: ``server.lower_tiers.redis_maxmemory``).
 
     ``start()`` blocks until the server answers PING (at most 10 s); ``stop()`` is
     idempotent.  Raises :class:`EmbeddedRedisError` for a socket path longer than the

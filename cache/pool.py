@@ -29,6 +29,10 @@ Design (docs/architecture.md, "Shared DDR pool"):
   demoter first re-reads the flash's keys (`ChangeKind.LEAD`), so its books start from
   what the environment holds; a resync re-reads them too (`FLASH_RESET`).
 
+`SharedPool` holds the books' operations (the Lua scripts on the pool's keys); the
+follower thread, which reads the log, renews the demoter lease and claims victims, is
+`cache.pool_follower.PoolFollower`, started and stopped here.
+
 Threading: `SharedPool` is shared by the DDR transfer lane (`reserve`, `commit`,
 `forget`, `lease`, through its own client), the follower thread and the engine thread
 (`drain`). The queue between them is thread-safe; nothing else is shared.
@@ -42,25 +46,18 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-import redis.exceptions
-
 from cache import pool_scripts
 from cache.block_hash import BlockHash
 from cache.pool_changes import ChangeKind, PoolChange
+from cache.pool_follower import REDIS_ERRORS, PoolFollower
 from cache.pool_scripts import PoolKeys
-from cache.tiers.base import TierError
 
 logger = logging.getLogger(__name__)
-
-_REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,18 +122,20 @@ class SharedPool:
                 "FLASHLOG",
             )
         }
-        self._changes: queue.SimpleQueue[PoolChange] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._last_id = b"0-0"
-        self._last_seq = 0
-        self._notify: Callable[[], None] = lambda: None
         self._tokens: dict[BlockHash, str] = {}  # reservations held (the DDR lane's)
         self._num_reserves = itertools.count()
-        self.is_demoter = False
-        self.num_resyncs = 0
         self.flash: SharedFlash | None = None
-        self._is_flash_writer = False  # LEAD queued, FOLLOW not yet
+        self._follower = PoolFollower(self, client)
+
+    @property
+    def is_demoter(self) -> bool:
+        """Whether this replica held the demoter lease at its follower's last pass."""
+        return self._follower.is_demoter
+
+    @property
+    def num_resyncs(self) -> int:
+        """Full re-reads of the index so far (start-up's included)."""
+        return self._follower.num_resyncs
 
     # -- write side (the DDR transfer lane) ----------------------------------------------
 
@@ -231,7 +230,7 @@ class SharedPool:
     def refused(self, hashes: Sequence[BlockHash]) -> None:
         """Writes of ours the pool did not take: the engine drops them from its index."""
         if hashes:
-            self._put(PoolChange(ChangeKind.REMOVE, tuple((h, 0) for h in hashes)))
+            self._follower.put(PoolChange(ChangeKind.REMOVE, tuple((h, 0) for h in hashes)))
 
     # -- read side -----------------------------------------------------------------------
 
@@ -255,12 +254,22 @@ class SharedPool:
 
     def drain(self) -> list[PoolChange]:
         """Changes queued since the last call, in order (engine thread; never blocks)."""
-        out: list[PoolChange] = []
-        while True:
-            try:
-                out.append(self._changes.get_nowait())
-            except queue.Empty:
-                return out
+        return self._follower.drain()
+
+    def elect(self, client: Any) -> bool:
+        """Take or renew the demoter lease (`demoter_lease_s`); True: this replica holds it."""
+        cfg = self.config
+        ttl = int(cfg.demoter_lease_s * 1000)
+        return bool(int(self._run("ELECT", [self.keys.demoter], [cfg.replica_id, ttl], client)))
+
+    def claim(self, client: Any, target: int) -> list[BlockHash]:
+        """Claim least recently used, unleased blocks for demotion (out of the index,
+        announced as removed, into the `evicting` set) until the live bytes are at most
+        `target`, and re-claim those a dead demoter left; at most `max_victims`."""
+        k, cfg = self.keys, self.config
+        keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.lease, k.log, k.seq]
+        args = [target, int(cfg.eviction_s * 1000), cfg.log_maxlen, cfg.max_victims]
+        return [BlockHash(bytes(v)) for v in self._run("CLAIM", keys, args, client)]
 
     # -- the follower --------------------------------------------------------------------
 
@@ -269,139 +278,16 @@ class SharedPool:
         Redis does not answer or the shared flash cannot be scanned, the follower
         retries), then follow the log on a daemon thread; `notify()` after changes are
         queued (it wakes the engine so it applies them even when idle)."""
-        self._notify = notify
-        resynced = True
-        try:
-            self._resync()
-        except (*_REDIS_ERRORS, _FlashScanError) as exc:  # the follower retries (backoff)
-            logger.warning("shared pool: cannot read the index yet (%s); retrying", exc)
-            resynced = False
-        self._thread = threading.Thread(
-            target=self._follow, args=(resynced,), name="tierkv-pool", daemon=True
-        )
-        self._thread.start()
+        self._follower.start(notify)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._follower.stop()
         if self.flash is not None:
             self.flash.close()
         try:
             self._client.close()
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             pass
-
-    def _resync(self) -> None:
-        last_id, seq, blocks = self.snapshot(self._client)
-        self._last_id, self._last_seq = last_id, seq
-        self._put(PoolChange(ChangeKind.RESET, tuple(blocks)))
-        if self.flash is not None:
-            # After the log position: a store logged since then is applied again (an
-            # add is idempotent), a deletion logged before it and not yet done at the
-            # scan leaves an entry whose load misses (the request recomputes).
-            self._put(PoolChange(ChangeKind.FLASH_RESET, self._scan_flash()))
-        self.num_resyncs += 1
-
-    def _scan_flash(self) -> tuple[tuple[BlockHash, int], ...]:
-        assert self.flash is not None
-        try:
-            return tuple((h, 0) for h in self.flash.scan())
-        except TierError as exc:  # the follower's caller backs off and re-reads
-            raise _FlashScanError(str(exc)) from exc
-
-    def _follow(self, resynced: bool) -> None:
-        backoff = 0.0 if resynced else 0.05
-        while not self._stop.is_set():
-            try:
-                if backoff:
-                    self._resync()
-                    backoff = 0.0
-                self._read_log()
-                self._demote_if_elected()
-            except (*_REDIS_ERRORS, _FlashScanError) as exc:
-                backoff = min(2.0, backoff * 2 or 0.05)
-                logger.warning("shared pool follower: %s; re-reading in %.2fs", exc, backoff)
-                self._stop.wait(backoff)
-
-    def _read_log(self) -> None:
-        block_ms = max(1, int(self.config.poll_s * 1000))
-        reply = self._client.xread({self.keys.log: self._last_id}, count=1000, block=block_ms)
-        if not reply:
-            return
-        changes: list[PoolChange] = []
-        for _stream, entries in reply:
-            for entry_id, fields in entries:
-                seq = int(fields[b"n"])
-                # Entries after the snapshot's position number on from its sequence
-                # number: a gap means the log was trimmed past us, a step back that the
-                # books were lost (Redis restarted empty). Either way, re-read.
-                if seq != self._last_seq + 1:
-                    logger.warning(
-                        "shared pool log at %d after %d: re-reading", seq, self._last_seq
-                    )
-                    self._resync()
-                    return
-                self._last_id, self._last_seq = bytes(entry_id), seq
-                found = self._kind_of(fields)
-                if found is None:
-                    continue  # another flash environment's record, or our own
-                kind = found
-                block = (BlockHash(bytes(fields[b"h"])), int(fields[b"s"] or 0))
-                if changes and changes[-1].kind is kind:
-                    changes[-1] = PoolChange(kind, (*changes[-1].blocks, block))
-                else:
-                    changes.append(PoolChange(kind, (block,)))
-        for change in changes:
-            self._put(change)
-
-    def _kind_of(self, fields: dict[bytes, bytes]) -> ChangeKind | None:
-        op = fields[b"op"]
-        if op == b"a":
-            return ChangeKind.ADD
-        if op == b"r":
-            return ChangeKind.REMOVE
-        flash = self.flash
-        if flash is None or fields.get(b"e", b"").decode() != flash.env_id:
-            return None  # not our flash environment (another host's, or not shared)
-        if fields.get(b"w", b"").decode() == self.config.replica_id:
-            return None  # ours: applied when we wrote it
-        return ChangeKind.FLASH_ADD if op == b"fa" else ChangeKind.FLASH_REMOVE
-
-    def _demote_if_elected(self) -> None:
-        cfg = self.config
-        ttl = int(cfg.demoter_lease_s * 1000)
-        self.is_demoter = bool(
-            int(self._scripts["ELECT"](keys=[self.keys.demoter], args=[cfg.replica_id, ttl]))
-        )
-        if self.flash is not None and self.is_demoter != self._is_flash_writer:
-            # Hand the flash's writing over before any claim: the engine applies changes
-            # in order, so it holds fresh books before it demotes anything.
-            if self.is_demoter:
-                self._put(PoolChange(ChangeKind.LEAD, self._scan_flash()))
-            else:
-                self._put(PoolChange(ChangeKind.FOLLOW, ()))
-            self._is_flash_writer = self.is_demoter
-        if not self.is_demoter:
-            return
-        usage = self.usage()
-        live = usage.used_bytes - usage.evicting_bytes
-        target = int(cfg.low_watermark * cfg.capacity_bytes)
-        if live <= cfg.high_watermark * cfg.capacity_bytes:
-            if not usage.evicting_bytes:
-                return
-            target = live  # claim nothing new; only re-claim what a dead demoter left
-        k = self.keys
-        keys = [k.lru, k.size, k.used, k.evbytes, k.evicting, k.lease, k.log, k.seq]
-        args = [target, int(cfg.eviction_s * 1000), cfg.log_maxlen, cfg.max_victims]
-        victims = self._scripts["CLAIM"](keys=keys, args=args)
-        if victims:
-            blocks = tuple((BlockHash(bytes(v)), 0) for v in victims)
-            self._put(PoolChange(ChangeKind.DEMOTE, blocks))
-
-    def _put(self, change: PoolChange) -> None:
-        self._changes.put(change)
-        self._notify()
 
     def _run(self, name: str, keys: list[bytes], args: list[Any], client: Any) -> Any:
         return self._scripts[name](keys=keys, args=args, client=client)
@@ -410,7 +296,3 @@ class SharedPool:
         """Delete the books (tests; block values are the tier's `clear`)."""
         for key in self.keys.all():
             self._client.delete(key)
-
-
-class _FlashScanError(RuntimeError):
-    """The shared flash could not be scanned (the follower backs off and re-reads)."""

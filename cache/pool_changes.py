@@ -1,9 +1,10 @@
 """What a shared pool's follower thread tells the engine thread, and how the engine applies it.
 
-The follower (`cache.pool.SharedPool`) reads the pool's write log in Redis and queues
-`PoolChange`s; the engine thread drains them on its next `poll()` and applies them to its
-own DDR index with `apply_changes` (the flash kinds are `cache.pooled_manager`'s). So the
-index has one writer, the engine thread, and `match` never waits on Redis.
+The follower (`cache.pool_follower.PoolFollower`, a `cache.pool.SharedPool`'s) reads the
+pool's write log in Redis and queues `PoolChange`s; the engine thread drains them on its
+next `poll()` and applies them to its own DDR index with `apply_changes` (the flash kinds
+are `cache.pooled_manager`'s). So the index has one writer, the engine thread, and
+`match` never waits on Redis.
 """
 
 from __future__ import annotations

@@ -4,23 +4,19 @@ A prefill replica writes a prompt's blocks through to DDR (`store_through`); a d
 replica, having found them in the shared store (`find_shared_prefix`, the one lookup: a
 live shared-pool index would make it unnecessary), indexes them (`adopt`) so `match` and
 `admit` treat them as any DDR hit. Mixed into `CacheManager` (it uses the manager's
-index, store path and lanes) to keep that module one size; engine thread only, as
-every manager method. server/pd.py drives both.
+index, and the store path and lanes of `cache.spill`) to keep that module one size;
+engine thread only, as every manager method. server/pd.py drives both.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from cache.block_hash import BlockHash
-from cache.hbm_pool import HbmBlockPool
-from cache.health import TierHealth
+from cache.spill import SpillPath
 from cache.stats import Tier
-from cache.tier_index import TierIndex
 from cache.tiers.base import StorageTier
-from cache.transfer import TransferWorker
 
 
 def find_shared_prefix(store: StorageTier, hashes: Sequence[BlockHash]) -> list[BlockHash]:
@@ -36,25 +32,8 @@ def find_shared_prefix(store: StorageTier, hashes: Sequence[BlockHash]) -> list[
     return list(hashes[:n])
 
 
-class PoolHandoff:
-    """`CacheManager`'s P/D steps (see the module docstring)."""
-
-    pool: HbmBlockPool
-    health: dict[Tier, TierHealth]
-    _index: dict[Tier, TierIndex]
-    _block_size: int
-    _worker: TransferWorker
-
-    if TYPE_CHECKING:
-
-        def _store_blocks(
-            self,
-            target: Tier,
-            blocks: Sequence[tuple[BlockHash, int]],
-            should_store: Callable[[BlockHash], bool],
-        ) -> None: ...
-
-        def _make_room(self, tier: Tier, size: int) -> bool: ...
+class PoolHandoff(SpillPath):
+    """`CacheManager`'s P/D steps (see the module docstring), on its spill path."""
 
     def store_through(self, hashes: Sequence[BlockHash]) -> threading.Event | None:
         """Write the HBM-cached blocks of `hashes` that DDR lacks into DDR now (HBM keeps

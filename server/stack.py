@@ -1,5 +1,8 @@
 """Builds the engine stack from `Settings`: device, model, tiers, cache manager, executor.
 
+Opening the lower tiers (flash, DDR's Redis, the shared pool, injected faults) is
+`server.lower_tiers`; this module sizes everything and builds the rest on them.
+
 Start-up does blocking work (spawning Redis, drawing weights, scanning LMDB), so the
 app's lifespan runs `build_stack` in a worker thread.
 """
@@ -11,26 +14,15 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import redis
-
-from cache.block_format import encoded_size
 from cache.embedded_redis import EmbeddedRedis
 from cache.events import KVEventPublisher, ignore_event
 from cache.layout import KVLayout
 from cache.manager import CacheConfig, CacheManager
-from cache.pool import PoolConfig, SharedPool
 from cache.pooled_manager import SharedPoolCacheManager
 from cache.stats import Tier
 from cache.supervisor import RedisSupervisor
-from cache.tiers.base import StorageTier, TierError
-from cache.tiers.faulty import FaultyTier, parse_tier_faults
-from cache.tiers.lmdb_check import check_environment, move_aside
-from cache.tiers.lmdb_tier import META_DIR, LmdbTier
-from cache.tiers.pooled_redis_tier import PooledRedisTier
-from cache.tiers.redis_tier import RedisTier, connect_redis
-from cache.tiers.shared_flash import SharedFlashTier
+from cache.tiers.faulty import parse_tier_faults
 from npu_sim.arbiter import SharedCores
 from npu_sim.device import DeviceSpec, get_device
 from npu_sim.emulated import EmulatedModel, stored_head_dim
@@ -40,23 +32,13 @@ from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig, get_cost_model_config, get_model_config
 from npu_sim.pretrained import is_pretrained, load_pretrained
 from npu_sim.tokenizers import ByteTokenizer, Tokenizer
-from server.config import GB, DdrPool, FlashPool, LoadPolicy, Settings
+from server.config import GB, LoadPolicy, Settings
 from server.engine.core import EngineCore
 from server.engine.load_planner import LoadPlanner
 from server.engine.scheduler import Scheduler, SchedulerConfig
+from server.lower_tiers import open_lower_tiers
 
 logger = logging.getLogger(__name__)
-
-# The embedded Redis's maxmemory is sized here, and only here (`redis_maxmemory`): Redis
-# needs room beyond the payload bytes the manager counts (keys, allocator slack, the
-# shared pool's books). Measured: 2,000 blocks of 16-360 KiB took 1.003-1.011x their
-# payload in used_memory, 3,000 16 KiB blocks through the shared pool 1.021x, so 1.25 is
-# ample; the floor covers Redis's own base memory.
-REDIS_MEMORY_HEADROOM = 1.25
-REDIS_MEMORY_FLOOR = 64 * 1024**2
-# LMDB's map is address space, not disk: leave room for page overhead of large values.
-LMDB_MAP_HEADROOM = 1.5
-LMDB_MAP_FLOOR = 64 * 1024**2
 
 
 class ConfigError(ValueError):
@@ -149,12 +131,6 @@ def _charge_transfer(
     clock.finish(tier.value, stored_bytes, started, write=write)
 
 
-def redis_maxmemory(stored_bytes: int) -> int:
-    """The embedded Redis's maxmemory for a DDR quota of `stored_bytes` (bytes as stored,
-    see `stored_fraction`): the quota with `REDIS_MEMORY_HEADROOM`, at least the floor."""
-    return max(int(stored_bytes * REDIS_MEMORY_HEADROOM), REDIS_MEMORY_FLOOR)
-
-
 def transfer_clock(settings: Settings) -> TransferClock:
     """The modelled clock of HBM <-> DDR/flash transfers for these settings."""
     paths = TierPaths(
@@ -231,12 +207,6 @@ def build_stack(
     ddr_stored = int(settings.ddr_bytes * stored_fraction(settings))
     flash_stored = int(settings.flash_bytes * stored_fraction(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    embedded: EmbeddedRedis | None = None
-    ddr: StorageTier | None = None
-    flash: StorageTier | None = None
-    quarantined: str | None = None
-    url: str | None = None
-    pool: SharedPool | None = None
     faults = parse_tier_faults(settings.tier_faults)
     # Every tier read and write is charged at the media + host link's modelled cost; with
     # --pace real a transfer's lane waits it out (the real time stands if it is longer).
@@ -250,36 +220,10 @@ def build_stack(
                 settings.block_size,
             )
             undo.callback(events.close)
-        # Flash first: a damaged LMDB file must be caught before anything else (a Redis
-        # child) is started, and is quarantined rather than taking the server down.
-        if settings.flash_bytes > 0:
-            map_size = max(int(flash_stored * LMDB_MAP_HEADROOM), LMDB_MAP_FLOOR)
-            flash, quarantined = open_flash(settings.data_dir / "flash", map_size, namespace)
-            undo.callback(flash.close)
-        if settings.ddr_bytes > 0:
-            url = settings.redis_url
-            if url is None:
-                embedded = EmbeddedRedis(settings.data_dir, redis_maxmemory(ddr_stored)).start()
-                undo.callback(embedded.stop)
-                url = embedded.url
-            else:
-                warn_unless_noeviction(url)
-            if settings.ddr_pool is DdrPool.SHARED:
-                config = PoolConfig(capacity_bytes=ddr_stored)
-                pool = SharedPool(connect_redis(url), namespace, config)
-                undo.callback(pool.stop)  # idempotent: cache.close() stops it again
-                ddr = PooledRedisTier(connect_redis(url), namespace, pool)
-                if isinstance(flash, LmdbTier) and settings.flash_pool is FlashPool.SHARED:
-                    block = encoded_size(layout.block_shape, layout.np_dtype)
-                    flash = SharedFlashTier.share(flash, pool, connect_redis(url), map_size, block)
-                    undo.callback(flash.close)  # idempotent
-            else:
-                ddr = RedisTier(connect_redis(url), namespace)
-            undo.callback(ddr.close)  # idempotent: cache.close() closes it again
-        if ddr is not None and "ddr" in faults:
-            ddr = FaultyTier(ddr, faults["ddr"], settings.tier_faults_seed)
-        if flash is not None and "flash" in faults:
-            flash = FaultyTier(flash, faults["flash"], settings.tier_faults_seed)
+        tiers = open_lower_tiers(
+            settings, layout, namespace, ddr_stored, flash_stored, faults, undo
+        )
+        ddr, flash, embedded, pool = tiers.ddr, tiers.flash, tiers.embedded_redis, tiers.pool
         manager = (
             CacheManager if pool is None else functools.partial(SharedPoolCacheManager, pool=pool)
         )
@@ -300,10 +244,11 @@ def build_stack(
             charge=functools.partial(_charge_transfer, clock),
         )
         undo.callback(cache.close)
-        if quarantined is not None:
-            cache.health[Tier.FLASH].quarantine(quarantined)
+        if tiers.quarantined is not None:
+            cache.health[Tier.FLASH].quarantine(tiers.quarantined)
         supervisor = None
         device_supervises = vnpu is not None and vnpu.ddr_supervised_by_device
+        url = tiers.redis_url
         if ddr is not None and url is not None and not device_supervises:
             supervisor = RedisSupervisor(url, [cache.health[Tier.DDR]], embedded, wakeup).start()
             undo.callback(supervisor.stop)
@@ -363,41 +308,3 @@ def load_model(settings: Settings) -> tuple[Model, Tokenizer]:
         loaded = load_pretrained(settings.model, settings.model_cache_dir)
         return Model(loaded.config, loaded.weights), loaded.tokenizer
     return Model(get_model_config(settings.model)), ByteTokenizer()
-
-
-def open_flash(path: Path, map_size: int, namespace: str) -> tuple[LmdbTier, str | None]:
-    """Open the flash tier; a damaged one is moved aside and a fresh one opened.
-
-    Returns the tier and, when it had to be quarantined, why (for health and the log).
-    """
-    problem = check_environment(path) or check_environment(path / META_DIR)
-    if problem is None:
-        try:
-            return LmdbTier(path, map_size, namespace), None
-        except TierError as exc:  # e.g. MDB_INVALID, MDB_VERSION_MISMATCH
-            problem = str(exc)
-    aside = move_aside(path)
-    detail = f"{problem}; moved to {aside}, started empty"
-    logger.error("flash tier quarantined: %s", detail)
-    return LmdbTier(path, map_size, namespace), detail
-
-
-def warn_unless_noeviction(url: str) -> None:
-    """An external Redis that evicts on its own drops blocks behind the index's back."""
-    client = connect_redis(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    try:
-        reply = client.config_get("maxmemory-policy")
-        policies = {v for k, v in reply.items() if k in (b"maxmemory-policy", "maxmemory-policy")}
-        policy = next(iter(policies), b"?")
-        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
-        if policy != "noeviction":
-            logger.warning(
-                "external Redis %s has maxmemory-policy %s, not noeviction: it may evict "
-                "blocks the index still lists (counted in tierkv:tier_index_repairs_total)",
-                url,
-                policy,
-            )
-    except (redis.RedisError, OSError) as exc:
-        logger.warning("could not read maxmemory-policy of %s: %s", url, exc)
-    finally:
-        client.close()

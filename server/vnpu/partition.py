@@ -30,13 +30,13 @@ from npu_sim.device import get_device
 from npu_sim.model_config import get_model_config
 from npu_sim.vnpu import DeviceSlice, Slicing
 from server.config import GB, Settings
+from server.lower_tiers import redis_maxmemory
 from server.stack import (
     ConfigError,
     EngineSlice,
     EngineStack,
     build_stack,
     hbm_num_blocks,
-    redis_maxmemory,
     stored_fraction,
 )
 

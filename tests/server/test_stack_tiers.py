@@ -1,5 +1,5 @@
-"""Start-up checks of the tiers in server.stack: external Redis eviction policy, the
-embedded Redis's maxmemory."""
+"""Start-up checks of the tiers (server.lower_tiers, through server.stack): external Redis
+eviction policy, the embedded Redis's maxmemory."""
 
 from __future__ import annotations
 
@@ -15,12 +15,8 @@ import redis
 from cache.embedded_redis import redis_server_executable
 from cache.tiers.redis_tier import connect_redis
 from server.config import Settings
-from server.stack import (
-    REDIS_MEMORY_FLOOR,
-    build_stack,
-    stored_fraction,
-    warn_unless_noeviction,
-)
+from server.lower_tiers import REDIS_MEMORY_FLOOR, warn_unless_noeviction
+from server.stack import build_stack, stored_fraction
 
 
 def free_port() -> int:
@@ -58,7 +54,7 @@ def test_an_evicting_external_redis_is_warned_about(tmp_path, caplog, policy, wa
                 assert time.monotonic() < deadline
                 time.sleep(0.02)  # poll until redis answers
         client.close()
-        with caplog.at_level(logging.WARNING, logger="server.stack"):
+        with caplog.at_level(logging.WARNING, logger="server.lower_tiers"):
             warn_unless_noeviction(f"redis://127.0.0.1:{port}")
         assert ("maxmemory-policy allkeys-lru" in caplog.text) is warns
     finally:
