@@ -49,7 +49,8 @@ class SeqChunk:
 @dataclass(frozen=True, slots=True)
 class Patches:
     """Decode rows whose new token goes into a kept `WideContext` row: their rows in
-    the batch and in `WideContext`, the token's position and the pool block it goes to."""
+    the batch and in `WideContext`, the token's position and the pool block it goes to
+    (a block no other token of the step writes)."""
 
     batch_rows: np.ndarray
     rows: np.ndarray
@@ -205,10 +206,14 @@ def group_decodes(
     if cached:
         starts = np.cumsum([0] + [len(c.token_ids) for c in batch[:-1]])
         batch_rows = starts[[i for _, i in cached]]
+        # A patch copies in only its own token, so a block another token of this step
+        # also writes is left to `gather`, which re-widens it (its generation moved).
+        written, counts = np.unique(slot_blocks, return_counts=True)
+        alone = counts[np.searchsorted(written, slot_blocks[batch_rows])] == 1
         patches = Patches(
-            batch_rows=batch_rows,
-            rows=np.array([r for r, _ in cached], dtype=np.int64),
-            positions=np.array([batch[i].start_pos for _, i in cached], dtype=np.int64),
-            blocks=slot_blocks[batch_rows],
+            batch_rows=batch_rows[alone],
+            rows=np.array([r for r, _ in cached], dtype=np.int64)[alone],
+            positions=np.array([batch[i].start_pos for _, i in cached], dtype=np.int64)[alone],
+            blocks=slot_blocks[batch_rows][alone],
         )
     return groups, patches

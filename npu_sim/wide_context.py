@@ -11,7 +11,8 @@ widened (`npu_sim.kv_pool`: every write to a counted pool bumps
 offsets of the column it widened or patched. Each step it re-widens only the columns
 whose block or generation differs from the table and the pool's, or whose context now
 reaches past those offsets. The token the model itself just
-wrote into a column it holds is copied in (`patch`) instead of re-widening the block.
+wrote into a column it holds is copied in (`patch`) instead of re-widening the block,
+when no other token of the step writes that block (`group_decodes` leaves those out).
 
 Why this is exact: a column is used only if its block was not written since it was
 widened (or since its last patch), and only up to the offsets it was widened or patched
