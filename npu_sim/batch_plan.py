@@ -132,6 +132,12 @@ def plan_batch(
     return np.concatenate(ids), all_pos, all_blocks
 
 
+def row_key(seq_key: Hashable) -> Hashable:
+    """The `WideContext` key of the sequence named `seq_key` (unkeyed sequences get
+    (first block, order) keys, which this never equals)."""
+    return ("seq", seq_key)
+
+
 def group_decodes(
     batch: Sequence[SeqChunk],
     config: ModelConfig,
@@ -170,7 +176,7 @@ def group_decodes(
     keys: list[Hashable] = []
     for i in decodes:
         if batch[i].seq_key is not None:
-            keys.append(("seq", batch[i].seq_key))
+            keys.append(row_key(batch[i].seq_key))
             continue
         first = int(batch[i].block_table[0])
         keys.append((first, seen.get(first, 0)))

@@ -41,7 +41,7 @@ Thread contract: like `Model`, call `forward` from one thread at a time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Final
 
 import numpy as np
@@ -147,6 +147,9 @@ class EmulatedModel:
     def kv_pool_shape(self, num_blocks: int, block_size: int) -> tuple[int, ...]:
         c = self._config
         return (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, self._stored_head_dim)
+
+    def release(self, seq_keys: Iterable[Hashable]) -> None:
+        """Nothing to do: this model keeps no state per sequence."""
 
     def forward(self, batch: Sequence[SeqChunk], kv_pool: KVPool | np.ndarray) -> np.ndarray:
         """Write each chunk's KV into `kv_pool` (a counted pool or a bare array); return

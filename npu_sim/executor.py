@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,13 +53,17 @@ class StepModel(Protocol):
     `forward` writes every new token's KV into the pool and returns one row of logits over
     the tokenizer's vocabulary per chunk with `needs_logits`, in batch order (`ValueError`
     for an invalid batch). `numerics_id` names everything its KV bytes and tokens depend
-    on (it goes into every block hash). One thread at a time.
+    on (it goes into every block hash). `release` is told which sequences (`seq_key`)
+    finished, so state kept per sequence can go (it changes speed, never results). One
+    thread at a time.
     """
 
     @property
     def numerics_id(self) -> str: ...
 
     def forward(self, batch: Sequence[SeqChunk], kv_pool: KVPool | np.ndarray) -> np.ndarray: ...
+
+    def release(self, seq_keys: Iterable[Hashable]) -> None: ...
 
 
 class Pace(enum.Enum):
@@ -159,6 +163,10 @@ class Executor:
         """The engine has nothing to run: the device goes idle, and the next step starts
         on the device when `step` is called (no host time to hide behind a running step)."""
         self._device_free_at = None
+
+    def release(self, seq_ids: Iterable[str]) -> None:
+        """These sequences finished (`StepModel.release`); engine thread only."""
+        self._model.release(seq_ids)
 
     def step(self, seqs: Sequence[StepSequence]) -> StepResult:
         """Run one forward over `seqs`, sample, and (with `Pace.REAL`) wait out the device.

@@ -15,12 +15,12 @@ chunk boundaries, row position, BLAS kernel or thread count. `npu_sim.ops` says 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from npu_sim.batch_plan import DecodeGroup, SeqChunk, group_decodes, plan_batch
+from npu_sim.batch_plan import DecodeGroup, SeqChunk, group_decodes, plan_batch, row_key
 from npu_sim.blas import blas_threads_limited
 from npu_sim.kv_pool import KVPool, pool_bytes, write_tokens
 from npu_sim.model_config import ModelConfig
@@ -182,6 +182,11 @@ class Model:
         """Shape of a KV pool this model can use."""
         c = self._config
         return (num_blocks, c.num_layers, 2, block_size, c.num_kv_heads, c.head_dim)
+
+    def release(self, seq_keys: Iterable[Hashable]) -> None:
+        """These sequences (`SeqChunk.seq_key`) finished: a new sequence on the blocks
+        they leave in the pool may take their kept decode contexts (speed only)."""
+        self._wide.release(row_key(k) for k in seq_keys)
 
     def forward(self, batch: Sequence[SeqChunk], kv_pool: KVPool | np.ndarray) -> np.ndarray:
         """Run one model step over `batch`; return fp32 logits (rows, vocab_size).

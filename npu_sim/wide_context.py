@@ -35,7 +35,7 @@ Not thread-safe: used from `Model.forward` only (one thread at a time).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +69,7 @@ class WideContext:
         self._source: np.ndarray | None = None
         self._last_used: list[int] = []  # per row: the step that last used it
         self._step = 0
+        self._released: set[int] = set()  # rows of finished sequences (`release`)
 
     @property
     def num_bytes(self) -> int:
@@ -91,11 +92,13 @@ class WideContext:
         """A slab row for each sequence key of this step (None: it does not fit).
 
         Keys seen before keep their row; new keys take a row no key of this step uses:
-        given `tables` (each key's context blocks), the row already holding the longest
-        run of the sequence's leading blocks at their current generation (a new request
-        on a prefix its predecessor left in HBM, such as a conversation's next turn or
-        the same prompt again, widens only what is new), else the least recently used.
-        Which row a key takes changes speed only: `gather` checks every column. Rows and
+        given `tables` (each key's context blocks), the released row (`release`: its
+        sequence finished) holding the longest run of the sequence's leading blocks at
+        their current generation, so a new request on a prefix its predecessor left in
+        HBM (a conversation's next turn, the same prompt again) widens only what is new;
+        else the least recently used row (a sequence that only sat out a step is not
+        preferred over it). Which row a key takes changes speed only: `gather` checks
+        every column. Rows and
         block columns grow (within `max_bytes`) to `len(keys)` rows of `num_blocks`
         blocks. A pool other than last time's (another `generation` array) or of another
         block shape starts the cache over.
@@ -115,32 +118,44 @@ class WideContext:
         )
         for i, key in enumerate(keys):
             if rows[i] is None and free:
-                best = None if tables is None else self._holding_most(free, tables[i], generation)
-                row = free.pop() if best is None else free.pop(best)
+                released = [r for r in free if r in self._released]
+                held = None
+                if tables is not None and released:
+                    held = self._holding_most(released, tables[i], generation)
+                row = free.pop() if held is None else free.pop(free.index(held))
+                self._released.discard(row)
                 self._rows = {k: r for k, r in self._rows.items() if r != row}
                 self._rows[key] = row
                 self._last_used[row] = self._step
                 rows[i] = row
         return rows
 
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """These sequences finished: their rows keep what they hold, for `assign_rows`
+        to hand to a new sequence on the same blocks. Unknown keys are ignored."""
+        for key in keys:
+            row = self._rows.pop(key, None)
+            if row is not None:
+                self._released.add(row)
+
     def _holding_most(
-        self, free: list[int], table: np.ndarray, generation: np.ndarray
+        self, candidates: list[int], table: np.ndarray, generation: np.ndarray
     ) -> int | None:
-        """Index into `free` of the row whose leading columns hold the most of `table`'s
-        leading blocks at their current generation (layer 0 decides), None if none holds
-        even the first; ties go to the least recently used (`free` ends with it)."""
+        """The row of `candidates` (least recently used last) whose leading columns hold
+        the most of `table`'s leading blocks at their current generation (layer 0
+        decides), None if none holds even the first; ties go to the least recently used."""
         slab = self._slabs[0]
         nb = min(len(table), self.num_block_columns())
-        if slab is None or nb == 0 or not free:
+        if slab is None or nb == 0 or not candidates:
             return None
-        rows = np.array(free, dtype=np.int64)
+        rows = np.array(candidates, dtype=np.int64)
         held = (slab.block[rows, :nb] == table[:nb]) & (
             slab.generation[rows, :nb] == generation[table[:nb], 0]
         )
         run = np.where(held.all(axis=1), nb, np.argmin(held, axis=1))  # leading matches
         if run.max() == 0:
             return None
-        return int(len(free) - 1 - np.argmax(run[::-1]))  # the last of the longest
+        return candidates[len(candidates) - 1 - int(np.argmax(run[::-1]))]  # last longest
 
     def num_block_columns(self) -> int:
         slab = self._slabs[0]
@@ -260,7 +275,7 @@ class WideContext:
             or slab.k_wide.shape[1:3] + slab.k_wide.shape[4:] != block_shape
         ):
             self._slabs = [None] * self._num_layers
-            self._rows, self._last_used = {}, []
+            self._rows, self._last_used, self._released = {}, [], set()
         self._source = generation
         self._grow(num_rows, num_blocks, kv_pool)
 
@@ -304,6 +319,7 @@ class WideContext:
                 slab.v_wide[v_kept] = old.v_wide[v_kept]
             self._slabs[layer_idx] = slab
         self._rows = {k: r for k, r in self._rows.items() if r < new_rows}
+        self._released = {r for r in self._released if r < new_rows}
         self._last_used = self._last_used[:new_rows] + [0] * (new_rows - keep_rows)
 
 

@@ -77,8 +77,12 @@ class EngineCore:
         return self.scheduler.has_schedulable_work()
 
     def take_finished(self) -> list[FinishedRequest]:
-        """Requests finished since the last call (by step or abort), each once."""
-        return self.scheduler.take_finished()
+        """Requests finished since the last call (by step or abort), each once; the
+        model is told they finished (`Executor.release`)."""
+        finished = self.scheduler.take_finished()
+        if finished:
+            self.executor.release(f.request_id for f in finished)
+        return finished
 
     def step(self) -> list[RequestOutput]:
         """Run one batch. Returns an output for every request that got a token or finished."""
