@@ -128,11 +128,6 @@ class SharedPool:
         self._follower = PoolFollower(self, client)
 
     @property
-    def is_demoter(self) -> bool:
-        """Whether this replica held the demoter lease at its follower's last pass."""
-        return self._follower.is_demoter
-
-    @property
     def num_resyncs(self) -> int:
         """Full re-reads of the index so far (start-up's included)."""
         return self._follower.num_resyncs

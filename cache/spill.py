@@ -14,8 +14,9 @@ result application stay in `cache.manager`.
 
 `SpillPath` is a mixin of `CacheManager` and owns no state: it works on the manager's
 HBM pool, lower-tier indexes, lanes, statistics and admission policy (declared below),
-so that subclasses keep overriding one method (`SharedPoolCacheManager._make_room`: a
-shared pool evicts DDR itself, and only the flash's writer makes room there). Engine
+so that subclasses keep overriding its methods as the manager's own
+(`SharedPoolCacheManager` overrides `_make_room`: a shared pool evicts DDR itself, and
+only the flash's writer makes room there; and `offload` and `write_back`). Engine
 thread only, as every manager method.
 """
 
