@@ -149,11 +149,11 @@ def compare(baseline: Path, rounds: int, args: list[str]) -> None:
         for root, sink in order if r % 2 == 0 else order[::-1]:
             sink.append(_figures(_run_isolated(root, args)))
             print(f"round {r + 1}/{rounds}: {root} done", file=sys.stderr)
-    print(f"{'figure':<26} {'this code':>19} {'baseline':>19}  speed ratio per round")
+    print(f"{'figure':<28} {'this code':>19} {'baseline':>19}  speed ratio per round")
     for name, a, b, ratios in comparison_rows(ours, theirs):
         per_round = " ".join(f"{x:.2f}" for x in ratios)
         ranges = f"{min(a):>9.3g}-{max(a):<9.3g} {min(b):>9.3g}-{max(b):<9.3g}"
-        print(f"{name:<26} {ranges}  {per_round}")
+        print(f"{name:<28} {ranges}  {per_round}")
 
 
 def comparison_rows(
