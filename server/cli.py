@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         is_list = typing.get_origin(_non_none(field.annotation)) is list
         default = getattr(field.default, "value", field.default)
         listed = f" Choices: {', '.join(choices)}." if choices else ""
+        help_text = f"{field.description}{listed} (default: {default}; env TIERKV_{name.upper()})"
+        if field.annotation is bool:  # a switch: --name / --no-name
+            serve.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
         serve.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
@@ -80,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="extend" if name in REPEATABLE_FLAGS else "store",
             metavar=name.upper(),
             default=argparse.SUPPRESS,
-            help=f"{field.description}{listed} (default: {default}; env TIERKV_{name.upper()})",
+            help=help_text,
         )
     fetch = sub.add_parser(
         "fetch-model",

@@ -243,6 +243,13 @@ class Settings(BaseSettings):
         "shared DDR pool before answering; decode finds a prompt's blocks there before "
         "admitting it; both: neither (needs --redis-url and --ddr-gb > 0 unless both).",
     )
+    verify_wide_context: bool = Field(
+        False,
+        description="Debugging and testing switch that costs speed: each decode step also "
+        "widens every kept decode context from scratch and compares it bit for bit "
+        "(npu_sim.wide_context); a difference stops the engine, so requests get 503 "
+        "engine_dead instead of wrong tokens.",
+    )
     # `vnpu` parsed and planned once, by validation (see `vnpu_slices`), with the specs
     # it was planned from.
     _vnpu_plan: tuple[tuple[str, ...], tuple[DeviceSlice, ...]] = PrivateAttr(((), ()))

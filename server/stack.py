@@ -304,7 +304,8 @@ def build_stack(
 def load_model(settings: Settings) -> tuple[Model, Tokenizer]:
     """The model and its tokenizer: trained weights (fetched once into model-cache-dir)
     for a weighted preset, seeded random weights and the byte tokenizer otherwise."""
+    verify = settings.verify_wide_context
     if is_pretrained(settings.model):
         loaded = load_pretrained(settings.model, settings.model_cache_dir)
-        return Model(loaded.config, loaded.weights), loaded.tokenizer
-    return Model(get_model_config(settings.model)), ByteTokenizer()
+        return Model(loaded.config, loaded.weights, verify_wide_context=verify), loaded.tokenizer
+    return Model(get_model_config(settings.model), verify_wide_context=verify), ByteTokenizer()

@@ -16,7 +16,14 @@ from npu_sim.model_config import ModelConfig, get_model_config
 from npu_sim.tokenizers import BPETokenizer, load_gguf_tokenizer
 from npu_sim.weights import LlamaWeights
 from npu_sim.weights_fetch import fetch_model_file
-from tests.npu_sim.pools import BLOCK_SIZE, PoolFactory
+from tests.npu_sim.pools import (
+    BLOCK_SIZE,
+    POOL_KINDS,
+    KVPoolFactory,
+    Pool,
+    PoolFactory,
+    PoolKind,
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +43,31 @@ def new_pool(model: Model) -> PoolFactory:
     def make(num_blocks: int = 64, block_size: int = BLOCK_SIZE) -> np.ndarray:
         shape = model.kv_pool_shape(num_blocks, block_size)
         return np.full(shape, np.nan, dtype=np.dtype(model.config.kv_dtype))
+
+    return make
+
+
+@pytest.fixture(params=POOL_KINDS, ids=lambda kind: kind.name)
+def pool_kind(request: pytest.FixtureRequest) -> PoolKind:
+    """Each pool kind a decode test runs on: a bare array, and a counted pool whose kept
+    decode contexts are verified every step (see `PoolKind`)."""
+    kind: PoolKind = request.param
+    return kind
+
+
+@pytest.fixture
+def kv_model(pool_kind: PoolKind, model: Model, tiny_config: ModelConfig) -> Model:
+    """tiny-llama for `pool_kind`: the shared model on a bare array; on a counted pool a
+    fresh one (its kept contexts are this test's alone) that verifies them."""
+    return pool_kind.model(tiny_config) if pool_kind.is_counted else model
+
+
+@pytest.fixture
+def new_kv_pool(pool_kind: PoolKind, kv_model: Model) -> KVPoolFactory:
+    """Make a NaN-filled KV pool of `pool_kind` for `kv_model` (as `new_pool`)."""
+
+    def make(num_blocks: int = 64, block_size: int = BLOCK_SIZE) -> Pool:
+        return pool_kind.new_pool(kv_model, num_blocks, block_size, fill=np.nan)
 
     return make
 

@@ -1,4 +1,5 @@
-"""The BLAS thread knob works and changes no bit of the model's results."""
+"""The BLAS thread knob works and changes no bit of the model's results (on a bare array
+pool and on a counted one, whose kept decode contexts are verified)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,30 @@ import pytest
 from npu_sim.blas import blas_core_name, blas_threads, blas_threads_limited, limit_blas_threads
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
+from tests.npu_sim.pools import PoolKind, pool_bytes
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_thread_count_does_not_change_logits_or_kv(tiny_config: ModelConfig, threads: int) -> None:
+def test_thread_count_does_not_change_logits_or_kv(
+    tiny_config: ModelConfig, pool_kind: PoolKind, threads: int
+) -> None:
     if blas_threads() is None:
         pytest.skip("numpy is not linked against a BLAS threadpoolctl recognises")
     rng = np.random.default_rng(threads)
     prompt = rng.integers(0, 256, 300).tolist()
     results = []
     for count in (1, threads):
-        model = Model(tiny_config, blas_threads=count)
-        pool = np.zeros(model.kv_pool_shape(24, 16), dtype=np.float16)
+        model = pool_kind.model(tiny_config, blas_threads=count)
+        pool = pool_kind.new_pool(model, 24, 16)
         logits = model.forward([SeqChunk(prompt, 0, list(range(19)))], pool)
-        decode = model.forward([SeqChunk([65], 300, list(range(19)))], pool)
-        results.append((logits.tobytes(), decode.tobytes(), pool.tobytes()))
+        # Three decodes: a counted pool's kept contexts are used (and verified) after
+        # the first.
+        decodes = [
+            model.forward([SeqChunk([65 + i], 300 + i, list(range(19)))], pool).tobytes()
+            for i in range(3)
+        ]
+        pool_kind.check_kept(model)
+        results.append((logits.tobytes(), decodes, pool_bytes(pool).tobytes()))
     assert results[0] == results[1]
     assert isinstance(blas_core_name(), str)
 

@@ -1,5 +1,9 @@
 """The model is batch invariant bit for bit: logits and KV bytes of a token do not depend on
-chunking, batch composition, row position or whether the prefix KV was reloaded."""
+chunking, batch composition, row position or whether the prefix KV was reloaded.
+
+The tests that decode run on both pool kinds (`pool_kind`): a bare array, widened from
+scratch every step, and a counted pool, whose decode contexts the model keeps widened
+across steps and verifies against the pool's bytes every step (the server's path)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,15 @@ from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.sampling import Sampler, SamplingParams
 from npu_sim.tokenizer import apply_chat_template, sampleable_mask
-from tests.npu_sim.pools import BLOCK_SIZE, PoolFactory
+from tests.npu_sim.pools import (
+    BLOCK_SIZE,
+    KVPoolFactory,
+    Pool,
+    PoolFactory,
+    PoolKind,
+    pool_bytes,
+    put_blocks,
+)
 
 PROMPT = apply_chat_template(
     [
@@ -27,16 +39,16 @@ def _table(first_block: int, num_tokens: int) -> list[int]:
     return list(range(first_block, first_block + -(-num_tokens // BLOCK_SIZE)))
 
 
-def _kv_bytes(pool: np.ndarray, table: Sequence[int], num_tokens: int) -> bytes:
+def _kv_bytes(pool: Pool, table: Sequence[int], num_tokens: int) -> bytes:
     """The pool bytes of positions [0, num_tokens) of one sequence, all layers."""
-    blocks = pool[list(table)]  # (nb, L, 2, bs, kvh, hd)
+    blocks = pool_bytes(pool)[list(table)]  # (nb, L, 2, bs, kvh, hd)
     nb, layers, _, bs = blocks.shape[:4]
     per_pos = blocks.transpose(1, 2, 0, 3, 4, 5).reshape(layers, 2, nb * bs, *blocks.shape[4:])
     return np.ascontiguousarray(per_pos[:, :, :num_tokens]).tobytes()
 
 
 def _prefill(
-    model: Model, pool: np.ndarray, ids: Sequence[int], table: Sequence[int], size: int, start=0
+    model: Model, pool: Pool, ids: Sequence[int], table: Sequence[int], size: int, start=0
 ) -> np.ndarray:
     """Prefill ids[start:] in chunks of `size`; return the last token's logits."""
     logits = np.empty(0)
@@ -55,7 +67,7 @@ def _greedy() -> Sampler:
 
 
 def _decode_alone(
-    model: Model, pool: np.ndarray, table: list[int], logits: np.ndarray, n: int = NUM_DECODE
+    model: Model, pool: Pool, table: list[int], logits: np.ndarray, n: int = NUM_DECODE
 ) -> list[int]:
     sampler, tokens = _greedy(), []
     for i in range(n):
@@ -86,20 +98,29 @@ def test_logits_are_finite_fp32_and_prompt_is_long_enough(
 
 @pytest.mark.parametrize("chunk_size", [7, 16, 33])
 def test_chunked_prefill_is_bit_identical(
-    model: Model, new_pool: PoolFactory, reference: tuple[bytes, bytes, list[int]], chunk_size: int
+    kv_model: Model,
+    new_kv_pool: KVPoolFactory,
+    pool_kind: PoolKind,
+    reference: tuple[bytes, bytes, list[int]],
+    chunk_size: int,
 ) -> None:
-    pool = new_pool()
+    pool = new_kv_pool()
     table = _table(10, len(PROMPT) + NUM_DECODE)  # other block ids than the reference
-    logits = _prefill(model, pool, PROMPT, table, chunk_size)
+    logits = _prefill(kv_model, pool, PROMPT, table, chunk_size)
     assert logits.tobytes() == reference[0]
     assert _kv_bytes(pool, table, len(PROMPT)) == reference[1]
-    assert _decode_alone(model, pool, table, logits) == reference[2]
+    assert _decode_alone(kv_model, pool, table, logits) == reference[2]
+    pool_kind.check_kept(kv_model)
 
 
 def test_batched_with_other_sequences_is_bit_identical(
-    model: Model, new_pool: PoolFactory, reference: tuple[bytes, bytes, list[int]]
+    kv_model: Model,
+    new_kv_pool: KVPoolFactory,
+    pool_kind: PoolKind,
+    reference: tuple[bytes, bytes, list[int]],
 ) -> None:
-    pool = new_pool()
+    model = kv_model
+    pool = new_kv_pool()
     rng = np.random.default_rng(7)
     table = _table(30, len(PROMPT) + NUM_DECODE)
     others = [rng.integers(0, 256, n).tolist() for n in (13, 40, 5)]
@@ -127,12 +148,17 @@ def test_batched_with_other_sequences_is_bit_identical(
         out = model.forward(decodes[:pos] + [target] + decodes[pos:], pool)
         logits = out[pos]
     assert tokens == reference[2]
+    pool_kind.check_kept(model)
 
 
 def test_reloaded_prefix_gives_identical_suffix(
-    model: Model, new_pool: PoolFactory, reference: tuple[bytes, bytes, list[int]]
+    kv_model: Model,
+    new_kv_pool: KVPoolFactory,
+    pool_kind: PoolKind,
+    reference: tuple[bytes, bytes, list[int]],
 ) -> None:
-    source, target = new_pool(), new_pool()
+    model = kv_model
+    source, target = new_kv_pool(), new_kv_pool()
     src_table = _table(0, len(PROMPT))
     _prefill(model, source, PROMPT, src_table, len(PROMPT))
     # "Reload" the full prefix blocks into different slots of another pool.
@@ -140,11 +166,12 @@ def test_reloaded_prefix_gives_identical_suffix(
     assert 0 < num_cached < len(PROMPT)
     table = _table(20, len(PROMPT) + NUM_DECODE)
     num_full = num_cached // BLOCK_SIZE
-    target[table[:num_full]] = source[src_table[:num_full]]
+    put_blocks(target, table[:num_full], pool_bytes(source)[src_table[:num_full]])
     logits = _prefill(model, target, PROMPT, table, len(PROMPT), start=num_cached)
     assert logits.tobytes() == reference[0]
     assert _kv_bytes(target, table, len(PROMPT)) == reference[1]
     assert _decode_alone(model, target, table, logits) == reference[2]
+    pool_kind.check_kept(model)
 
 
 def test_same_seed_gives_same_weights(tiny_config: ModelConfig, model: Model) -> None:

@@ -25,6 +25,11 @@ def data_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def make_settings(data_dir: Path) -> Callable[..., Settings]:
+    """Settings of a small test server. Every decode context the model keeps widened
+    across steps is verified against the pool's bytes (`verify_wide_context`): a
+    difference kills the engine thread, so the request gets a 503 and a test that expects
+    its tokens fails loudly (tests/server/test_wide_context_check.py)."""
+
     def make(**overrides: Any) -> Settings:
         base: dict[str, Any] = dict(
             data_dir=data_dir,
@@ -33,6 +38,7 @@ def make_settings(data_dir: Path) -> Callable[..., Settings]:
             ddr_gb=0.05,
             flash_gb=0.1,
             max_model_len=2048,
+            verify_wide_context=True,
         )
         base.update(overrides)
         return Settings(**base)

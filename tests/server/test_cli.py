@@ -142,3 +142,16 @@ def test_served_model_name_takes_several_names():
     args = build_parser().parse_args(["serve", "--served-model-name", "a", "b"])
     settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
     assert settings.served_model_name == ["a", "b"]
+
+
+def _settings_from(argv: list[str]) -> Settings:
+    args = build_parser().parse_args(["serve", *argv])
+    return Settings(**{k: v for k, v in vars(args).items() if k != "command"})
+
+
+def test_verify_wide_context_is_a_switch(monkeypatch: pytest.MonkeyPatch):
+    assert _settings_from([]).verify_wide_context is False
+    assert _settings_from(["--verify-wide-context"]).verify_wide_context is True
+    monkeypatch.setenv("TIERKV_VERIFY_WIDE_CONTEXT", "true")
+    assert _settings_from([]).verify_wide_context is True
+    assert _settings_from(["--no-verify-wide-context"]).verify_wide_context is False

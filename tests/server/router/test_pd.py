@@ -26,7 +26,7 @@ from tests.server.live import LiveServer, run_server
 def _settings(data_dir: Path, **extra: Any) -> Settings:
     return Settings(
         data_dir=data_dir, pace="none", hbm_gb=0.05, ddr_gb=0.05, flash_gb=0,
-        max_model_len=2048, **extra,
+        max_model_len=2048, verify_wide_context=True, **extra,
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ TIMEOUT = 60.0
 def _settings(data_dir: Path) -> Settings:
     return Settings(
         data_dir=data_dir, pace="none", hbm_gb=0.05, ddr_gb=0.05, flash_gb=0.1,
-        max_model_len=2048, kv_events_endpoint="tcp://127.0.0.1:*",
+        max_model_len=2048, verify_wide_context=True, kv_events_endpoint="tcp://127.0.0.1:*",
         kv_events_replay_endpoint="tcp://127.0.0.1:*",
     )  # fmt: skip
 
