@@ -137,6 +137,8 @@ class _Schedule:
         blocks = self.take(MAX_BLOCKS)
         if blocks is None:  # no room now: it finishes instead
             del self.seqs[next(k for k, s in self.seqs.items() if s is seq)]
+            if seq.key is not None:
+                self.cached.release([seq.key])
             return
         seq.table, seq.owned, seq.done, seq.shared_first = blocks, list(blocks), 0, False
         seq.high = 0
@@ -149,6 +151,8 @@ class _Schedule:
             if seq.done >= len(seq.tokens) and rng.random() < 0.08:
                 self.release(seq.owned)
                 del self.seqs[name]
+                if seq.key is not None:  # its row may go to a sequence on its blocks
+                    self.cached.release([seq.key])
             elif rng.random() < 0.08:
                 self.reload_elsewhere(seq)
             elif rng.random() < 0.04:
