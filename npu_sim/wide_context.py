@@ -96,9 +96,9 @@ class WideContext:
         sequence finished) holding the longest run of the sequence's leading blocks at
         their current generation, so a new request on a prefix its predecessor left in
         HBM (a conversation's next turn, the same prompt again) widens only what is new;
-        else the least recently used row (a sequence that only sat out a step is not
-        preferred over it). Which row a key takes changes speed only: `gather` checks
-        every column. Rows and
+        else the least recently used released row; else the least recently used row (a
+        live sequence's that sat out a step: it widens again when it comes back). Which
+        row a key takes changes speed only: `gather` checks every column. Rows and
         block columns grow (within `max_bytes`) to `len(keys)` rows of `num_blocks`
         blocks. A pool other than last time's (another `generation` array) or of another
         block shape starts the cache over.
@@ -122,6 +122,8 @@ class WideContext:
                 held = None
                 if tables is not None and released:
                     held = self._holding_most(released, tables[i], generation)
+                if held is None and released:
+                    held = released[-1]  # a finished sequence's row before a live one's
                 row = free.pop() if held is None else free.pop(free.index(held))
                 self._released.discard(row)
                 self._rows = {k: r for k, r in self._rows.items() if r != row}

@@ -116,3 +116,25 @@ def test_the_longest_held_run_wins_and_ties_go_to_the_least_recently_used() -> N
     assert takes([1, 2, 7]) == 1  # rows 0, 1 and 2 hold 2 blocks; row 1 is the LRU
     generation[1, 0] += 1  # block 1 rewritten: no row holds even the first block
     assert takes([1, 2, 3]) == 3  # the least recently used row, r3's
+
+
+def test_without_a_prefix_match_a_finished_row_goes_before_a_live_one() -> None:
+    """Found in review: a new sequence that no released row holds took the least
+    recently used row, a live sequence's that sat out a step, while a finished
+    sequence's row was free."""
+    pool = np.zeros((32, 1, 2, 4, 1, 2), np.float16)
+    generation = np.zeros((32, 1), np.int64)
+    wide = WideContext(1, 1 << 20)
+    tables = {
+        key: np.array(blocks, dtype=np.int64)
+        for key, blocks in (("a", [0, 1]), ("b", [2, 3]), ("c", [9, 10]))
+    }
+
+    def assign(*keys: str) -> list[int | None]:
+        return wide.assign_rows(list(keys), 2, pool, generation, [tables[k] for k in keys])
+
+    assert assign("a", "b") == [0, 1]
+    assert assign("b") == [1]  # "a" sits out a step: its row is the least recently used
+    wide.release(["b"])
+    assert assign("c") == [1]  # b's row, not live a's
+    assert assign("a", "c") == [0, 1]  # a finds its row as it left it
