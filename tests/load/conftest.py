@@ -18,5 +18,7 @@ def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedSer
 def tierkv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
     """A tierkv server with --pace none, shared by the session."""
     data_dir = tmp_path_factory.mktemp("tierkv")
-    with tierkv_server(data_dir, "--pace", "none", startup_timeout_s=120) as server:
+    with tierkv_server(
+        data_dir, "--pace", "none", "--verify-wide-context", startup_timeout_s=120
+    ) as server:
         yield server

@@ -89,6 +89,7 @@ def serve(data_dir: Path, *args: str) -> Iterator[Proc]:
                 str(port),
                 "--pace",
                 "none",
+                "--verify-wide-context",  # kept decode contexts checked, as in-process
                 "--data-dir",
                 str(data_dir),
                 "--hbm-gb",
