@@ -7,9 +7,12 @@ prompt P: P with its last 8 characters changed. `scripts/ttft_ab.py` (method B) 
 one prompt Q once and takes every hit as `fresh_tail(Q)`. They put the median DDR ÷ HBM
 ratio at different places, so here both run on one `tierkv serve --pace real`, in
 alternating order each round, each with an HBM hit and a DDR hit (after
-``POST /cache/offload {"tier": "hbm"}``). Besides each TTFT it reads the server's own
-DDR reload time for each DDR hit (the growth of `tierkv:tier_reload_latency_seconds`'s
-sum), so what the reload costs can be told apart from the rest of the hit.
+``POST /cache/offload {"tier": "hbm"}``): A its HBM hit first (right after the cold
+prefill), B its DDR hit first (which brings Q back into HBM for its HBM hit; the other
+method's offload may have moved Q out). Besides each TTFT it reads the server's own DDR
+reload time for each DDR hit (the growth of `tierkv:tier_reload_latency_seconds`'s sum),
+so what the reload costs can be told apart from the rest of the hit, and it checks from
+`prefix_cache_hits` that every hit was served by its tier alone (else it stops).
 """
 
 from __future__ import annotations
@@ -29,9 +32,13 @@ from load.metrics_scrape import scrape
 from load.synth import synth_text
 
 
-async def _reload_seconds(client: httpx.AsyncClient, url: str) -> float:
+async def _counters(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """The DDR reload seconds so far and the prefix-cache hit tokens by tier."""
     snapshot = await scrape(client, url)
-    return snapshot.value("tier_reload_latency_seconds_sum", tier="ddr") or 0.0
+    out = {"reload": snapshot.value("tier_reload_latency_seconds_sum", tier="ddr") or 0.0}
+    for tier in ("hbm", "ddr", "flash"):
+        out[tier] = snapshot.value("prefix_cache_hits_total", tier=tier) or 0.0
+    return out
 
 
 def _spread(values: list[float]) -> str:
@@ -47,7 +54,7 @@ async def measure(url: str, length: int, rounds: int) -> None:
         await one_ttft(client, opts, filled)  # method B's one cold fill
         for r in range(rounds):
             for method in "AB" if r % 2 == 0 else "BA":
-                for hit in ("hbm", "ddr"):
+                for hit in ("hbm", "ddr") if method == "A" else ("ddr", "hbm"):
                     if method == "A":
                         prompt = synth_text(f"ttft-methods:{length}:{r}:{hit}", length)
                         await one_ttft(client, opts, prompt)  # its cold prefill
@@ -56,13 +63,15 @@ async def measure(url: str, length: int, rounds: int) -> None:
                         hit_prompt = fresh_tail(filled, f"{hit[0]}{r:07d}")
                     if hit == "ddr":
                         await offload(client, url, "hbm")
-                    before = await _reload_seconds(client, url)
+                    before = await _counters(client, url)
                     ms, _ = await one_ttft(client, opts, hit_prompt)
+                    after = await _counters(client, url)
+                    served = {t: after[t] - before[t] for t in ("hbm", "ddr", "flash")}
+                    if not served[hit] or any(served[t] for t in served if t != hit):
+                        raise RuntimeError(f"method {method}'s {hit} hit was served {served}")
                     ttft[f"{method} {hit}"].append(ms)
                     if hit == "ddr":
-                        reload_ms[method].append(
-                            (await _reload_seconds(client, url) - before) * 1e3
-                        )
+                        reload_ms[method].append((after["reload"] - before["reload"]) * 1e3)
             print(
                 f"round {r + 1}/{rounds}: "
                 + ", ".join(f"{k} {v[-1]:.1f}" for k, v in ttft.items())
