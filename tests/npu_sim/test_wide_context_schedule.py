@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ import pytest
 from npu_sim.kv_pool import KVBlockPool
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
+from npu_sim.wide_context import WideContext
 from tests.npu_sim.pools import BLOCK_SIZE
 
 NUM_BLOCKS = 96
@@ -48,8 +50,12 @@ class _Seq:
 class _Schedule:
     """The two pools and the sequences; every write goes to both pools."""
 
-    def __init__(self, cached: Model, uncached: Model, rng: random.Random) -> None:
+    def __init__(
+        self, cached: Model, uncached: Model, rng: random.Random, reuse: bool = False
+    ) -> None:
         self.cached, self.uncached, self.rng = cached, uncached, rng
+        # reuse: most arrivals keyed and on a cached first block (kept rows taken by prefix)
+        self.share_p, self.key_p = (0.8, 1.0) if reuse else (0.4, 0.5)
         shape = cached.kv_pool_shape(NUM_BLOCKS, BLOCK_SIZE)
         self.pool = KVBlockPool(shape, cached.config.kv_dtype)
         self.reference = np.zeros(shape, dtype=cached.config.kv_dtype)
@@ -57,6 +63,9 @@ class _Schedule:
         self.seqs: dict[str, _Seq] = {}
         self.refs = [0] * NUM_BLOCKS  # sequences holding each block
         self.made = 0
+        # First blocks of finished sequences, still cached (free but not yet reused): a
+        # new sequence may hit them, as the next turn hits what a finished one left.
+        self.cached_firsts: dict[int, list[int]] = {}
 
     def take(self, n: int) -> list[int] | None:
         if len(self.free) < n:
@@ -64,6 +73,7 @@ class _Schedule:
         blocks = [self.free.pop() for _ in range(n)]  # LIFO: freed blocks are reused first
         for b in blocks:
             self.refs[b] += 1
+            self.cached_firsts.pop(b, None)  # to be rewritten
         return blocks
 
     def release(self, blocks: list[int]) -> None:
@@ -74,21 +84,31 @@ class _Schedule:
 
     def arrive(self) -> None:
         prompt = [self.rng.randrange(256) for _ in range(self.rng.randint(2, 60))]
-        donors = [s for s in self.seqs.values() if s.done >= BLOCK_SIZE]
-        share = donors and self.rng.random() < 0.4
-        blocks = self.take(MAX_BLOCKS - 1 if share else MAX_BLOCKS)
+        donors = [
+            (s.table[0], s.tokens[:BLOCK_SIZE]) for s in self.seqs.values() if s.done >= BLOCK_SIZE
+        ]
+        donors += list(self.cached_firsts.items())
+        # A prefix-cache hit on another sequence's first block, live or finished.
+        donor = self.rng.choice(donors) if donors and self.rng.random() < self.share_p else None
+        if donor is not None:
+            if donor[0] in self.cached_firsts:  # claimed before `take` can reuse it
+                del self.cached_firsts[donor[0]]
+                self.free.remove(donor[0])
+            self.refs[donor[0]] += 1
+        blocks = self.take(MAX_BLOCKS - 1 if donor else MAX_BLOCKS)
         if blocks is None:
+            if donor is not None:
+                self.release([donor[0]])
             return
         name = f"s{self.made}"
         self.made += 1
-        key = name if self.rng.random() < 0.5 else None
+        key = name if self.rng.random() < self.key_p else None
         seq = _Seq(prompt, blocks, key, owned=list(blocks))
-        if share:  # a prefix-cache hit on another sequence's first block
-            donor = self.rng.choice(donors)
-            self.refs[donor.table[0]] += 1
-            seq.tokens = donor.tokens[:BLOCK_SIZE] + prompt
-            seq.table = [donor.table[0], *blocks]
-            seq.owned = [donor.table[0], *blocks]
+        if donor is not None:
+            first, tokens = donor
+            seq.tokens = tokens + prompt
+            seq.table = [first, *blocks]
+            seq.owned = [first, *blocks]
             seq.done, seq.shared_first = BLOCK_SIZE, True
         self.seqs[name] = seq
 
@@ -151,6 +171,9 @@ class _Schedule:
             if seq.done >= len(seq.tokens) and rng.random() < 0.08:
                 self.release(seq.owned)
                 del self.seqs[name]
+                first = seq.table[0]
+                if seq.done >= BLOCK_SIZE and self.refs[first] == 0:
+                    self.cached_firsts[first] = seq.tokens[:BLOCK_SIZE]
                 if seq.key is not None:  # its row may go to a sequence on its blocks
                     self.cached.release([seq.key])
             elif rng.random() < 0.08:
@@ -195,3 +218,27 @@ def test_a_random_serving_schedule_matches_widening_from_scratch(
     for _ in range(STEPS):
         schedule.step()
     assert cached._wide.num_bytes > 0  # noqa: SLF001 - contexts were kept, so verified
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_kept_rows_taken_by_prefix_in_a_random_schedule_match_too(
+    tiny_config: ModelConfig, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most arrivals keyed and on a finished sequence's cached first block, so new
+    sequences take released rows by prefix (`WideContext.assign_rows`); the test fails if
+    none did (seeds chosen to have some: 4 and 2 such takes)."""
+    real = WideContext._holding_most  # noqa: SLF001 - counting what the step did
+    takes: list[bool] = []
+
+    def counting(self: WideContext, *args: Any) -> int | None:
+        row = real(self, *args)
+        takes.append(row is not None)
+        return row
+
+    monkeypatch.setattr(WideContext, "_holding_most", counting)
+    cached = Model(tiny_config, verify_wide_context=True)
+    uncached = Model(tiny_config, wide_context_bytes=0)
+    schedule = _Schedule(cached, uncached, random.Random(seed), reuse=True)
+    for _ in range(STEPS):
+        schedule.step()
+    assert sum(takes) > 0
