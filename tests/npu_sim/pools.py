@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pytest
 
+import npu_sim.wide_context as wide_context
 from npu_sim.kv_pool import KVBlockPool, pool_bytes
 from npu_sim.model import Model
 from npu_sim.model_config import ModelConfig
@@ -88,3 +90,18 @@ __all__ = [
     "pool_bytes",
     "put_blocks",
 ]
+
+
+def count_widened_blocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the number of blocks each `WideContext.gather` widening takes from the
+    pool (K and V counted apart, every layer; a patch of single tokens is not counted)."""
+    real_widen = wide_context.widen
+    widened: list[int] = []
+
+    def counting(x: np.ndarray, *args: object) -> np.ndarray:
+        if x.ndim == 4:  # K or V of whole blocks (n, block_size, kvh, hd)
+            widened.append(x.shape[0])
+        return real_widen(x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wide_context, "widen", counting)
+    return widened

@@ -15,7 +15,7 @@ from npu_sim.kv_pool import KVBlockPool
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.wide_context import WideContext
-from tests.npu_sim.pools import BLOCK_SIZE
+from tests.npu_sim.pools import BLOCK_SIZE, count_widened_blocks
 
 CONTEXT = 70  # 4.4 blocks: a partly filled last block
 
@@ -225,17 +225,7 @@ def test_sequences_sharing_a_first_block_keep_their_rows_when_one_finishes(
     """Keyed by `seq_key` (the executor's seq_id), a sequence keeps its widened context
     when another sequence sharing its first block (a common system prompt) leaves; keyed
     by first block and order, the survivors move rows and widen whole contexts again."""
-    import npu_sim.wide_context as wide_context
-
-    real_widen = wide_context.widen
-    blocks_widened: list[int] = []
-
-    def counting(x: np.ndarray, *args: object) -> np.ndarray:
-        if x.ndim == 4:  # whole blocks (n, block_size, kvh, hd); a patch widens tokens
-            blocks_widened.append(x.shape[0])
-        return real_widen(x, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(wide_context, "widen", counting)
+    blocks_widened = count_widened_blocks(monkeypatch)
     for keys in (["a", "b", "c", "d"], [None] * 4):
         cached = _cached(tiny_config)
         pool, tables = _prefilled(cached, 4)

@@ -9,29 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import npu_sim.wide_context as wide_context
 from npu_sim.kv_pool import KVBlockPool
 from npu_sim.model import Model, SeqChunk
 from npu_sim.model_config import ModelConfig
 from npu_sim.wide_context import WideContext
-from tests.npu_sim.pools import BLOCK_SIZE
+from tests.npu_sim.pools import BLOCK_SIZE, count_widened_blocks
 
 CONTEXT = 70  # 5 blocks of 16, the last partly filled
-
-
-def _count_widened_blocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Blocks `WideContext.gather` widens from the pool from now on (K and V counted
-    apart, all layers)."""
-    real_widen = wide_context.widen
-    widened: list[int] = []
-
-    def counting(x: np.ndarray, *args: object) -> np.ndarray:
-        if x.ndim == 4:  # K or V of whole blocks (n, block_size, kvh, hd), not a patch
-            widened.append(x.shape[0])
-        return real_widen(x, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(wide_context, "widen", counting)
-    return widened
 
 
 class _Run:
@@ -67,7 +51,7 @@ def test_a_new_sequence_takes_the_released_row_holding_its_prefix(
     run.step(("a", 0, CONTEXT + 1))
     run.step(("c", 1, CONTEXT + 1))  # "a"'s row is now the least recently used
     run.cached.release(["c"])
-    widened = _count_widened_blocks(monkeypatch)
+    widened = count_widened_blocks(monkeypatch)
     # A new request "b" runs on c's blocks. Taking the least recently used row ("a"'s,
     # which holds none of them) would widen the whole context again.
     run.step(("b", 1, CONTEXT + 2))
@@ -86,7 +70,7 @@ def test_a_live_sequence_that_sat_out_a_step_keeps_its_row(
     run.step(("a", 0, CONTEXT), ("c", 1, CONTEXT))
     run.step(("c", 1, CONTEXT + 1))  # "a" finished: its row is the least recently used
     run.cached.release(["a"])
-    widened = _count_widened_blocks(monkeypatch)
+    widened = count_widened_blocks(monkeypatch)
     # "c" sits out this step; "b" is new, on c's first 3 blocks and two of its own.
     run.step(("b", 3, CONTEXT + 2))
     run.step(("b", 3, CONTEXT + 3), ("c", 1, CONTEXT + 2))  # both decode on

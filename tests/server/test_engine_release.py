@@ -9,7 +9,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-import npu_sim.wide_context as wide_context
 from cache.block_hash import root_hash
 from npu_sim.model_config import get_model_config
 from npu_sim.sampling import Sampler, SamplingParams
@@ -17,6 +16,7 @@ from server.config import Settings
 from server.engine.core import EngineCore
 from server.engine.request import EngineRequest
 from server.stack import EngineStack, build_stack
+from tests.npu_sim.pools import count_widened_blocks
 
 
 def _request(
@@ -51,15 +51,7 @@ def test_a_new_request_decodes_over_the_row_a_finished_one_left(
     try:
         # Two rows; a decodes one step longer, so d's row is the least recently used.
         _run(stack.core, _request(stack, "d", other, 2), _request(stack, "a", shared, 3))
-        widened: list[int] = []
-        real_widen = wide_context.widen
-
-        def counting(x: np.ndarray, *args: object) -> np.ndarray:
-            if x.ndim == 4:  # K or V of whole blocks, as `gather` widens them
-                widened.append(x.shape[0])
-            return real_widen(x, *args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(wide_context, "widen", counting)
+        widened = count_widened_blocks(monkeypatch)
         _run(stack.core, _request(stack, "b", shared, 2))  # 4 of its 5 blocks are a's
         layers = get_model_config(settings.model).num_layers
         # Only b's own last block, K and V, every layer; on d's row (unreleased rows are
