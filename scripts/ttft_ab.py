@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from load.bench._common import parse_sizes
+from load.bench._common import fmt_spread, parse_sizes
 from load.bench._servers import tierkv_server
 from load.bench.ttft import cached_before_tail, fresh_tail, offload, one_ttft
 from load.client import ClientOptions, first_model_id, make_client
@@ -105,10 +105,6 @@ async def measure(urls: dict[str, str], lengths: list[int], rounds: int) -> dict
     return samples
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
-
-
 def report(samples: dict[str, Any], lengths: list[int]) -> None:
     names = list(samples)
     for n in lengths:
@@ -118,11 +114,11 @@ def report(samples: dict[str, Any], lengths: list[int]) -> None:
             ddr = [d / h for d, h in zip(s["ddr"], s["hbm"], strict=True)]
             flash = [f / h for f, h in zip(s["flash"], s["hbm"], strict=True)]
             medians = " / ".join(f"{statistics.median(s[h]):.1f}" for h in ("hbm", "ddr", "flash"))
-            line = f"  {b}: {medians}; DDR/HBM {_spread(ddr)}, flash/HBM {_spread(flash)}"
+            line = f"  {b}: {medians}; DDR/HBM {fmt_spread(ddr)}, flash/HBM {fmt_spread(flash)}"
             if b != names[0]:
                 ref = samples[names[0]][n]["ddr"]
                 own = [x / y for x, y in zip(s["ddr"], ref, strict=True)]
-                line += f"; DDR hit / {names[0]}'s {_spread(own)}"
+                line += f"; DDR hit / {names[0]}'s {fmt_spread(own)}"
             print(line)
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 from pathlib import Path
 
 import httpx
 
+from load.bench._common import fmt_spread
 from load.bench._servers import tierkv_server
 from load.bench.ttft import fresh_tail, offload, one_ttft
 from load.client import ClientOptions, first_model_id, make_client
@@ -39,10 +39,6 @@ async def _counters(client: httpx.AsyncClient, url: str) -> dict[str, float]:
     for tier in ("hbm", "ddr", "flash"):
         out[tier] = snapshot.value("prefix_cache_hits_total", tier=tier) or 0.0
     return out
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 async def measure(url: str, length: int, rounds: int) -> None:
@@ -84,9 +80,10 @@ async def measure(url: str, length: int, rounds: int) -> None:
     for method in "AB":
         ratios = [d / h for d, h in zip(ttft[f"{method} ddr"], ttft[f"{method} hbm"], strict=True)]
         print(
-            f"method {method}: HBM hit {_spread(ttft[f'{method} hbm'])} ms, DDR hit "
-            f"{_spread(ttft[f'{method} ddr'])} ms, DDR reload {_spread(reload_ms[method])} ms, "
-            f"DDR / HBM per round {_spread(ratios)}"
+            f"method {method}: HBM hit {fmt_spread(ttft[f'{method} hbm'])} ms, DDR hit "
+            f"{fmt_spread(ttft[f'{method} ddr'])} ms, "
+            f"DDR reload {fmt_spread(reload_ms[method])} ms, "
+            f"DDR / HBM per round {fmt_spread(ratios)}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
+
+
+def fmt_spread(values: list[float]) -> str:
+    """``median (min-max)`` of a non-empty list, two decimals."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
